@@ -1,0 +1,8 @@
+//! llm-npu: on-device LLM inference with llm.npu-style prefill.
+
+pub mod error;
+pub mod format;
+pub mod tensor;
+pub mod tokenizer;
+
+pub use error::{Error, Result};
