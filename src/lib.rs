@@ -3,6 +3,7 @@
 pub mod error;
 pub mod format;
 pub mod tensor;
+pub mod kernels;
 pub mod tokenizer;
 
 pub use error::{Error, Result};

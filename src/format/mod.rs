@@ -3,3 +3,5 @@
 
 pub mod dtype;
 pub mod gguf;
+pub mod llama2c;
+pub mod safetensors;

@@ -1,0 +1,81 @@
+//! Matrix-vector product for decode: y[n] = dot(w[n, :], x). Memory-bound, so the work is split
+//! over threads by rows and each row is one streaming SIMD dot product.
+
+use rayon::prelude::*;
+
+use super::{simd_level, SimdLevel};
+
+/// Rows per parallel task: large enough to amortize scheduling, small enough to balance.
+const ROWS_PER_TASK: usize = 64;
+
+pub fn matvec(w: &[f32], n: usize, k: usize, x: &[f32], y: &mut [f32]) {
+    assert_eq!(w.len(), n * k);
+    assert_eq!(x.len(), k);
+    assert_eq!(y.len(), n);
+    let level = simd_level();
+    y.par_chunks_mut(ROWS_PER_TASK).enumerate().for_each(|(t, ys)| {
+        let r0 = t * ROWS_PER_TASK;
+        for (i, yi) in ys.iter_mut().enumerate() {
+            *yi = dot_with(level, &w[(r0 + i) * k..(r0 + i + 1) * k], x);
+        }
+    });
+}
+
+/// Dot product with the best available kernel.
+#[inline]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    dot_with(simd_level(), a, b)
+}
+
+#[inline]
+fn dot_with(level: SimdLevel, a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    match level {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: Avx512 is only selected when the CPU reports avx512f; lengths are equal.
+        SimdLevel::Avx512 => unsafe { dot_avx512(a, b) },
+        _ => dot_portable(a, b),
+    }
+}
+
+/// Portable dot product with four independent accumulators (the reference for the SIMD one).
+pub fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let chunks = a.len() / 8;
+    for c in 0..chunks {
+        for l in 0..8 {
+            acc[l] += a[c * 8 + l] * b[c * 8 + l];
+        }
+    }
+    let mut s = (acc[0] + acc[4]) + (acc[1] + acc[5]) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for i in chunks * 8..a.len() {
+        s += a[i] * b[i];
+    }
+    s
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+pub unsafe fn dot_avx512(a: &[f32], b: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let n = a.len();
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    let mut acc = [_mm512_setzero_ps(); 4];
+    let mut i = 0;
+    while i + 64 <= n {
+        for (j, acc_j) in acc.iter_mut().enumerate() {
+            *acc_j = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i + 16 * j)), _mm512_loadu_ps(pb.add(i + 16 * j)), *acc_j);
+        }
+        i += 64;
+    }
+    while i + 16 <= n {
+        acc[0] = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i)), _mm512_loadu_ps(pb.add(i)), acc[0]);
+        i += 16;
+    }
+    if i < n {
+        let mask: __mmask16 = (1u32 << (n - i)) as u16 - 1;
+        acc[1] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, pa.add(i)), _mm512_maskz_loadu_ps(mask, pb.add(i)), acc[1]);
+    }
+    let s = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
+    _mm512_reduce_add_ps(s)
+}

@@ -1,0 +1,43 @@
+//! Pure math kernels with no model knowledge. Each SIMD kernel has a portable twin in the same
+//! module that tests compare it against; `simd_level()` picks the best one at run time.
+
+pub mod gemm;
+pub mod matvec;
+pub mod ops;
+
+use std::sync::OnceLock;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum SimdLevel {
+    Portable,
+    Avx512,
+}
+
+/// The best instruction set this CPU offers for the float kernels (detected once).
+/// `LLM_NPU_SIMD=portable` forces the portable kernels, for testing and comparison.
+pub fn simd_level() -> SimdLevel {
+    static LEVEL: OnceLock<SimdLevel> = OnceLock::new();
+    *LEVEL.get_or_init(|| {
+        if std::env::var("LLM_NPU_SIMD").is_ok_and(|v| v == "portable") {
+            return SimdLevel::Portable;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            return SimdLevel::Avx512;
+        }
+        SimdLevel::Portable
+    })
+}
+
+/// y[m, n] = sum_k x[m, k] * w[n, k]: a linear layer with weights in the PyTorch [out, in] layout.
+/// One row goes through the matrix-vector kernel, more through the blocked GEMM.
+pub fn linear(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, y: &mut [f32]) {
+    assert_eq!(x.len(), m * k);
+    assert_eq!(w.len(), n * k);
+    assert_eq!(y.len(), m * n);
+    if m == 1 {
+        matvec::matvec(w, n, k, x, y);
+    } else {
+        gemm::gemm_nt(x, m, k, w, n, y);
+    }
+}
