@@ -1,0 +1,331 @@
+//! The architecture description every family maps its files onto, and readers for the two places
+//! it comes from: a Hugging Face config.json and GGUF metadata.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value as Json;
+
+use crate::error::{Error, Result};
+use crate::format::gguf::GgufFile;
+use crate::kernels::ops::RopeStyle;
+
+/// Llama 3 style frequency-dependent RoPE scaling (`rope_type: "llama3"`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Llama3Scaling {
+    pub factor: f32,
+    pub low_freq_factor: f32,
+    pub high_freq_factor: f32,
+    pub original_max_position_embeddings: f32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RopeConfig {
+    pub theta: f32,
+    pub style: RopeStyle,
+    pub llama3: Option<Llama3Scaling>,
+    /// Per-frequency divisors stored in the file (GGUF `rope_freqs.weight`), if any.
+    pub freq_factors: Option<Vec<f32>>,
+}
+
+impl RopeConfig {
+    /// Inverse frequencies for `half` rotated pairs, computed in f32 like Hugging Face does.
+    pub fn inv_freq(&self, head_dim: usize) -> Vec<f32> {
+        let half = head_dim / 2;
+        let mut inv: Vec<f32> =
+            (0..half).map(|i| 1.0 / self.theta.powf((2 * i) as f32 / head_dim as f32)).collect();
+        if let Some(s) = self.llama3 {
+            let low_wavelen = s.original_max_position_embeddings / s.low_freq_factor;
+            let high_wavelen = s.original_max_position_embeddings / s.high_freq_factor;
+            for f in inv.iter_mut() {
+                let wavelen = 2.0 * std::f32::consts::PI / *f;
+                if wavelen > low_wavelen {
+                    *f /= s.factor;
+                } else if wavelen >= high_wavelen {
+                    let smooth = (s.original_max_position_embeddings / wavelen - s.low_freq_factor)
+                        / (s.high_freq_factor - s.low_freq_factor);
+                    *f = (1.0 - smooth) * *f / s.factor + smooth * *f;
+                }
+            }
+        }
+        if let Some(ff) = &self.freq_factors {
+            for (f, d) in inv.iter_mut().zip(ff) {
+                *f /= d;
+            }
+        }
+        inv
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelConfig {
+    /// Family name ("llama", "qwen2").
+    pub family: &'static str,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_layers: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub vocab_size: usize,
+    pub rms_norm_eps: f32,
+    pub rope: RopeConfig,
+    /// Longest sequence the model supports (positions).
+    pub max_seq_len: usize,
+    pub tie_word_embeddings: bool,
+    /// q/k/v projections carry a bias (Qwen2).
+    pub qkv_bias: bool,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_ids: Vec<u32>,
+}
+
+impl ModelConfig {
+    pub fn q_dim(&self) -> usize {
+        self.num_heads * self.head_dim
+    }
+    pub fn kv_dim(&self) -> usize {
+        self.num_kv_heads * self.head_dim
+    }
+
+    /// Checks the relations the forward pass relies on; `path` names the source in errors.
+    pub fn validate(&self, path: &Path) -> Result<()> {
+        let bad = |field: &str, msg: String| Err(Error::field(path, field, msg));
+        for (name, v) in [
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_hidden_layers", self.num_layers),
+            ("num_attention_heads", self.num_heads),
+            ("num_key_value_heads", self.num_kv_heads),
+            ("vocab_size", self.vocab_size),
+            ("max_position_embeddings", self.max_seq_len),
+        ] {
+            if v == 0 {
+                return bad(name, "must be positive".into());
+            }
+        }
+        if self.num_heads % self.num_kv_heads != 0 {
+            return bad("num_key_value_heads", format!("{} does not divide num_attention_heads {}", self.num_kv_heads, self.num_heads));
+        }
+        if self.head_dim == 0 || self.head_dim % 2 != 0 {
+            return bad("head_dim", format!("{} must be positive and even", self.head_dim));
+        }
+        if !(self.rope.theta > 0.0) {
+            return bad("rope_theta", format!("{} must be positive", self.rope.theta));
+        }
+        Ok(())
+    }
+}
+
+/// Typed access to a config.json with errors that name the file and the key.
+pub struct HfConfig {
+    pub path: PathBuf,
+    pub json: Json,
+}
+
+impl HfConfig {
+    pub fn open(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let json: Json = serde_json::from_str(&text).map_err(|e| Error::corrupt(path, format!("invalid JSON: {e}")))?;
+        if !json.is_object() {
+            return Err(Error::corrupt(path, "expected a JSON object"));
+        }
+        Ok(HfConfig { path: path.to_path_buf(), json })
+    }
+
+    pub fn model_type(&self) -> Option<&str> {
+        self.json.get("model_type").and_then(Json::as_str)
+    }
+
+    fn get(&self, key: &str) -> Option<&Json> {
+        self.json.get(key).filter(|v| !v.is_null())
+    }
+
+    pub fn usize(&self, key: &str) -> Result<usize> {
+        self.opt_usize(key)?.ok_or_else(|| Error::field(&self.path, key, "missing"))
+    }
+
+    pub fn opt_usize(&self, key: &str) -> Result<Option<usize>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .and_then(|v| usize::try_from(v).ok())
+                .map(Some)
+                .ok_or_else(|| Error::field(&self.path, key, format!("expected a non-negative integer, found {v}"))),
+        }
+    }
+
+    pub fn opt_f32(&self, key: &str) -> Result<Option<f32>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => v.as_f64().map(|f| Some(f as f32)).ok_or_else(|| Error::field(&self.path, key, format!("expected a number, found {v}"))),
+        }
+    }
+
+    pub fn opt_bool(&self, key: &str) -> Result<Option<bool>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => v.as_bool().map(Some).ok_or_else(|| Error::field(&self.path, key, format!("expected true or false, found {v}"))),
+        }
+    }
+
+    /// Token ids given as one integer or a list (`eos_token_id` may be either).
+    pub fn token_ids(&self, key: &str) -> Result<Vec<u32>> {
+        let bad = |v: &Json| Error::field(&self.path, key, format!("expected a token id or a list of them, found {v}"));
+        match self.get(key) {
+            None => Ok(vec![]),
+            Some(v @ Json::Array(items)) => items.iter().map(|i| i.as_u64().and_then(|i| u32::try_from(i).ok()).ok_or_else(|| bad(v))).collect(),
+            Some(v) => v.as_u64().and_then(|i| u32::try_from(i).ok()).map(|i| vec![i]).ok_or_else(|| bad(v)),
+        }
+    }
+
+    /// RoPE settings from either layout: transformers 5 `rope_parameters {rope_theta, rope_type, ...}`
+    /// or the older top-level `rope_theta` + `rope_scaling {rope_type | type, ...}`.
+    pub fn rope(&self, default_theta: f32, style: RopeStyle) -> Result<RopeConfig> {
+        let params = self.get("rope_parameters").or_else(|| self.get("rope_scaling"));
+        let key = if self.get("rope_parameters").is_some() { "rope_parameters" } else { "rope_scaling" };
+        let theta = match params.and_then(|p| p.get("rope_theta")).and_then(Json::as_f64) {
+            Some(t) => t as f32,
+            None => self.opt_f32("rope_theta")?.unwrap_or(default_theta),
+        };
+        let mut llama3 = None;
+        if let Some(p) = params {
+            let kind = p.get("rope_type").or_else(|| p.get("type")).and_then(Json::as_str).unwrap_or("default");
+            let num = |k: &str| {
+                p.get(k).and_then(Json::as_f64).map(|v| v as f32).ok_or_else(|| Error::field(&self.path, format!("{key}.{k}"), "missing or not a number"))
+            };
+            match kind {
+                "default" => {}
+                "llama3" => {
+                    llama3 = Some(Llama3Scaling {
+                        factor: num("factor")?,
+                        low_freq_factor: num("low_freq_factor")?,
+                        high_freq_factor: num("high_freq_factor")?,
+                        original_max_position_embeddings: num("original_max_position_embeddings")?,
+                    })
+                }
+                other => {
+                    return Err(Error::field(&self.path, format!("{key}.rope_type"), format!("'{other}' is not supported (supported: default, llama3)")))
+                }
+            }
+        }
+        Ok(RopeConfig { theta, style, llama3, freq_factors: None })
+    }
+}
+
+/// Typed access to GGUF metadata under an architecture prefix (`llama.embedding_length`, ...).
+pub struct GgufMeta<'a> {
+    pub file: &'a GgufFile,
+    pub arch: &'a str,
+}
+
+impl GgufMeta<'_> {
+    fn key(&self, k: &str) -> String {
+        format!("{}.{k}", self.arch)
+    }
+
+    pub fn opt_usize(&self, k: &str) -> Result<Option<usize>> {
+        let key = self.key(k);
+        match self.file.get(&key) {
+            None => Ok(None),
+            Some(v) => v.as_u64().map(|v| Some(v as usize)).ok_or_else(|| Error::field(&self.file.path, key, format!("expected an integer, found {v:?}"))),
+        }
+    }
+
+    pub fn usize(&self, k: &str) -> Result<usize> {
+        self.opt_usize(k)?.ok_or_else(|| Error::field(&self.file.path, self.key(k), "missing"))
+    }
+
+    pub fn opt_f32(&self, k: &str) -> Result<Option<f32>> {
+        let key = self.key(k);
+        match self.file.get(&key) {
+            None => Ok(None),
+            Some(v) => v.as_f64().map(|v| Some(v as f32)).ok_or_else(|| Error::field(&self.file.path, key, format!("expected a number, found {v:?}"))),
+        }
+    }
+
+    pub fn token_id(&self, key: &str) -> Option<u32> {
+        self.file.get(key).and_then(|v| v.as_u64()).and_then(|v| u32::try_from(v).ok())
+    }
+
+    /// The llama-style hyper-parameters shared by every family we read from GGUF.
+    pub fn common(&self, family: &'static str, style: RopeStyle, qkv_bias: bool) -> Result<ModelConfig> {
+        let hidden_size = self.usize("embedding_length")?;
+        let num_heads = self.usize("attention.head_count")?;
+        let head_dim = match self.opt_usize("attention.key_length")? {
+            Some(d) => d,
+            None if num_heads > 0 => hidden_size / num_heads,
+            None => 0,
+        };
+        let vocab_size = match self.opt_usize("vocab_size")? {
+            Some(v) => v,
+            None => match self.file.tensor_info("token_embd.weight") {
+                Some(t) => t.shape()[0],
+                None => return Err(Error::field(&self.file.path, "token_embd.weight", "missing")),
+            },
+        };
+        let freq_factors = match self.file.tensor_info("rope_freqs.weight") {
+            Some(_) => Some(self.file.tensor("rope_freqs.weight")?.data().to_vec()),
+            None => None,
+        };
+        let eos: Vec<u32> = ["tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id"]
+            .iter()
+            .filter_map(|k| self.token_id(k))
+            .fold(Vec::new(), |mut v, id| {
+                if !v.contains(&id) {
+                    v.push(id)
+                }
+                v
+            });
+        Ok(ModelConfig {
+            family,
+            hidden_size,
+            intermediate_size: self.usize("feed_forward_length")?,
+            num_layers: self.usize("block_count")?,
+            num_heads,
+            num_kv_heads: self.opt_usize("attention.head_count_kv")?.unwrap_or(num_heads),
+            head_dim,
+            vocab_size,
+            rms_norm_eps: self.opt_f32("attention.layer_norm_rms_epsilon")?.unwrap_or(1e-5),
+            rope: RopeConfig { theta: self.opt_f32("rope.freq_base")?.unwrap_or(10000.0), style, llama3: None, freq_factors },
+            max_seq_len: self.opt_usize("context_length")?.unwrap_or(2048),
+            tie_word_embeddings: self.file.tensor_info("output.weight").is_none(),
+            qkv_bias,
+            bos_token_id: self.token_id("tokenizer.ggml.bos_token_id"),
+            eos_token_ids: eos,
+        })
+    }
+}
+
+/// The llama-style fields of a config.json shared by every family.
+pub fn hf_common(c: &HfConfig, family: &'static str, default_theta: f32, qkv_bias: bool) -> Result<ModelConfig> {
+    let hidden_size = c.usize("hidden_size")?;
+    let num_heads = c.usize("num_attention_heads")?;
+    let head_dim = match c.opt_usize("head_dim")? {
+        Some(d) => d,
+        None => hidden_size.checked_div(num_heads).unwrap_or(0),
+    };
+    let mut max_seq_len = c.opt_usize("max_position_embeddings")?.unwrap_or(2048);
+    // Sliding-window attention is not implemented: stay within one window, where it is exact.
+    if c.opt_bool("use_sliding_window")?.unwrap_or(true) {
+        if let Some(w) = c.opt_usize("sliding_window")? {
+            max_seq_len = max_seq_len.min(w);
+        }
+    }
+    Ok(ModelConfig {
+        family,
+        hidden_size,
+        intermediate_size: c.usize("intermediate_size")?,
+        num_layers: c.usize("num_hidden_layers")?,
+        num_heads,
+        num_kv_heads: c.opt_usize("num_key_value_heads")?.unwrap_or(num_heads),
+        head_dim,
+        vocab_size: c.usize("vocab_size")?,
+        rms_norm_eps: c.opt_f32("rms_norm_eps")?.unwrap_or(1e-6),
+        rope: c.rope(default_theta, RopeStyle::Neox)?,
+        max_seq_len,
+        tie_word_embeddings: c.opt_bool("tie_word_embeddings")?.unwrap_or(false),
+        qkv_bias,
+        bos_token_id: c.token_ids("bos_token_id")?.first().copied(),
+        eos_token_ids: c.token_ids("eos_token_id")?,
+    })
+}

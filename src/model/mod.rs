@@ -1,0 +1,177 @@
+//! Models: architecture families, weights by Hugging Face name, the float forward pass, KV cache,
+//! and `load`, which turns a path (HF folder, .gguf, llama2.c .bin) into a runnable model.
+
+pub mod config;
+pub mod kv_cache;
+pub mod llama;
+pub mod qwen2;
+pub mod transformer;
+pub mod weights;
+
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::format::gguf::GgufFile;
+use crate::format::llama2c::Llama2cFile;
+use crate::format::safetensors::SafetensorsModel;
+use crate::tokenizer::Tokenizer;
+use config::{GgufMeta, HfConfig, ModelConfig, RopeConfig};
+pub use kv_cache::KvCache;
+pub use transformer::{Logits, Transformer};
+use weights::Weights;
+
+/// One architecture family: how its config is read from each format. The forward pass is shared.
+pub struct Family {
+    pub name: &'static str,
+    pub hf_model_types: &'static [&'static str],
+    pub gguf_archs: &'static [&'static str],
+    pub from_hf: fn(&HfConfig) -> Result<ModelConfig>,
+    pub from_gguf: fn(&GgufMeta) -> Result<ModelConfig>,
+}
+
+pub static FAMILIES: &[&Family] = &[&llama::FAMILY, &qwen2::FAMILY];
+
+fn supported(f: impl Fn(&Family) -> &'static [&'static str]) -> String {
+    FAMILIES.iter().flat_map(|fam| f(fam).iter().copied()).collect::<Vec<_>>().join(", ")
+}
+
+/// A model ready to run, with its tokenizer when one was found.
+pub struct LoadedModel {
+    pub path: PathBuf,
+    pub format: &'static str,
+    pub model: Transformer,
+    pub tokenizer: Option<Tokenizer>,
+    pub weights: Weights,
+}
+
+pub struct LoadOptions<'a> {
+    /// Tokenizer file to use instead of the one inside/beside the model (required for llama2.c).
+    pub tokenizer: Option<&'a Path>,
+    /// Called once per tensor read, after `on_start(total)`: drives a progress bar.
+    pub on_start: &'a dyn Fn(usize),
+    pub on_tensor: &'a dyn Fn(),
+}
+
+impl Default for LoadOptions<'_> {
+    fn default() -> Self {
+        LoadOptions { tokenizer: None, on_start: &|_| {}, on_tensor: &|| {} }
+    }
+}
+
+/// Loads a Hugging Face folder, a GGUF file or a llama2.c checkpoint.
+pub fn load(path: &Path, opts: &LoadOptions) -> Result<LoadedModel> {
+    if !path.exists() {
+        return Err(Error::io(path, std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory")));
+    }
+    let (config, weights, mut tokenizer) = if path.is_dir() {
+        open_hf_dir(path)?
+    } else if has_magic(path, b"GGUF")? {
+        open_gguf(path)?
+    } else {
+        open_llama2c(path)?
+    };
+    if let Some(t) = opts.tokenizer {
+        tokenizer = Some(open_tokenizer_file(t)?);
+    }
+    (opts.on_start)(Transformer::tensor_count(&config));
+    let model = Transformer::load(config, &weights, opts.on_tensor)?;
+    if let Some(tok) = &tokenizer {
+        if tok.vocab_size() > model.config.vocab_size {
+            return Err(Error::Input(format!(
+                "the tokenizer has {} tokens but the model's vocabulary has only {}; wrong tokenizer?",
+                tok.vocab_size(),
+                model.config.vocab_size
+            )));
+        }
+    }
+    Ok(LoadedModel { path: path.to_path_buf(), format: weights.format_name(), model, tokenizer, weights })
+}
+
+fn has_magic(path: &Path, magic: &[u8]) -> Result<bool> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut buf = vec![0u8; magic.len()];
+    Ok(f.read_exact(&mut buf).is_ok() && buf == magic)
+}
+
+/// A tokenizer file given on the command line: tokenizer.json, a GGUF vocabulary or a llama2.c tokenizer.bin.
+pub fn open_tokenizer_file(path: &Path) -> Result<Tokenizer> {
+    if path.extension().is_some_and(|e| e == "json") {
+        Tokenizer::from_hf_file(path)
+    } else if has_magic(path, b"GGUF")? {
+        Tokenizer::from_gguf(&GgufFile::open(path)?)
+    } else {
+        Tokenizer::from_llama2c(path)
+    }
+}
+
+fn open_hf_dir(dir: &Path) -> Result<(ModelConfig, Weights, Option<Tokenizer>)> {
+    let cfg = HfConfig::open(&dir.join("config.json"))?;
+    let model_type = cfg.model_type().ok_or_else(|| Error::field(&cfg.path, "model_type", "missing"))?;
+    let family = FAMILIES.iter().find(|f| f.hf_model_types.contains(&model_type)).ok_or_else(|| Error::UnsupportedArch {
+        path: cfg.path.clone(),
+        arch: model_type.to_string(),
+        supported: supported(|f| f.hf_model_types),
+    })?;
+    let mut config = (family.from_hf)(&cfg)?;
+    // generation_config.json overrides config.json for BOS/EOS, as transformers' generate() does.
+    let gen_path = dir.join("generation_config.json");
+    if gen_path.exists() {
+        let gen = HfConfig::open(&gen_path)?;
+        if let Some(b) = gen.token_ids("bos_token_id")?.first() {
+            config.bos_token_id = Some(*b);
+        }
+        let eos = gen.token_ids("eos_token_id")?;
+        if !eos.is_empty() {
+            config.eos_token_ids = eos;
+        }
+    }
+    let model = SafetensorsModel::open_dir(dir)?;
+    if config.tie_word_embeddings && model.contains("lm_head.weight") {
+        // Some exports keep a copy of the tied head; using it is equivalent and avoids surprises.
+        config.tie_word_embeddings = false;
+    }
+    let tok_path = dir.join("tokenizer.json");
+    let tokenizer = if tok_path.exists() { Some(Tokenizer::from_hf_file(&tok_path)?) } else { None };
+    Ok((config, Weights::Safetensors { dir: dir.to_path_buf(), model }, tokenizer))
+}
+
+fn open_gguf(path: &Path) -> Result<(ModelConfig, Weights, Option<Tokenizer>)> {
+    let file = GgufFile::open(path)?;
+    let arch = file
+        .get("general.architecture")
+        .and_then(|v| v.as_str())
+        .ok_or_else(|| Error::field(path, "general.architecture", "missing"))?
+        .to_string();
+    let family = FAMILIES.iter().find(|f| f.gguf_archs.contains(&arch.as_str())).ok_or_else(|| Error::UnsupportedArch {
+        path: path.to_path_buf(),
+        arch: arch.clone(),
+        supported: supported(|f| f.gguf_archs),
+    })?;
+    let config = (family.from_gguf)(&GgufMeta { file: &file, arch: &arch })?;
+    let tokenizer = if file.get("tokenizer.ggml.model").is_some() { Some(Tokenizer::from_gguf(&file)?) } else { None };
+    Ok((config, Weights::Gguf(file), tokenizer))
+}
+
+fn open_llama2c(path: &Path) -> Result<(ModelConfig, Weights, Option<Tokenizer>)> {
+    let file = Llama2cFile::open(path)?;
+    let h = file.header;
+    let config = ModelConfig {
+        family: llama::FAMILY.name,
+        hidden_size: h.dim,
+        intermediate_size: h.hidden_dim,
+        num_layers: h.n_layers,
+        num_heads: h.n_heads,
+        num_kv_heads: h.n_kv_heads,
+        head_dim: h.dim / h.n_heads,
+        vocab_size: h.vocab_size,
+        rms_norm_eps: 1e-5,
+        rope: RopeConfig { theta: 10000.0, style: crate::kernels::ops::RopeStyle::Interleaved, llama3: None, freq_factors: None },
+        max_seq_len: h.seq_len,
+        tie_word_embeddings: h.shared_classifier,
+        qkv_bias: false,
+        bos_token_id: Some(1),
+        eos_token_ids: vec![2],
+    };
+    Ok((config, Weights::Llama2c(file), None))
+}

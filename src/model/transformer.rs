@@ -1,0 +1,262 @@
+//! The decoder-only transformer shared by the llama-like families, laid out like the Hugging Face
+//! module tree (`model.layers.N.self_attn.q_proj`, ...). This is the float32 reference forward
+//! pass: prefill runs the whole batch of tokens through batched matmuls; decode is the same code
+//! with one token (matrix-vector kernels).
+
+use crate::error::{Error, Result};
+use crate::kernels::{self, ops};
+use crate::tensor::Tensor;
+
+use super::config::ModelConfig;
+use super::kv_cache::KvCache;
+use super::weights::Weights;
+
+pub struct Linear {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn out_features(&self) -> usize {
+        self.weight.shape()[0]
+    }
+    pub fn in_features(&self) -> usize {
+        self.weight.shape()[1]
+    }
+
+    /// y[m, out] = x[m, in] W^T (+ b).
+    pub fn forward(&self, x: &[f32], m: usize, y: &mut [f32]) {
+        kernels::linear(x, m, self.in_features(), self.weight.data(), self.out_features(), y);
+        if let Some(b) = &self.bias {
+            ops::add_bias(y, b.data());
+        }
+    }
+}
+
+pub struct RmsNorm {
+    pub weight: Tensor,
+    pub eps: f32,
+}
+
+impl RmsNorm {
+    pub fn forward(&self, x: &[f32], out: &mut [f32]) {
+        ops::rms_norm(x, self.weight.data(), self.eps, out);
+    }
+}
+
+pub struct Attention {
+    pub q_proj: Linear,
+    pub k_proj: Linear,
+    pub v_proj: Linear,
+    pub o_proj: Linear,
+}
+
+pub struct Mlp {
+    pub gate_proj: Linear,
+    pub up_proj: Linear,
+    pub down_proj: Linear,
+}
+
+pub struct DecoderLayer {
+    pub input_layernorm: RmsNorm,
+    pub self_attn: Attention,
+    pub post_attention_layernorm: RmsNorm,
+    pub mlp: Mlp,
+}
+
+/// Whose logits a forward pass returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logits {
+    /// Only the last position (prefill for generation): the LM head runs on one row.
+    Last,
+    /// Every position of the batch.
+    All,
+}
+
+pub struct Transformer {
+    pub config: ModelConfig,
+    pub embed_tokens: Tensor,
+    pub layers: Vec<DecoderLayer>,
+    pub norm: RmsNorm,
+    pub lm_head: Linear,
+    inv_freq: Vec<f32>,
+}
+
+/// Loads tensors by their Hugging Face names and checks each shape against the config.
+struct Loader<'a> {
+    weights: &'a Weights,
+    on_tensor: &'a dyn Fn(),
+}
+
+impl Loader<'_> {
+    fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let t = self.weights.tensor(name)?;
+        (self.on_tensor)();
+        if t.shape() != shape {
+            return Err(Error::field(self.weights.path(), format!("tensor '{name}'"), format!("shape {:?}, expected {shape:?} from the config", t.shape())));
+        }
+        Ok(t)
+    }
+
+    fn linear(&self, prefix: &str, out: usize, inp: usize, bias: bool) -> Result<Linear> {
+        let weight = self.tensor(&format!("{prefix}.weight"), &[out, inp])?;
+        let bias = if bias { Some(self.tensor(&format!("{prefix}.bias"), &[out])?) } else { None };
+        Ok(Linear { weight, bias })
+    }
+
+    fn norm(&self, name: &str, dim: usize, eps: f32) -> Result<RmsNorm> {
+        Ok(RmsNorm { weight: self.tensor(name, &[dim])?, eps })
+    }
+}
+
+impl Transformer {
+    /// Number of tensors `load` reads (for progress reporting).
+    pub fn tensor_count(c: &ModelConfig) -> usize {
+        3 + c.num_layers * (9 + if c.qkv_bias { 3 } else { 0 }) + usize::from(!c.tie_word_embeddings)
+    }
+
+    pub fn load(config: ModelConfig, weights: &Weights, on_tensor: &dyn Fn()) -> Result<Self> {
+        config.validate(weights.path())?;
+        let c = &config;
+        let l = Loader { weights, on_tensor };
+        let (d, eps) = (c.hidden_size, c.rms_norm_eps);
+        let embed_tokens = l.tensor("model.embed_tokens.weight", &[c.vocab_size, d])?;
+        let mut layers = Vec::with_capacity(c.num_layers);
+        for i in 0..c.num_layers {
+            let p = format!("model.layers.{i}");
+            layers.push(DecoderLayer {
+                input_layernorm: l.norm(&format!("{p}.input_layernorm.weight"), d, eps)?,
+                self_attn: Attention {
+                    q_proj: l.linear(&format!("{p}.self_attn.q_proj"), c.q_dim(), d, c.qkv_bias)?,
+                    k_proj: l.linear(&format!("{p}.self_attn.k_proj"), c.kv_dim(), d, c.qkv_bias)?,
+                    v_proj: l.linear(&format!("{p}.self_attn.v_proj"), c.kv_dim(), d, c.qkv_bias)?,
+                    o_proj: l.linear(&format!("{p}.self_attn.o_proj"), d, c.q_dim(), false)?,
+                },
+                post_attention_layernorm: l.norm(&format!("{p}.post_attention_layernorm.weight"), d, eps)?,
+                mlp: Mlp {
+                    gate_proj: l.linear(&format!("{p}.mlp.gate_proj"), c.intermediate_size, d, false)?,
+                    up_proj: l.linear(&format!("{p}.mlp.up_proj"), c.intermediate_size, d, false)?,
+                    down_proj: l.linear(&format!("{p}.mlp.down_proj"), d, c.intermediate_size, false)?,
+                },
+            });
+        }
+        let norm = l.norm("model.norm.weight", d, eps)?;
+        let lm_head = if c.tie_word_embeddings {
+            Linear { weight: embed_tokens.clone(), bias: None }
+        } else {
+            l.linear("lm_head", c.vocab_size, d, false)?
+        };
+        let inv_freq = c.rope.inv_freq(c.head_dim);
+        Ok(Transformer { config, embed_tokens, layers, norm, lm_head, inv_freq })
+    }
+
+    /// Parameter count (tied embeddings counted once).
+    pub fn num_parameters(&self) -> usize {
+        let lin = |l: &Linear| l.weight.len() + l.bias.as_ref().map_or(0, |b| b.len());
+        let mut n = self.embed_tokens.len() + self.norm.weight.len();
+        if !self.config.tie_word_embeddings {
+            n += lin(&self.lm_head);
+        }
+        for layer in &self.layers {
+            let a = &layer.self_attn;
+            let m = &layer.mlp;
+            n += [&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj, &m.gate_proj, &m.up_proj, &m.down_proj].iter().map(|l| lin(l)).sum::<usize>();
+            n += layer.input_layernorm.weight.len() + layer.post_attention_layernorm.weight.len();
+        }
+        n
+    }
+
+    pub fn new_cache(&self, capacity: usize) -> KvCache {
+        KvCache::new(self.config.num_layers, self.config.num_kv_heads, self.config.head_dim, capacity)
+    }
+
+    /// Looks up token embeddings, rejecting ids outside the vocabulary.
+    pub fn embed(&self, tokens: &[u32]) -> Result<Vec<f32>> {
+        let d = self.config.hidden_size;
+        let mut x = vec![0f32; tokens.len() * d];
+        for (row, &t) in x.chunks_exact_mut(d).zip(tokens) {
+            if t as usize >= self.config.vocab_size {
+                return Err(Error::Input(format!("token id {t} is out of range (vocabulary size {})", self.config.vocab_size)));
+            }
+            row.copy_from_slice(self.embed_tokens.row(t as usize));
+        }
+        Ok(x)
+    }
+
+    /// RoPE cos/sin for positions pos0..pos0+m, [m][head_dim/2], angles in f32 as Hugging Face does.
+    fn rope_tables(&self, pos0: usize, m: usize) -> (Vec<f32>, Vec<f32>) {
+        let half = self.inv_freq.len();
+        let mut cos = Vec::with_capacity(m * half);
+        let mut sin = Vec::with_capacity(m * half);
+        for p in pos0..pos0 + m {
+            for &f in &self.inv_freq {
+                let angle = (p as f32 * f) as f64;
+                cos.push(angle.cos() as f32);
+                sin.push(angle.sin() as f32);
+            }
+        }
+        (cos, sin)
+    }
+
+    /// Runs `tokens` (appended after what the cache holds) and returns logits: [vocab] for
+    /// `Logits::Last`, [tokens][vocab] for `Logits::All`.
+    pub fn forward(&self, tokens: &[u32], cache: &mut KvCache, which: Logits) -> Result<Vec<f32>> {
+        let c = &self.config;
+        let m = tokens.len();
+        if m == 0 {
+            return Err(Error::Input("no tokens to run".into()));
+        }
+        let pos0 = cache.len();
+        if pos0 + m > cache.capacity() {
+            return Err(Error::Input(format!(
+                "{} tokens exceed the context of {} (the cache holds {pos0}, {m} more requested)",
+                pos0 + m,
+                cache.capacity()
+            )));
+        }
+        let (d, hd) = (c.hidden_size, c.head_dim);
+        let mut x = self.embed(tokens)?;
+        let (cos, sin) = self.rope_tables(pos0, m);
+        let mut h = vec![0f32; m * d];
+        let mut q = vec![0f32; m * c.q_dim()];
+        let mut k = vec![0f32; m * c.kv_dim()];
+        let mut v = vec![0f32; m * c.kv_dim()];
+        let mut attn = vec![0f32; m * c.q_dim()];
+        let mut o = vec![0f32; m * d];
+        let mut gate = vec![0f32; m * c.intermediate_size];
+        let mut up = vec![0f32; m * c.intermediate_size];
+        for (li, layer) in self.layers.iter().enumerate() {
+            let a = &layer.self_attn;
+            layer.input_layernorm.forward(&x, &mut h);
+            a.q_proj.forward(&h, m, &mut q);
+            a.k_proj.forward(&h, m, &mut k);
+            a.v_proj.forward(&h, m, &mut v);
+            ops::apply_rope(&mut q, hd, c.rope.style, &cos, &sin, hd / 2);
+            ops::apply_rope(&mut k, hd, c.rope.style, &cos, &sin, hd / 2);
+            cache.append(li, pos0, &k, &v);
+            let (kc, vc) = cache.layer(li);
+            let shape = ops::AttnShape { n_heads: c.num_heads, n_kv_heads: c.num_kv_heads, head_dim: hd, pos0, kv_capacity: cache.capacity() };
+            ops::causal_attention(&q, kc, vc, shape, &mut attn);
+            a.o_proj.forward(&attn, m, &mut o);
+            ops::add_in_place(&mut x, &o);
+
+            layer.post_attention_layernorm.forward(&x, &mut h);
+            layer.mlp.gate_proj.forward(&h, m, &mut gate);
+            layer.mlp.up_proj.forward(&h, m, &mut up);
+            ops::silu_mul(&mut gate, &up);
+            layer.mlp.down_proj.forward(&gate, m, &mut o);
+            ops::add_in_place(&mut x, &o);
+        }
+        cache.advance(m);
+        let rows = match which {
+            Logits::Last => &x[(m - 1) * d..],
+            Logits::All => &x[..],
+        };
+        let n = rows.len() / d;
+        let mut normed = vec![0f32; rows.len()];
+        self.norm.forward(rows, &mut normed);
+        let mut logits = vec![0f32; n * c.vocab_size];
+        self.lm_head.forward(&normed, n, &mut logits);
+        Ok(logits)
+    }
+}

@@ -1,0 +1,122 @@
+//! Where a model's tensors come from. Every format answers to Hugging Face tensor names
+//! (`model.layers.0.self_attn.q_proj.weight`), so model code never sees a file layout.
+
+use std::path::Path;
+
+use crate::error::Result;
+use crate::format::gguf::GgufFile;
+use crate::format::llama2c::Llama2cFile;
+use crate::format::safetensors::SafetensorsModel;
+use crate::tensor::Tensor;
+
+pub enum Weights {
+    Safetensors { dir: std::path::PathBuf, model: SafetensorsModel },
+    Gguf(GgufFile),
+    Llama2c(Llama2cFile),
+}
+
+/// The GGUF name llama.cpp uses for a Hugging Face tensor name of a llama-like model.
+pub fn gguf_name(hf: &str) -> Option<String> {
+    let fixed = match hf {
+        "model.embed_tokens.weight" => Some("token_embd.weight"),
+        "model.norm.weight" => Some("output_norm.weight"),
+        "lm_head.weight" => Some("output.weight"),
+        _ => None,
+    };
+    if let Some(f) = fixed {
+        return Some(f.to_string());
+    }
+    let rest = hf.strip_prefix("model.layers.")?;
+    let (layer, part) = rest.split_once('.')?;
+    let (module, kind) = part.rsplit_once('.')?;
+    let g = match module {
+        "input_layernorm" => "attn_norm",
+        "self_attn.q_proj" => "attn_q",
+        "self_attn.k_proj" => "attn_k",
+        "self_attn.v_proj" => "attn_v",
+        "self_attn.o_proj" => "attn_output",
+        "post_attention_layernorm" => "ffn_norm",
+        "mlp.gate_proj" => "ffn_gate",
+        "mlp.up_proj" => "ffn_up",
+        "mlp.down_proj" => "ffn_down",
+        _ => return None,
+    };
+    Some(format!("blk.{layer}.{g}.{kind}"))
+}
+
+impl Weights {
+    pub fn path(&self) -> &Path {
+        match self {
+            Weights::Safetensors { dir, .. } => dir,
+            Weights::Gguf(g) => &g.path,
+            Weights::Llama2c(f) => &f.path,
+        }
+    }
+
+    pub fn format_name(&self) -> &'static str {
+        match self {
+            Weights::Safetensors { .. } => "Hugging Face safetensors",
+            Weights::Gguf(_) => "GGUF",
+            Weights::Llama2c(_) => "llama2.c checkpoint",
+        }
+    }
+
+    pub fn tensor(&self, hf_name: &str) -> Result<Tensor> {
+        match self {
+            Weights::Safetensors { model, .. } => model.tensor(hf_name),
+            Weights::Gguf(g) => g.tensor(&gguf_name(hf_name).unwrap_or_else(|| hf_name.to_string())),
+            Weights::Llama2c(f) => f.tensor(hf_name),
+        }
+    }
+}
+
+impl Weights {
+    /// (name as stored, dtype, row-major shape) of every tensor in the file.
+    pub fn tensor_list(&self) -> Vec<(String, String, Vec<usize>)> {
+        match self {
+            Weights::Safetensors { model, .. } => {
+                model.infos().into_iter().map(|i| (i.name.to_string(), i.dtype.to_string(), i.shape.to_vec())).collect()
+            }
+            Weights::Gguf(g) => g
+                .tensors
+                .iter()
+                .map(|t| (t.name.clone(), t.dtype.map_or_else(|| format!("ggml type {}", t.ggml_type), |d| d.name().to_string()), t.shape()))
+                .collect(),
+            Weights::Llama2c(f) => {
+                let h = f.header;
+                let kv = h.dim / h.n_heads * h.n_kv_heads;
+                let mut v = vec![("token_embedding".to_string(), "F32".to_string(), vec![h.vocab_size, h.dim])];
+                for (name, shape) in [
+                    ("rms_att", vec![h.n_layers, h.dim]),
+                    ("wq", vec![h.n_layers, h.dim, h.dim]),
+                    ("wk", vec![h.n_layers, kv, h.dim]),
+                    ("wv", vec![h.n_layers, kv, h.dim]),
+                    ("wo", vec![h.n_layers, h.dim, h.dim]),
+                    ("rms_ffn", vec![h.n_layers, h.dim]),
+                    ("w1", vec![h.n_layers, h.hidden_dim, h.dim]),
+                    ("w2", vec![h.n_layers, h.dim, h.hidden_dim]),
+                    ("w3", vec![h.n_layers, h.hidden_dim, h.dim]),
+                    ("rms_final", vec![h.dim]),
+                ] {
+                    v.push((name.to_string(), "F32".to_string(), shape));
+                }
+                if !h.shared_classifier {
+                    v.push(("wcls".to_string(), "F32".to_string(), vec![h.vocab_size, h.dim]));
+                }
+                v
+            }
+        }
+    }
+
+    /// "F32 x 12, F16 x 30" style count of on-disk dtypes.
+    pub fn dtype_summary(&self) -> String {
+        let mut counts: Vec<(String, usize)> = Vec::new();
+        for (_, d, _) in self.tensor_list() {
+            match counts.iter_mut().find(|(n, _)| *n == d) {
+                Some((_, c)) => *c += 1,
+                None => counts.push((d, 1)),
+            }
+        }
+        counts.iter().map(|(d, c)| format!("{d} x {c}")).collect::<Vec<_>>().join(", ")
+    }
+}

@@ -1,0 +1,146 @@
+//! The float engine against Hugging Face transformers (fixtures from tools/oracle/gen_fixtures.py):
+//! logits of every position within 1e-4 and identical greedy continuations, for HF folders (both
+//! config layouts) and GGUF files (f32 with llama.cpp's Q/K permutation, f16, q8_0).
+
+use std::path::{Path, PathBuf};
+
+use llm_npu::generate::{generate, GenerateOptions};
+use llm_npu::model::{self, LoadOptions, Logits};
+use llm_npu::npy;
+use llm_npu::sampling::SamplingParams;
+
+const MODELS: [&str; 3] = ["llama-gqa", "llama-mha-tied-llama3rope", "qwen2-bias-tied"];
+const TOL: f32 = 1e-4;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn ids(json: &serde_json::Value, key: &str) -> Vec<u32> {
+    json[key].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect()
+}
+
+fn reference(model: &str) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(fixtures().join(model).join("ref.json")).unwrap()).unwrap()
+}
+
+/// Max |a - b| over all logits, after checking the shapes agree.
+fn max_abs_diff(ours: &[f32], reference: &Path, rows: usize) -> f32 {
+    let (shape, want) = npy::read_f32(reference).unwrap();
+    assert_eq!(shape[0], rows, "{}", reference.display());
+    assert_eq!(ours.len(), want.len(), "{}", reference.display());
+    ours.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max)
+}
+
+fn all_logits(path: &Path, tokens: &[u32]) -> Vec<f32> {
+    let loaded = model::load(path, &LoadOptions::default()).unwrap_or_else(|e| panic!("{e}"));
+    let mut cache = loaded.model.new_cache(tokens.len());
+    loaded.model.forward(tokens, &mut cache, Logits::All).unwrap()
+}
+
+#[test]
+fn hf_folders_match_transformers_logits_at_every_position() {
+    for name in MODELS {
+        let r = reference(name);
+        for input in ["short", "long"] {
+            let tokens = ids(&r, &format!("{input}_ids"));
+            let logits = all_logits(&fixtures().join(name), &tokens);
+            let d = max_abs_diff(&logits, &fixtures().join(name).join(format!("ref_logits_{input}.npy")), tokens.len());
+            eprintln!("{name} {input}: max |logit - HF| = {d:.2e}");
+            assert!(d <= TOL, "{name} {input}: max abs diff {d} > {TOL}");
+        }
+    }
+}
+
+#[test]
+fn legacy_config_layout_gives_the_same_logits() {
+    // transformers 5 writes rope settings under `rope_parameters`; older configs (most on the Hub)
+    // use top-level `rope_theta` + `rope_scaling`. Both must load to the same model.
+    for name in MODELS {
+        let dir = tempdir(name);
+        let src = fixtures().join(name);
+        std::fs::copy(src.join("config.legacy.json"), dir.join("config.json")).unwrap();
+        std::fs::copy(src.join("model.safetensors"), dir.join("model.safetensors")).unwrap();
+        let tokens = ids(&reference(name), "short_ids");
+        let d = max_abs_diff(&all_logits(&dir, &tokens), &src.join("ref_logits_short.npy"), tokens.len());
+        assert!(d <= TOL, "{name} legacy config: {d}");
+        std::fs::remove_dir_all(dir).ok();
+    }
+}
+
+#[test]
+fn greedy_continuation_matches_transformers_generate() {
+    for name in MODELS {
+        let r = reference(name);
+        let loaded = model::load(&fixtures().join(name), &LoadOptions::default()).unwrap();
+        let want = ids(&r, "greedy_new_tokens");
+        let opts = GenerateOptions {
+            max_new_tokens: want.len(),
+            sampling: SamplingParams { temperature: 0.0, ..Default::default() },
+            stop_tokens: vec![],
+        };
+        let mut got = Vec::new();
+        generate(&loaded.model, &ids(&r, "greedy_prompt"), &opts, |t| {
+            got.push(t);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(got, want, "{name}: greedy tokens differ from transformers");
+    }
+}
+
+#[test]
+fn gguf_files_match_the_hf_reference() {
+    let r = reference("llama-gqa");
+    let tokens = ids(&r, "short_ids");
+    let g = fixtures().join("gguf");
+    // f32 GGUF: same weights as the HF folder, Q/K rows permuted by the converter.
+    let cases = [
+        ("llama-gqa-f32.gguf", fixtures().join("llama-gqa/ref_logits_short.npy")),
+        ("llama-gqa-f16.gguf", g.join("llama-gqa-f16.ref_logits_short.npy")),
+        ("llama-gqa-q8_0.gguf", g.join("llama-gqa-q8_0.ref_logits_short.npy")),
+    ];
+    for (file, reference) in cases {
+        let d = max_abs_diff(&all_logits(&g.join(file), &tokens), &reference, tokens.len());
+        eprintln!("{file}: max |logit - HF| = {d:.2e}");
+        assert!(d <= TOL, "{file}: {d}");
+    }
+}
+
+#[test]
+fn last_position_logits_equal_the_last_row_of_all_positions() {
+    let path = fixtures().join("qwen2-bias-tied");
+    let tokens = ids(&reference("qwen2-bias-tied"), "short_ids");
+    let all = all_logits(&path, &tokens);
+    let loaded = model::load(&path, &LoadOptions::default()).unwrap();
+    let mut cache = loaded.model.new_cache(tokens.len());
+    let last = loaded.model.forward(&tokens, &mut cache, Logits::Last).unwrap();
+    let vocab = loaded.model.config.vocab_size;
+    assert_eq!(last.len(), vocab);
+    let d = last.iter().zip(&all[all.len() - vocab..]).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+    assert!(d <= 1e-5, "{d}");
+}
+
+#[test]
+fn incremental_decode_matches_one_batch() {
+    // Prefill half, then feed the rest one token at a time: same logits as one batched pass.
+    let path = fixtures().join("llama-gqa");
+    let tokens = ids(&reference("llama-gqa"), "short_ids");
+    let all = all_logits(&path, &tokens);
+    let loaded = model::load(&path, &LoadOptions::default()).unwrap();
+    let vocab = loaded.model.config.vocab_size;
+    let mut cache = loaded.model.new_cache(tokens.len());
+    let half = tokens.len() / 2;
+    loaded.model.forward(&tokens[..half], &mut cache, Logits::Last).unwrap();
+    for (i, &t) in tokens.iter().enumerate().skip(half) {
+        let l = loaded.model.forward(&[t], &mut cache, Logits::Last).unwrap();
+        let d = l.iter().zip(&all[i * vocab..(i + 1) * vocab]).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        assert!(d <= 1e-5, "position {i}: {d}");
+    }
+}
+
+fn tempdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("llm-npu-test-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
