@@ -5,8 +5,10 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    // `err` is not named `source` on purpose: the message already includes it, and a source
+    // would make error chains (anyhow's "{:#}") print it twice.
+    #[error("{}: {err}", path.display())]
+    Io { path: PathBuf, err: std::io::Error },
 
     /// The file's structure is broken: truncated, bad magic, impossible sizes.
     #[error("{}: {msg}", path.display())]
@@ -30,8 +32,8 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
-        Error::Io { path: path.as_ref().to_path_buf(), source }
+    pub fn io(path: impl AsRef<Path>, err: std::io::Error) -> Self {
+        Error::Io { path: path.as_ref().to_path_buf(), err }
     }
     pub fn corrupt(path: impl AsRef<Path>, msg: impl Into<String>) -> Self {
         Error::Corrupt { path: path.as_ref().to_path_buf(), msg: msg.into() }

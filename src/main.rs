@@ -127,14 +127,15 @@ fn load_model(args: &ModelArgs) -> Result<LoadedModel> {
     bar.set_style(indicatif::ProgressStyle::with_template("loading {bar:30} {pos}/{len} tensors {elapsed}").unwrap());
     let t0 = Instant::now();
     let opts = LoadOptions { tokenizer: args.tokenizer.as_deref(), on_start: &|n| bar.set_length(n as u64), on_tensor: &|| bar.inc(1) };
-    let loaded = model::load(&args.model, &opts).with_context(|| format!("loading {}", args.model.display()))?;
+    // Library errors already name the file and field.
+    let loaded = model::load(&args.model, &opts)?;
     bar.finish_and_clear();
     eprintln!(
-        "loaded {} ({}, {} family, {:.1}M parameters) in {:.2} s",
+        "loaded {} ({}, {} family, {} parameters) in {:.2} s",
         args.model.display(),
         loaded.format,
         loaded.model.config.family,
-        loaded.model.num_parameters() as f64 / 1e6,
+        human_count(loaded.model.num_parameters()),
         t0.elapsed().as_secs_f64()
     );
     Ok(loaded)
@@ -211,8 +212,18 @@ fn cmd_logits(a: LogitsArgs) -> Result<()> {
     Ok(())
 }
 
+/// 1234 -> "1.2K", 1_100_048_384 -> "1.10B".
+fn human_count(n: usize) -> String {
+    match n {
+        0..1_000 => n.to_string(),
+        1_000..1_000_000 => format!("{:.1}K", n as f64 / 1e3),
+        1_000_000..1_000_000_000 => format!("{:.1}M", n as f64 / 1e6),
+        _ => format!("{:.2}B", n as f64 / 1e9),
+    }
+}
+
 fn write_npy(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
-    llm_npu::npy::write_f32(path, shape, data).with_context(|| format!("writing {}", path.display()))
+    Ok(llm_npu::npy::write_f32(path, shape, data)?)
 }
 
 fn cmd_inspect(a: InspectArgs) -> Result<()> {
@@ -221,7 +232,7 @@ fn cmd_inspect(a: InspectArgs) -> Result<()> {
     println!("model:        {}", loaded.path.display());
     println!("format:       {}", loaded.format);
     println!("family:       {}", c.family);
-    println!("parameters:   {} ({:.2}M)", loaded.model.num_parameters(), loaded.model.num_parameters() as f64 / 1e6);
+    println!("parameters:   {} ({})", loaded.model.num_parameters(), human_count(loaded.model.num_parameters()));
     println!("layers:       {}", c.num_layers);
     println!("hidden:       {} (intermediate {})", c.hidden_size, c.intermediate_size);
     println!("heads:        {} query, {} key/value, head_dim {}", c.num_heads, c.num_kv_heads, c.head_dim);

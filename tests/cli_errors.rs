@@ -1,0 +1,159 @@
+//! Bad input must give a one-line error naming the file and the field, a non-zero exit and no
+//! panic. Each case runs the real binary.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn tempdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("llm-npu-err-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Runs `llm-npu args...`, expects failure, returns the single stderr line.
+fn expect_error(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_llm-npu")).args(args).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "expected exit 1 (a handled error), got {:?}; stderr:\n{stderr}", out.status.code());
+    assert!(!stderr.contains("panicked"), "panic: {stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(lines.len(), 1, "expected one error line, got:\n{stderr}");
+    lines[0].to_string()
+}
+
+fn logits_args<'a>(model: &'a str, ids: &'a str, out: &'a str) -> Vec<&'a str> {
+    vec!["logits", "-m", model, "--token-ids", ids, "--out", out]
+}
+
+/// A copy of a fixture folder with `edit` applied to its config.json.
+fn hf_copy_with_config(tag: &str, edit: impl Fn(&mut serde_json::Value)) -> PathBuf {
+    let src = fixtures().join("llama-gqa");
+    let dir = tempdir(tag);
+    std::fs::copy(src.join("model.safetensors"), dir.join("model.safetensors")).unwrap();
+    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    edit(&mut cfg);
+    std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
+    dir
+}
+
+fn out_path(tag: &str) -> String {
+    tempdir(tag).join("out.npy").to_string_lossy().into_owned()
+}
+
+#[test]
+fn missing_model_file() {
+    let e = expect_error(&logits_args("/nonexistent/model.gguf", "1", &out_path("missing")));
+    assert!(e.contains("/nonexistent/model.gguf") && e.contains("no such file"), "{e}");
+}
+
+#[test]
+fn missing_config_json() {
+    let dir = tempdir("noconfig");
+    let e = expect_error(&logits_args(dir.to_str().unwrap(), "1", &out_path("noconfig")));
+    assert!(e.contains("config.json"), "{e}");
+}
+
+#[test]
+fn truncated_safetensors_header() {
+    let dir = hf_copy_with_config("st-trunc", |_| {});
+    let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
+    std::fs::write(dir.join("model.safetensors"), &bytes[..200]).unwrap();
+    let e = expect_error(&logits_args(dir.to_str().unwrap(), "1", &out_path("st-trunc")));
+    assert!(e.contains("model.safetensors") && e.contains("header"), "{e}");
+}
+
+#[test]
+fn truncated_safetensors_data() {
+    let dir = hf_copy_with_config("st-data", |_| {});
+    let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
+    std::fs::write(dir.join("model.safetensors"), &bytes[..bytes.len() - 100]).unwrap();
+    let e = expect_error(&logits_args(dir.to_str().unwrap(), "1", &out_path("st-data")));
+    assert!(e.contains("model.safetensors"), "{e}");
+}
+
+#[test]
+fn corrupt_gguf_headers() {
+    let src = std::fs::read(fixtures().join("gguf/llama-gqa-f32.gguf")).unwrap();
+    let dir = tempdir("gguf");
+    let cases: [(&str, Vec<u8>, &str); 4] = [
+        ("truncated.gguf", src[..300].to_vec(), "truncated"),
+        ("short-data.gguf", src[..src.len() - 64].to_vec(), "past the end"),
+        ("version.gguf", [&src[..4], &9u32.to_le_bytes()[..], &src[8..]].concat(), "version 9"),
+        ("count.gguf", [&src[..8], &u64::MAX.to_le_bytes()[..], &src[16..]].concat(), "impossible counts"),
+    ];
+    for (name, bytes, want) in cases {
+        let p = dir.join(name);
+        std::fs::write(&p, bytes).unwrap();
+        let e = expect_error(&logits_args(p.to_str().unwrap(), "1", &out_path("gguf")));
+        assert!(e.contains(name) && e.contains(want), "{name}: {e}");
+    }
+}
+
+#[test]
+fn unsupported_tensor_type_in_gguf() {
+    // Retag the first tensor (token_embd, F32) as Q4_K: the reader must name the tensor and type.
+    let mut bytes = std::fs::read(fixtures().join("gguf/llama-gqa-f32.gguf")).unwrap();
+    let name = b"token_embd.weight";
+    let at = bytes.windows(name.len()).position(|w| w == name).unwrap() + name.len();
+    let type_at = at + 4 + 2 * 8; // n_dims (u32), two u64 dims, then the u32 type
+    bytes[type_at..type_at + 4].copy_from_slice(&12u32.to_le_bytes());
+    let p = tempdir("q4k").join("q4k.gguf");
+    std::fs::write(&p, bytes).unwrap();
+    let e = expect_error(&logits_args(p.to_str().unwrap(), "1", &out_path("q4k")));
+    assert!(e.contains("token_embd.weight") && e.contains("Q4_K"), "{e}");
+}
+
+#[test]
+fn tensor_shape_mismatch_names_the_tensor() {
+    let dir = hf_copy_with_config("shape", |c| c["intermediate_size"] = 48.into());
+    let e = expect_error(&logits_args(dir.to_str().unwrap(), "1", &out_path("shape")));
+    assert!(e.contains("model.layers.0.mlp.gate_proj.weight") && e.contains("[64, 32]") && e.contains("[48, 32]"), "{e}");
+}
+
+#[test]
+fn bad_config_field_type() {
+    let dir = hf_copy_with_config("field", |c| c["hidden_size"] = "big".into());
+    let e = expect_error(&logits_args(dir.to_str().unwrap(), "1", &out_path("field")));
+    assert!(e.contains("config.json") && e.contains("hidden_size"), "{e}");
+}
+
+#[test]
+fn unknown_architecture_lists_the_supported_ones() {
+    let dir = hf_copy_with_config("arch", |c| c["model_type"] = "gpt_neox".into());
+    let e = expect_error(&logits_args(dir.to_str().unwrap(), "1", &out_path("arch")));
+    assert!(e.contains("gpt_neox") && e.contains("llama") && e.contains("qwen2"), "{e}");
+}
+
+#[test]
+fn token_id_out_of_range() {
+    let m = fixtures().join("llama-gqa");
+    let e = expect_error(&logits_args(m.to_str().unwrap(), "1,256", &out_path("oor")));
+    assert!(e.contains("256") && e.contains("out of range"), "{e}");
+}
+
+#[test]
+fn prompt_longer_than_the_context() {
+    let m = fixtures().join("llama-gqa"); // max_position_embeddings 512
+    let ids = vec!["1"; 513].join(",");
+    let e = expect_error(&logits_args(m.to_str().unwrap(), &ids, &out_path("ctx")));
+    assert!(e.contains("513") && e.contains("context of 512"), "{e}");
+}
+
+#[test]
+fn llama2c_header_that_is_not_a_checkpoint() {
+    let p = tempdir("l2c").join("garbage.bin");
+    std::fs::write(&p, b"this is not a llama2.c checkpoint at all, just text").unwrap();
+    let e = expect_error(&logits_args(p.to_str().unwrap(), "1", &out_path("l2c")));
+    assert!(e.contains("garbage.bin") && e.contains("header."), "{e}");
+}
+
+#[test]
+fn run_without_a_tokenizer_says_how_to_fix_it() {
+    let m = fixtures().join("llama-gqa");
+    let e = expect_error(&["run", "-m", m.to_str().unwrap(), "-p", "hi", "-n", "2"]);
+    assert!(e.contains("--tokenizer"), "{e}");
+}
