@@ -64,3 +64,27 @@ pub fn to_f32(dtype: DType, bytes: &[u8], out: &mut [f32]) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conversions_match_known_values() {
+        let mut out = [0f32; 3];
+        // bf16 is the top half of an f32: 1.0 = 0x3F80, -2.0 = 0xC000, 0.15625 = 0x3E20.
+        to_f32(DType::BF16, &[0x80, 0x3F, 0x00, 0xC0, 0x20, 0x3E], &mut out);
+        assert_eq!(out, [1.0, -2.0, 0.15625]);
+        // f16: 1.0 = 0x3C00, -0.5 = 0xB800, 65504 = 0x7BFF (largest normal).
+        to_f32(DType::F16, &[0x00, 0x3C, 0x00, 0xB8, 0xFF, 0x7B], &mut out);
+        assert_eq!(out, [1.0, -0.5, 65504.0]);
+        // Q8_0: scale 0.5 (f16 0x3800) times int8 values.
+        let mut block = vec![0x00, 0x38];
+        block.extend((0..32).map(|i| (i as i8 - 16) as u8));
+        let mut q = [0f32; 32];
+        to_f32(DType::Q8_0, &block, &mut q);
+        assert!(q.iter().enumerate().all(|(i, &v)| v == 0.5 * (i as f32 - 16.0)));
+        assert_eq!(DType::Q8_0.n_bytes(64), Some(68));
+        assert_eq!(DType::Q8_0.n_bytes(33), None);
+    }
+}

@@ -1,0 +1,90 @@
+//! The real trained model: stories260K as GGUF v1 and as a llama2.c checkpoint must load to the
+//! same network and, greedy from BOS, write exactly the story llama2.c's reference prints.
+
+mod common;
+
+use std::process::Command;
+
+use llm_npu::model::{self, LoadOptions, Logits};
+
+/// llama2.c test_all.py `expected_stdout` for `run stories260K.bin -z tok512.bin -t 0.0 -n 200`
+/// (run.c counts the BOS position in -n, so that is 199 generated tokens).
+const EXPECTED: &str = "Once upon a time, there was a little girl named Lily. She loved to play outside in the park. One day, she saw a big, red ball. She wanted to play with it, but it was too high.\nLily's mom said, \"Lily, let's go to the park.\" Lily was sad and didn't know what to do. She said, \"I want to play with your ball, but I can't find it.\"\nLily was sad and didn't know what to do. She said, \"I'm sorry, Lily. I didn't know what to do.\"\nLily didn't want to help her mom, so she";
+
+fn run(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_llm-npu")).args(args).output().unwrap();
+    assert!(out.status.success(), "llm-npu {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).expect("stdout is UTF-8")
+}
+
+#[test]
+fn gguf_v1_and_llama2c_give_the_same_logits() {
+    let Some(models) = common::shared_models("gguf_v1_and_llama2c_give_the_same_logits") else { return };
+    let tokens: Vec<u32> = vec![1, 403, 407, 261, 378, 430, 271, 13, 300, 263, 288];
+    let load = |p: std::path::PathBuf| model::load(&p, &LoadOptions::default()).unwrap_or_else(|e| panic!("{e}"));
+    let gguf = load(models.join("stories260K-gguf/tinyllamas-stories-260k-f32.gguf"));
+    let bin = load(models.join("stories260K/stories260K.reconstructed.bin"));
+    assert_eq!(gguf.model.config.num_layers, 5);
+    assert_eq!(bin.model.config.num_kv_heads, 4);
+    let mut c1 = gguf.model.new_cache(tokens.len());
+    let mut c2 = bin.model.new_cache(tokens.len());
+    let a = gguf.model.forward(&tokens, &mut c1, Logits::All).unwrap();
+    let b = bin.model.forward(&tokens, &mut c2, Logits::All).unwrap();
+    let d = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+    assert!(d <= 1e-5, "max diff {d}");
+}
+
+#[test]
+fn greedy_story_from_gguf_matches_llama2c() {
+    let Some(models) = common::shared_models("greedy_story_from_gguf_matches_llama2c") else { return };
+    let m = models.join("stories260K-gguf/tinyllamas-stories-260k-f32.gguf");
+    let text = run(&["run", "-m", m.to_str().unwrap(), "-p", "", "-n", "199", "--temp", "0"]);
+    assert_eq!(text.trim_end_matches('\n'), EXPECTED);
+    let text = run(&["run", "-m", m.to_str().unwrap(), "-p", "", "-n", "200", "--temp", "0"]);
+    assert!(text.starts_with(EXPECTED), "{text}");
+}
+
+#[test]
+fn greedy_story_from_llama2c_bin_matches_llama2c() {
+    let Some(models) = common::shared_models("greedy_story_from_llama2c_bin_matches_llama2c") else { return };
+    let m = models.join("stories260K/stories260K.reconstructed.bin");
+    let t = models.join("stories260K/t260.bin");
+    let text = run(&["run", "-m", m.to_str().unwrap(), "--tokenizer", t.to_str().unwrap(), "-p", "", "-n", "199", "--temp", "0"]);
+    assert_eq!(text.trim_end_matches('\n'), EXPECTED);
+}
+
+#[test]
+fn llama2c_negative_vocab_means_an_untied_classifier() {
+    // Rewrite the checkpoint with vocab_size = -512 and an explicit classifier equal to the
+    // embedding: llama2.c's convention for untied weights. Logits must not change.
+    let Some(models) = common::shared_models("llama2c_negative_vocab_means_an_untied_classifier") else { return };
+    let src = std::fs::read(models.join("stories260K/stories260K.reconstructed.bin")).unwrap();
+    let mut bytes = src.clone();
+    bytes[20..24].copy_from_slice(&(-512i32).to_le_bytes());
+    bytes.extend_from_slice(&src[28..28 + 512 * 64 * 4]); // wcls = token embedding
+    let p = std::env::temp_dir().join(format!("untied-{}.bin", std::process::id()));
+    std::fs::write(&p, bytes).unwrap();
+    let untied = model::load(&p, &LoadOptions::default()).unwrap();
+    let tied = model::load(&models.join("stories260K/stories260K.reconstructed.bin"), &LoadOptions::default()).unwrap();
+    assert!(!untied.model.config.tie_word_embeddings && tied.model.config.tie_word_embeddings);
+    let tokens = [1u32, 400, 300];
+    let a = untied.model.forward(&tokens, &mut untied.model.new_cache(3), Logits::All).unwrap();
+    let b = tied.model.forward(&tokens, &mut tied.model.new_cache(3), Logits::All).unwrap();
+    assert_eq!(a, b);
+    std::fs::remove_file(p).ok();
+}
+
+#[test]
+fn gguf_version_2_header_reads_like_version_3() {
+    // Same layout as v3 (64-bit counts); only the version field differs.
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gguf/llama-gqa-f32.gguf");
+    let mut bytes = std::fs::read(&fixture).unwrap();
+    bytes[4..8].copy_from_slice(&2u32.to_le_bytes());
+    let p = std::env::temp_dir().join(format!("v2-{}.gguf", std::process::id()));
+    std::fs::write(&p, bytes).unwrap();
+    let v2 = llm_npu::format::gguf::GgufFile::open(&p).unwrap();
+    let v3 = llm_npu::format::gguf::GgufFile::open(&fixture).unwrap();
+    assert_eq!((v2.version, v3.version), (2, 3));
+    assert_eq!(v2.tensor("blk.1.ffn_down.weight").unwrap().data(), v3.tensor("blk.1.ffn_down.weight").unwrap().data());
+    std::fs::remove_file(p).ok();
+}
