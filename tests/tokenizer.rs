@@ -339,6 +339,9 @@ fn robustness() {
         for seed in 0..20 {
             let ids = random_ids(40, n as usize, seed);
             check_stream(&tok, &ids, &format!("{name} random #{seed}"));
+            // The first 300 ids hold the byte tokens of every vocabulary here: mostly broken UTF-8.
+            let ids = random_ids(60, 300, seed);
+            check_stream(&tok, &ids, &format!("{name} random bytes #{seed}"));
         }
     }
 }
@@ -373,6 +376,34 @@ fn byte_fallback_streaming_holds_partial_characters() {
     chunks.extend(stream.finish());
     assert!(chunks.iter().all(|c| !c.contains('\u{FFFD}')), "{chunks:?}");
     assert_eq!(chunks.concat(), "🤖🤖 数字");
+}
+
+#[test]
+fn hf_byte_fallback_runs_and_invalid_output() {
+    let Some(models) = models_dir("hf_byte_fallback_runs_and_invalid_output") else { return };
+    // HF's ByteFallback decoder renders a run of byte tokens as a whole: <0x41><0x80> is not
+    // valid UTF-8, so both bytes become U+FFFD. The stream must not have let "A" out early.
+    let llama2 = Tokenizer::from_hf_file(&models.join("llama2-tokenizer/tokenizer.json")).unwrap();
+    assert_eq!(llama2.id_to_piece(68).as_deref(), Some("<0x41>"));
+    assert_eq!(llama2.decode(&[68, 131]).unwrap(), "\u{FFFD}\u{FFFD}");
+    check_stream(&llama2, &[68, 131], "<0x41><0x80>");
+    check_stream(&llama2, &[15043, 68, 131, 3186, 68], "Hello<0x41><0x80> world<0x41>");
+
+    // Long invalid output streams in linear time and keeps flowing (byte-level: no run rule).
+    let qwen = Tokenizer::from_hf_file(&models.join("qwen2-tokenizer/tokenizer.json")).unwrap();
+    for (name, tok) in [("llama2 json", &llama2), ("qwen2 json", &qwen)] {
+        let lone = (0..tok.vocab_size() as u32).find(|&id| tok.decode(&[id]).unwrap() == "\u{FFFD}").unwrap();
+        let ids = vec![lone; 5000];
+        let start = Instant::now();
+        check_stream(tok, &ids, &format!("{name}: 5000 x {:?}", tok.id_to_piece(lone)));
+        let took = start.elapsed();
+        eprintln!("{name}: 5000 invalid byte tokens streamed in {took:?}");
+        assert!(took < Duration::from_secs(2), "{name}: {took:?}");
+    }
+    let mut stream = qwen.stream();
+    let lone = (0..qwen.vocab_size() as u32).find(|&id| qwen.decode(&[id]).unwrap() == "\u{FFFD}").unwrap();
+    let emitted = (0..10).filter_map(|_| stream.push(lone).unwrap()).count();
+    assert!(emitted >= 5, "invalid bytes should not be held back indefinitely");
 }
 
 #[test]

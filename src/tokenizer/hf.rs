@@ -8,12 +8,15 @@ use std::path::Path;
 use serde_json::Value as Json;
 use tokenizers::models::ModelWrapper;
 
-use super::vocab::eog_ids;
+use super::vocab::{eog_ids, parse_byte_token};
 use crate::error::{Error, Result};
 
 pub(crate) struct HfTokenizer {
     pub tok: tokenizers::Tokenizer,
     pub special: HashSet<u32>,
+    /// `<0xXX>` tokens when the decoder has ByteFallback, which renders a whole run of them at
+    /// once (all U+FFFD if the run is not valid UTF-8), so a run is final only once it ends.
+    pub byte_pieces: HashSet<u32>,
     pub vocab_size: usize,
     pub bos: Option<u32>,
     pub eog: Vec<u32>,
@@ -56,6 +59,13 @@ impl HfTokenizer {
             ModelWrapper::Unigram(_) => "Unigram",
         };
 
+        let byte_fallback = tok.get_decoder().and_then(|d| serde_json::to_string(d).ok()).is_some_and(|d| d.contains("\"ByteFallback\""));
+        let byte_pieces: HashSet<u32> = if byte_fallback {
+            tok.get_vocab(true).into_iter().filter(|(piece, _)| parse_byte_token(piece).is_some()).map(|(_, id)| id).collect()
+        } else {
+            HashSet::new()
+        };
+
         let dir = path.parent().unwrap_or(Path::new("."));
         let tok_config = read_json(&dir.join("tokenizer_config.json"))?;
         let gen_config = read_json(&dir.join("generation_config.json"))?;
@@ -84,7 +94,7 @@ impl HfTokenizer {
         eos.retain(|&id| valid(id));
         let eog = eog_ids(eos, |s| tok.token_to_id(s).filter(|id| special.contains(id)));
 
-        Ok(HfTokenizer { tok, special, vocab_size, bos, eog, model_type })
+        Ok(HfTokenizer { tok, special, byte_pieces, vocab_size, bos, eog, model_type })
     }
 
     pub fn encode(&self, text: &str, add_special: bool) -> Result<Vec<u32>> {

@@ -20,7 +20,7 @@ use crate::error::{Error, Result};
 use crate::format::gguf::GgufFile;
 
 /// Token-to-bytes view of the tokenizers whose decoding is a plain concatenation of token bytes.
-trait PieceBytes {
+trait PieceBytes: Sync {
     /// Appends the bytes `id` decodes to (nothing for skipped tokens); out-of-range ids are an error.
     fn append_piece(&self, id: u32, out: &mut Vec<u8>) -> Result<()>;
     /// Whether one space at the very start of the output is the encoder's dummy prefix.
@@ -59,6 +59,7 @@ pub struct Tokenizer {
 const _: () = {
     const fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<Tokenizer>();
+    assert_send_sync::<StreamDecoder<'static>>();
 };
 
 impl Tokenizer {
@@ -182,7 +183,8 @@ enum State<'a> {
     Bytes { src: &'a dyn PieceBytes, pending: Vec<u8>, started: bool },
     /// HF decoders work on whole sequences: decode the last emitted tokens (as context, so e.g.
     /// a Strip decoder does not eat the next word's space) plus the pending ones, and emit what
-    /// the text grew by once it does not end in U+FFFD (an incomplete character).
+    /// the text grew by once it does not end in U+FFFD (an incomplete character) and no run of
+    /// ByteFallback byte tokens is still open.
     Text { hf: &'a hf::HfTokenizer, context: Vec<u32>, context_text: String, pending: Vec<u32> },
 }
 
@@ -220,6 +222,11 @@ fn take_utf8(pending: &mut Vec<u8>) -> Option<String> {
     (!out.is_empty()).then_some(out)
 }
 
+fn decode_joined(hf: &hf::HfTokenizer, a: &[u32], b: &[u32]) -> Result<String> {
+    let ids: Vec<u32> = a.iter().chain(b).copied().collect();
+    hf.decode(&ids)
+}
+
 impl StreamDecoder<'_> {
     /// Feed one generated token; returns text that is now final, never broken UTF-8. Byte-fallback
     /// pieces and partial byte-level BPE bytes are held until they form complete characters.
@@ -244,20 +251,38 @@ impl StreamDecoder<'_> {
                     return Ok(None); // decode drops it wherever it is
                 }
                 pending.push(id);
-                let ids: Vec<u32> = context.iter().chain(pending.iter()).copied().collect();
-                let text = hf.decode(&ids)?;
-                if text.len() <= context_text.len() || text.ends_with(char::REPLACEMENT_CHARACTER) {
+                if hf.byte_pieces.contains(&id) {
                     return Ok(None);
                 }
-                let Some(new) = text.strip_prefix(context_text.as_str()) else {
-                    return Err(Error::Tokenizer(format!(
-                        "streaming decode: {context_text:?} is not a prefix of {text:?} (token {id})"
-                    )));
-                };
-                let new = new.to_owned();
-                *context = std::mem::take(pending);
-                *context_text = hf.decode(context)?;
-                Ok(Some(new))
+                let text = decode_joined(hf, context, pending)?;
+                if text.len() > context_text.len() && !text.ends_with(char::REPLACEMENT_CHARACTER) {
+                    let Some(new) = text.strip_prefix(context_text.as_str()) else {
+                        return Err(Error::Tokenizer(format!(
+                            "streaming decode: {context_text:?} is not a prefix of {text:?} (token {id})"
+                        )));
+                    };
+                    let new = new.to_owned();
+                    *context = std::mem::take(pending);
+                    *context_text = hf.decode(context)?;
+                    return Ok(Some(new));
+                }
+                // Still ends in U+FFFD. A character split over tokens spans at most 4 of them
+                // (each carries at least one byte), so the text of all but the last 3 pending
+                // tokens is final once it agrees with the current text: release it, which keeps
+                // invalid output flowing and the work per token bounded.
+                if pending.len() >= 4 {
+                    let k = pending.len() - 3;
+                    let head = decode_joined(hf, context, &pending[..k])?;
+                    if head.len() > context_text.len() && text.starts_with(&head) {
+                        if let Some(new) = head.strip_prefix(context_text.as_str()) {
+                            let new = new.to_owned();
+                            *context = pending.drain(..k).collect();
+                            *context_text = hf.decode(context)?;
+                            return Ok(Some(new));
+                        }
+                    }
+                }
+                Ok(None)
             }
         }
     }
@@ -274,13 +299,11 @@ impl StreamDecoder<'_> {
                 if pending.is_empty() {
                     return None;
                 }
-                let ids: Vec<u32> = context.iter().chain(pending.iter()).copied().collect();
-                pending.clear();
-                let text = hf.decode(&ids).ok()?;
-                let rest = text.strip_prefix(context_text.as_str())?.to_owned();
-                *context = ids;
-                *context_text = text;
-                (!rest.is_empty()).then_some(rest)
+                let text = decode_joined(hf, context, pending).ok()?;
+                let rest = text.strip_prefix(context_text.as_str()).map(str::to_owned);
+                *context = std::mem::take(pending);
+                *context_text = hf.decode(context).unwrap_or_default();
+                rest.filter(|r| !r.is_empty())
             }
         }
     }
