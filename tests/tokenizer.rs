@@ -126,12 +126,62 @@ fn gguf_special_tokens() {
     assert_eq!((ds.bos_id(), ds.eos_ids()), (Some(100000), vec![100001]));
     assert_eq!(ds.encode("Hello", true).unwrap()[0], 100000); // add_bos_token = true
 
+    // No tokenizer.ggml.pre key (older converter, GPT-NeoX): GPT-2's regex; lossless round trip.
+    let neox = tok("gpt-neox");
+    assert_eq!(neox.kind(), "GGUF gpt2/byte-level BPE, pre-tokenizer default (50432 tokens)");
+    for (text, _) in read_vocab_vectors(&dir, "gpt-2") {
+        let ids = neox.encode(&text, false).unwrap();
+        assert_eq!(neox.decode(&ids).unwrap(), text);
+    }
+
     // An unsupported pre-tokenizer is a clear error naming it.
     let gguf = GgufFile::open(dir.join("ggml-vocab-gpt-2.gguf")).unwrap();
     let mut bad = gguf;
     bad.metadata.insert("tokenizer.ggml.pre".into(), llm_npu::format::gguf::Value::String("tekken".into()));
     let err = Tokenizer::from_gguf(&bad).err().expect("tekken is not supported").to_string();
     assert!(err.contains("tekken") && err.contains("tokenizer.ggml.pre"), "{err}");
+}
+
+/// The GGUF byte-level BPE path with the qwen2 pre-tokenizer, on a GGUF vocabulary built in memory
+/// from Qwen2's vocab.json + merges.txt (llama.cpp's converter layout: tokens, types, "a b"
+/// merges), must give the ids of the Python `tokenizers` library for Qwen2's tokenizer.json.
+#[test]
+fn gguf_qwen2_pre_tokenizer() {
+    let Some(models) = models_dir("gguf_qwen2_pre_tokenizer") else { return };
+    use llm_npu::format::gguf::Value as V;
+    let dir = models.join("qwen2-tokenizer");
+    let vocab: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("vocab.json")).unwrap()).unwrap();
+    let mut tokens = vec![String::new(); vocab.as_object().unwrap().len()];
+    for (piece, id) in vocab.as_object().unwrap() {
+        tokens[id.as_u64().unwrap() as usize] = piece.clone();
+    }
+    let mut types = vec![1; tokens.len()];
+    tokens.extend(["<|endoftext|>", "<|im_start|>", "<|im_end|>"].map(String::from));
+    types.extend([3, 3, 3]);
+    let merges = std::fs::read_to_string(dir.join("merges.txt")).unwrap();
+    let merges: Vec<V> = merges.lines().skip(1).map(|l| V::String(l.trim_end_matches('\r').to_owned())).collect();
+
+    let mut gguf = GgufFile::open(models.join("llama.cpp-vocab/ggml-vocab-gpt-2.gguf")).unwrap();
+    let md = &mut gguf.metadata;
+    md.insert("tokenizer.ggml.tokens".into(), V::Array(tokens.into_iter().map(V::String).collect()));
+    md.insert("tokenizer.ggml.token_type".into(), V::Array(types.into_iter().map(V::I32).collect()));
+    md.insert("tokenizer.ggml.merges".into(), V::Array(merges));
+    md.insert("tokenizer.ggml.pre".into(), V::String("qwen2".into()));
+    md.insert("tokenizer.ggml.bos_token_id".into(), V::U32(151643));
+    md.insert("tokenizer.ggml.eos_token_id".into(), V::U32(151643));
+    let tok = Tokenizer::from_gguf(&gguf).unwrap();
+    assert_eq!(tok.kind(), "GGUF gpt2/byte-level BPE, pre-tokenizer qwen2 (151646 tokens)");
+    assert_eq!(tok.eos_ids(), [151643, 151645]);
+
+    let cases = hf_vectors(&dir);
+    for (text, _, ids_no_special) in &cases {
+        // No NFC normalizer here (llama.cpp has none): the vector texts are already NFC.
+        assert_eq!(&tok.encode(text, false).unwrap(), ids_no_special, "{text:?}");
+        let expected = if text.contains("<|im_start|>") { "user\nhi" } else { text.as_str() };
+        assert_eq!(tok.decode(ids_no_special).unwrap(), expected);
+        check_stream(&tok, ids_no_special, &format!("GGUF qwen2 {text:?}"));
+    }
+    eprintln!("GGUF qwen2 pre-tokenizer: {}/{} Qwen2 vectors match", cases.len(), cases.len());
 }
 
 /// The `tokenizer-vectors.json` next to a tokenizer.json: ids from the Python `tokenizers` library.
