@@ -3,6 +3,7 @@
 //! streaming-equals-decode, robustness and speed checks. Data: ../shared/models (or
 //! $LLM_NPU_SHARED/models, or $LLM_NPU_SHARED_MODELS); see the PROVENANCE.md files there.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -23,7 +24,12 @@ fn models_dir(test: &str) -> Option<PathBuf> {
     if dir.is_dir() {
         Some(dir)
     } else {
-        eprintln!("\n!!!!!!!! SKIPPED: ../shared/models not found ({}), test `{test}` did not run !!!!!!!!\n", dir.display());
+        // Straight to the stderr handle: libtest captures eprintln! of passing tests.
+        let _ = writeln!(
+            std::io::stderr(),
+            "\n!!!!!!!! SKIPPED: ../shared/models not found ({}), test `{test}` did not run !!!!!!!!\n",
+            dir.display()
+        );
         None
     }
 }
