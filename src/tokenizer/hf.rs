@@ -49,7 +49,8 @@ impl HfTokenizer {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         let tok: tokenizers::Tokenizer = text.parse().map_err(|e| Error::corrupt(path, format!("not a usable tokenizer.json: {e}")))?;
 
-        let vocab_size = tok.get_vocab(true).values().map(|&id| id as usize + 1).max().unwrap_or(0);
+        let vocab = tok.get_vocab(true);
+        let vocab_size = vocab.values().map(|&id| id as usize + 1).max().unwrap_or(0);
         let added = tok.get_added_tokens_decoder();
         let special: HashSet<u32> = added.iter().filter(|(_, t)| t.special).map(|(&id, _)| id).collect();
         let model_type = match tok.get_model() {
@@ -61,7 +62,7 @@ impl HfTokenizer {
 
         let byte_fallback = tok.get_decoder().and_then(|d| serde_json::to_string(d).ok()).is_some_and(|d| d.contains("\"ByteFallback\""));
         let byte_pieces: HashSet<u32> = if byte_fallback {
-            tok.get_vocab(true).into_iter().filter(|(piece, _)| parse_byte_token(piece).is_some()).map(|(_, id)| id).collect()
+            vocab.iter().filter(|(piece, _)| parse_byte_token(piece).is_some()).map(|(_, &id)| id).collect()
         } else {
             HashSet::new()
         };
