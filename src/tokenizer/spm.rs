@@ -69,7 +69,13 @@ pub(crate) fn merge(
         let (l, r) = (symbols[left], symbols[right]);
         let len = l.len + r.len;
         if let Some(id) = vocab.id(&text[l.start..l.start + len]) {
-            queue.push(Bigram { score: vocab.score(id), left, right, len });
+            // Order like llama.cpp's float `<`: -0.0 ties with 0.0 (then leftmost wins), NaN loses.
+            let score = match vocab.score(id) {
+                s if s.is_nan() => f32::NEG_INFINITY,
+                s if s == 0.0 => 0.0,
+                s => s,
+            };
+            queue.push(Bigram { score, left, right, len });
         }
     };
     for i in 1..symbols.len() {
