@@ -167,7 +167,11 @@ fn cmd_run(a: RunArgs) -> Result<()> {
         sampling: SamplingParams { temperature: a.temp, top_k: a.top_k, top_p: a.top_p, seed: a.seed },
         stop_tokens,
     };
+    // Prime the detokenizer with the prompt so the first generated word keeps its leading space.
     let mut stream = tok.stream();
+    for &id in &prompt {
+        stream.push(id)?;
+    }
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let stats = generate(&loaded.model, &prompt, &opts, |id| {

@@ -8,7 +8,7 @@ use std::process::Command;
 use llm_npu::model::{self, LoadOptions, Logits};
 
 /// llama2.c test_all.py `expected_stdout` for `run stories260K.bin -z tok512.bin -t 0.0 -n 200`
-/// (run.c counts the BOS position in -n, so that is 199 generated tokens).
+/// (200 generated tokens; run.c adds one newline at the end, as we do).
 const EXPECTED: &str = "Once upon a time, there was a little girl named Lily. She loved to play outside in the park. One day, she saw a big, red ball. She wanted to play with it, but it was too high.\nLily's mom said, \"Lily, let's go to the park.\" Lily was sad and didn't know what to do. She said, \"I want to play with your ball, but I can't find it.\"\nLily was sad and didn't know what to do. She said, \"I'm sorry, Lily. I didn't know what to do.\"\nLily didn't want to help her mom, so she";
 
 fn run(args: &[&str]) -> String {
@@ -38,10 +38,8 @@ fn gguf_v1_and_llama2c_give_the_same_logits() {
 fn greedy_story_from_gguf_matches_llama2c() {
     let Some(models) = common::shared_models("greedy_story_from_gguf_matches_llama2c") else { return };
     let m = models.join("stories260K-gguf/tinyllamas-stories-260k-f32.gguf");
-    let text = run(&["run", "-m", m.to_str().unwrap(), "-p", "", "-n", "199", "--temp", "0"]);
-    assert_eq!(text.trim_end_matches('\n'), EXPECTED);
     let text = run(&["run", "-m", m.to_str().unwrap(), "-p", "", "-n", "200", "--temp", "0"]);
-    assert!(text.starts_with(EXPECTED), "{text}");
+    assert_eq!(text, format!("{EXPECTED}\n"));
 }
 
 #[test]
@@ -49,8 +47,8 @@ fn greedy_story_from_llama2c_bin_matches_llama2c() {
     let Some(models) = common::shared_models("greedy_story_from_llama2c_bin_matches_llama2c") else { return };
     let m = models.join("stories260K/stories260K.reconstructed.bin");
     let t = models.join("stories260K/t260.bin");
-    let text = run(&["run", "-m", m.to_str().unwrap(), "--tokenizer", t.to_str().unwrap(), "-p", "", "-n", "199", "--temp", "0"]);
-    assert_eq!(text.trim_end_matches('\n'), EXPECTED);
+    let text = run(&["run", "-m", m.to_str().unwrap(), "--tokenizer", t.to_str().unwrap(), "-p", "", "-n", "200", "--temp", "0"]);
+    assert_eq!(text, format!("{EXPECTED}\n"));
 }
 
 #[test]

@@ -1,9 +1,8 @@
 //! Tokenizer conformance against reference ids: llama.cpp's vocab test vectors (GGUF), the
 //! Python `tokenizers` library's ids for two tokenizer.json files, llama2.c's test.c, plus
 //! streaming-equals-decode, robustness and speed checks. Data: ../shared/models (or
-//! $LLM_NPU_SHARED/models, or $LLM_NPU_SHARED_MODELS); see the PROVENANCE.md files there.
+//! $LLM_NPU_SHARED_MODELS); see the PROVENANCE.md files there.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -12,26 +11,10 @@ use llm_npu::tokenizer::Tokenizer;
 use llm_npu::Error;
 use serde_json::Value;
 
-/// The shared models folder, or None after a loud SKIPPED message (never a silent pass).
+mod common;
+
 fn models_dir(test: &str) -> Option<PathBuf> {
-    let dir = if let Some(models) = std::env::var_os("LLM_NPU_SHARED_MODELS") {
-        PathBuf::from(models)
-    } else if let Some(shared) = std::env::var_os("LLM_NPU_SHARED") {
-        PathBuf::from(shared).join("models")
-    } else {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/models")
-    };
-    if dir.is_dir() {
-        Some(dir)
-    } else {
-        // Straight to the stderr handle: libtest captures eprintln! of passing tests.
-        let _ = writeln!(
-            std::io::stderr(),
-            "\n!!!!!!!! SKIPPED: ../shared/models not found ({}), test `{test}` did not run !!!!!!!!\n",
-            dir.display()
-        );
-        None
-    }
+    common::shared_models(test)
 }
 
 fn gguf_tokenizer(path: &Path) -> Tokenizer {

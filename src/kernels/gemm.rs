@@ -1,11 +1,13 @@
 //! Blocked f32 GEMM for linear layers: y[m, n] = sum_k x[m, k] * w[n, k].
 //!
-//! The weights stay exactly as stored ([out, in] rows, possibly memory-mapped): no prepacked copy.
-//! Instead the activations are packed once per call into panels of `NR` tokens laid out k-major
-//! (`packed[p][k][j] = x[p*NR + j][k]`), and the microkernel computes an `MR x NR` tile of y^T:
-//! `MR` weight rows broadcast one element at a time against one `NR`-token panel row. Tiles of y^T
-//! accumulate in a per-task buffer (contiguous along tokens, so SIMD loads/stores) and are
-//! transposed into y once per block of rows. Threads split the weight rows.
+//! The weights stay exactly as stored ([out, in] rows, possibly memory-mapped): no prepacked copy
+//! of the model. The activations are packed once per call into panels of `NR` tokens laid out
+//! k-major (`packed[p][k][j] = x[p*NR + j][k]`). Each task takes `NC` weight rows and, per k-block,
+//! copies their `MR x KC` slices into a small contiguous buffer (k-major, MR-interleaved): reading
+//! 12 rows straight from the matrix would touch 12 addresses 4*K bytes apart, which fall into the
+//! same L1 set and evict each other. The microkernel computes an `MR x NR` tile of y^T: one packed
+//! weight column broadcast against one 32-token panel row per k step. Tiles accumulate in a
+//! per-task buffer (contiguous along tokens) that is transposed into y at the end.
 
 use rayon::prelude::*;
 
@@ -88,23 +90,22 @@ pub fn gemm_packed(xp: &PackedActs, w: &[f32], n: usize, y: &mut [f32]) {
     assert_eq!(w.len(), n * k);
     assert_eq!(y.len(), m * n);
     let m_pad = xp.panels() * NR;
-    // Each task fills its own column block of y^T, then we scatter-transpose into y.
+    // Each task fills its own block of y^T (rows padded to MR), then it is transposed into y.
     let blocks: Vec<(usize, Vec<f32>)> = (0..n.div_ceil(NC))
         .into_par_iter()
         .map(|b| {
             let n0 = b * NC;
             let rows = NC.min(n - n0);
-            let mut ct = vec![0f32; rows * m_pad];
+            let mut ct = vec![0f32; rows.next_multiple_of(MR) * m_pad];
             block(xp, &w[n0 * k..(n0 + rows) * k], rows, &mut ct, m_pad);
             (n0, ct)
         })
         .collect();
     for (n0, ct) in blocks {
         let rows = NC.min(n - n0);
-        for r in 0..rows {
-            let src = &ct[r * m_pad..r * m_pad + m];
-            for (c, &v) in src.iter().enumerate() {
-                y[c * n + n0 + r] = v;
+        for (c, yrow) in y.chunks_exact_mut(n).enumerate() {
+            for (r, out) in yrow[n0..n0 + rows].iter_mut().enumerate() {
+                *out = ct[r * m_pad + c];
             }
         }
     }
@@ -113,45 +114,41 @@ pub fn gemm_packed(xp: &PackedActs, w: &[f32], n: usize, y: &mut [f32]) {
 /// One block of `rows` weight rows against all token panels, k-blocked.
 fn block(xp: &PackedActs, w: &[f32], rows: usize, ct: &mut [f32], ldc: usize) {
     let k = xp.k;
+    let tiles = rows.div_ceil(MR);
+    let mut wpack = vec![0f32; tiles * MR * KC.min(k)];
     for k0 in (0..k).step_by(KC) {
         let kc = KC.min(k - k0);
+        // wpack[t][kk][i] = w[t*MR + i][k0 + kk]; rows past `rows` stay zero.
+        for r in 0..rows {
+            let (t, i) = (r / MR, r % MR);
+            let dst = &mut wpack[t * kc * MR..(t + 1) * kc * MR];
+            for (kk, &v) in w[r * k + k0..r * k + k0 + kc].iter().enumerate() {
+                dst[kk * MR + i] = v;
+            }
+        }
         for p in 0..xp.panels() {
             let panel = &xp.panel(p)[k0 * NR..(k0 + kc) * NR];
-            for r0 in (0..rows).step_by(MR) {
-                let mr = MR.min(rows - r0);
-                let wt = &w[r0 * k + k0..];
-                let c = &mut ct[r0 * ldc + p * NR..];
-                // SAFETY: the wt rows r0..r0+mr hold k0..k0+kc, the panel holds kc x NR floats,
-                // and c holds mr rows of ldc >= NR floats; the CPU has avx512f (checked by simd_level).
-                unsafe { tile_avx512(mr, wt.as_ptr(), k, panel.as_ptr(), kc, c.as_mut_ptr(), ldc, k0 > 0) };
+            for t in 0..tiles {
+                let wt = &wpack[t * kc * MR..(t + 1) * kc * MR];
+                let c = &mut ct[t * MR * ldc + p * NR..];
+                // SAFETY: wt holds kc x MR floats, the panel kc x NR, and c has MR rows of
+                // ldc >= NR floats from here; the CPU has avx512f (checked by simd_level).
+                unsafe { kernel_avx512(wt.as_ptr(), panel.as_ptr(), kc, c.as_mut_ptr(), ldc, k0 > 0) };
             }
         }
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-unsafe fn tile_avx512(mr: usize, w: *const f32, ldw: usize, xp: *const f32, kc: usize, c: *mut f32, ldc: usize, acc: bool) {
-    macro_rules! dispatch {
-        ($($r:literal)*) => {
-            match mr {
-                $($r => kernel_avx512::<$r>(w, ldw, xp, kc, c, ldc, acc),)*
-                _ => unreachable!(),
-            }
-        };
-    }
-    dispatch!(1 2 3 4 5 6 7 8 9 10 11 12)
-}
-
-/// The MR x NR microkernel: R weight rows (broadcast) times one 32-token panel row per k step.
-/// 2R accumulators (24 at R = 12) + 2 panel registers fit the 32 zmm registers.
+/// The MR x NR microkernel: one packed weight column (MR values, broadcast one by one) times one
+/// 32-token panel row per k step. 2*MR = 24 accumulators + 2 panel registers fit the 32 zmm.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn kernel_avx512<const R: usize>(w: *const f32, ldw: usize, xp: *const f32, kc: usize, c: *mut f32, ldc: usize, acc: bool) {
+unsafe fn kernel_avx512(w: *const f32, xp: *const f32, kc: usize, c: *mut f32, ldc: usize, acc: bool) {
     use std::arch::x86_64::*;
-    let mut c0 = [_mm512_setzero_ps(); R];
-    let mut c1 = [_mm512_setzero_ps(); R];
+    let mut c0 = [_mm512_setzero_ps(); MR];
+    let mut c1 = [_mm512_setzero_ps(); MR];
     if acc {
-        for i in 0..R {
+        for i in 0..MR {
             c0[i] = _mm512_loadu_ps(c.add(i * ldc));
             c1[i] = _mm512_loadu_ps(c.add(i * ldc + 16));
         }
@@ -159,13 +156,14 @@ unsafe fn kernel_avx512<const R: usize>(w: *const f32, ldw: usize, xp: *const f3
     for kk in 0..kc {
         let b0 = _mm512_loadu_ps(xp.add(kk * NR));
         let b1 = _mm512_loadu_ps(xp.add(kk * NR + 16));
-        for i in 0..R {
-            let a = _mm512_set1_ps(*w.add(i * ldw + kk));
+        let wk = w.add(kk * MR);
+        for i in 0..MR {
+            let a = _mm512_set1_ps(*wk.add(i));
             c0[i] = _mm512_fmadd_ps(a, b0, c0[i]);
             c1[i] = _mm512_fmadd_ps(a, b1, c1[i]);
         }
     }
-    for i in 0..R {
+    for i in 0..MR {
         _mm512_storeu_ps(c.add(i * ldc), c0[i]);
         _mm512_storeu_ps(c.add(i * ldc + 16), c1[i]);
     }
