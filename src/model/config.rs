@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value as Json;
 
 use crate::error::{Error, Result};
-use crate::format::gguf::GgufFile;
+use crate::format::gguf::{GgufFile, Value};
 use crate::kernels::ops::RopeStyle;
 
 /// Llama 3 style frequency-dependent RoPE scaling (`rope_type: "llama3"`).
@@ -223,12 +223,17 @@ impl GgufMeta<'_> {
         format!("{}.{k}", self.arch)
     }
 
-    pub fn opt_usize(&self, k: &str) -> Result<Option<usize>> {
+    /// `arch.k` converted by `conv`; a present value of the wrong type is an error naming the key.
+    fn opt<T>(&self, k: &str, what: &str, conv: impl Fn(&Value) -> Option<T>) -> Result<Option<T>> {
         let key = self.key(k);
         match self.file.get(&key) {
             None => Ok(None),
-            Some(v) => v.as_u64().map(|v| Some(v as usize)).ok_or_else(|| Error::field(&self.file.path, key, format!("expected an integer, found {v:?}"))),
+            Some(v) => conv(v).map(Some).ok_or_else(|| Error::field(&self.file.path, key, format!("expected {what}, found {v:?}"))),
         }
+    }
+
+    pub fn opt_usize(&self, k: &str) -> Result<Option<usize>> {
+        self.opt(k, "an integer", |v| v.as_u64().and_then(|v| usize::try_from(v).ok()))
     }
 
     pub fn usize(&self, k: &str) -> Result<usize> {
@@ -236,11 +241,7 @@ impl GgufMeta<'_> {
     }
 
     pub fn opt_f32(&self, k: &str) -> Result<Option<f32>> {
-        let key = self.key(k);
-        match self.file.get(&key) {
-            None => Ok(None),
-            Some(v) => v.as_f64().map(|v| Some(v as f32)).ok_or_else(|| Error::field(&self.file.path, key, format!("expected a number, found {v:?}"))),
-        }
+        self.opt(k, "a number", |v| v.as_f64().map(|v| v as f32))
     }
 
     pub fn token_id(&self, key: &str) -> Option<u32> {
