@@ -144,3 +144,31 @@ fn tempdir(tag: &str) -> PathBuf {
     std::fs::create_dir_all(&d).unwrap();
     d
 }
+
+#[test]
+fn sharded_safetensors_give_the_same_logits() {
+    // Split the GQA model into two shards with a model.safetensors.index.json, as large HF models are.
+    use safetensors::SafeTensors;
+    let src = fixtures().join("llama-gqa");
+    let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let mut names: Vec<String> = st.names().into_iter().map(str::to_string).collect();
+    names.sort();
+    let dir = tempdir("sharded");
+    let mut weight_map = serde_json::Map::new();
+    for (i, half) in names.chunks(names.len().div_ceil(2)).enumerate() {
+        let file = format!("model-0000{}-of-00002.safetensors", i + 1);
+        let views: Vec<(String, safetensors::tensor::TensorView)> = half.iter().map(|n| (n.clone(), st.tensor(n).unwrap())).collect();
+        std::fs::write(dir.join(&file), safetensors::serialize(views, None).unwrap()).unwrap();
+        for n in half {
+            weight_map.insert(n.clone(), file.clone().into());
+        }
+    }
+    let index = serde_json::json!({ "metadata": {}, "weight_map": weight_map });
+    std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).unwrap();
+    std::fs::copy(src.join("config.json"), dir.join("config.json")).unwrap();
+    let tokens = ids(&reference("llama-gqa"), "short_ids");
+    let d = max_abs_diff(&all_logits(&dir, &tokens), &src.join("ref_logits_short.npy"), tokens.len());
+    assert!(d <= TOL, "sharded: {d}");
+    std::fs::remove_dir_all(dir).ok();
+}
