@@ -204,10 +204,7 @@ impl<'a> Cursor<'a> {
 impl GgufFile {
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-        // SAFETY: the file is opened read-only; like every mmap-based loader we assume it is not
-        // truncated or rewritten while the model is loaded.
-        let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        let map = crate::format::map_file(path)?;
         Self::parse(path, Arc::new(map))
     }
 

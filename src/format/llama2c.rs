@@ -48,9 +48,7 @@ fn layer_kinds(h: &Llama2cHeader) -> [(&'static str, usize, usize); 9] {
 impl Llama2cFile {
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-        // SAFETY: read-only map; the file must not change while the model is loaded.
-        let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        let map = crate::format::map_file(path)?;
         if map.len() >= 4 && &map[..4] == b"ak42" {
             return Err(Error::corrupt(path, "llama2.c export version 1/2 ('ak42' magic) is not supported; use the legacy export or GGUF"));
         }

@@ -33,9 +33,7 @@ pub struct RawTensorInfo<'a> {
 }
 
 fn open_shard(path: &Path) -> Result<Shard> {
-    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    // SAFETY: read-only map; the file must not change while the model is loaded.
-    let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+    let map = crate::format::map_file(path)?;
     let (header_len, metadata): (usize, Metadata) = SafeTensors::read_metadata(&map)
         .map_err(|e| Error::corrupt(path, format!("bad safetensors header: {e}")))?;
     let tensors = metadata.tensors().into_iter().map(|(k, v)| (k, v.clone())).collect();

@@ -90,24 +90,36 @@ pub fn gemm_packed(xp: &PackedActs, w: &[f32], n: usize, y: &mut [f32]) {
     assert_eq!(w.len(), n * k);
     assert_eq!(y.len(), m * n);
     let m_pad = xp.panels() * NR;
-    // Each task fills its own block of y^T (rows padded to MR), then it is transposed into y.
-    let blocks: Vec<(usize, Vec<f32>)> = (0..n.div_ceil(NC))
-        .into_par_iter()
-        .map(|b| {
-            let n0 = b * NC;
-            let rows = NC.min(n - n0);
-            let mut ct = vec![0f32; rows.next_multiple_of(MR) * m_pad];
-            block(xp, &w[n0 * k..(n0 + rows) * k], rows, &mut ct, m_pad);
-            (n0, ct)
-        })
-        .collect();
-    for (n0, ct) in blocks {
+    let y_out = SharedOut(y.as_mut_ptr());
+    // Each task computes its block of y^T (rows padded to MR) and writes it into its own columns
+    // of y, so no serial pass over y remains after the join.
+    (0..n.div_ceil(NC)).into_par_iter().for_each_init(Vec::new, |ct: &mut Vec<f32>, b| {
+        let n0 = b * NC;
         let rows = NC.min(n - n0);
-        for (c, yrow) in y.chunks_exact_mut(n).enumerate() {
-            for (r, out) in yrow[n0..n0 + rows].iter_mut().enumerate() {
-                *out = ct[r * m_pad + c];
+        ct.clear();
+        ct.resize(rows.next_multiple_of(MR) * m_pad, 0.0);
+        block(xp, &w[n0 * k..(n0 + rows) * k], rows, ct, m_pad);
+        for c in 0..m {
+            for r in 0..rows {
+                // SAFETY: y has m * n elements; column ranges n0..n0+rows are disjoint per task.
+                unsafe { *y_out.at(c * n + n0 + r) = ct[r * m_pad + c] };
             }
         }
+    });
+}
+
+/// The output pointer shared by tasks that write disjoint elements.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+// SAFETY: tasks write disjoint elements only (see gemm_packed).
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    /// # Safety
+    /// `i` must be in bounds and no other task may access element `i` concurrently.
+    unsafe fn at(self, i: usize) -> *mut f32 {
+        self.0.add(i)
     }
 }
 
@@ -200,6 +212,23 @@ mod tests {
             gemm_nt_portable(&x, m, k, &w, n, &mut y_ref);
             for (a, b) in y_simd.iter().zip(&y_ref) {
                 assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "shape {m}x{k}x{n}: {a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_linear_path_matches_the_portable_gemm() {
+        // m = 1 (matvec), 2..SMALL_BATCH (multi-row matvec), larger (GEMM) against one reference.
+        for m in [1, 2, 5, crate::kernels::SMALL_BATCH, 40] {
+            let (k, n) = (70, 33);
+            let x = rand_vec(m * k, m as u64);
+            let w = rand_vec(n * k, 99);
+            let mut y = vec![0f32; m * n];
+            let mut y_ref = vec![0f32; m * n];
+            crate::kernels::linear(&x, m, k, &w, n, &mut y);
+            gemm_nt_portable(&x, m, k, &w, n, &mut y_ref);
+            for (a, b) in y.iter().zip(&y_ref) {
+                assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "m={m}: {a} vs {b}");
             }
         }
     }

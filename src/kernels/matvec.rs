@@ -21,6 +21,30 @@ pub fn matvec(w: &[f32], n: usize, k: usize, x: &[f32], y: &mut [f32]) {
     });
 }
 
+/// y[i, r] = dot(w[r, :], x[i, :]) for a few token rows (m small): each weight row is read once
+/// and used for every token, which is what matters when weights stream from memory.
+pub fn matmul_few_rows(w: &[f32], n: usize, k: usize, x: &[f32], m: usize, y: &mut [f32]) {
+    assert_eq!(w.len(), n * k);
+    assert_eq!(x.len(), m * k);
+    assert_eq!(y.len(), m * n);
+    let level = simd_level();
+    let mut yt = vec![0f32; n * m];
+    yt.par_chunks_mut(ROWS_PER_TASK * m).enumerate().for_each(|(t, ys)| {
+        let r0 = t * ROWS_PER_TASK;
+        for (j, yr) in ys.chunks_exact_mut(m).enumerate() {
+            let wr = &w[(r0 + j) * k..(r0 + j + 1) * k];
+            for (i, out) in yr.iter_mut().enumerate() {
+                *out = dot_with(level, wr, &x[i * k..(i + 1) * k]);
+            }
+        }
+    });
+    for (r, col) in yt.chunks_exact(m).enumerate() {
+        for (i, &v) in col.iter().enumerate() {
+            y[i * n + r] = v;
+        }
+    }
+}
+
 /// Dot product with the best available kernel.
 #[inline]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {

@@ -30,14 +30,18 @@ pub fn simd_level() -> SimdLevel {
 }
 
 /// y[m, n] = sum_k x[m, k] * w[n, k]: a linear layer with weights in the PyTorch [out, in] layout.
-/// One row goes through the matrix-vector kernel, more through the blocked GEMM.
+/// One row goes through the matrix-vector kernel, a few rows through its multi-row form (the
+/// weights are read once either way), more through the blocked GEMM.
 pub fn linear(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, y: &mut [f32]) {
     assert_eq!(x.len(), m * k);
     assert_eq!(w.len(), n * k);
     assert_eq!(y.len(), m * n);
-    if m == 1 {
-        matvec::matvec(w, n, k, x, y);
-    } else {
-        gemm::gemm_nt(x, m, k, w, n, y);
+    match m {
+        1 => matvec::matvec(w, n, k, x, y),
+        2..SMALL_BATCH => matvec::matmul_few_rows(w, n, k, x, m, y),
+        _ => gemm::gemm_nt(x, m, k, w, n, y),
     }
 }
+
+/// Below this many rows the GEMM's 32-token panels would be mostly padding.
+pub const SMALL_BATCH: usize = 8;

@@ -1,5 +1,6 @@
-//! Key/value cache: per layer, per KV head, `capacity` positions of `head_dim` floats, so one
-//! head's keys are contiguous for the attention kernel.
+//! Key/value cache, per layer and KV head. Keys are stored transposed ([head_dim][capacity]) so
+//! the attention kernel computes 16 scores per vector instruction with no horizontal sums;
+//! values are stored by position ([capacity][head_dim]) for the weighted sum.
 
 pub struct KvCache {
     k: Vec<Vec<f32>>,
@@ -7,13 +8,20 @@ pub struct KvCache {
     n_kv_heads: usize,
     head_dim: usize,
     capacity: usize,
+    /// Positions per head in memory: capacity rounded up to whole 16-lane blocks, so the
+    /// attention kernel always reads full vectors.
+    stride: usize,
     len: usize,
 }
 
+/// Position padding of the cache (one 512-bit vector of f32).
+pub const POSITION_BLOCK: usize = 16;
+
 impl KvCache {
     pub fn new(n_layers: usize, n_kv_heads: usize, head_dim: usize, capacity: usize) -> Self {
-        let size = n_kv_heads * capacity * head_dim;
-        KvCache { k: vec![vec![0.0; size]; n_layers], v: vec![vec![0.0; size]; n_layers], n_kv_heads, head_dim, capacity, len: 0 }
+        let stride = capacity.next_multiple_of(POSITION_BLOCK);
+        let size = n_kv_heads * stride * head_dim;
+        KvCache { k: vec![vec![0.0; size]; n_layers], v: vec![vec![0.0; size]; n_layers], n_kv_heads, head_dim, capacity, stride, len: 0 }
     }
 
     /// Tokens held.
@@ -29,6 +37,11 @@ impl KvCache {
         self.capacity
     }
 
+    /// Positions per head in the buffers (>= capacity, a multiple of POSITION_BLOCK).
+    pub fn stride(&self) -> usize {
+        self.stride
+    }
+
     /// Forgets everything (the buffers are kept for the next sequence).
     pub fn clear(&mut self) {
         self.len = 0;
@@ -36,14 +49,17 @@ impl KvCache {
 
     /// Writes rows of k/v ([tokens][n_kv_heads * head_dim]) for positions pos0.. of `layer`.
     pub fn append(&mut self, layer: usize, pos0: usize, k: &[f32], v: &[f32]) {
-        let (hd, row) = (self.head_dim, self.n_kv_heads * self.head_dim);
+        let (hd, cap, row) = (self.head_dim, self.stride, self.n_kv_heads * self.head_dim);
         assert!(pos0 + k.len() / row <= self.capacity);
-        for (src, dst) in [(k, &mut self.k[layer]), (v, &mut self.v[layer])] {
-            for (t, r) in src.chunks_exact(row).enumerate() {
-                for h in 0..self.n_kv_heads {
-                    let at = (h * self.capacity + pos0 + t) * hd;
-                    dst[at..at + hd].copy_from_slice(&r[h * hd..(h + 1) * hd]);
+        let (kc, vc) = (&mut self.k[layer], &mut self.v[layer]);
+        for (t, (kr, vr)) in k.chunks_exact(row).zip(v.chunks_exact(row)).enumerate() {
+            let pos = pos0 + t;
+            for h in 0..self.n_kv_heads {
+                for d in 0..hd {
+                    kc[(h * hd + d) * cap + pos] = kr[h * hd + d];
                 }
+                let at = (h * cap + pos) * hd;
+                vc[at..at + hd].copy_from_slice(&vr[h * hd..(h + 1) * hd]);
             }
         }
     }
@@ -53,6 +69,7 @@ impl KvCache {
         self.len += n;
     }
 
+    /// (keys [n_kv_heads][head_dim][stride], values [n_kv_heads][stride][head_dim]).
     pub fn layer(&self, layer: usize) -> (&[f32], &[f32]) {
         (&self.k[layer], &self.v[layer])
     }

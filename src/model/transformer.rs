@@ -235,7 +235,7 @@ impl Transformer {
             ops::apply_rope(&mut k, hd, c.rope.style, &cos, &sin, hd / 2);
             cache.append(li, pos0, &k, &v);
             let (kc, vc) = cache.layer(li);
-            let shape = ops::AttnShape { n_heads: c.num_heads, n_kv_heads: c.num_kv_heads, head_dim: hd, pos0, kv_capacity: cache.capacity() };
+            let shape = ops::AttnShape { n_heads: c.num_heads, n_kv_heads: c.num_kv_heads, head_dim: hd, pos0, kv_stride: cache.stride() };
             ops::causal_attention(&q, kc, vc, shape, &mut attn);
             a.o_proj.forward(&attn, m, &mut o);
             ops::add_in_place(&mut x, &o);
