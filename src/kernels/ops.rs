@@ -3,7 +3,6 @@
 
 use rayon::prelude::*;
 
-use super::matvec::dot;
 
 /// RMSNorm of each `dim`-row of `x` into `out`, as Hugging Face computes it: x * rsqrt(mean(x^2) + eps) * w.
 pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {

@@ -64,6 +64,39 @@ pub struct DecoderLayer {
     pub mlp: Mlp,
 }
 
+/// The four places where linear layers read their input (q/k/v share one, gate/up share one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LinearInput {
+    /// input of q_proj, k_proj, v_proj (after input_layernorm)
+    Attn,
+    /// input of o_proj (the attention output)
+    O,
+    /// input of gate_proj and up_proj (after post_attention_layernorm)
+    Ffn,
+    /// input of down_proj (silu(gate) * up)
+    Down,
+}
+
+impl LinearInput {
+    pub const ALL: [LinearInput; 4] = [LinearInput::Attn, LinearInput::O, LinearInput::Ffn, LinearInput::Down];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            LinearInput::Attn => "attn_in",
+            LinearInput::O => "o_in",
+            LinearInput::Ffn => "ffn_in",
+            LinearInput::Down => "down_in",
+        }
+    }
+}
+
+/// Sees every linear-layer input during a forward pass (activation statistics, calibration) and
+/// may change it before the layer reads it (clipping and fake-quantization experiments).
+pub trait ActivationObserver {
+    /// `x` holds `x.len() / cols` rows of `cols` channels.
+    fn observe(&mut self, layer: usize, point: LinearInput, x: &mut [f32], cols: usize);
+}
+
 /// Whose logits a forward pass returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Logits {
@@ -201,6 +234,16 @@ impl Transformer {
     /// Runs `tokens` (appended after what the cache holds) and returns logits: [vocab] for
     /// `Logits::Last`, [tokens][vocab] for `Logits::All`.
     pub fn forward(&self, tokens: &[u32], cache: &mut KvCache, which: Logits) -> Result<Vec<f32>> {
+        self.forward_observed(tokens, cache, which, None)
+    }
+
+    /// `forward`, showing every linear-layer input to `observer`.
+    pub fn forward_observed(&self, tokens: &[u32], cache: &mut KvCache, which: Logits, mut observer: Option<&mut dyn ActivationObserver>) -> Result<Vec<f32>> {
+        let mut observe = |layer: usize, point: LinearInput, x: &mut [f32], cols: usize| {
+            if let Some(o) = observer.as_deref_mut() {
+                o.observe(layer, point, x, cols);
+            }
+        };
         let c = &self.config;
         let m = tokens.len();
         if m == 0 {
@@ -228,6 +271,7 @@ impl Transformer {
         for (li, layer) in self.layers.iter().enumerate() {
             let a = &layer.self_attn;
             layer.input_layernorm.forward(&x, &mut h);
+            observe(li, LinearInput::Attn, &mut h, d);
             a.q_proj.forward(&h, m, &mut q);
             a.k_proj.forward(&h, m, &mut k);
             a.v_proj.forward(&h, m, &mut v);
@@ -237,13 +281,16 @@ impl Transformer {
             let (kc, vc) = cache.layer(li);
             let shape = ops::AttnShape { n_heads: c.num_heads, n_kv_heads: c.num_kv_heads, head_dim: hd, pos0, kv_stride: cache.stride() };
             ops::causal_attention(&q, kc, vc, shape, &mut attn);
+            observe(li, LinearInput::O, &mut attn, c.q_dim());
             a.o_proj.forward(&attn, m, &mut o);
             ops::add_in_place(&mut x, &o);
 
             layer.post_attention_layernorm.forward(&x, &mut h);
+            observe(li, LinearInput::Ffn, &mut h, d);
             layer.mlp.gate_proj.forward(&h, m, &mut gate);
             layer.mlp.up_proj.forward(&h, m, &mut up);
             ops::silu_mul(&mut gate, &up);
+            observe(li, LinearInput::Down, &mut gate, c.intermediate_size);
             layer.mlp.down_proj.forward(&gate, m, &mut o);
             ops::add_in_place(&mut x, &o);
         }

@@ -1,0 +1,84 @@
+//! `llm-npu eval`: perplexity of a backend, and how far it is from a reference backend on the same
+//! tokens (top-1 agreement, KL divergence, perplexity ratio), the three numbers llama.cpp's
+//! perplexity tool reports for quantized models.
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EvalReport {
+    /// predictions scored (tokens minus one per window)
+    pub tokens: usize,
+    pub ppl: f64,
+    pub ref_ppl: f64,
+    pub ppl_ratio: f64,
+    pub top1_agreement: f64,
+    /// mean over positions of KL(ref || backend), in nats
+    pub mean_kld: f64,
+    pub max_kld: f64,
+    /// mean probability of the backend's top token: how peaked the model's predictions are
+    pub mean_top1_prob: f64,
+}
+
+/// log-softmax of one row, in f64.
+fn log_softmax(row: &[f32]) -> Vec<f64> {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let lse = row.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln() + max;
+    row.iter().map(|&v| v as f64 - lse).collect()
+}
+
+/// Accumulates the comparison over windows of logits.
+#[derive(Default)]
+pub struct EvalAccumulator {
+    n: usize,
+    nll: f64,
+    ref_nll: f64,
+    agree: usize,
+    kld_sum: f64,
+    kld_max: f64,
+    top1_prob: f64,
+}
+
+impl EvalAccumulator {
+    /// `logits`/`ref_logits`: [tokens.len()][vocab] for one window; position i predicts tokens[i + 1].
+    pub fn add_window(&mut self, tokens: &[u32], logits: &[f32], ref_logits: &[f32], vocab: usize) -> Result<()> {
+        if logits.len() != tokens.len() * vocab || ref_logits.len() != logits.len() {
+            return Err(Error::Input(format!("logits of {} values do not match {} tokens x {vocab}", logits.len(), tokens.len())));
+        }
+        for i in 0..tokens.len().saturating_sub(1) {
+            let lp = log_softmax(&logits[i * vocab..(i + 1) * vocab]);
+            let lq = log_softmax(&ref_logits[i * vocab..(i + 1) * vocab]);
+            let next = tokens[i + 1] as usize;
+            self.nll -= lp[next];
+            self.ref_nll -= lq[next];
+            let argmax = |v: &[f64]| (0..v.len()).fold(0, |b, j| if v[j] > v[b] { j } else { b });
+            let (top, ref_top) = (argmax(&lp), argmax(&lq));
+            self.agree += usize::from(top == ref_top);
+            self.top1_prob += lp[top].exp();
+            let kld: f64 = lq.iter().zip(&lp).map(|(&q, &p)| q.exp() * (q - p)).sum();
+            self.kld_sum += kld;
+            self.kld_max = self.kld_max.max(kld);
+            self.n += 1;
+        }
+        Ok(())
+    }
+
+    pub fn report(&self) -> Result<EvalReport> {
+        if self.n == 0 {
+            return Err(Error::Input("nothing to evaluate: need at least 2 tokens".into()));
+        }
+        let n = self.n as f64;
+        let (ppl, ref_ppl) = ((self.nll / n).exp(), (self.ref_nll / n).exp());
+        Ok(EvalReport {
+            tokens: self.n,
+            ppl,
+            ref_ppl,
+            ppl_ratio: ppl / ref_ppl,
+            top1_agreement: self.agree as f64 / n,
+            mean_kld: self.kld_sum / n,
+            max_kld: self.kld_max,
+            mean_top1_prob: self.top1_prob / n,
+        })
+    }
+}

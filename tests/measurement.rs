@@ -1,0 +1,174 @@
+//! The measurement tools: synth is deterministic and plants real outliers, activation stats find
+//! them, bench --json parses, eval of f32 against f32 is exact.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use llm_npu::model::{self, ActivationObserver, LinearInput, LoadOptions, Logits};
+use llm_npu::stats::ActivationStats;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_llm-npu"))
+}
+
+fn run_ok(args: &[&str]) -> String {
+    let out = bin().args(args).output().unwrap();
+    assert!(out.status.success(), "llm-npu {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn tempdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("llm-npu-meas-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn synth(tag: &str, extra: &[&str]) -> PathBuf {
+    let d = tempdir(tag);
+    let mut args = vec!["synth", "--shape", "tiny", "--out", d.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    run_ok(&args);
+    d
+}
+
+#[test]
+fn synth_is_deterministic_for_a_seed() {
+    let a = synth("det-a", &["--seed", "7", "--outliers", "paper"]);
+    let b = synth("det-b", &["--seed", "7", "--outliers", "paper"]);
+    let c = synth("det-c", &["--seed", "8", "--outliers", "paper"]);
+    for f in ["model.safetensors", "tokenizer.json", "config.json", "synth.json"] {
+        assert_eq!(std::fs::read(a.join(f)).unwrap(), std::fs::read(b.join(f)).unwrap(), "{f} differs for the same seed");
+    }
+    assert_ne!(std::fs::read(a.join("model.safetensors")).unwrap(), std::fs::read(c.join("model.safetensors")).unwrap());
+}
+
+#[test]
+fn synth_bf16_and_the_generated_tokenizer_work() {
+    let d = synth("bf16", &["--dtype", "bf16"]);
+    let text = run_ok(&["run", "-m", d.to_str().unwrap(), "-p", "hello world", "-n", "8", "--temp", "0"]);
+    assert!(!text.is_empty());
+    let inspect = run_ok(&["inspect", "-m", d.to_str().unwrap()]);
+    assert!(inspect.contains("BF16") && inspect.contains("byte") || inspect.contains("BPE"), "{inspect}");
+}
+
+fn planted(dir: &Path) -> Vec<(usize, String, Vec<usize>)> {
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("synth.json")).unwrap()).unwrap();
+    v["planted"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            let mut ch: Vec<usize> = p["channels"].as_array().unwrap().iter().map(|c| c.as_u64().unwrap() as usize).collect();
+            ch.sort_unstable();
+            (p["layer"].as_u64().unwrap() as usize, p["point"].as_str().unwrap().to_string(), ch)
+        })
+        .collect()
+}
+
+fn random_tokens(n: usize, vocab: usize) -> Vec<u32> {
+    (0..n).map(|i| ((i * 7919 + 13) % vocab) as u32).collect()
+}
+
+#[test]
+fn activation_stats_find_exactly_the_planted_channels() {
+    let d = synth("stats", &["--outliers", "paper", "--seed", "3"]);
+    let loaded = model::load(&d, &LoadOptions::default()).unwrap();
+    let m = &loaded.model;
+    let tokens = random_tokens(400, m.config.vocab_size);
+    let mut stats = ActivationStats::default();
+    m.forward_observed(&tokens, &mut m.new_cache(tokens.len()), Logits::Last, Some(&mut stats)).unwrap();
+    let plants = planted(&d);
+    assert_eq!(plants.len(), m.config.num_layers * 4);
+    for (layer, point, channels) in plants {
+        let kind = LinearInput::ALL.into_iter().find(|p| p.name() == point).unwrap();
+        let ps = &stats.points[&(layer, kind as u8)].1;
+        let mut found = ps.outlier_channels(20.0);
+        found.sort_unstable();
+        assert_eq!(found, channels, "layer {layer} {point}");
+        assert!((5..=15).contains(&channels.len()) || point == "o_in", "{point}: {} channels", channels.len());
+    }
+}
+
+/// Clips every linear input to `factor` x its typical channel max (from a first pass).
+struct Clipper {
+    limits: std::collections::HashMap<(usize, u8), f32>,
+}
+
+impl ActivationObserver for Clipper {
+    fn observe(&mut self, layer: usize, point: LinearInput, x: &mut [f32], _cols: usize) {
+        let lim = self.limits[&(layer, point as u8)];
+        for v in x.iter_mut() {
+            *v = v.clamp(-lim, lim);
+        }
+    }
+}
+
+/// Mean KL(original || clipped) of next-token distributions over all positions.
+fn clipping_kl(dir: &Path) -> f64 {
+    let loaded = model::load(dir, &LoadOptions::default()).unwrap();
+    let m = &loaded.model;
+    let tokens = random_tokens(256, m.config.vocab_size);
+    let mut stats = ActivationStats::default();
+    let base = m.forward_observed(&tokens, &mut m.new_cache(tokens.len()), Logits::All, Some(&mut stats)).unwrap();
+    let limits = stats.points.iter().map(|(k, (_, ps))| (*k, 4.0 * ps.median_channel_max())).collect();
+    let clipped = m.forward_observed(&tokens, &mut m.new_cache(tokens.len()), Logits::All, Some(&mut Clipper { limits })).unwrap();
+    let mut acc = llm_npu::eval::EvalAccumulator::default();
+    acc.add_window(&tokens, &clipped, &base, m.config.vocab_size).unwrap();
+    acc.report().unwrap().mean_kld
+}
+
+#[test]
+fn planted_outliers_carry_real_signal() {
+    // Clipping at 4x the typical channel's max removes the planted outliers: the output must
+    // change a lot for the outlier model and hardly at all for the plain one.
+    let with = clipping_kl(&synth("sig-paper", &["--outliers", "paper", "--seed", "5"]));
+    let without = clipping_kl(&synth("sig-none", &["--seed", "5"]));
+    eprintln!("KL after clipping: with planted outliers {with:.4}, without {without:.6}");
+    assert!(with > 0.1, "clipping the planted outliers barely changed the output: KL {with}");
+    assert!(without < with / 20.0, "KL without outliers {without} vs with {with}");
+}
+
+#[test]
+fn synthesized_models_are_peaked_like_trained_ones() {
+    let d = synth("sharp", &[]);
+    let out = run_ok(&["eval", "-m", d.to_str().unwrap(), "--random-tokens", "600", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let p = v["mean_top1_prob"].as_f64().unwrap();
+    assert!(p >= 0.2, "mean top-1 probability {p}");
+}
+
+#[test]
+fn eval_f32_against_f32_is_exact() {
+    let d = synth("eval", &[]);
+    let out = run_ok(&["eval", "-m", d.to_str().unwrap(), "--random-tokens", "300", "--ctx", "128", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    for key in ["tokens", "ppl", "ref_ppl", "top1_agreement", "mean_kld", "max_kld"] {
+        assert!(v.get(key).is_some(), "missing {key}: {v}");
+    }
+    assert_eq!(v["top1_agreement"].as_f64().unwrap(), 1.0);
+    assert_eq!(v["mean_kld"].as_f64().unwrap(), 0.0);
+    assert_eq!(v["ppl"], v["ref_ppl"]);
+    assert_eq!(v["tokens"].as_u64().unwrap(), 300 - 3, "three windows of 128/128/44 tokens score 127+127+43");
+}
+
+#[test]
+fn bench_json_has_one_parsable_object_per_test() {
+    let d = synth("bench", &[]);
+    let out = run_ok(&["bench", "-m", d.to_str().unwrap(), "-p", "16,32", "-n", "8", "-r", "2", "--json", "-t", "1"]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    let tests: Vec<String> = lines
+        .iter()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            assert_eq!(v["backend"], "f32");
+            assert!(v["tokens_per_s"].as_f64().unwrap() > 0.0 && v["stddev"].as_f64().unwrap() >= 0.0);
+            assert_eq!(v["samples_tokens_per_s"].as_array().unwrap().len(), 2);
+            v["test"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(tests, ["pp16", "pp32", "tg8"]);
+    let table = run_ok(&["bench", "-m", d.to_str().unwrap(), "-p", "16", "-n", "0", "-r", "1"]);
+    assert!(table.contains("| pp16 |") && table.starts_with("| model |"), "{table}");
+}
