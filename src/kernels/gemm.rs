@@ -1,28 +1,28 @@
 //! Blocked f32 GEMM for linear layers: y[m, n] = sum_k x[m, k] * w[n, k].
 //!
 //! The weights stay exactly as stored ([out, in] rows, possibly memory-mapped): no prepacked copy
-//! of the model. The activations are packed once per call into panels of `NR` tokens laid out
-//! k-major (`packed[p][k][j] = x[p*NR + j][k]`). Each task takes `NC` weight rows and, per k-block,
-//! copies their `MR x KC` slices into a small contiguous buffer (k-major, MR-interleaved): reading
-//! 12 rows straight from the matrix would touch 12 addresses 4*K bytes apart, which fall into the
-//! same L1 set and evict each other. The microkernel computes an `MR x NR` tile of y^T: one packed
-//! weight column broadcast against one 32-token panel row per k step. Tiles accumulate in a
-//! per-task buffer (contiguous along tokens) that is transposed into y at the end.
+//! of the model. The activations are packed once per call into panels of `MR` tokens, k-major
+//! (`packed[p][k][i] = x[p*MR + i][k]`). Each task takes `NC` weight rows and, per k-block,
+//! packs their `KC`-long slices into micro-panels of `NR` rows, k-major (`[k][j]`: row j's
+//! element k), which the microkernel loads as two 16-lane vectors. The microkernel broadcasts the
+//! MR tokens' values one by one against them: its 2 x MR accumulators are MR rows of 32 outputs,
+//! stored straight into y (masked at the edges). Threads split the weight rows, so each writes
+//! its own columns of y.
 
 use rayon::prelude::*;
 
 use super::{simd_level, SimdLevel};
 
-/// Weight rows per microkernel tile.
+/// Tokens per microkernel tile (broadcast operand).
 pub const MR: usize = 12;
-/// Tokens per panel (two 16-lane registers).
+/// Output features per microkernel tile (two 16-lane registers).
 pub const NR: usize = 32;
-/// Weight rows per parallel task (a multiple of MR).
-const NC: usize = 8 * MR;
-/// Depth of one k-block: the panel slice (KC x NR floats) stays in L1 across the tile loop.
+/// Weight rows per parallel task (a multiple of NR).
+const NC: usize = 4 * NR;
+/// Depth of one k-block.
 const KC: usize = 256;
 
-/// Activations packed into NR-token panels, k-major, zero-padded to a whole panel.
+/// Activations packed into MR-token panels, k-major, zero-padded to a whole panel.
 pub struct PackedActs {
     data: Vec<f32>,
     m: usize,
@@ -32,13 +32,22 @@ pub struct PackedActs {
 impl PackedActs {
     pub fn new(x: &[f32], m: usize, k: usize) -> Self {
         assert_eq!(x.len(), m * k);
-        let panels = m.div_ceil(NR);
-        let mut data = vec![0f32; panels * k * NR];
-        data.par_chunks_mut(k * NR).enumerate().for_each(|(p, panel)| {
-            for j in 0..NR.min(m - p * NR) {
-                let row = &x[(p * NR + j) * k..(p * NR + j + 1) * k];
-                for (kk, &v) in row.iter().enumerate() {
-                    panel[kk * NR + j] = v;
+        let panels = m.div_ceil(MR);
+        let mut data = vec![0f32; panels * k * MR];
+        let simd = simd_level() == SimdLevel::Avx512;
+        data.par_chunks_mut(k * MR).enumerate().for_each(|(p, panel)| {
+            let tokens = MR.min(m - p * MR);
+            let rows = &x[p * MR * k..(p * MR + tokens) * k];
+            // 16 k-columns at a time through the transpose (12 of its 16 lanes stored), the rest one by one.
+            let full_k = if simd { k - k % 16 } else { 0 };
+            for kk0 in (0..full_k).step_by(16) {
+                // SAFETY: `tokens` rows hold columns kk0..kk0+16; the 16 masked stores of MR floats
+                // at kk0*MR + c*MR stay inside the panel; avx512f was detected.
+                unsafe { transpose16_avx512(rows.as_ptr().add(kk0), k, tokens, panel.as_mut_ptr().add(kk0 * MR), MR, (1 << MR) - 1) };
+            }
+            for i in 0..tokens {
+                for kk in full_k..k {
+                    panel[kk * MR + i] = rows[i * k + kk];
                 }
             }
         });
@@ -46,11 +55,11 @@ impl PackedActs {
     }
 
     fn panels(&self) -> usize {
-        self.m.div_ceil(NR)
+        self.m.div_ceil(MR)
     }
 
     fn panel(&self, p: usize) -> &[f32] {
-        &self.data[p * self.k * NR..(p + 1) * self.k * NR]
+        &self.data[p * self.k * MR..(p + 1) * self.k * MR]
     }
 }
 
@@ -72,14 +81,9 @@ pub fn gemm_nt_portable(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, y: &
             *c = super::matvec::dot_portable(&x[i * k..(i + 1) * k], wr);
         }
     });
-    transpose_into(&yt, n, m, y, n, 0);
-}
-
-/// y[:, col0 .. col0 + rows] = src^T for src [rows, cols] (cols = tokens).
-fn transpose_into(src: &[f32], rows: usize, cols: usize, y: &mut [f32], ldy: usize, col0: usize) {
-    for r in 0..rows {
-        for c in 0..cols {
-            y[c * ldy + col0 + r] = src[r * cols + c];
+    for r in 0..n {
+        for c in 0..m {
+            y[c * n + r] = yt[r * m + c];
         }
     }
 }
@@ -89,95 +93,153 @@ pub fn gemm_packed(xp: &PackedActs, w: &[f32], n: usize, y: &mut [f32]) {
     let (m, k) = (xp.m, xp.k);
     assert_eq!(w.len(), n * k);
     assert_eq!(y.len(), m * n);
-    let m_pad = xp.panels() * NR;
     let y_out = SharedOut(y.as_mut_ptr());
-    // Each task computes its block of y^T (rows padded to MR) and writes it into its own columns
-    // of y, so no serial pass over y remains after the join.
-    (0..n.div_ceil(NC)).into_par_iter().for_each_init(Vec::new, |ct: &mut Vec<f32>, b| {
+    (0..n.div_ceil(NC)).into_par_iter().for_each_init(Vec::new, |wpack: &mut Vec<f32>, b| {
         let n0 = b * NC;
         let rows = NC.min(n - n0);
-        ct.clear();
-        ct.resize(rows.next_multiple_of(MR) * m_pad, 0.0);
-        block(xp, &w[n0 * k..(n0 + rows) * k], rows, ct, m_pad);
-        for c in 0..m {
-            for r in 0..rows {
-                // SAFETY: y has m * n elements; column ranges n0..n0+rows are disjoint per task.
-                unsafe { *y_out.at(c * n + n0 + r) = ct[r * m_pad + c] };
-            }
-        }
+        block(xp, &w[n0 * k..(n0 + rows) * k], rows, wpack, y_out, n, n0);
     });
 }
 
 /// The output pointer shared by tasks that write disjoint elements.
 #[derive(Clone, Copy)]
 struct SharedOut(*mut f32);
-// SAFETY: tasks write disjoint elements only (see gemm_packed).
+// SAFETY: tasks write disjoint columns of y only (see gemm_packed).
 unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
 
-impl SharedOut {
-    /// # Safety
-    /// `i` must be in bounds and no other task may access element `i` concurrently.
-    unsafe fn at(self, i: usize) -> *mut f32 {
-        self.0.add(i)
-    }
-}
-
-/// One block of `rows` weight rows against all token panels, k-blocked.
-fn block(xp: &PackedActs, w: &[f32], rows: usize, ct: &mut [f32], ldc: usize) {
-    let k = xp.k;
-    let tiles = rows.div_ceil(MR);
-    let mut wpack = vec![0f32; tiles * MR * KC.min(k)];
+/// One task: `rows` weight rows (output columns n0..n0+rows of y) against all token panels.
+fn block(xp: &PackedActs, w: &[f32], rows: usize, wpack: &mut Vec<f32>, y: SharedOut, ldy: usize, n0: usize) {
+    let (m, k) = (xp.m, xp.k);
+    let micro = rows.div_ceil(NR);
+    wpack.clear();
+    wpack.resize(micro * NR * KC.min(k), 0.0);
     for k0 in (0..k).step_by(KC) {
         let kc = KC.min(k - k0);
-        // wpack[t][kk][i] = w[t*MR + i][k0 + kk]; rows past `rows` stay zero.
-        for r in 0..rows {
-            let (t, i) = (r / MR, r % MR);
-            let dst = &mut wpack[t * kc * MR..(t + 1) * kc * MR];
-            for (kk, &v) in w[r * k + k0..r * k + k0 + kc].iter().enumerate() {
-                dst[kk * MR + i] = v;
-            }
-        }
+        pack_weights(&w[k0..], k, rows, kc, &mut wpack[..micro * NR * kc]);
         for p in 0..xp.panels() {
-            let panel = &xp.panel(p)[k0 * NR..(k0 + kc) * NR];
-            for t in 0..tiles {
-                let wt = &wpack[t * kc * MR..(t + 1) * kc * MR];
-                let c = &mut ct[t * MR * ldc + p * NR..];
-                // SAFETY: wt holds kc x MR floats, the panel kc x NR, and c has MR rows of
-                // ldc >= NR floats from here; the CPU has avx512f (checked by simd_level).
-                unsafe { kernel_avx512(wt.as_ptr(), panel.as_ptr(), kc, c.as_mut_ptr(), ldc, k0 > 0) };
+            let xpanel = &xp.panel(p)[k0 * MR..(k0 + kc) * MR];
+            let tokens = MR.min(m - p * MR);
+            for j in 0..micro {
+                let cols = NR.min(rows - j * NR);
+                let wt = &wpack[j * kc * NR..(j + 1) * kc * NR];
+                // SAFETY: the panels hold kc x MR and kc x NR floats; the tile's `tokens` rows and
+                // `cols` columns lie inside y and belong to this task; avx512f was detected.
+                unsafe {
+                    let out = y.0.add(p * MR * ldy + n0 + j * NR);
+                    kernel_avx512(xpanel.as_ptr(), wt.as_ptr(), kc, out, ldy, tokens, cols, k0 > 0)
+                }
             }
         }
     }
 }
 
-/// The MR x NR microkernel: one packed weight column (MR values, broadcast one by one) times one
-/// 32-token panel row per k step. 2*MR = 24 accumulators + 2 panel registers fit the 32 zmm.
+/// wpack[j][kk][r] = w[j*NR + r][kk] for kk < kc (w rows have stride `ldw`); rows past `rows`
+/// stay zero. Full 16 x 16 blocks go through an AVX-512 transpose, the edges element by element.
+fn pack_weights(w: &[f32], ldw: usize, rows: usize, kc: usize, wpack: &mut [f32]) {
+    let (full_rows, full_k) = (rows - rows % 16, kc - kc % 16);
+    for r0 in (0..full_rows).step_by(16) {
+        let (j, half) = (r0 / NR, (r0 % NR) / 16);
+        for kk0 in (0..full_k).step_by(16) {
+            let dst = j * kc * NR + kk0 * NR + half * 16;
+            // SAFETY: rows r0..r0+16 hold columns kk0..kk0+16 (< kc <= ldw), and the 16 stores of
+            // 16 floats at dst + c*NR stay inside micro-panel j; avx512f was detected.
+            unsafe { transpose16_avx512(w.as_ptr().add(r0 * ldw + kk0), ldw, 16, wpack.as_mut_ptr().add(dst), NR, 0xFFFF) };
+        }
+    }
+    let mut scalar = |r: usize, ks: std::ops::Range<usize>| {
+        let (j, rr) = (r / NR, r % NR);
+        for kk in ks {
+            wpack[j * kc * NR + kk * NR + rr] = w[r * ldw + kk];
+        }
+    };
+    for r in 0..full_rows {
+        scalar(r, full_k..kc);
+    }
+    for r in full_rows..rows {
+        scalar(r, 0..kc);
+    }
+    // Rows between `rows` and the end of the last micro-panel must be zero, not stale.
+    for r in rows..rows.next_multiple_of(NR) {
+        let (j, rr) = (r / NR, r % NR);
+        for kk in 0..kc {
+            wpack[j * kc * NR + kk * NR + rr] = 0.0;
+        }
+    }
+}
+
+/// Transposes a 16 x 16 block: row i of `src` (stride `lds`) becomes column i of `dst` (stride
+/// `ldd`). Rows from `rows` on read as zero; only the lanes in `mask` of each output row are stored.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn kernel_avx512(w: *const f32, xp: *const f32, kc: usize, c: *mut f32, ldc: usize, acc: bool) {
+unsafe fn transpose16_avx512(src: *const f32, lds: usize, rows: usize, dst: *mut f32, ldd: usize, mask: u16) {
     use std::arch::x86_64::*;
+    let r: [__m512; 16] = std::array::from_fn(|i| if i < rows { _mm512_loadu_ps(src.add(i * lds)) } else { _mm512_setzero_ps() });
+    // Per 128-bit lane: interleave rows in pairs, then in fours: u[4g + c] holds, in lane L,
+    // column 4L + c of rows 4g..4g+4.
+    let mut u = [_mm512_setzero_ps(); 16];
+    for g in 0..4 {
+        let t0 = _mm512_unpacklo_ps(r[4 * g], r[4 * g + 1]);
+        let t1 = _mm512_unpackhi_ps(r[4 * g], r[4 * g + 1]);
+        let t2 = _mm512_unpacklo_ps(r[4 * g + 2], r[4 * g + 3]);
+        let t3 = _mm512_unpackhi_ps(r[4 * g + 2], r[4 * g + 3]);
+        let pd = |a: __m512, b: __m512, hi: bool| {
+            let (a, b) = (_mm512_castps_pd(a), _mm512_castps_pd(b));
+            _mm512_castpd_ps(if hi { _mm512_unpackhi_pd(a, b) } else { _mm512_unpacklo_pd(a, b) })
+        };
+        u[4 * g] = pd(t0, t2, false);
+        u[4 * g + 1] = pd(t0, t2, true);
+        u[4 * g + 2] = pd(t1, t3, false);
+        u[4 * g + 3] = pd(t1, t3, true);
+    }
+    // Gather lane L of u[c], u[4+c], u[8+c], u[12+c] into output column 4L + c.
+    for c in 0..4 {
+        let v = _mm512_shuffle_f32x4::<0x88>(u[c], u[4 + c]);
+        let w = _mm512_shuffle_f32x4::<0xDD>(u[c], u[4 + c]);
+        let v2 = _mm512_shuffle_f32x4::<0x88>(u[8 + c], u[12 + c]);
+        let w2 = _mm512_shuffle_f32x4::<0xDD>(u[8 + c], u[12 + c]);
+        _mm512_mask_storeu_ps(dst.add(c * ldd), mask, _mm512_shuffle_f32x4::<0x88>(v, v2));
+        _mm512_mask_storeu_ps(dst.add((4 + c) * ldd), mask, _mm512_shuffle_f32x4::<0x88>(w, w2));
+        _mm512_mask_storeu_ps(dst.add((8 + c) * ldd), mask, _mm512_shuffle_f32x4::<0xDD>(v, v2));
+        _mm512_mask_storeu_ps(dst.add((12 + c) * ldd), mask, _mm512_shuffle_f32x4::<0xDD>(w, w2));
+    }
+}
+
+/// The MR x NR microkernel: per k step, two 16-lane loads of packed weights and MR broadcasts
+/// of token values; 2 x MR = 24 accumulators + 2 weight registers fit the 32 zmm registers.
+/// Stores `tokens` rows of `cols` outputs (adding to what is there when `acc`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn kernel_avx512(xp: *const f32, wp: *const f32, kc: usize, y: *mut f32, ldy: usize, tokens: usize, cols: usize, acc: bool) {
+    use std::arch::x86_64::*;
+    let mask0: __mmask16 = if cols >= 16 { 0xFFFF } else { ((1u32 << cols) - 1) as u16 };
+    let mask1: __mmask16 = if cols >= 32 { 0xFFFF } else if cols > 16 { ((1u32 << (cols - 16)) - 1) as u16 } else { 0 };
     let mut c0 = [_mm512_setzero_ps(); MR];
     let mut c1 = [_mm512_setzero_ps(); MR];
     if acc {
         for i in 0..MR {
-            c0[i] = _mm512_loadu_ps(c.add(i * ldc));
-            c1[i] = _mm512_loadu_ps(c.add(i * ldc + 16));
+            if i < tokens {
+                c0[i] = _mm512_maskz_loadu_ps(mask0, y.add(i * ldy));
+                c1[i] = _mm512_maskz_loadu_ps(mask1, y.add(i * ldy + 16));
+            }
         }
     }
     for kk in 0..kc {
-        let b0 = _mm512_loadu_ps(xp.add(kk * NR));
-        let b1 = _mm512_loadu_ps(xp.add(kk * NR + 16));
-        let wk = w.add(kk * MR);
+        let b0 = _mm512_loadu_ps(wp.add(kk * NR));
+        let b1 = _mm512_loadu_ps(wp.add(kk * NR + 16));
+        let xk = xp.add(kk * MR);
         for i in 0..MR {
-            let a = _mm512_set1_ps(*wk.add(i));
+            let a = _mm512_set1_ps(*xk.add(i));
             c0[i] = _mm512_fmadd_ps(a, b0, c0[i]);
             c1[i] = _mm512_fmadd_ps(a, b1, c1[i]);
         }
     }
     for i in 0..MR {
-        _mm512_storeu_ps(c.add(i * ldc), c0[i]);
-        _mm512_storeu_ps(c.add(i * ldc + 16), c1[i]);
+        if i < tokens {
+            _mm512_mask_storeu_ps(y.add(i * ldy), mask0, c0[i]);
+            _mm512_mask_storeu_ps(y.add(i * ldy + 16), mask1, c1[i]);
+        }
     }
 }
 
@@ -202,7 +264,7 @@ mod tests {
             return;
         }
         // Shapes around every blocking boundary: MR, NR, NC, KC tails, and tiny ones.
-        let shapes = [(2, 1, 1), (2, 3, 5), (31, 17, 13), (32, 256, 12), (33, 257, 97), (64, 512, 96), (5, 300, 200), (70, 64, 130)];
+        let shapes = [(2, 1, 1), (2, 3, 5), (31, 17, 13), (32, 256, 12), (33, 257, 97), (64, 512, 96), (5, 300, 200), (70, 64, 130), (12, 40, 128), (13, 513, 161), (24, 16, 32)];
         for (si, &(m, k, n)) in shapes.iter().enumerate() {
             let x = rand_vec(m * k, si as u64);
             let w = rand_vec(n * k, 100 + si as u64);
@@ -229,6 +291,25 @@ mod tests {
             gemm_nt_portable(&x, m, k, &w, n, &mut y_ref);
             for (a, b) in y.iter().zip(&y_ref) {
                 assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "m={m}: {a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn weight_packing_matches_its_definition() {
+        if simd_level() != SimdLevel::Avx512 {
+            eprintln!("SKIPPED: no AVX-512 on this CPU");
+            return;
+        }
+        for (rows, kc, ldw) in [(128, 256, 300), (37, 19, 40), (16, 16, 16), (5, 33, 33), (100, 48, 48)] {
+            let w = rand_vec(rows * ldw, rows as u64);
+            let mut got = vec![f32::NAN; rows.div_ceil(NR) * NR * kc];
+            pack_weights(&w, ldw, rows, kc, &mut got);
+            for r in 0..rows.next_multiple_of(NR) {
+                for kk in 0..kc {
+                    let want = if r < rows { w[r * ldw + kk] } else { 0.0 };
+                    assert_eq!(got[(r / NR) * kc * NR + kk * NR + r % NR], want, "rows={rows} kc={kc} r={r} kk={kk}");
+                }
             }
         }
     }

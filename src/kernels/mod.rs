@@ -43,5 +43,21 @@ pub fn linear(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, y: &mut [f32])
     }
 }
 
+/// Several linear layers reading the same input (q/k/v, gate/up): the activations are packed for
+/// the GEMM once instead of once per weight. `outs[i]` receives x . ws[i].0^T ([m, ws[i].1]).
+pub fn linear_many(x: &[f32], m: usize, k: usize, ws: &[(&[f32], usize)], outs: &mut [&mut [f32]]) {
+    assert_eq!(ws.len(), outs.len());
+    if m < SMALL_BATCH || simd_level() == SimdLevel::Portable {
+        for ((w, n), y) in ws.iter().zip(outs.iter_mut()) {
+            linear(x, m, k, w, *n, y);
+        }
+        return;
+    }
+    let packed = gemm::PackedActs::new(x, m, k);
+    for ((w, n), y) in ws.iter().zip(outs.iter_mut()) {
+        gemm::gemm_packed(&packed, w, *n, y);
+    }
+}
+
 /// Below this many rows the GEMM's 32-token panels would be mostly padding.
 pub const SMALL_BATCH: usize = 8;

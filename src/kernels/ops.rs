@@ -4,8 +4,23 @@
 use rayon::prelude::*;
 
 
+/// Rows per parallel task for the element-wise ops: below this much work threads cost more
+/// than they save (decode runs them on one row).
+const PAR_MIN_ELEMS: usize = 1 << 15;
+
+/// Splits `len` elements of `row`-sized rows into per-task row counts.
+fn rows_per_task(len: usize, row: usize) -> usize {
+    (PAR_MIN_ELEMS / row.max(1)).max(1).min(len / row.max(1)).max(1)
+}
+
 /// RMSNorm of each `dim`-row of `x` into `out`, as Hugging Face computes it: x * rsqrt(mean(x^2) + eps) * w.
 pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let dim = w.len();
+    let rows = rows_per_task(x.len(), dim);
+    out.par_chunks_mut(rows * dim).zip(x.par_chunks(rows * dim)).for_each(|(o, xs)| rms_norm_rows(xs, w, eps, o));
+}
+
+fn rms_norm_rows(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     let dim = w.len();
     for (xr, or) in x.chunks_exact(dim).zip(out.chunks_exact_mut(dim)) {
         let ss: f32 = xr.iter().map(|v| v * v).sum::<f32>() / dim as f32;
@@ -32,12 +47,13 @@ pub fn exp_fast(x: f32) -> f32 {
 
 /// gate <- silu(gate) * up (SwiGLU).
 pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
-    match super::simd_level() {
+    let level = super::simd_level();
+    gate.par_chunks_mut(PAR_MIN_ELEMS).zip(up.par_chunks(PAR_MIN_ELEMS)).for_each(|(g, u)| match level {
         // SAFETY: Avx512 is only selected when the CPU has avx512f.
         #[cfg(target_arch = "x86_64")]
-        super::SimdLevel::Avx512 => unsafe { silu_mul_avx512(gate, up) },
-        _ => silu_mul_generic(gate, up),
-    }
+        super::SimdLevel::Avx512 => unsafe { silu_mul_avx512(g, u) },
+        _ => silu_mul_generic(g, u),
+    });
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -54,29 +70,45 @@ fn silu_mul_generic(gate: &mut [f32], up: &[f32]) {
 }
 
 pub fn add_in_place(x: &mut [f32], y: &[f32]) {
-    for (a, &b) in x.iter_mut().zip(y) {
-        *a += b;
-    }
+    x.par_chunks_mut(PAR_MIN_ELEMS).zip(y.par_chunks(PAR_MIN_ELEMS)).for_each(|(xs, ys)| {
+        for (a, &b) in xs.iter_mut().zip(ys) {
+            *a += b;
+        }
+    });
 }
 
 /// Adds `bias` to every row of `x`.
 pub fn add_bias(x: &mut [f32], bias: &[f32]) {
     for row in x.chunks_exact_mut(bias.len()) {
-        add_in_place(row, bias);
+        for (a, &b) in row.iter_mut().zip(bias) {
+            *a += b;
+        }
     }
 }
 
-/// In-place softmax.
+/// In-place softmax. Max, exponentials and sum run over exact 16-float chunks with lane
+/// accumulators, so they vectorize; the tail is done one by one.
 #[inline(always)]
 pub fn softmax(x: &mut [f32]) {
-    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    // Sixteen partial sums: a single running sum is a serial chain the compiler may not reorder.
-    let mut lanes = [0f32; 16];
-    for (i, v) in x.iter_mut().enumerate() {
-        *v = exp_fast(*v - max);
-        lanes[i % 16] += *v;
+    let (chunks, tail) = x.as_chunks_mut::<16>();
+    let mut lane_max = [f32::NEG_INFINITY; 16];
+    for c in chunks.iter() {
+        for l in 0..16 {
+            lane_max[l] = lane_max[l].max(c[l]);
+        }
     }
-    let sum: f32 = lanes.iter().sum();
+    let max = tail.iter().chain(&lane_max).copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut lane_sum = [0f32; 16];
+    for c in chunks.iter_mut() {
+        for l in 0..16 {
+            c[l] = exp_fast(c[l] - max);
+            lane_sum[l] += c[l];
+        }
+    }
+    for v in tail.iter_mut() {
+        *v = exp_fast(*v - max);
+    }
+    let sum: f32 = lane_sum.iter().sum::<f32>() + tail.iter().sum::<f32>();
     let inv = 1.0 / sum;
     for v in x.iter_mut() {
         *v *= inv;
@@ -96,7 +128,7 @@ pub enum RopeStyle {
 /// `cos`/`sin` are [tokens][half] with `half` rotated pairs per head (half <= head_dim / 2).
 pub fn apply_rope(x: &mut [f32], head_dim: usize, style: RopeStyle, cos: &[f32], sin: &[f32], half: usize) {
     let row_len = x.len() / (cos.len() / half);
-    for (t, row) in x.chunks_exact_mut(row_len).enumerate() {
+    x.par_chunks_mut(row_len).enumerate().for_each(|(t, row)| {
         let (c, s) = (&cos[t * half..(t + 1) * half], &sin[t * half..(t + 1) * half]);
         for head in row.chunks_exact_mut(head_dim) {
             for i in 0..half {
@@ -109,7 +141,7 @@ pub fn apply_rope(x: &mut [f32], head_dim: usize, style: RopeStyle, cos: &[f32],
                 head[b] = x1 * c[i] + x0 * s[i];
             }
         }
-    }
+    });
 }
 
 /// Shapes of one causal attention call.
@@ -137,15 +169,26 @@ pub fn causal_attention(q: &[f32], k_cache: &[f32], v_cache: &[f32], s: AttnShap
             // SAFETY: Avx512 is only selected when the CPU has avx512f.
             #[cfg(target_arch = "x86_64")]
             super::SimdLevel::Avx512 => unsafe { attend_row_avx512(q_row, k_cache, v_cache, s, t, scores, out_row) },
-            _ => attend_row(q_row, k_cache, v_cache, s, t, scores, out_row),
+            _ => attend_row::<false>(q_row, k_cache, v_cache, s, t, scores, out_row),
         }
     });
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
+#[target_feature(enable = "avx512f,fma")]
 unsafe fn attend_row_avx512(q: &[f32], k: &[f32], v: &[f32], s: AttnShape, t: usize, scores: &mut Vec<f32>, out: &mut [f32]) {
-    attend_row(q, k, v, s, t, scores, out)
+    attend_row::<true>(q, k, v, s, t, scores, out)
+}
+
+/// a * b + c, fused when the caller's target has FMA (then it is one instruction; without it
+/// `mul_add` would be a slow software call, so the portable build multiplies and adds).
+#[inline(always)]
+fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FMA {
+        a.mul_add(b, c)
+    } else {
+        a * b + c
+    }
 }
 
 /// Lanes per accumulator block: one 512-bit register of f32.
@@ -153,7 +196,7 @@ const LANES: usize = 16;
 
 /// All heads of one query token: scores, softmax, weighted sum of values.
 #[inline(always)]
-fn attend_row(q: &[f32], k_cache: &[f32], v_cache: &[f32], s: AttnShape, t: usize, scores: &mut Vec<f32>, out: &mut [f32]) {
+fn attend_row<const FMA: bool>(q: &[f32], k_cache: &[f32], v_cache: &[f32], s: AttnShape, t: usize, scores: &mut Vec<f32>, out: &mut [f32]) {
     let (hd, stride) = (s.head_dim, s.kv_stride);
     debug_assert_eq!(stride % LANES, 0);
     let group = s.n_heads / s.n_kv_heads;
@@ -169,11 +212,11 @@ fn attend_row(q: &[f32], k_cache: &[f32], v_cache: &[f32], s: AttnShape, t: usiz
         // scores[j] = q . k_j down the transposed keys (stride pads the last block).
         let mut jb = 0;
         while jb + 4 <= key_blocks {
-            score_blocks::<4>(qh, kt, stride, jb, scale, scores);
+            score_blocks::<4, FMA>(qh, kt, stride, jb, scale, scores);
             jb += 4;
         }
         while jb < key_blocks {
-            score_blocks::<1>(qh, kt, stride, jb, scale, scores);
+            score_blocks::<1, FMA>(qh, kt, stride, jb, scale, scores);
             jb += 1;
         }
         let probs = &mut scores[..n_keys];
@@ -183,11 +226,11 @@ fn attend_row(q: &[f32], k_cache: &[f32], v_cache: &[f32], s: AttnShape, t: usiz
         let oh = &mut out[h * hd..(h + 1) * hd];
         let mut db = 0;
         while db + 4 <= dim_blocks {
-            value_blocks::<4>(probs, vh, hd, db, oh);
+            value_blocks::<4, FMA>(probs, vh, hd, db, oh);
             db += 4;
         }
         while db < dim_blocks {
-            value_blocks::<1>(probs, vh, hd, db, oh);
+            value_blocks::<1, FMA>(probs, vh, hd, db, oh);
             db += 1;
         }
         for d in dim_blocks * LANES..hd {
@@ -198,14 +241,14 @@ fn attend_row(q: &[f32], k_cache: &[f32], v_cache: &[f32], s: AttnShape, t: usiz
 
 /// Scores of key blocks jb..jb+N (16 keys each): N independent accumulators in registers.
 #[inline(always)]
-fn score_blocks<const N: usize>(qh: &[f32], kt: &[f32], stride: usize, jb: usize, scale: f32, scores: &mut [f32]) {
+fn score_blocks<const N: usize, const FMA: bool>(qh: &[f32], kt: &[f32], stride: usize, jb: usize, scale: f32, scores: &mut [f32]) {
     let mut acc = [[0f32; LANES]; N];
     for (d, &qd) in qh.iter().enumerate() {
         for (b, acc_b) in acc.iter_mut().enumerate() {
             let at = d * stride + (jb + b) * LANES;
             let k16: &[f32; LANES] = kt[at..at + LANES].try_into().unwrap();
             for l in 0..LANES {
-                acc_b[l] += qd * k16[l];
+                acc_b[l] = madd::<FMA>(qd, k16[l], acc_b[l]);
             }
         }
     }
@@ -218,14 +261,14 @@ fn score_blocks<const N: usize>(qh: &[f32], kt: &[f32], stride: usize, jb: usize
 
 /// Dimension blocks db..db+N (16 each) of sum_j p_j v_j: N independent accumulators.
 #[inline(always)]
-fn value_blocks<const N: usize>(probs: &[f32], vh: &[f32], hd: usize, db: usize, oh: &mut [f32]) {
+fn value_blocks<const N: usize, const FMA: bool>(probs: &[f32], vh: &[f32], hd: usize, db: usize, oh: &mut [f32]) {
     let mut acc = [[0f32; LANES]; N];
     for (&p, vj) in probs.iter().zip(vh.chunks_exact(hd)) {
         for (b, acc_b) in acc.iter_mut().enumerate() {
             let d0 = (db + b) * LANES;
             let v16: &[f32; LANES] = vj[d0..d0 + LANES].try_into().unwrap();
             for l in 0..LANES {
-                acc_b[l] += p * v16[l];
+                acc_b[l] = madd::<FMA>(p, v16[l], acc_b[l]);
             }
         }
     }
@@ -268,7 +311,7 @@ mod tests {
             let (mut a, mut b) = (vec![0f32; 96], vec![0f32; 96]);
             let (mut sa, mut sb) = (Vec::new(), Vec::new());
             unsafe { attend_row_avx512(&q, &k, &v, s, t, &mut sa, &mut a) };
-            attend_row(&q, &k, &v, s, t, &mut sb, &mut b);
+            attend_row::<false>(&q, &k, &v, s, t, &mut sb, &mut b);
             for (x, y) in a.iter().zip(&b) {
                 assert!((x - y).abs() < 1e-5, "t={t}: {x} vs {y}");
             }

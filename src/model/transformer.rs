@@ -26,9 +26,17 @@ impl Linear {
 
     /// y[m, out] = x[m, in] W^T (+ b).
     pub fn forward(&self, x: &[f32], m: usize, y: &mut [f32]) {
-        kernels::linear(x, m, self.in_features(), self.weight.data(), self.out_features(), y);
-        if let Some(b) = &self.bias {
-            ops::add_bias(y, b.data());
+        Linear::forward_many(&[self], x, m, &mut [y]);
+    }
+
+    /// Several layers on the same input, sharing the GEMM's packing of it.
+    pub fn forward_many(layers: &[&Linear], x: &[f32], m: usize, outs: &mut [&mut [f32]]) {
+        let ws: Vec<(&[f32], usize)> = layers.iter().map(|l| (l.weight.data(), l.out_features())).collect();
+        kernels::linear_many(x, m, layers[0].in_features(), &ws, outs);
+        for (l, y) in layers.iter().zip(outs.iter_mut()) {
+            if let Some(b) = &l.bias {
+                ops::add_bias(y, b.data());
+            }
         }
     }
 }
@@ -272,9 +280,7 @@ impl Transformer {
             let a = &layer.self_attn;
             layer.input_layernorm.forward(&x, &mut h);
             observe(li, LinearInput::Attn, &mut h, d);
-            a.q_proj.forward(&h, m, &mut q);
-            a.k_proj.forward(&h, m, &mut k);
-            a.v_proj.forward(&h, m, &mut v);
+            Linear::forward_many(&[&a.q_proj, &a.k_proj, &a.v_proj], &h, m, &mut [&mut q, &mut k, &mut v]);
             ops::apply_rope(&mut q, hd, c.rope.style, &cos, &sin, hd / 2);
             ops::apply_rope(&mut k, hd, c.rope.style, &cos, &sin, hd / 2);
             cache.append(li, pos0, &k, &v);
@@ -287,8 +293,7 @@ impl Transformer {
 
             layer.post_attention_layernorm.forward(&x, &mut h);
             observe(li, LinearInput::Ffn, &mut h, d);
-            layer.mlp.gate_proj.forward(&h, m, &mut gate);
-            layer.mlp.up_proj.forward(&h, m, &mut up);
+            Linear::forward_many(&[&layer.mlp.gate_proj, &layer.mlp.up_proj], &h, m, &mut [&mut gate, &mut up]);
             ops::silu_mul(&mut gate, &up);
             observe(li, LinearInput::Down, &mut gate, c.intermediate_size);
             layer.mlp.down_proj.forward(&gate, m, &mut o);
