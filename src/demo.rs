@@ -15,7 +15,7 @@ pub fn reference_model_dir() -> Result<PathBuf> {
     } else {
         return Err(Error::Input("no cache folder: set LLM_NPU_CACHE".into()));
     };
-    Ok(base.join("synth/tinyllama-1.1b-f32-outliers-paper-seed0"))
+    Ok(base.join(format!("synth/tinyllama-1.1b-f32-outliers-paper-seed0-recipe{}", crate::synth::RECIPE_VERSION)))
 }
 
 /// True when a previous synthesis finished (the weights file is renamed into place last).

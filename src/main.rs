@@ -40,10 +40,20 @@ enum Command {
     Demo(DemoArgs),
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, ValueEnum)]
 enum Backend {
     /// float32 reference path on the CPU
     F32,
+    /// integer accelerator (not built yet)
+    Npu,
+}
+
+/// Only f32 runs for now; `npu` is accepted by the parser so that it can say so plainly.
+fn check_backend(b: Backend) -> Result<()> {
+    if b == Backend::Npu {
+        bail!("--backend npu: the integer accelerator backend is not built yet; use --backend f32");
+    }
+    Ok(())
 }
 
 #[derive(Args)]
@@ -243,7 +253,7 @@ fn init_threads(threads: Option<usize>) -> Result<usize> {
 
 /// Loads the model with a progress bar on stderr (shown only on a terminal).
 fn load_model(args: &ModelArgs) -> Result<LoadedModel> {
-    let Backend::F32 = args.backend;
+    check_backend(args.backend)?;
     let bar = indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
     bar.set_style(indicatif::ProgressStyle::with_template("loading {bar:30} {pos}/{len} tensors {elapsed}").unwrap());
     let t0 = Instant::now();
@@ -493,7 +503,7 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
     if a.calibration.is_some() {
         bail!("--calibration is for the npu backend, which is not built yet");
     }
-    let Backend::F32 = a.ref_backend;
+    check_backend(a.ref_backend)?;
     let loaded = load_model(&a.model)?;
     let m = &loaded.model;
     let tokens = load_tokens(&loaded, &a.tokens, 2048)?;

@@ -7,9 +7,12 @@
 //!   At 5 the mean top-1 probability is about 0.3-0.6 for vocabularies of 512 to 152k tokens,
 //!   like a trained model's, instead of near-uniform distributions that make agreement metrics
 //!   meaningless.
-//! - Planted activation outliers (`--outliers paper`), with DESIGN.md's statistics. At each of the
-//!   four linear-input points of every layer, 5-15 channels get a gain g of 20-100 (largest at the
-//!   FFN down projection, x1.6 at the first and last layer, x1.2 at their neighbours, capped at 100):
+//! - Planted activation outliers (`--outliers paper`), with DESIGN.md's statistics: 5-15 outlier
+//!   channels per layer (about 0.1-0.3% of the attention and FFN input channels of a 2048-wide
+//!   model), spread over its linear inputs: ~40% at the FFN down input, ~25% each at the attention
+//!   and FFN inputs, and one kv dimension at the o_proj input. Each gets a gain g of 20-100
+//!   (largest at the FFN down input, x1.6 at the first and last layer, x1.2 at their
+//!   neighbours, capped at 100):
 //!     - attention and FFN inputs: the RMSNorm weight of the channel is +-g;
 //!     - FFN down input: row j of up_proj is scaled by g, so silu(gate_j) * up_j is;
 //!     - o_proj input: rows of v_proj (one kv dimension each) are scaled by g, so every head of the
@@ -29,6 +32,10 @@ use serde_json::json;
 
 use crate::error::{Error, Result};
 use crate::sampling::Rng;
+
+/// Version of the weight recipe: bump it whenever the same seed would give different weights, so
+/// caches of older recipes (the demo's) are not reused.
+pub const RECIPE_VERSION: u32 = 2;
 
 /// Logit standard deviation of synthesized models (see the module comment).
 pub const LOGIT_STD: f32 = 5.0;
@@ -206,8 +213,11 @@ fn plan(o: &SynthOptions) -> (Vec<TensorPlan>, serde_json::Value) {
         if o.outliers == Outliers::Paper {
             let from_edge = l.min(s.layers - 1 - l) as f32;
             let edge = 1.0 + 0.6 * (-from_edge).exp();
-            let mut count = || 5 + (rng.next_u64() % 11) as usize;
-            let (na, no, nf, nd) = (count(), count(), count(), count());
+            // 5-15 outlier channels per layer, spread over its linear inputs (down_in gets most).
+            let total = 5 + (rng.next_u64() % 11) as usize;
+            let nd = (total * 2).div_ceil(5);
+            let na = (total / 4).max(1);
+            let nf = (total - nd - na).saturating_sub(1).max(1);
             // Attention input: RMSNorm gains (random sign), compensated in q/k/v columns.
             let a = plant(&mut rng, d, na, 20.0, 50.0, edge);
             let signs: Vec<f32> = a.gains.iter().map(|g| if rng.next_u64() & 1 == 0 { *g } else { -*g }).collect();
@@ -217,7 +227,8 @@ fn plan(o: &SynthOptions) -> (Vec<TensorPlan>, serde_json::Value) {
                 t.scale_cols(&a.channels, &comp);
             }
             // o_proj input: v_proj rows; each kv dimension reaches `group` attention-output channels.
-            let ov = plant(&mut rng, kv, no.div_ceil(group), 30.0, 60.0, edge);
+            // One kv dimension: it reaches one o_proj input channel per head of its group.
+            let ov = plant(&mut rng, kv, 1, 30.0, 60.0, edge);
             v.scale_rows(&ov.channels, &ov.gains);
             let o_channels: Vec<usize> = ov.channels.iter().flat_map(|&c| (0..group).map(move |g| ((c / hd) * group + g) * hd + c % hd)).collect();
             let o_gains: Vec<f32> = ov.gains.iter().flat_map(|&gain| std::iter::repeat_n(gain, group)).collect();
@@ -290,6 +301,7 @@ pub fn synthesize(dir: &Path, o: &SynthOptions, progress: &dyn Fn(u64, u64)) -> 
         &dir.join("synth.json"),
         &json!({
             "generator": format!("llm-npu {} synth", env!("CARGO_PKG_VERSION")),
+            "recipe_version": RECIPE_VERSION,
             "shape": s.name, "dtype": o.dtype.safetensors_name(), "seed": o.seed,
             "outliers": if o.outliers == Outliers::Paper { "paper" } else { "none" },
             "logit_std": LOGIT_STD, "planted": planted,
