@@ -2,6 +2,7 @@
 //! module that tests compare it against; `simd_level()` picks the best one at run time.
 
 pub mod gemm;
+pub mod int8_gemm;
 pub mod matvec;
 pub mod ops;
 

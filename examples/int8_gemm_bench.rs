@@ -1,0 +1,65 @@
+//! int8 GEMM throughput of the accelerator's kernels against rten-gemm's u8 x i8 GEMM, in one run:
+//!     cargo run --release --example int8_gemm_bench
+//! Shapes M=256 (one prefill chunk), K=2048, N=2048 and 5632 (TinyLlama's projections), 1 and 2
+//! threads. Weights are prepacked for both (as at model load); activation packing is timed.
+//! GOP/s counts 2 ops per multiply-add; the peak is 938 GOP/s on 2 threads here (DESIGN.md).
+
+use std::time::Instant;
+
+use llm_npu::kernels::int8_gemm::{gemm_i8, Int8Kernel, PackedI8Weights};
+use llm_npu::sampling::Rng;
+use rten_gemm::{GemmExecutor, GemmInputA, GemmInputB};
+use rten_tensor::prelude::*;
+use rten_tensor::NdTensor;
+
+const PEAK_PER_THREAD: f64 = 938.0 / 2.0;
+
+fn median_secs(reps: usize, mut f: impl FnMut()) -> f64 {
+    f(); // warm-up
+    let mut t: Vec<f64> = (0..reps)
+        .map(|_| {
+            let t0 = Instant::now();
+            f();
+            t0.elapsed().as_secs_f64()
+        })
+        .collect();
+    t.sort_by(f64::total_cmp);
+    t[reps / 2]
+}
+
+fn main() {
+    let (m, k) = (256usize, 2048usize);
+    let mut rng = Rng::new(1);
+    println!("| threads | N | kernel | ms | GOP/s | % of VNNI peak |");
+    println!("| ---: | ---: | --- | ---: | ---: | ---: |");
+    for threads in [1usize, 2] {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        for n in [2048usize, 5632] {
+            let x: Vec<i8> = (0..m * k).map(|_| ((rng.next_u64() % 255) as i32 - 127) as i8).collect();
+            let w: Vec<i8> = (0..n * k).map(|_| ((rng.next_u64() % 255) as i32 - 127) as i8).collect();
+            let ops = 2.0 * (m * k * n) as f64;
+            let row = |name: &str, secs: f64| {
+                let gops = ops / secs / 1e9;
+                println!("| {threads} | {n} | {name} | {:.2} | {gops:.0} | {:.0}% |", secs * 1e3, 100.0 * gops / (PEAK_PER_THREAD * threads as f64));
+            };
+            let packed = PackedI8Weights::new(&w, n, k);
+            let mut y = vec![0i32; m * n];
+            for kernel in [Int8Kernel::Avx512Vnni, Int8Kernel::Avx512VlVnni, Int8Kernel::AvxVnni, Int8Kernel::Avx2] {
+                if kernel.is_supported() {
+                    let s = pool.install(|| median_secs(10, || gemm_i8(kernel, &x, m, &packed, &mut y)));
+                    row(&format!("llm-npu {}", kernel.name()), s);
+                }
+            }
+            // rten-gemm: A [m, k] u8 (the offset activations), B [k, n] i8 prepacked.
+            let a = NdTensor::from_data([m, k], x.iter().map(|&v| (v as u8).wrapping_add(128)).collect::<Vec<u8>>());
+            let b = NdTensor::from_data([k, n], (0..k * n).map(|i| w[(i % n) * k + i / n]).collect::<Vec<i8>>());
+            let gemm = GemmExecutor::<u8, i8, i32>::default();
+            let bp = gemm.prepack_b(b.view());
+            let mut out = vec![0i32; m * n];
+            let s = pool.install(|| {
+                median_secs(10, || gemm.gemm(&mut out, GemmInputA::Unpacked(a.view()), GemmInputB::Packed(&bp), Default::default()).unwrap())
+            });
+            row(&format!("rten-gemm {}", gemm.kernel_name()), s);
+        }
+    }
+}

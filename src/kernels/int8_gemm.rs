@@ -1,0 +1,413 @@
+//! W8A8 integer GEMM, the accelerator's matmul: y[m, n] = sum_k x[m, k] * w[n, k] with int8
+//! inputs and exact int32 results.
+//!
+//! Kernels, chosen at run time (best first): AVX-512 VNNI (512-bit `vpdpbusd`), 256-bit VNNI in
+//! its EVEX (AVX512-VL) and VEX (AVX-VNNI) encodings, AVX2, portable. All read the same weight
+//! layout, packed once at load: panels of `NR` = 32 output rows, k-major in groups of 4 bytes
+//! (`[k/4][32][4]`), so one 512-bit load holds 16 outputs x 4 k. `vpdpbusd` multiplies *unsigned*
+//! by signed bytes, so the VNNI kernels see activations offset by +128 (x + 128 in 1..=255) and
+//! subtract 128 * sum_k w[n, k] at the end. AVX2 has no such instruction; `vpmaddubsw` adds two
+//! u8 x i8 products in saturating i16, so it gets signed activations and the sign trick
+//! (|x| times w with x's sign: both within +-127, a pair sums to at most 32258 < 32767, exact).
+
+use rayon::prelude::*;
+use std::sync::OnceLock;
+
+/// Output rows per weight panel.
+pub const NR: usize = 32;
+/// Weight rows per parallel task (a multiple of NR).
+const NC: usize = 4 * NR;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Int8Kernel {
+    Portable,
+    Avx2,
+    /// 256-bit VNNI, VEX encoding (Intel Alder Lake and later client CPUs).
+    AvxVnni,
+    /// 256-bit VNNI, EVEX encoding (any CPU with AVX512-VNNI + VL).
+    Avx512VlVnni,
+    /// 512-bit VNNI.
+    Avx512Vnni,
+}
+
+impl Int8Kernel {
+    pub fn name(self) -> &'static str {
+        match self {
+            Int8Kernel::Portable => "portable",
+            Int8Kernel::Avx2 => "avx2",
+            Int8Kernel::AvxVnni => "avx-vnni",
+            Int8Kernel::Avx512VlVnni => "avx512vl-vnni",
+            Int8Kernel::Avx512Vnni => "avx512-vnni",
+        }
+    }
+
+    /// Tokens per microkernel tile.
+    fn mr(self) -> usize {
+        match self {
+            Int8Kernel::Avx512Vnni | Int8Kernel::Portable => 12,
+            Int8Kernel::AvxVnni | Int8Kernel::Avx512VlVnni => 3,
+            Int8Kernel::Avx2 => 2,
+        }
+    }
+
+    /// Whether the kernel reads activations offset to unsigned (x + 128).
+    fn unsigned_acts(self) -> bool {
+        matches!(self, Int8Kernel::AvxVnni | Int8Kernel::Avx512VlVnni | Int8Kernel::Avx512Vnni)
+    }
+
+    /// True when this CPU can run the kernel.
+    pub fn is_supported(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            match self {
+                Int8Kernel::Portable => true,
+                Int8Kernel::Avx2 => has!("avx2"),
+                Int8Kernel::AvxVnni => has!("avxvnni") && has!("avx2"),
+                Int8Kernel::Avx512VlVnni => has!("avx512vnni") && has!("avx512vl") && has!("avx512f"),
+                Int8Kernel::Avx512Vnni => has!("avx512vnni") && has!("avx512bw") && has!("avx512f"),
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            self == Int8Kernel::Portable
+        }
+    }
+
+    pub const ALL: [Int8Kernel; 5] = [Int8Kernel::Portable, Int8Kernel::Avx2, Int8Kernel::AvxVnni, Int8Kernel::Avx512VlVnni, Int8Kernel::Avx512Vnni];
+}
+
+/// The best supported kernel (detected once). `LLM_NPU_INT8=<name>` picks another supported one.
+pub fn best_kernel() -> Int8Kernel {
+    static K: OnceLock<Int8Kernel> = OnceLock::new();
+    *K.get_or_init(|| {
+        if let Ok(name) = std::env::var("LLM_NPU_INT8") {
+            if let Some(k) = Int8Kernel::ALL.into_iter().find(|k| k.name() == name && k.is_supported()) {
+                return k;
+            }
+        }
+        Int8Kernel::ALL.into_iter().rev().find(|k| k.is_supported()).unwrap_or(Int8Kernel::Portable)
+    })
+}
+
+/// int8 weights [n, k] in the kernels' panel layout, with per-row sums for the unsigned offset.
+pub struct PackedI8Weights {
+    pub n: usize,
+    pub k: usize,
+    /// k rounded up to a multiple of 4 (zero padding).
+    k4: usize,
+    /// [n / NR panels][k4 / 4][NR][4]
+    data: Vec<i8>,
+    /// sum_k w[r, k] per output row (padded to whole panels with 0)
+    row_sums: Vec<i32>,
+}
+
+impl PackedI8Weights {
+    pub fn new(w: &[i8], n: usize, k: usize) -> Self {
+        assert_eq!(w.len(), n * k);
+        let k4 = k.next_multiple_of(4);
+        let panels = n.div_ceil(NR);
+        let mut data = vec![0i8; panels * k4 * NR];
+        let mut row_sums = vec![0i32; panels * NR];
+        data.par_chunks_mut(k4 * NR).enumerate().for_each(|(p, panel)| {
+            for r in 0..NR.min(n - p * NR) {
+                let row = &w[(p * NR + r) * k..(p * NR + r + 1) * k];
+                for (kk, &v) in row.iter().enumerate() {
+                    panel[(kk / 4) * NR * 4 + r * 4 + kk % 4] = v;
+                }
+            }
+        });
+        for (r, s) in row_sums.iter_mut().enumerate().take(n) {
+            *s = w[r * k..(r + 1) * k].iter().map(|&v| v as i32).sum();
+        }
+        PackedI8Weights { n, k, k4, data, row_sums }
+    }
+
+    /// Bytes held (weights + sums).
+    pub fn memory_bytes(&self) -> usize {
+        self.data.len() + self.row_sums.len() * 4
+    }
+
+    fn panel(&self, p: usize) -> &[i8] {
+        &self.data[p * self.k4 * NR..(p + 1) * self.k4 * NR]
+    }
+}
+
+/// Activations packed for one kernel: panels of MR tokens, `[k4/4][MR][4]` bytes, offset to
+/// unsigned for the VNNI kernels; padding (k or tokens) is the zero activation.
+struct PackedActs {
+    data: Vec<u8>,
+    mr: usize,
+    k4: usize,
+}
+
+impl PackedActs {
+    fn new(x: &[i8], m: usize, k: usize, kernel: Int8Kernel) -> Self {
+        let (mr, k4) = (kernel.mr(), k.next_multiple_of(4));
+        let zero = if kernel.unsigned_acts() { 128u8 } else { 0 };
+        let mut data = vec![zero; m.div_ceil(mr) * k4 * mr];
+        let offset = if kernel.unsigned_acts() { 128u8 } else { 0 };
+        data.par_chunks_mut(k4 * mr).enumerate().for_each(|(p, panel)| {
+            for i in 0..mr.min(m - p * mr) {
+                let row = &x[(p * mr + i) * k..(p * mr + i + 1) * k];
+                for (kk, &v) in row.iter().enumerate() {
+                    panel[(kk / 4) * mr * 4 + i * 4 + kk % 4] = (v as u8).wrapping_add(offset);
+                }
+            }
+        });
+        PackedActs { data, mr, k4 }
+    }
+
+    fn panel(&self, p: usize) -> &[u8] {
+        &self.data[p * self.k4 * self.mr..(p + 1) * self.k4 * self.mr]
+    }
+}
+
+/// y[m, n] = x[m, k] . w[n, k]^T exactly, in int32, with `kernel` (which must be supported).
+/// Activations must lie in -127..=127 (symmetric quantization never produces -128).
+pub fn gemm_i8(kernel: Int8Kernel, x: &[i8], m: usize, w: &PackedI8Weights, y: &mut [i32]) {
+    let (n, k) = (w.n, w.k);
+    assert_eq!(x.len(), m * k);
+    assert_eq!(y.len(), m * n);
+    assert!(kernel.is_supported(), "int8 kernel {} is not supported on this CPU", kernel.name());
+    let xp = PackedActs::new(x, m, k, kernel);
+    let out = SharedOut(y.as_mut_ptr());
+    (0..n.div_ceil(NC)).into_par_iter().for_each(|b| {
+        let n0 = b * NC;
+        let panels = (NC.min(n - n0)).div_ceil(NR);
+        for p in 0..m.div_ceil(xp.mr) {
+            let tokens = xp.mr.min(m - p * xp.mr);
+            for j in 0..panels {
+                let col0 = n0 + j * NR;
+                let cols = NR.min(n - col0);
+                let tile = Tile { x: xp.panel(p).as_ptr(), w: w.panel(col0 / NR).as_ptr(), sums: w.row_sums[col0..].as_ptr(), groups: w.k4 / 4, tokens, cols };
+                // SAFETY: the tile's rows p*mr.. (tokens of them) and columns col0..col0+cols lie
+                // in y and belong to this task alone; the panels hold `groups` k-groups.
+                unsafe { tile.run(kernel, out.at(p * xp.mr * n + col0), n) };
+            }
+        }
+    });
+}
+
+#[derive(Clone, Copy)]
+struct SharedOut(*mut i32);
+// SAFETY: tasks write disjoint column blocks of y.
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    /// # Safety
+    /// `i` must be in bounds of the output and its tile owned by the calling task.
+    unsafe fn at(self, i: usize) -> *mut i32 {
+        self.0.add(i)
+    }
+}
+
+/// One microkernel call: `tokens` rows x `cols` columns over `groups` groups of 4 k.
+struct Tile {
+    x: *const u8,
+    w: *const i8,
+    sums: *const i32,
+    groups: usize,
+    tokens: usize,
+    cols: usize,
+}
+
+impl Tile {
+    unsafe fn run(&self, kernel: Int8Kernel, y: *mut i32, ldy: usize) {
+        match kernel {
+            Int8Kernel::Portable => self.portable(y, ldy),
+            #[cfg(target_arch = "x86_64")]
+            Int8Kernel::Avx512Vnni => self.avx512_vnni(y, ldy),
+            #[cfg(target_arch = "x86_64")]
+            Int8Kernel::Avx512VlVnni => self.vnni256_evex(y, ldy),
+            #[cfg(target_arch = "x86_64")]
+            Int8Kernel::AvxVnni => self.vnni256_vex(y, ldy),
+            #[cfg(target_arch = "x86_64")]
+            Int8Kernel::Avx2 => self.avx2(y, ldy),
+            #[allow(unreachable_patterns)]
+            _ => unreachable!("checked by is_supported"),
+        }
+    }
+
+    /// Reference: plain integer loops over the packed layouts.
+    unsafe fn portable(&self, y: *mut i32, ldy: usize) {
+        let mr = 12;
+        for i in 0..self.tokens {
+            for c in 0..self.cols {
+                let mut acc = 0i32;
+                for g in 0..self.groups {
+                    for b in 0..4 {
+                        let xv = *self.x.add(g * mr * 4 + i * 4 + b) as i8 as i32;
+                        acc += xv * *self.w.add(g * NR * 4 + c * 4 + b) as i32;
+                    }
+                }
+                *y.add(i * ldy + c) = acc;
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn avx512_vnni(&self, y: *mut i32, ldy: usize) {
+        use std::arch::x86_64::*;
+        const MR: usize = 12;
+        let mut c0 = [_mm512_setzero_si512(); MR];
+        let mut c1 = [_mm512_setzero_si512(); MR];
+        for g in 0..self.groups {
+            let b0 = _mm512_loadu_si512(self.w.add(g * NR * 4) as *const __m512i);
+            let b1 = _mm512_loadu_si512(self.w.add(g * NR * 4 + 64) as *const __m512i);
+            let xg = self.x.add(g * MR * 4) as *const i32;
+            for i in 0..MR {
+                let a = _mm512_set1_epi32(xg.add(i).read_unaligned());
+                c0[i] = _mm512_dpbusd_epi32(c0[i], a, b0);
+                c1[i] = _mm512_dpbusd_epi32(c1[i], a, b1);
+            }
+        }
+        let mask = |lo: usize| -> __mmask16 { if self.cols >= lo + 16 { 0xFFFF } else if self.cols > lo { ((1u32 << (self.cols - lo)) - 1) as u16 } else { 0 } };
+        let (m0, m1) = (mask(0), mask(16));
+        // Undo the +128 offset: subtract 128 * sum_k w.
+        let s0 = _mm512_slli_epi32::<7>(_mm512_maskz_loadu_epi32(m0, self.sums));
+        let s1 = _mm512_slli_epi32::<7>(_mm512_maskz_loadu_epi32(m1, self.sums.add(16)));
+        for i in 0..MR {
+            if i < self.tokens {
+                _mm512_mask_storeu_epi32(y.add(i * ldy), m0, _mm512_sub_epi32(c0[i], s0));
+                _mm512_mask_storeu_epi32(y.add(i * ldy + 16), m1, _mm512_sub_epi32(c1[i], s1));
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512vl,avx512vnni")]
+    unsafe fn vnni256_evex(&self, y: *mut i32, ldy: usize) {
+        self.vnni256(y, ldy, |acc, a, b| std::arch::x86_64::_mm256_dpbusd_epi32(acc, a, b))
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,avxvnni")]
+    unsafe fn vnni256_vex(&self, y: *mut i32, ldy: usize) {
+        self.vnni256(y, ldy, |acc, a, b| std::arch::x86_64::_mm256_dpbusd_avx_epi32(acc, a, b))
+    }
+
+    /// 256-bit VNNI body shared by the EVEX and VEX encodings: 3 tokens x 32 outputs (4 registers).
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn vnni256(&self, y: *mut i32, ldy: usize, dot: impl Fn(std::arch::x86_64::__m256i, std::arch::x86_64::__m256i, std::arch::x86_64::__m256i) -> std::arch::x86_64::__m256i) {
+        use std::arch::x86_64::*;
+        const MR: usize = 3;
+        let mut c = [[_mm256_setzero_si256(); 4]; MR];
+        for g in 0..self.groups {
+            let b: [__m256i; 4] = std::array::from_fn(|q| _mm256_loadu_si256(self.w.add(g * NR * 4 + q * 32) as *const __m256i));
+            let xg = self.x.add(g * MR * 4) as *const i32;
+            for (i, ci) in c.iter_mut().enumerate() {
+                let a = _mm256_set1_epi32(xg.add(i).read_unaligned());
+                for q in 0..4 {
+                    ci[q] = dot(ci[q], a, b[q]);
+                }
+            }
+        }
+        self.store256(&c, y, ldy, true);
+    }
+
+    /// AVX2 without VNNI: signed activations, |x| * (w with x's sign) through vpmaddubsw, exact.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn avx2(&self, y: *mut i32, ldy: usize) {
+        use std::arch::x86_64::*;
+        const MR: usize = 2;
+        let ones = _mm256_set1_epi16(1);
+        let mut c = [[_mm256_setzero_si256(); 4]; MR];
+        for g in 0..self.groups {
+            let xg = self.x.add(g * MR * 4) as *const i32;
+            for (i, ci) in c.iter_mut().enumerate() {
+                let a = _mm256_set1_epi32(xg.add(i).read_unaligned());
+                let a_abs = _mm256_sign_epi8(a, a);
+                for q in 0..4 {
+                    let b = _mm256_loadu_si256(self.w.add(g * NR * 4 + q * 32) as *const __m256i);
+                    let pairs = _mm256_maddubs_epi16(a_abs, _mm256_sign_epi8(b, a));
+                    ci[q] = _mm256_add_epi32(ci[q], _mm256_madd_epi16(pairs, ones));
+                }
+            }
+        }
+        self.store256(&c, y, ldy, false);
+    }
+
+    /// Stores 256-bit accumulators (4 per token row), minus 128 * row sums when `offset`.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn store256<const MR: usize>(&self, c: &[[std::arch::x86_64::__m256i; 4]; MR], y: *mut i32, ldy: usize, offset: bool) {
+        use std::arch::x86_64::*;
+        let mut buf = [0i32; 32];
+        for (i, ci) in c.iter().enumerate().take(self.tokens) {
+            for q in 0..4 {
+                _mm256_storeu_si256(buf.as_mut_ptr().add(q * 8) as *mut __m256i, ci[q]);
+            }
+            for (col, v) in buf.iter().enumerate().take(self.cols) {
+                let fix = if offset { 128 * *self.sums.add(col) } else { 0 };
+                *y.add(i * ldy + col) = v - fix;
+            }
+        }
+    }
+}
+
+/// Reference for tests and benchmarks: y = x . w^T in plain loops over the unpacked matrices.
+pub fn gemm_i8_reference(x: &[i8], m: usize, k: usize, w: &[i8], n: usize) -> Vec<i32> {
+    let mut y = vec![0i32; m * n];
+    for i in 0..m {
+        for r in 0..n {
+            y[i * n + r] = (0..k).map(|kk| x[i * k + kk] as i32 * w[r * k + kk] as i32).sum();
+        }
+    }
+    y
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sampling::Rng;
+
+    fn rand_i8(n: usize, seed: u64) -> Vec<i8> {
+        let mut rng = Rng::new(seed);
+        (0..n).map(|_| ((rng.next_u64() % 255) as i32 - 127) as i8).collect()
+    }
+
+    #[test]
+    fn every_supported_kernel_is_exact_on_random_and_edge_shapes() {
+        let shapes = [(1, 1, 1), (1, 4, 32), (3, 5, 7), (12, 64, 32), (13, 67, 33), (2, 3, 129), (25, 130, 96), (40, 256, 200), (7, 1000, 64)];
+        let mut ran = Vec::new();
+        for kernel in Int8Kernel::ALL {
+            if !kernel.is_supported() {
+                eprintln!("SKIPPED int8 kernel {}: not supported on this CPU", kernel.name());
+                continue;
+            }
+            ran.push(kernel.name());
+            for (si, &(m, k, n)) in shapes.iter().enumerate() {
+                let x = rand_i8(m * k, si as u64);
+                let w = rand_i8(n * k, 1000 + si as u64);
+                let packed = PackedI8Weights::new(&w, n, k);
+                let mut y = vec![0i32; m * n];
+                gemm_i8(kernel, &x, m, &packed, &mut y);
+                assert_eq!(y, gemm_i8_reference(&x, m, k, &w, n), "{} at {m}x{k}x{n}", kernel.name());
+            }
+        }
+        assert!(ran.contains(&"portable"));
+        eprintln!("int8 kernels checked: {ran:?}");
+    }
+
+    #[test]
+    fn extreme_values_do_not_saturate() {
+        // All +-127: the worst case for vpmaddubsw's saturating i16 pairs (AVX2) and for the
+        // unsigned offset (VNNI): 127 * 127 * 2 per pair, large sums over k.
+        let (m, k, n) = (5, 4096, 40);
+        for (xs, ws) in [(127i8, 127i8), (-127, 127), (127, -127), (-127, -127)] {
+            let x = vec![xs; m * k];
+            let w = vec![ws; n * k];
+            let packed = PackedI8Weights::new(&w, n, k);
+            for kernel in Int8Kernel::ALL.into_iter().filter(|k| k.is_supported()) {
+                let mut y = vec![0i32; m * n];
+                gemm_i8(kernel, &x, m, &packed, &mut y);
+                assert!(y.iter().all(|&v| v == xs as i32 * ws as i32 * k as i32), "{} {xs} {ws}", kernel.name());
+            }
+        }
+    }
+}
