@@ -10,6 +10,7 @@ pub mod tensor;
 pub mod kernels;
 pub mod model;
 pub mod npy;
+pub mod prefill;
 pub mod sampling;
 pub mod stats;
 pub mod synth;

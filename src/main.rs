@@ -109,6 +109,9 @@ struct LogitsArgs {
     /// Write the logits of every position instead of only the last
     #[arg(long)]
     all_positions: bool,
+    /// Run the prompt in chunks of this many tokens through the KV cache (default: one batch)
+    #[arg(long)]
+    chunk_size: Option<usize>,
 }
 
 #[derive(Args)]
@@ -340,7 +343,8 @@ fn cmd_logits(a: LogitsArgs) -> Result<()> {
     }
     let mut cache = m.new_cache(n);
     let which = if a.all_positions { Logits::All } else { Logits::Last };
-    let logits = m.forward(&a.token_ids, &mut cache, which)?;
+    let chunk = a.chunk_size.unwrap_or(n);
+    let logits = llm_npu::prefill::prefill_chunked(m, &a.token_ids, &mut cache, chunk, which)?;
     let rows = logits.len() / m.config.vocab_size;
     write_npy(&a.out, &[rows, m.config.vocab_size], &logits)?;
     eprintln!("wrote {} ([{rows}, {}] float32)", a.out.display(), m.config.vocab_size);

@@ -172,3 +172,25 @@ fn sharded_safetensors_give_the_same_logits() {
     assert!(d <= TOL, "sharded: {d}");
     std::fs::remove_dir_all(dir).ok();
 }
+
+#[test]
+fn chunked_f32_prefill_reproduces_the_unchunked_logits() {
+    // Chunking is a pure refactoring of the float path: every position, any chunk size.
+    for name in MODELS {
+        let path = fixtures().join(name);
+        let tokens = ids(&reference(name), "long_ids");
+        let whole = all_logits(&path, &tokens);
+        let loaded = model::load(&path, &LoadOptions::default()).unwrap();
+        for chunk in [1, 7, 64, 256, 300] {
+            let mut cache = loaded.model.new_cache(tokens.len());
+            let chunked = llm_npu::prefill::prefill_chunked(&loaded.model, &tokens, &mut cache, chunk, Logits::All).unwrap();
+            let d = chunked.iter().zip(&whole).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+            assert!(d <= 1e-5, "{name} chunk {chunk}: {d}");
+            let mut cache = loaded.model.new_cache(tokens.len());
+            let last = llm_npu::prefill::prefill_chunked(&loaded.model, &tokens, &mut cache, chunk, Logits::Last).unwrap();
+            let vocab = loaded.model.config.vocab_size;
+            let d = last.iter().zip(&whole[whole.len() - vocab..]).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+            assert!(d <= 1e-5, "{name} chunk {chunk} last: {d}");
+        }
+    }
+}

@@ -246,7 +246,33 @@ impl Transformer {
     }
 
     /// `forward`, showing every linear-layer input to `observer`.
-    pub fn forward_observed(&self, tokens: &[u32], cache: &mut KvCache, which: Logits, mut observer: Option<&mut dyn ActivationObserver>) -> Result<Vec<f32>> {
+    pub fn forward_observed(&self, tokens: &[u32], cache: &mut KvCache, which: Logits, observer: Option<&mut dyn ActivationObserver>) -> Result<Vec<f32>> {
+        let x = self.hidden_states(tokens, cache, observer)?;
+        Ok(self.logits(&x, which))
+    }
+
+    /// Runs the decoder layers only (fills the cache); the LM head is skipped.
+    pub fn forward_hidden(&self, tokens: &[u32], cache: &mut KvCache) -> Result<()> {
+        self.hidden_states(tokens, cache, None).map(|_| ())
+    }
+
+    /// Final norm and LM head over the last row or all rows of the hidden states.
+    fn logits(&self, x: &[f32], which: Logits) -> Vec<f32> {
+        let (d, vocab) = (self.config.hidden_size, self.config.vocab_size);
+        let rows = match which {
+            Logits::Last => &x[x.len() - d..],
+            Logits::All => x,
+        };
+        let n = rows.len() / d;
+        let mut normed = vec![0f32; rows.len()];
+        self.norm.forward(rows, &mut normed);
+        let mut logits = vec![0f32; n * vocab];
+        self.lm_head.forward(&normed, n, &mut logits);
+        logits
+    }
+
+    /// The decoder layers: hidden states [tokens][hidden] after the last layer (before the final norm).
+    fn hidden_states(&self, tokens: &[u32], cache: &mut KvCache, mut observer: Option<&mut dyn ActivationObserver>) -> Result<Vec<f32>> {
         let mut observe = |layer: usize, point: LinearInput, x: &mut [f32], cols: usize| {
             if let Some(o) = observer.as_deref_mut() {
                 o.observe(layer, point, x, cols);
@@ -300,15 +326,6 @@ impl Transformer {
             ops::add_in_place(&mut x, &o);
         }
         cache.advance(m);
-        let rows = match which {
-            Logits::Last => &x[(m - 1) * d..],
-            Logits::All => &x[..],
-        };
-        let n = rows.len() / d;
-        let mut normed = vec![0f32; rows.len()];
-        self.norm.forward(rows, &mut normed);
-        let mut logits = vec![0f32; n * c.vocab_size];
-        self.lm_head.forward(&normed, n, &mut logits);
-        Ok(logits)
+        Ok(x)
     }
 }

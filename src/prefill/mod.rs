@@ -1,0 +1,32 @@
+//! Chunked prefill (llm.npu's prompt-level idea): the prompt is cut into fixed-size chunks that
+//! run in causal order, each attending to the KV cache the earlier chunks filled. On the float
+//! path this is a pure refactoring of one batched pass; on an accelerator it lets one set of
+//! fixed-shape graphs serve every chunk of every prompt.
+
+use crate::error::{Error, Result};
+use crate::model::{KvCache, Logits, Transformer};
+
+/// Runs `tokens` through `model` in chunks of at most `chunk` tokens, appending to `cache`.
+/// Returns the logits `which` asks for, as one unchunked `forward` would.
+pub fn prefill_chunked(model: &Transformer, tokens: &[u32], cache: &mut KvCache, chunk: usize, which: Logits) -> Result<Vec<f32>> {
+    if chunk == 0 {
+        return Err(Error::Input("--chunk-size must be at least 1".into()));
+    }
+    if tokens.is_empty() {
+        return Err(Error::Input("no tokens to run".into()));
+    }
+    let mut out = Vec::new();
+    let n_chunks = tokens.len().div_ceil(chunk);
+    for (i, c) in tokens.chunks(chunk).enumerate() {
+        let last = i + 1 == n_chunks;
+        match which {
+            Logits::All => out.extend(model.forward(c, cache, Logits::All)?),
+            // Earlier chunks only fill the cache; their logits are not needed.
+            Logits::Last if last => out = model.forward(c, cache, Logits::Last)?,
+            Logits::Last => {
+                model.forward_hidden(c, cache)?;
+            }
+        }
+    }
+    Ok(out)
+}
