@@ -13,6 +13,9 @@ pub struct GenerateOptions {
     pub sampling: SamplingParams,
     /// Token ids that end generation (not passed to the callback).
     pub stop_tokens: Vec<u32>,
+    /// Ids at or above this are never sampled (a model's vocabulary can be larger than its
+    /// tokenizer's, e.g. Qwen2's padded embedding rows, which the tokenizer cannot decode).
+    pub vocab_limit: Option<usize>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -44,7 +47,7 @@ pub fn generate(model: &Transformer, prompt: &[u32], opts: &GenerateOptions, mut
     if prompt.len() > ctx {
         return Err(Error::Input(format!("the prompt has {} tokens, more than the model's context of {ctx}", prompt.len())));
     }
-    let capacity = (prompt.len() + opts.max_new_tokens).min(ctx);
+    let capacity = prompt.len().saturating_add(opts.max_new_tokens).min(ctx);
     let mut cache = model.new_cache(capacity);
     let mut sampler = Sampler::new(opts.sampling);
     let mut stats = GenerationStats { prompt_tokens: prompt.len(), ..Default::default() };
@@ -58,6 +61,9 @@ pub fn generate(model: &Transformer, prompt: &[u32], opts: &GenerateOptions, mut
 
     let t1 = Instant::now();
     loop {
+        if let Some(limit) = opts.vocab_limit.filter(|&l| l < logits.len()) {
+            logits[limit..].fill(f32::NEG_INFINITY);
+        }
         let next = sampler.sample(&logits);
         if opts.stop_tokens.contains(&next) {
             break;

@@ -300,6 +300,7 @@ fn cmd_run(a: RunArgs) -> Result<()> {
         max_new_tokens: a.n_predict,
         sampling: SamplingParams { temperature: a.temp, top_k: a.top_k, top_p: a.top_p, seed: a.seed },
         stop_tokens,
+        vocab_limit: Some(tok.vocab_size()),
     };
     // Prime the detokenizer with the prompt so the first generated word keeps its leading space.
     let mut stream = tok.stream();
@@ -366,6 +367,9 @@ fn write_npy(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
 }
 
 fn cmd_inspect(a: InspectArgs) -> Result<()> {
+    if !a.activation_stats && (a.tokens.text.is_some() || a.tokens.random_tokens.is_some()) {
+        bail!("--text and --random-tokens choose the tokens for --activation-stats; add --activation-stats");
+    }
     let loaded = load_model(&a.model)?;
     let c = &loaded.model.config;
     println!("model:        {}", loaded.path.display());
@@ -576,6 +580,9 @@ fn synthesize_with_progress(dir: &Path, opts: &SynthOptions) -> Result<()> {
 }
 
 fn cmd_demo(a: DemoArgs) -> Result<()> {
+    if a.repetitions == 0 {
+        bail!("--repetitions must be at least 1");
+    }
     let threads = init_threads(a.threads)?;
     let shape = synth::shape("tinyllama-1.1b")?;
     let dir = llm_npu::demo::reference_model_dir()?;

@@ -71,7 +71,9 @@ impl Sampler {
             return argmax(logits);
         }
         self.cand.clear();
-        self.cand.extend(logits.iter().enumerate().map(|(i, &l)| (l / p.temperature, i as u32)));
+        // Subtract the max before dividing: a tiny temperature must not push logits to infinity.
+        let lmax = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        self.cand.extend(logits.iter().enumerate().map(|(i, &l)| ((l - lmax) / p.temperature, i as u32)));
         // Highest logits first; keep top-k before the softmax (it does not change their order).
         let by_logit_desc = |a: &(f32, u32), b: &(f32, u32)| b.0.total_cmp(&a.0);
         if p.top_k > 0 && p.top_k < self.cand.len() {
@@ -123,6 +125,13 @@ mod tests {
         let b: Vec<u32> = (0..50).scan(Sampler::new(params), |s, _| Some(s.sample(&logits))).collect();
         assert_eq!(a, b);
         assert!(a.contains(&1) && a.contains(&3), "both likely tokens appear: {a:?}");
+    }
+
+    #[test]
+    fn a_tiny_temperature_is_still_argmax_not_nan() {
+        let logits = [1.0, 3.0, 2.0, -5.0];
+        let mut s = Sampler::new(SamplingParams { temperature: 1e-39, top_k: 40, top_p: 0.95, seed: 3 });
+        assert!((0..20).all(|_| s.sample(&logits) == 1));
     }
 
     #[test]

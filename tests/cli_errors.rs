@@ -157,3 +157,38 @@ fn run_without_a_tokenizer_says_how_to_fix_it() {
     let e = expect_error(&["run", "-m", m.to_str().unwrap(), "-p", "hi", "-n", "2"]);
     assert!(e.contains("--tokenizer"), "{e}");
 }
+
+#[test]
+fn a_file_inside_an_hf_folder_says_to_pass_the_folder() {
+    let f = fixtures().join("llama-gqa/model.safetensors");
+    let e = expect_error(&logits_args(f.to_str().unwrap(), "1", &out_path("file")));
+    assert!(e.contains("pass the Hugging Face model folder"), "{e}");
+}
+
+#[test]
+fn llama2c_header_whose_sizes_overflow() {
+    // dim 2^20, hidden 174762, 2^24 layers: the layer block wraps around 2^64 bytes.
+    let mut bytes = Vec::new();
+    for v in [1i32 << 20, 174762, 1 << 24, 1, 1, 1, 1] {
+        bytes.extend_from_slice(&v.to_le_bytes());
+    }
+    bytes.resize(12_582_940, 0);
+    let p = tempdir("l2c-ovf").join("overflow.bin");
+    std::fs::write(&p, bytes).unwrap();
+    let e = expect_error(&logits_args(p.to_str().unwrap(), "0", &out_path("l2c-ovf")));
+    assert!(e.contains("overflow.bin") && e.contains("truncated"), "{e}");
+}
+
+#[test]
+fn absurd_layer_count_fails_on_a_missing_tensor() {
+    let dir = hf_copy_with_config("layers", |c| c["num_hidden_layers"] = serde_json::json!(100000000000000000u64));
+    let e = expect_error(&logits_args(dir.to_str().unwrap(), "1", &out_path("layers")));
+    assert!(e.contains("model.layers.2") && e.contains("missing"), "{e}");
+}
+
+#[test]
+fn inspect_token_options_need_activation_stats() {
+    let m = fixtures().join("llama-gqa");
+    let e = expect_error(&["inspect", "-m", m.to_str().unwrap(), "--random-tokens", "10"]);
+    assert!(e.contains("--activation-stats"), "{e}");
+}

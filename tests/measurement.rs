@@ -177,3 +177,11 @@ fn bench_json_has_one_parsable_object_per_test() {
     let table = run_ok(&["bench", "-m", d.to_str().unwrap(), "-p", "16", "-n", "0", "-r", "1"]);
     assert!(table.contains("| pp16 |") && table.starts_with("| model |"), "{table}");
 }
+
+#[test]
+fn run_with_a_huge_n_stops_at_the_context() {
+    let d = synth("huge-n", &[]);
+    let out = bin().args(["run", "-m", d.to_str().unwrap(), "-p", "hi", "-n", "18446744073709551615", "--temp", "0"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("context limit"));
+}

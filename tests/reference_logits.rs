@@ -78,6 +78,7 @@ fn greedy_continuation_matches_transformers_generate() {
             max_new_tokens: want.len(),
             sampling: SamplingParams { temperature: 0.0, ..Default::default() },
             stop_tokens: vec![],
+            vocab_limit: None,
         };
         let mut got = Vec::new();
         generate(&loaded.model, &ids(&r, "greedy_prompt"), &opts, |t| {

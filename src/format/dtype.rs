@@ -21,7 +21,7 @@ impl DType {
         match self {
             DType::F32 => n.checked_mul(4),
             DType::F16 | DType::BF16 => n.checked_mul(2),
-            DType::Q8_0 => (n % Q8_0_BLOCK == 0).then(|| n / Q8_0_BLOCK * Q8_0_BYTES),
+            DType::Q8_0 => (n % Q8_0_BLOCK == 0).then(|| (n / Q8_0_BLOCK).checked_mul(Q8_0_BYTES)).flatten(),
         }
     }
 

@@ -187,7 +187,8 @@ impl<'a> Cursor<'a> {
                 if n > (self.buf.len() - self.pos) as u64 {
                     return Err(Error::corrupt(self.path, format!("metadata '{key}': array length {n} exceeds the file size")));
                 }
-                let mut items = Vec::with_capacity(n as usize);
+                // Preallocate only what the remaining bytes could hold (a Value is larger than its encoding).
+                let mut items = Vec::with_capacity((n as usize).min((self.buf.len() - self.pos) / 32));
                 for _ in 0..n {
                     items.push(self.value(item_ty, key, depth + 1)?);
                 }
@@ -230,7 +231,7 @@ impl GgufFile {
             let value = c.value(ty, &key, 0)?;
             metadata.insert(key, value);
         }
-        let mut tensors = Vec::with_capacity(n_tensors as usize);
+        let mut tensors = Vec::with_capacity((n_tensors as usize).min(buf.len() / 64));
         for _ in 0..n_tensors {
             let name = c.string("tensor name")?;
             let n_dims = c.u32(&name)?;
@@ -257,7 +258,8 @@ impl GgufFile {
         let mut by_name = HashMap::new();
         for (name, dims, ggml_type, rel_offset) in tensors {
             let dtype = dtype_of(ggml_type);
-            let n_elems = dims.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d));
+            // Every tensor may be converted to f32, so its element count must fit 4-byte elements.
+            let n_elems = dims.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d)).filter(|n| n.checked_mul(4).is_some_and(|b| b <= isize::MAX as u64));
             let n_bytes = match (dtype, n_elems) {
                 (Some(dt), Some(n)) => dt.n_bytes(n as usize).ok_or_else(|| {
                     Error::corrupt(path, format!("tensor '{name}': {n} elements do not fit {} blocks", dt.name()))

@@ -80,8 +80,16 @@ impl Llama2cFile {
             return Err(Error::field(path, "header.n_heads", format!("dim {} / n_heads {} / n_kv_heads {} are inconsistent", header.dim, header.n_heads, header.n_kv_heads)));
         }
         let file = Llama2cFile { path: path.to_path_buf(), header, map: Arc::new(map) };
-        let need = file.classifier_offset() + if header.shared_classifier { 0 } else { header.vocab_size * header.dim * 4 };
-        if file.map.len() < need {
+        // In u128 first: the header's products can exceed usize; once this fits the file, every
+        // offset computed later (all smaller) fits too.
+        let h = &header;
+        let per_layer: u128 = layer_kinds(h).iter().map(|(_, r, c)| (*r as u128) * (*c as u128)).sum();
+        let floats = (h.vocab_size as u128) * (h.dim as u128) * if h.shared_classifier { 1 } else { 2 }
+            + (h.n_layers as u128) * per_layer
+            + h.dim as u128
+            + (h.seq_len as u128) * ((h.dim / h.n_heads) as u128);
+        let need = 28 + floats * 4;
+        if (file.map.len() as u128) < need {
             return Err(Error::corrupt(path, format!("truncated: the header implies at least {need} bytes, file has {}", file.map.len())));
         }
         Ok(file)

@@ -90,6 +90,8 @@ pub fn gemm_nt_portable(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, y: &
 
 /// y = x . w^T for already packed activations (lets several weights share one packing).
 pub fn gemm_packed(xp: &PackedActs, w: &[f32], n: usize, y: &mut [f32]) {
+    // The microkernel and packing below are AVX-512 code: never run them on another CPU.
+    assert_eq!(simd_level(), SimdLevel::Avx512, "gemm_packed needs AVX-512; use gemm_nt");
     let (m, k) = (xp.m, xp.k);
     assert_eq!(w.len(), n * k);
     assert_eq!(y.len(), m * n);

@@ -103,8 +103,11 @@ pub struct PackedI8Weights {
 }
 
 impl PackedI8Weights {
+    /// Weights must lie in -127..=127, as symmetric quantization gives: the AVX2 kernel's sign
+    /// trick cannot negate -128.
     pub fn new(w: &[i8], n: usize, k: usize) -> Self {
         assert_eq!(w.len(), n * k);
+        assert!(!w.contains(&i8::MIN), "int8 weights must lie in -127..=127");
         let k4 = k.next_multiple_of(4);
         let panels = n.div_ceil(NR);
         let mut data = vec![0i8; panels * k4 * NR];

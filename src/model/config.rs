@@ -25,6 +25,8 @@ pub struct RopeConfig {
     pub llama3: Option<Llama3Scaling>,
     /// Per-frequency divisors stored in the file (GGUF `rope_freqs.weight`), if any.
     pub freq_factors: Option<Vec<f32>>,
+    /// Linear position interpolation (`rope_type: "linear"`): every frequency divided by this.
+    pub linear_factor: Option<f32>,
 }
 
 impl RopeConfig {
@@ -46,6 +48,9 @@ impl RopeConfig {
                     *f = (1.0 - smooth) * *f / s.factor + smooth * *f;
                 }
             }
+        }
+        if let Some(f) = self.linear_factor {
+            inv.iter_mut().for_each(|v| *v /= f);
         }
         if let Some(ff) = &self.freq_factors {
             for (f, d) in inv.iter_mut().zip(ff) {
@@ -112,6 +117,20 @@ impl ModelConfig {
             return bad("rope_theta", format!("{} must be positive", self.rope.theta));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn linear_rope_scaling_divides_every_frequency() {
+        let base = RopeConfig { theta: 10000.0, style: RopeStyle::Neox, llama3: None, freq_factors: None, linear_factor: None };
+        let linear = RopeConfig { linear_factor: Some(4.0), ..base.clone() };
+        for (a, b) in base.inv_freq(64).iter().zip(linear.inv_freq(64)) {
+            assert_eq!(a / 4.0, b);
+        }
     }
 }
 
@@ -188,6 +207,7 @@ impl HfConfig {
             None => self.opt_f32("rope_theta")?.unwrap_or(default_theta),
         };
         let mut llama3 = None;
+        let mut linear_factor = None;
         if let Some(p) = params {
             let kind = p.get("rope_type").or_else(|| p.get("type")).and_then(Json::as_str).unwrap_or("default");
             let num = |k: &str| {
@@ -195,6 +215,7 @@ impl HfConfig {
             };
             match kind {
                 "default" => {}
+                "linear" => linear_factor = Some(num("factor")?),
                 "llama3" => {
                     llama3 = Some(Llama3Scaling {
                         factor: num("factor")?,
@@ -204,11 +225,11 @@ impl HfConfig {
                     })
                 }
                 other => {
-                    return Err(Error::field(&self.path, format!("{key}.rope_type"), format!("'{other}' is not supported (supported: default, llama3)")))
+                    return Err(Error::field(&self.path, format!("{key}.rope_type"), format!("'{other}' is not supported (supported: default, linear, llama3)")))
                 }
             }
         }
-        Ok(RopeConfig { theta, style, llama3, freq_factors: None })
+        Ok(RopeConfig { theta, style, llama3, freq_factors: None, linear_factor })
     }
 }
 
@@ -244,6 +265,16 @@ impl GgufMeta<'_> {
         self.opt(k, "a number", |v| v.as_f64().map(|v| v as f32))
     }
 
+    /// `{arch}.rope.scaling.type`: none, or linear with `{arch}.rope.scaling.factor`; others are refused.
+    fn rope_linear_factor(&self) -> Result<Option<f32>> {
+        let key = self.key("rope.scaling.type");
+        match self.file.get(&key).and_then(|v| v.as_str()) {
+            None | Some("none") => Ok(None),
+            Some("linear") => Ok(Some(self.opt_f32("rope.scaling.factor")?.ok_or_else(|| Error::field(&self.file.path, self.key("rope.scaling.factor"), "missing"))?)),
+            Some(other) => Err(Error::field(&self.file.path, key, format!("'{other}' is not supported (supported: none, linear)"))),
+        }
+    }
+
     pub fn token_id(&self, key: &str) -> Option<u32> {
         self.file.get(key).and_then(|v| v.as_u64()).and_then(|v| u32::try_from(v).ok())
     }
@@ -260,7 +291,7 @@ impl GgufMeta<'_> {
         let vocab_size = match self.opt_usize("vocab_size")? {
             Some(v) => v,
             None => match self.file.tensor_info("token_embd.weight") {
-                Some(t) => t.shape()[0],
+                Some(t) => t.shape().first().copied().ok_or_else(|| Error::field(&self.file.path, "token_embd.weight", "has no dimensions"))?,
                 None => return Err(Error::field(&self.file.path, "token_embd.weight", "missing")),
             },
         };
@@ -287,7 +318,7 @@ impl GgufMeta<'_> {
             head_dim,
             vocab_size,
             rms_norm_eps: self.opt_f32("attention.layer_norm_rms_epsilon")?.unwrap_or(1e-5),
-            rope: RopeConfig { theta: self.opt_f32("rope.freq_base")?.unwrap_or(10000.0), style, llama3: None, freq_factors },
+            rope: RopeConfig { theta: self.opt_f32("rope.freq_base")?.unwrap_or(10000.0), style, llama3: None, freq_factors, linear_factor: self.rope_linear_factor()? },
             max_seq_len: self.opt_usize("context_length")?.unwrap_or(2048),
             tie_word_embeddings: self.file.tensor_info("output.weight").is_none(),
             qkv_bias,

@@ -63,6 +63,10 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<LoadedModel> {
     if !path.exists() {
         return Err(Error::io(path, std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory")));
     }
+    if path.is_file() && path.extension().is_some_and(|e| e == "safetensors" || e == "json") {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        return Err(Error::Input(format!("{}: pass the Hugging Face model folder ({}), not a file inside it", path.display(), dir.display())));
+    }
     let (config, weights, mut tokenizer) = if path.is_dir() {
         open_hf_dir(path)?
     } else if has_magic(path, b"GGUF")? {
@@ -166,7 +170,7 @@ fn open_llama2c(path: &Path) -> Result<(ModelConfig, Weights, Option<Tokenizer>)
         head_dim: h.dim / h.n_heads,
         vocab_size: h.vocab_size,
         rms_norm_eps: 1e-5,
-        rope: RopeConfig { theta: 10000.0, style: crate::kernels::ops::RopeStyle::Interleaved, llama3: None, freq_factors: None },
+        rope: RopeConfig { theta: 10000.0, style: crate::kernels::ops::RopeStyle::Interleaved, llama3: None, freq_factors: None, linear_factor: None },
         max_seq_len: h.seq_len,
         tie_word_embeddings: h.shared_classifier,
         qkv_bias: false,

@@ -162,7 +162,8 @@ impl Transformer {
         let l = Loader { weights, on_tensor };
         let (d, eps) = (c.hidden_size, c.rms_norm_eps);
         let embed_tokens = l.tensor("model.embed_tokens.weight", &[c.vocab_size, d])?;
-        let mut layers = Vec::with_capacity(c.num_layers);
+        // No preallocation from the config: an absurd layer count must fail on a missing tensor.
+        let mut layers = Vec::new();
         for i in 0..c.num_layers {
             let p = format!("model.layers.{i}");
             layers.push(DecoderLayer {
