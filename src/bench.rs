@@ -8,6 +8,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::error::Result;
+use crate::backend::Backend;
 use crate::model::{Logits, Transformer};
 use crate::sampling::Rng;
 
@@ -73,16 +74,16 @@ fn random_tokens(model: &Transformer, n: usize, seed: u64) -> Vec<u32> {
 }
 
 /// Seconds for one run of `test`.
-fn time_once(model: &Transformer, test: TestKind, tokens: &[u32]) -> Result<f64> {
-    let mut cache = model.new_cache(tokens.len());
+fn time_once(backend: &dyn Backend, test: TestKind, tokens: &[u32]) -> Result<f64> {
+    let mut cache = backend.model().new_cache(tokens.len());
     let t0 = Instant::now();
     match test {
         TestKind::Prompt(_) => {
-            model.forward(tokens, &mut cache, Logits::Last)?;
+            backend.forward(tokens, &mut cache, Logits::Last)?;
         }
         TestKind::Generate(_) => {
             for &t in tokens {
-                model.forward(&[t], &mut cache, Logits::Last)?;
+                backend.forward(&[t], &mut cache, Logits::Last)?;
             }
         }
     }
@@ -90,7 +91,8 @@ fn time_once(model: &Transformer, test: TestKind, tokens: &[u32]) -> Result<f64>
 }
 
 /// Runs one test: a warm-up, then `reps` timed repetitions. `on_rep(i, tokens_per_s)` reports progress.
-pub fn run_test(model: &Transformer, test: TestKind, reps: usize, backend: &str, threads: usize, on_rep: &mut dyn FnMut(usize, f64)) -> Result<BenchResult> {
+pub fn run_test(backend: &dyn Backend, test: TestKind, reps: usize, threads: usize, on_rep: &mut dyn FnMut(usize, f64)) -> Result<BenchResult> {
+    let model = backend.model();
     let n = test.tokens().min(model.config.max_seq_len);
     let tokens = random_tokens(model, n, 1234 + n as u64);
     // Warm-up: a short run of the same kind touches every weight page and warms the caches.
@@ -98,16 +100,16 @@ pub fn run_test(model: &Transformer, test: TestKind, reps: usize, backend: &str,
         TestKind::Prompt(_) => TestKind::Prompt(n.min(64)),
         TestKind::Generate(_) => TestKind::Generate(n.min(4)),
     };
-    time_once(model, warm, &tokens[..warm.tokens()])?;
+    time_once(backend, warm, &tokens[..warm.tokens()])?;
     let mut samples = Vec::with_capacity(reps);
     for i in 0..reps.max(1) {
-        let tps = n as f64 / time_once(model, test, &tokens)?;
+        let tps = n as f64 / time_once(backend, test, &tokens)?;
         on_rep(i, tps);
         samples.push(tps);
     }
     Ok(BenchResult {
         test: test.name(),
-        backend: backend.to_string(),
+        backend: backend.name().to_string(),
         threads,
         n_tokens: n,
         tokens_per_s: median(&samples),

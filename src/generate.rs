@@ -4,7 +4,8 @@
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
-use crate::model::{Logits, Transformer};
+use crate::backend::Backend;
+use crate::model::Logits;
 use crate::sampling::{Sampler, SamplingParams};
 
 #[derive(Debug, Clone)]
@@ -39,7 +40,8 @@ impl GenerationStats {
 }
 
 /// Generates up to `max_new_tokens` after `prompt`, calling `on_token` with each one.
-pub fn generate(model: &Transformer, prompt: &[u32], opts: &GenerateOptions, mut on_token: impl FnMut(u32) -> Result<()>) -> Result<GenerationStats> {
+pub fn generate(backend: &dyn Backend, prompt: &[u32], opts: &GenerateOptions, mut on_token: impl FnMut(u32) -> Result<()>) -> Result<GenerationStats> {
+    let model = backend.model();
     let ctx = model.config.max_seq_len;
     if prompt.is_empty() {
         return Err(Error::Input("the prompt has no tokens (and the model defines no BOS token to start from)".into()));
@@ -56,7 +58,7 @@ pub fn generate(model: &Transformer, prompt: &[u32], opts: &GenerateOptions, mut
     }
 
     let t0 = Instant::now();
-    let mut logits = model.forward(prompt, &mut cache, Logits::Last)?;
+    let mut logits = backend.forward(prompt, &mut cache, Logits::Last)?;
     stats.prefill_time = t0.elapsed();
 
     let t1 = Instant::now();
@@ -77,7 +79,7 @@ pub fn generate(model: &Transformer, prompt: &[u32], opts: &GenerateOptions, mut
             stats.hit_context_limit = true;
             break;
         }
-        logits = model.forward(&[next], &mut cache, Logits::Last)?;
+        logits = backend.forward(&[next], &mut cache, Logits::Last)?;
     }
     stats.decode_time = t1.elapsed();
     Ok(stats)

@@ -1,6 +1,9 @@
 //! llm-npu: on-device LLM inference with llm.npu-style prefill.
 
+pub mod accel;
+pub mod backend;
 pub mod bench;
+pub mod calibrate;
 pub mod demo;
 pub mod error;
 pub mod eval;
@@ -9,8 +12,10 @@ pub mod generate;
 pub mod tensor;
 pub mod kernels;
 pub mod model;
+pub mod npu;
 pub mod npy;
 pub mod prefill;
+pub mod quant;
 pub mod sampling;
 pub mod stats;
 pub mod synth;

@@ -7,7 +7,12 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use llm_npu::accel::Accelerator as _;
+use llm_npu::backend::F32Backend;
 use llm_npu::bench::{self, BenchResult, TestKind};
+use llm_npu::calibrate::{self, Calibration};
+use llm_npu::npu::{NpuModel, NpuOptions};
+use llm_npu::quant::WeightGranularity;
 use llm_npu::eval::EvalAccumulator;
 use llm_npu::generate::{generate, GenerateOptions};
 use llm_npu::model::{self, LoadOptions, LoadedModel, Logits};
@@ -38,25 +43,124 @@ enum Command {
     Synth(SynthArgs),
     /// Synthesize the reference shape (once, cached) and show prefill speed per backend.
     Demo(DemoArgs),
+    /// Record activation statistics for the npu backend's static scales (saved beside the model by default).
+    Calibrate(CalibrateArgs),
+}
+
+#[derive(Args)]
+struct CalibrateArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    tokens: TokenSource,
+    /// Output file [default: llm-npu-calibration.json beside the model]
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Tokens per forward pass
+    #[arg(long, default_value_t = 512)]
+    window: usize,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, ValueEnum)]
 enum Backend {
     /// float32 reference path on the CPU
     F32,
-    /// integer accelerator (not built yet)
+    /// W8A8 linear layers on the integer accelerator (the CPU reference accelerator here), chunked prefill
     Npu,
 }
 
-/// Only f32 runs for now; `npu` is accepted by the parser so that it can say so plainly.
-fn check_backend(b: Backend) -> Result<()> {
-    if b == Backend::Npu {
-        bail!("--backend npu: the integer accelerator backend is not built yet; use --backend f32");
-    }
-    Ok(())
+/// The engine a command runs on.
+enum Engine<'m> {
+    F32(F32Backend<'m>),
+    Npu(Box<NpuModel<'m>>),
 }
 
-#[derive(Args)]
+impl Engine<'_> {
+    fn backend(&self) -> &dyn llm_npu::backend::Backend {
+        match self {
+            Engine::F32(b) => b,
+            Engine::Npu(n) => n.as_ref(),
+        }
+    }
+
+    /// With -v: how the npu graphs were compiled and shared.
+    fn report(&self, verbose: bool) {
+        if let (true, Engine::Npu(n)) = (verbose, self) {
+            let s = n.graph_stats();
+            eprintln!(
+                "npu: {} graphs compiled ({:.1} ms, {:.1} MiB of buffers), reused {} times; chunk sizes {:?}",
+                s.compiled,
+                s.compile_time.as_secs_f64() * 1e3,
+                s.graph_memory_bytes as f64 / (1 << 20) as f64,
+                s.reused,
+                n.chunk_sizes
+            );
+        }
+    }
+}
+
+/// Builds the backend chosen by `args` over a loaded model.
+fn make_engine<'m>(loaded: &'m LoadedModel, args: &ModelArgs, backend: Backend) -> Result<Engine<'m>> {
+    let model = &loaded.model;
+    match backend {
+        Backend::F32 => {
+            if args.calibration.is_some() || args.per_channel_weights {
+                bail!("--calibration and --per-channel-weights apply to --backend npu");
+            }
+            Ok(Engine::F32(F32Backend { model, chunk: args.chunk_size }))
+        }
+        Backend::Npu => {
+            let cal = load_or_make_calibration(loaded, args)?;
+            let opts = NpuOptions {
+                chunk_size: args.chunk_size.unwrap_or(NpuOptions::default().chunk_size),
+                smaller_chunks: !args.no_smaller_chunks,
+                weights: if args.per_channel_weights { WeightGranularity::PerChannel } else { WeightGranularity::PerTensor },
+            };
+            let bar = progress_bar(model.layers.len() as u64, "quantizing {bar:30} {pos}/{len} layers {elapsed}");
+            let t0 = Instant::now();
+            let npu = NpuModel::new(model, &cal, opts, &|| bar.inc(1))?;
+            bar.finish_and_clear();
+            eprintln!(
+                "npu: {} int8 weights ({:.2} GiB, {}) quantized in {:.2} s; {}",
+                if args.per_channel_weights { "per-channel" } else { "per-tensor" },
+                npu.weight_bytes as f64 / (1u64 << 30) as f64,
+                npu.accel.name(),
+                t0.elapsed().as_secs_f64(),
+                "attention, norms and the LM head run in f32 on the CPU"
+            );
+            Ok(Engine::Npu(Box::new(npu)))
+        }
+    }
+}
+
+/// --calibration, else the file beside the model, else a quick calibration on random tokens.
+fn load_or_make_calibration(loaded: &LoadedModel, args: &ModelArgs) -> Result<Calibration> {
+    let beside = calibrate::default_path(&args.model);
+    let path = args.calibration.clone().or_else(|| beside.exists().then_some(beside));
+    let cal = match path {
+        Some(p) => {
+            let c = Calibration::load(&p)?;
+            c.check_against(&loaded.model, &p)?;
+            if args.verbose {
+                eprintln!("npu: calibration {} ({}, {} tokens)", p.display(), c.source, c.tokens);
+            }
+            c
+        }
+        None => {
+            eprintln!("warning: no calibration file for this model: calibrating on 512 random tokens (run `llm-npu calibrate` on representative text for better accuracy)");
+            let tokens = random_tokens(loaded.model.config.vocab_size, 512, 0);
+            Calibration::run(&loaded.model, &tokens, 512, "random tokens, seed 0".into(), &|_, _| {})?
+        }
+    };
+    Ok(cal)
+}
+
+fn random_tokens(vocab: usize, n: usize, seed: u64) -> Vec<u32> {
+    let mut rng = Rng::new(seed);
+    (0..n).map(|_| (rng.next_u64() % vocab as u64) as u32).collect()
+}
+
+#[derive(Args, Clone)]
 struct ModelArgs {
     /// Model: a Hugging Face folder, a .gguf file, or a llama2.c .bin (with --tokenizer)
     #[arg(short, long)]
@@ -70,6 +174,23 @@ struct ModelArgs {
     /// Compute backend
     #[arg(long, value_enum, default_value = "f32")]
     backend: Backend,
+    /// Prefill chunk size: npu graphs are compiled for it (and its halvings); f32 chunks the prompt
+    /// the same way [default: 256 for npu, whole prompt for f32]
+    #[arg(long)]
+    chunk_size: Option<usize>,
+    /// npu: calibration file from `llm-npu calibrate` [default: the one beside the model, else a
+    /// quick calibration on random tokens]
+    #[arg(long)]
+    calibration: Option<PathBuf>,
+    /// npu: quantize weights per output channel instead of per tensor
+    #[arg(long)]
+    per_channel_weights: bool,
+    /// npu: compile only --chunk-size graphs, not its halvings
+    #[arg(long)]
+    no_smaller_chunks: bool,
+    /// Print what the backend does (graphs compiled and reused)
+    #[arg(short, long)]
+    verbose: bool,
 }
 
 #[derive(Args)]
@@ -109,9 +230,6 @@ struct LogitsArgs {
     /// Write the logits of every position instead of only the last
     #[arg(long)]
     all_positions: bool,
-    /// Run the prompt in chunks of this many tokens through the KV cache (default: one batch)
-    #[arg(long)]
-    chunk_size: Option<usize>,
 }
 
 #[derive(Args)]
@@ -135,7 +253,7 @@ struct TokenSource {
     /// Text file to tokenize and run
     #[arg(long, conflicts_with = "random_tokens")]
     text: Option<PathBuf>,
-    /// Run this many random token ids [default: 256 for inspect, 2048 for eval]
+    /// Run this many random token ids [default: 256 for inspect, 2048 for eval and calibrate]
     #[arg(long)]
     random_tokens: Option<usize>,
     /// Seed for the random token ids
@@ -170,9 +288,6 @@ struct EvalArgs {
     /// Reference backend to compare against
     #[arg(long, value_enum, default_value = "f32")]
     ref_backend: Backend,
-    /// Calibration file for the npu backend (not built yet)
-    #[arg(long)]
-    calibration: Option<PathBuf>,
     /// Tokens per evaluation window [default: min(512, model context)]
     #[arg(long)]
     ctx: Option<usize>,
@@ -238,6 +353,7 @@ fn main() {
         Command::Eval(a) => cmd_eval(a),
         Command::Synth(a) => cmd_synth(a),
         Command::Demo(a) => cmd_demo(a),
+        Command::Calibrate(a) => cmd_calibrate(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
@@ -256,7 +372,6 @@ fn init_threads(threads: Option<usize>) -> Result<usize> {
 
 /// Loads the model with a progress bar on stderr (shown only on a terminal).
 fn load_model(args: &ModelArgs) -> Result<LoadedModel> {
-    check_backend(args.backend)?;
     let bar = indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
     bar.set_style(indicatif::ProgressStyle::with_template("loading {bar:30} {pos}/{len} tensors {elapsed}").unwrap());
     let t0 = Instant::now();
@@ -309,7 +424,8 @@ fn cmd_run(a: RunArgs) -> Result<()> {
     }
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    let stats = generate(&loaded.model, &prompt, &opts, |id| {
+    let engine = make_engine(&loaded, &a.model, a.model.backend)?;
+    let stats = generate(engine.backend(), &prompt, &opts, |id| {
         if let Some(text) = stream.push(id)? {
             out.write_all(text.as_bytes()).and_then(|_| out.flush()).map_err(|e| llm_npu::Error::Input(format!("writing to stdout: {e}")))?;
         }
@@ -320,16 +436,18 @@ fn cmd_run(a: RunArgs) -> Result<()> {
     }
     writeln!(out)?;
     out.flush()?;
+    engine.report(a.model.verbose);
     if stats.hit_context_limit {
         eprintln!("note: stopped at the model's context limit ({} tokens)", cfg.max_seq_len);
     }
     eprintln!(
-        "prompt: {} tokens in {:.1} ms ({:.1} tokens/s) | generated: {} tokens, {:.1} tokens/s | backend f32, {threads} threads",
+        "prompt: {} tokens in {:.1} ms ({:.1} tokens/s) | generated: {} tokens, {:.1} tokens/s | backend {}, {threads} threads",
         stats.prompt_tokens,
         stats.prefill_time.as_secs_f64() * 1e3,
         stats.prefill_tokens_per_s(),
         stats.generated_tokens,
-        stats.decode_tokens_per_s()
+        stats.decode_tokens_per_s(),
+        engine.backend().name()
     );
     Ok(())
 }
@@ -342,10 +460,11 @@ fn cmd_logits(a: LogitsArgs) -> Result<()> {
     if n > m.config.max_seq_len {
         bail!("{n} token ids exceed the model's context of {}", m.config.max_seq_len);
     }
+    let engine = make_engine(&loaded, &a.model, a.model.backend)?;
     let mut cache = m.new_cache(n);
     let which = if a.all_positions { Logits::All } else { Logits::Last };
-    let chunk = a.chunk_size.unwrap_or(n);
-    let logits = llm_npu::prefill::prefill_chunked(m, &a.token_ids, &mut cache, chunk, which)?;
+    let logits = engine.backend().forward(&a.token_ids, &mut cache, which)?;
+    engine.report(a.model.verbose);
     let rows = logits.len() / m.config.vocab_size;
     write_npy(&a.out, &[rows, m.config.vocab_size], &logits)?;
     eprintln!("wrote {} ([{rows}, {}] float32)", a.out.display(), m.config.vocab_size);
@@ -467,12 +586,12 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
             bail!("{}: {n} tokens exceed the model's context of {}", t.name(), m.config.max_seq_len);
         }
     }
-    let backend = "f32";
+    let engine = make_engine(&loaded, &a.model, a.model.backend)?;
     let desc = model_description(&loaded);
     let mut results: Vec<BenchResult> = Vec::new();
     for &t in &tests {
         let bar = progress_bar(a.repetitions as u64, &format!("{} {{bar:20}} {{pos}}/{{len}} {{msg}}", t.name()));
-        let r = bench::run_test(m, t, a.repetitions, backend, threads, &mut |_, tps| {
+        let r = bench::run_test(engine.backend(), t, a.repetitions, threads, &mut |_, tps| {
             bar.inc(1);
             bar.set_message(format!("{tps:.2} t/s"));
         })?;
@@ -492,6 +611,7 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
         for r in &results {
             println!("| {desc} | {size} | {} | {} | {} | {} | {:.2} ± {:.2} |", human_count(m.num_parameters()), r.backend, r.threads, r.test, r.tokens_per_s, r.stddev);
         }
+        engine.report(a.model.verbose);
         if let Some(b) = bench::peak_rss_bytes() {
             eprintln!("peak RSS: {:.2} GiB (includes the memory-mapped weights that were touched)", b as f64 / (1u64 << 30) as f64);
         }
@@ -508,12 +628,17 @@ fn model_description(loaded: &LoadedModel) -> String {
 
 fn cmd_eval(a: EvalArgs) -> Result<()> {
     init_threads(a.model.threads)?;
-    if a.calibration.is_some() {
-        bail!("--calibration is for the npu backend, which is not built yet");
-    }
-    check_backend(a.ref_backend)?;
     let loaded = load_model(&a.model)?;
     let m = &loaded.model;
+    let engine = make_engine(&loaded, &a.model, a.model.backend)?;
+    // The reference uses the same options, except that f32 takes no npu settings.
+    let reference = if a.ref_backend == a.model.backend {
+        None
+    } else {
+        let ref_args = ModelArgs { calibration: None, per_channel_weights: false, chunk_size: None, ..a.model.clone() };
+        let ref_args = if a.ref_backend == Backend::Npu { a.model.clone() } else { ref_args };
+        Some(make_engine(&loaded, &ref_args, a.ref_backend)?)
+    };
     let tokens = load_tokens(&loaded, &a.tokens, 2048)?;
     let ctx = a.ctx.unwrap_or(512).min(m.config.max_seq_len);
     if ctx < 2 {
@@ -523,23 +648,25 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
     let bar = progress_bar(windows.len() as u64, "eval {bar:30} {pos}/{len} windows {elapsed}");
     let mut acc = EvalAccumulator::default();
     for w in windows {
-        let logits = m.forward(w, &mut m.new_cache(w.len()), Logits::All)?;
-        // The reference is the same f32 path until the npu backend exists.
-        let reference = m.forward(w, &mut m.new_cache(w.len()), Logits::All)?;
-        acc.add_window(w, &logits, &reference, m.config.vocab_size)?;
+        let logits = engine.backend().forward(w, &mut m.new_cache(w.len()), Logits::All)?;
+        let ref_logits = match &reference {
+            Some(r) => r.backend().forward(w, &mut m.new_cache(w.len()), Logits::All)?,
+            None => logits.clone(),
+        };
+        acc.add_window(w, &logits, &ref_logits, m.config.vocab_size)?;
         bar.inc(1);
     }
     bar.finish_and_clear();
     let r = acc.report()?;
     if a.json {
         let mut v = serde_json::to_value(&r)?;
-        v["backend"] = "f32".into();
-        v["ref_backend"] = "f32".into();
+        v["backend"] = engine.backend().name().into();
+        v["ref_backend"] = format!("{:?}", a.ref_backend).to_lowercase().into();
         println!("{v}");
     } else {
         println!("tokens scored:      {}", r.tokens);
-        println!("perplexity:         {:.4} (backend f32)", r.ppl);
-        println!("reference ppl:      {:.4} (f32)", r.ref_ppl);
+        println!("perplexity:         {:.4} (backend {})", r.ppl, engine.backend().name());
+        println!("reference ppl:      {:.4} ({:?})", r.ref_ppl, a.ref_backend);
         println!("ppl ratio:          {:.5}", r.ppl_ratio);
         println!("top-1 agreement:    {:.4}", r.top1_agreement);
         println!("KL divergence:      mean {:.6}, max {:.6}", r.mean_kld, r.max_kld);
@@ -593,26 +720,86 @@ fn cmd_demo(a: DemoArgs) -> Result<()> {
         let opts = SynthOptions { shape, dtype: SynthDType::F32, outliers: Outliers::Paper, seed: 0, tokenizer: None };
         synthesize_with_progress(&dir, &opts)?;
     }
-    let loaded = load_model(&ModelArgs { model: dir.clone(), tokenizer: None, threads: a.threads, backend: Backend::F32 })?;
+    let args = ModelArgs {
+        model: dir.clone(),
+        tokenizer: None,
+        threads: a.threads,
+        backend: Backend::F32,
+        chunk_size: None,
+        calibration: None,
+        per_channel_weights: false,
+        no_smaller_chunks: false,
+        verbose: false,
+    };
+    let loaded = load_model(&args)?;
+    let cal_path = calibrate::default_path(&dir);
+    if !cal_path.exists() {
+        eprintln!("calibrating the npu backend on 512 random tokens (once)");
+        let tokens = random_tokens(loaded.model.config.vocab_size, 512, 1);
+        Calibration::run(&loaded.model, &tokens, 512, "random tokens, seed 1".into(), &|_, _| {})?.save(&cal_path)?;
+    }
+    let f32_engine = make_engine(&loaded, &args, Backend::F32)?;
+    let npu_engine = make_engine(&loaded, &args, Backend::Npu)?;
     let m = &loaded.model;
     let n = a.n_prompt.min(m.config.max_seq_len);
+    let mut rows = Vec::new();
+    for engine in [&f32_engine, &npu_engine] {
+        let b = engine.backend();
+        let bar = progress_bar(a.repetitions as u64, &format!("{} {{bar:20}} {{pos}}/{{len}} {{msg}}", b.name()));
+        let r = bench::run_test(b, TestKind::Prompt(n), a.repetitions, threads, &mut |_, tps| {
+            bar.inc(1);
+            bar.set_message(format!("{tps:.2} t/s"));
+        })?;
+        bar.finish_and_clear();
+        rows.push(r);
+    }
+    // Accuracy of the integer path against f32 on the same random tokens.
+    let tokens = random_tokens(m.config.vocab_size, 256.min(m.config.max_seq_len), 7);
+    let f = f32_engine.backend().forward(&tokens, &mut m.new_cache(tokens.len()), Logits::All)?;
+    let q = npu_engine.backend().forward(&tokens, &mut m.new_cache(tokens.len()), Logits::All)?;
+    let mut acc = EvalAccumulator::default();
+    acc.add_window(&tokens, &q, &f, m.config.vocab_size)?;
+    let ev = acc.report()?;
     println!();
-    println!("llm-npu demo: prefill of a {n}-token prompt, {} threads", threads);
-    println!("model: synthetic TinyLlama-1.1B shape (dim 2048, 22 layers, vocab 32000) with RANDOM weights,");
-    println!("       so the speed is real and the text it would write is meaningless.");
+    println!("llm-npu demo: prefill of a {n}-token prompt, {threads} threads");
+    println!("model: synthetic TinyLlama-1.1B shape (dim 2048, 22 layers, vocab 32000) with RANDOM weights and planted");
+    println!("       activation outliers, so the speed is real and the text it would write is meaningless.");
     println!();
-    println!("| backend | pp{n} tokens/s | time to first token | accuracy vs f32 |");
+    println!("| backend | pp{n} tokens/s | time to first token | accuracy vs f32 ({} random tokens) |", ev.tokens);
     println!("| --- | ---: | ---: | --- |");
-    let bar = progress_bar(a.repetitions as u64, "f32 {bar:20} {pos}/{len} {msg}");
-    let r = bench::run_test(m, TestKind::Prompt(n), a.repetitions, "f32", threads, &mut |_, tps| {
-        bar.inc(1);
-        bar.set_message(format!("{tps:.2} t/s"));
+    println!("| f32 (CPU reference) | {:.1} ± {:.1} | {:.2} s | (reference) |", rows[0].tokens_per_s, rows[0].stddev, n as f64 / rows[0].tokens_per_s);
+    println!(
+        "| npu (W8A8, CPU reference accelerator) | {:.1} ± {:.1} | {:.2} s | top-1 agreement {:.3}, mean KL {:.4} |",
+        rows[1].tokens_per_s,
+        rows[1].stddev,
+        n as f64 / rows[1].tokens_per_s,
+        ev.top1_agreement,
+        ev.mean_kld
+    );
+    println!();
+    println!("The npu backend here is the CPU reference accelerator: integer graphs on this machine's cores.");
+    println!("Shadow outlier execution and the out-of-order scheduler are not built yet.");
+    println!("Run a real model: llm-npu run -m MODEL -p \"your prompt\" [--backend npu] (MODEL: HF folder, .gguf or llama2.c .bin)");
+    println!("Benchmark it:     llm-npu bench -m MODEL -p 512 -n 128 --backend npu");
+    Ok(())
+}
+
+fn cmd_calibrate(a: CalibrateArgs) -> Result<()> {
+    init_threads(a.model.threads)?;
+    let loaded = load_model(&a.model)?;
+    let tokens = load_tokens(&loaded, &a.tokens, 2048)?;
+    let source = match &a.tokens.text {
+        Some(p) => format!("text: {}", p.display()),
+        None => format!("random tokens, seed {}", a.tokens.seed),
+    };
+    let bar = progress_bar(0, "calibrating {bar:30} {pos}/{len} passes {elapsed}");
+    let cal = Calibration::run(&loaded.model, &tokens, a.window, source, &|done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
     })?;
     bar.finish_and_clear();
-    println!("| f32 (CPU reference) | {:.1} ± {:.1} | {:.2} s | (reference) |", r.tokens_per_s, r.stddev, n as f64 / r.tokens_per_s);
-    println!("| npu (integer accelerator) | not built yet | | |");
-    println!();
-    println!("Run a real model: llm-npu run -m MODEL -p \"your prompt\" (MODEL: a Hugging Face folder, .gguf or llama2.c .bin)");
-    println!("Benchmark it:     llm-npu bench -m MODEL -p 512 -n 128");
+    let out = a.out.clone().unwrap_or_else(|| calibrate::default_path(&a.model.model));
+    cal.save(&out)?;
+    eprintln!("wrote {} ({} tokens, {} layers x 4 linear inputs)", out.display(), cal.tokens, loaded.model.config.num_layers);
     Ok(())
 }

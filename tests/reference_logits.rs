@@ -81,7 +81,8 @@ fn greedy_continuation_matches_transformers_generate() {
             vocab_limit: None,
         };
         let mut got = Vec::new();
-        generate(&loaded.model, &ids(&r, "greedy_prompt"), &opts, |t| {
+        let backend = llm_npu::backend::F32Backend { model: &loaded.model, chunk: None };
+        generate(&backend, &ids(&r, "greedy_prompt"), &opts, |t| {
             got.push(t);
             Ok(())
         })

@@ -105,6 +105,48 @@ pub trait ActivationObserver {
     fn observe(&mut self, layer: usize, point: LinearInput, x: &mut [f32], cols: usize);
 }
 
+/// Where the decoder's linear layers run: on the float weights (`FloatLinears`) or on an integer
+/// accelerator. Everything else in a layer (norms, RoPE, attention, SwiGLU) is the same float
+/// code for every executor, so backends differ only here.
+pub trait LinearExecutor {
+    /// q, k, v = projections of the normed input `h` ([m][hidden]), biases included.
+    fn qkv(&self, layer: usize, h: &[f32], m: usize, q: &mut [f32], k: &mut [f32], v: &mut [f32]) -> Result<()>;
+    /// x += o_proj(attn)
+    fn o_proj_residual(&self, layer: usize, attn: &[f32], m: usize, x: &mut [f32]) -> Result<()>;
+    /// gate, up = projections of the normed input `h`.
+    fn gate_up(&self, layer: usize, h: &[f32], m: usize, gate: &mut [f32], up: &mut [f32]) -> Result<()>;
+    /// x += down_proj(act)
+    fn down_residual(&self, layer: usize, act: &[f32], m: usize, x: &mut [f32]) -> Result<()>;
+}
+
+/// The float32 reference: the model's own weights through the f32 kernels.
+pub struct FloatLinears<'a>(pub &'a Transformer);
+
+impl LinearExecutor for FloatLinears<'_> {
+    fn qkv(&self, layer: usize, h: &[f32], m: usize, q: &mut [f32], k: &mut [f32], v: &mut [f32]) -> Result<()> {
+        let a = &self.0.layers[layer].self_attn;
+        Linear::forward_many(&[&a.q_proj, &a.k_proj, &a.v_proj], h, m, &mut [q, k, v]);
+        Ok(())
+    }
+    fn o_proj_residual(&self, layer: usize, attn: &[f32], m: usize, x: &mut [f32]) -> Result<()> {
+        let mut o = vec![0f32; x.len()];
+        self.0.layers[layer].self_attn.o_proj.forward(attn, m, &mut o);
+        ops::add_in_place(x, &o);
+        Ok(())
+    }
+    fn gate_up(&self, layer: usize, h: &[f32], m: usize, gate: &mut [f32], up: &mut [f32]) -> Result<()> {
+        let mlp = &self.0.layers[layer].mlp;
+        Linear::forward_many(&[&mlp.gate_proj, &mlp.up_proj], h, m, &mut [gate, up]);
+        Ok(())
+    }
+    fn down_residual(&self, layer: usize, act: &[f32], m: usize, x: &mut [f32]) -> Result<()> {
+        let mut o = vec![0f32; x.len()];
+        self.0.layers[layer].mlp.down_proj.forward(act, m, &mut o);
+        ops::add_in_place(x, &o);
+        Ok(())
+    }
+}
+
 /// Whose logits a forward pass returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Logits {
@@ -248,17 +290,17 @@ impl Transformer {
 
     /// `forward`, showing every linear-layer input to `observer`.
     pub fn forward_observed(&self, tokens: &[u32], cache: &mut KvCache, which: Logits, observer: Option<&mut dyn ActivationObserver>) -> Result<Vec<f32>> {
-        let x = self.hidden_states(tokens, cache, observer)?;
+        let x = self.hidden_states(&FloatLinears(self), tokens, cache, observer)?;
         Ok(self.logits(&x, which))
     }
 
     /// Runs the decoder layers only (fills the cache); the LM head is skipped.
     pub fn forward_hidden(&self, tokens: &[u32], cache: &mut KvCache) -> Result<()> {
-        self.hidden_states(tokens, cache, None).map(|_| ())
+        self.hidden_states(&FloatLinears(self), tokens, cache, None).map(|_| ())
     }
 
     /// Final norm and LM head over the last row or all rows of the hidden states.
-    fn logits(&self, x: &[f32], which: Logits) -> Vec<f32> {
+    pub fn logits(&self, x: &[f32], which: Logits) -> Vec<f32> {
         let (d, vocab) = (self.config.hidden_size, self.config.vocab_size);
         let rows = match which {
             Logits::Last => &x[x.len() - d..],
@@ -273,7 +315,7 @@ impl Transformer {
     }
 
     /// The decoder layers: hidden states [tokens][hidden] after the last layer (before the final norm).
-    fn hidden_states(&self, tokens: &[u32], cache: &mut KvCache, mut observer: Option<&mut dyn ActivationObserver>) -> Result<Vec<f32>> {
+    pub fn hidden_states(&self, exec: &dyn LinearExecutor, tokens: &[u32], cache: &mut KvCache, mut observer: Option<&mut dyn ActivationObserver>) -> Result<Vec<f32>> {
         let mut observe = |layer: usize, point: LinearInput, x: &mut [f32], cols: usize| {
             if let Some(o) = observer.as_deref_mut() {
                 o.observe(layer, point, x, cols);
@@ -300,14 +342,12 @@ impl Transformer {
         let mut k = vec![0f32; m * c.kv_dim()];
         let mut v = vec![0f32; m * c.kv_dim()];
         let mut attn = vec![0f32; m * c.q_dim()];
-        let mut o = vec![0f32; m * d];
         let mut gate = vec![0f32; m * c.intermediate_size];
         let mut up = vec![0f32; m * c.intermediate_size];
         for (li, layer) in self.layers.iter().enumerate() {
-            let a = &layer.self_attn;
             layer.input_layernorm.forward(&x, &mut h);
             observe(li, LinearInput::Attn, &mut h, d);
-            Linear::forward_many(&[&a.q_proj, &a.k_proj, &a.v_proj], &h, m, &mut [&mut q, &mut k, &mut v]);
+            exec.qkv(li, &h, m, &mut q, &mut k, &mut v)?;
             ops::apply_rope(&mut q, hd, c.rope.style, &cos, &sin, hd / 2);
             ops::apply_rope(&mut k, hd, c.rope.style, &cos, &sin, hd / 2);
             cache.append(li, pos0, &k, &v);
@@ -315,16 +355,14 @@ impl Transformer {
             let shape = ops::AttnShape { n_heads: c.num_heads, n_kv_heads: c.num_kv_heads, head_dim: hd, pos0, kv_stride: cache.stride() };
             ops::causal_attention(&q, kc, vc, shape, &mut attn);
             observe(li, LinearInput::O, &mut attn, c.q_dim());
-            a.o_proj.forward(&attn, m, &mut o);
-            ops::add_in_place(&mut x, &o);
+            exec.o_proj_residual(li, &attn, m, &mut x)?;
 
             layer.post_attention_layernorm.forward(&x, &mut h);
             observe(li, LinearInput::Ffn, &mut h, d);
-            Linear::forward_many(&[&layer.mlp.gate_proj, &layer.mlp.up_proj], &h, m, &mut [&mut gate, &mut up]);
+            exec.gate_up(li, &h, m, &mut gate, &mut up)?;
             ops::silu_mul(&mut gate, &up);
             observe(li, LinearInput::Down, &mut gate, c.intermediate_size);
-            layer.mlp.down_proj.forward(&gate, m, &mut o);
-            ops::add_in_place(&mut x, &o);
+            exec.down_residual(li, &gate, m, &mut x)?;
         }
         cache.advance(m);
         Ok(x)

@@ -1,0 +1,281 @@
+//! The `npu` backend: llm.npu's prompt- and tensor-level design on the accelerator boundary.
+//!
+//! - Linear layers run as W8A8 (per-tensor int8 weights, static per-tensor activation scales
+//!   from calibration) on the accelerator; norms, RoPE, attention and SwiGLU run in float on the
+//!   CPU through the same layer loop as the f32 path (`Transformer::hidden_states`).
+//! - Chunk-sharing graphs: the prompt runs in chunks of fixed sizes (the chunk size and, unless
+//!   disabled, its halvings down to 32, so a prompt is covered with little padding). One graph
+//!   per (layer, part, rows) is compiled on first use and shared by every later chunk and prompt.
+//! - Decode runs single tokens on the CPU with the same int8 weights and the same W8A8 code.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::accel::cpu::{run_w8a8, CpuAccelerator, CpuGraph};
+use crate::accel::{Accelerator, LinearGraphSpec};
+use crate::calibrate::Calibration;
+use crate::error::{Error, Result};
+use crate::model::transformer::LinearExecutor;
+use crate::model::{KvCache, LinearInput, Logits, Transformer};
+use crate::quant::{scale_for, QuantLinear, WeightGranularity};
+
+/// Smallest extra chunk size compiled below the main one.
+const MIN_CHUNK: usize = 32;
+
+#[derive(Debug, Clone, Copy)]
+pub struct NpuOptions {
+    /// Main chunk size (the paper's default is 256).
+    pub chunk_size: usize,
+    /// Also compile halvings of the chunk size (down to 32) to pad less.
+    pub smaller_chunks: bool,
+    pub weights: WeightGranularity,
+}
+
+impl Default for NpuOptions {
+    fn default() -> Self {
+        NpuOptions { chunk_size: 256, smaller_chunks: true, weights: WeightGranularity::PerTensor }
+    }
+}
+
+/// The four linear groups of a layer, one graph each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Part {
+    Qkv,
+    O,
+    GateUp,
+    Down,
+}
+
+struct NpuLayer {
+    qkv: Vec<Arc<QuantLinear>>,
+    o: Vec<Arc<QuantLinear>>,
+    gate_up: Vec<Arc<QuantLinear>>,
+    down: Vec<Arc<QuantLinear>>,
+    /// Static input scales: attn_in, o_in, ffn_in, down_in.
+    scales: [f32; 4],
+}
+
+impl NpuLayer {
+    fn part(&self, p: Part) -> (&[Arc<QuantLinear>], f32, bool) {
+        match p {
+            Part::Qkv => (&self.qkv, self.scales[0], false),
+            Part::O => (&self.o, self.scales[1], true),
+            Part::GateUp => (&self.gate_up, self.scales[2], false),
+            Part::Down => (&self.down, self.scales[3], true),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GraphStats {
+    pub compiled: usize,
+    pub reused: usize,
+    pub compile_time: Duration,
+    pub graph_memory_bytes: usize,
+}
+
+pub struct NpuModel<'m> {
+    pub model: &'m Transformer,
+    layers: Vec<NpuLayer>,
+    pub accel: CpuAccelerator,
+    graphs: Mutex<HashMap<(usize, Part, usize), Arc<CpuGraph>>>,
+    stats: Mutex<GraphStats>,
+    /// Compiled chunk sizes, largest first.
+    pub chunk_sizes: Vec<usize>,
+    /// Bytes of int8 weights (with their packing) for the decoder layers.
+    pub weight_bytes: usize,
+}
+
+impl<'m> NpuModel<'m> {
+    /// Quantizes the decoder's linear layers (progress: `on_layer` once per layer).
+    pub fn new(model: &'m Transformer, cal: &Calibration, opts: NpuOptions, on_layer: &dyn Fn()) -> Result<Self> {
+        if opts.chunk_size == 0 {
+            return Err(Error::Input("--chunk-size must be at least 1".into()));
+        }
+        let mut layers = Vec::with_capacity(model.layers.len());
+        let mut weight_bytes = 0;
+        for (i, l) in model.layers.iter().enumerate() {
+            let q = |lin: &crate::model::transformer::Linear| {
+                let (n, k) = (lin.out_features(), lin.in_features());
+                Arc::new(QuantLinear::new(lin.weight.data(), n, k, lin.bias.as_ref().map(|b| b.data()), opts.weights))
+            };
+            let a = &l.self_attn;
+            let scale = |p: LinearInput| {
+                cal.point(i, p)
+                    .map(|c| scale_for(c.max_abs))
+                    .ok_or_else(|| Error::Input(format!("calibration has no entry for layer {i} {}", p.name())))
+            };
+            let layer = NpuLayer {
+                qkv: vec![q(&a.q_proj), q(&a.k_proj), q(&a.v_proj)],
+                o: vec![q(&a.o_proj)],
+                gate_up: vec![q(&l.mlp.gate_proj), q(&l.mlp.up_proj)],
+                down: vec![q(&l.mlp.down_proj)],
+                scales: [scale(LinearInput::Attn)?, scale(LinearInput::O)?, scale(LinearInput::Ffn)?, scale(LinearInput::Down)?],
+            };
+            weight_bytes += [&layer.qkv, &layer.o, &layer.gate_up, &layer.down].iter().flat_map(|g| g.iter()).map(|l| l.weights.memory_bytes()).sum::<usize>();
+            layers.push(layer);
+            on_layer();
+        }
+        let mut chunk_sizes = vec![opts.chunk_size];
+        if opts.smaller_chunks {
+            let mut s = opts.chunk_size / 2;
+            while s >= MIN_CHUNK {
+                chunk_sizes.push(s);
+                s /= 2;
+            }
+        }
+        Ok(NpuModel {
+            model,
+            layers,
+            accel: CpuAccelerator::default(),
+            graphs: Mutex::new(HashMap::new()),
+            stats: Mutex::new(GraphStats::default()),
+            chunk_sizes,
+            weight_bytes,
+        })
+    }
+
+    pub fn graph_stats(&self) -> GraphStats {
+        *self.stats.lock().unwrap()
+    }
+
+    /// Splits `n` prompt tokens into (real tokens, graph rows) chunks in causal order: whole
+    /// chunks of the largest size, then smaller ones, the last one padded to the smallest
+    /// compiled size that holds it.
+    pub fn plan_chunks(&self, n: usize) -> Vec<(usize, usize)> {
+        let mut plan = Vec::new();
+        let mut left = n;
+        for &s in &self.chunk_sizes {
+            while left >= s {
+                plan.push((s, s));
+                left -= s;
+            }
+        }
+        if left > 0 {
+            let rows = self.chunk_sizes.iter().rev().copied().find(|&s| s >= left).unwrap_or(self.chunk_sizes[0]);
+            plan.push((left, rows));
+        }
+        plan
+    }
+
+    /// The compiled graph for (layer, part, rows), compiling it on first use.
+    fn graph(&self, layer: usize, part: Part, rows: usize) -> Result<Arc<CpuGraph>> {
+        let key = (layer, part, rows);
+        if let Some(g) = self.graphs.lock().unwrap().get(&key) {
+            self.stats.lock().unwrap().reused += 1;
+            return Ok(g.clone());
+        }
+        let (linears, input_scale, residual) = self.layers[layer].part(part);
+        let spec = LinearGraphSpec { name: format!("layer{layer}.{part:?}.rows{rows}"), rows, input_scale, linears: linears.to_vec(), residual };
+        let (g, report) = self.accel.compile(spec)?;
+        let g = Arc::new(g);
+        self.graphs.lock().unwrap().insert(key, g.clone());
+        let mut st = self.stats.lock().unwrap();
+        st.compiled += 1;
+        st.compile_time += report.time;
+        st.graph_memory_bytes += report.memory_bytes;
+        Ok(g)
+    }
+
+    /// Runs `tokens` after what the cache holds: prefill in accelerator chunks, a single token
+    /// (decode) on the CPU. Returns logits like `Transformer::forward`.
+    pub fn forward(&self, tokens: &[u32], cache: &mut KvCache, which: Logits) -> Result<Vec<f32>> {
+        if tokens.len() == 1 {
+            let x = self.model.hidden_states(&CpuInt8 { npu: self }, tokens, cache, None)?;
+            return Ok(self.model.logits(&x, which));
+        }
+        let mut out = Vec::new();
+        let mut at = 0;
+        let plan = self.plan_chunks(tokens.len());
+        for (i, &(real, rows)) in plan.iter().enumerate() {
+            let chunk = &tokens[at..at + real];
+            at += real;
+            let x = self.model.hidden_states(&AccelChunk { npu: self, rows }, chunk, cache, None)?;
+            match which {
+                Logits::All => out.extend(self.model.logits(&x, Logits::All)),
+                Logits::Last if i + 1 == plan.len() => out = self.model.logits(&x, Logits::Last),
+                Logits::Last => {}
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Prefill chunk executor: every linear group runs as a fixed-shape accelerator graph of `rows`
+/// rows; a chunk with fewer real tokens is zero-padded on the way in and cut on the way out.
+struct AccelChunk<'a, 'm> {
+    npu: &'a NpuModel<'m>,
+    rows: usize,
+}
+
+impl AccelChunk<'_, '_> {
+    fn run(&self, layer: usize, part: Part, input: &[f32], m: usize, outputs: &mut [&mut [f32]]) -> Result<()> {
+        let g = self.npu.graph(layer, part, self.rows)?;
+        if m == self.rows {
+            return self.npu.accel.execute(&g, input, outputs);
+        }
+        let k = input.len() / m;
+        let mut padded = vec![0f32; self.rows * k];
+        padded[..input.len()].copy_from_slice(input);
+        let mut bufs: Vec<Vec<f32>> = outputs.iter().map(|o| {
+            let n = o.len() / m;
+            let mut b = vec![0f32; self.rows * n];
+            b[..o.len()].copy_from_slice(o); // residual graphs read their output
+            b
+        }).collect();
+        let mut views: Vec<&mut [f32]> = bufs.iter_mut().map(|b| b.as_mut_slice()).collect();
+        self.npu.accel.execute(&g, &padded, &mut views)?;
+        for (o, b) in outputs.iter_mut().zip(&bufs) {
+            let len = o.len();
+            o.copy_from_slice(&b[..len]);
+        }
+        Ok(())
+    }
+}
+
+/// Decode executor: the same W8A8 op on the CPU, from the same int8 weights.
+struct CpuInt8<'a, 'm> {
+    npu: &'a NpuModel<'m>,
+}
+
+impl CpuInt8<'_, '_> {
+    fn run(&self, layer: usize, part: Part, input: &[f32], m: usize, outputs: &mut [&mut [f32]]) -> Result<()> {
+        let (linears, scale, residual) = self.npu.layers[layer].part(part);
+        let (mut xq, mut acc) = (Vec::new(), Vec::new());
+        run_w8a8(self.npu.accel.kernel, input, m, scale, linears, residual, &mut xq, &mut acc, outputs);
+        Ok(())
+    }
+}
+
+/// Runs one linear group of one layer; both executors are this plus the mapping below.
+trait PartRunner {
+    fn run(&self, layer: usize, part: Part, input: &[f32], m: usize, outputs: &mut [&mut [f32]]) -> Result<()>;
+}
+
+impl PartRunner for AccelChunk<'_, '_> {
+    fn run(&self, layer: usize, part: Part, input: &[f32], m: usize, outputs: &mut [&mut [f32]]) -> Result<()> {
+        AccelChunk::run(self, layer, part, input, m, outputs)
+    }
+}
+
+impl PartRunner for CpuInt8<'_, '_> {
+    fn run(&self, layer: usize, part: Part, input: &[f32], m: usize, outputs: &mut [&mut [f32]]) -> Result<()> {
+        CpuInt8::run(self, layer, part, input, m, outputs)
+    }
+}
+
+impl<T: PartRunner> LinearExecutor for T {
+    fn qkv(&self, layer: usize, h: &[f32], m: usize, q: &mut [f32], k: &mut [f32], v: &mut [f32]) -> Result<()> {
+        self.run(layer, Part::Qkv, h, m, &mut [q, k, v])
+    }
+    fn o_proj_residual(&self, layer: usize, attn: &[f32], m: usize, x: &mut [f32]) -> Result<()> {
+        self.run(layer, Part::O, attn, m, &mut [x])
+    }
+    fn gate_up(&self, layer: usize, h: &[f32], m: usize, gate: &mut [f32], up: &mut [f32]) -> Result<()> {
+        self.run(layer, Part::GateUp, h, m, &mut [gate, up])
+    }
+    fn down_residual(&self, layer: usize, act: &[f32], m: usize, x: &mut [f32]) -> Result<()> {
+        self.run(layer, Part::Down, act, m, &mut [x])
+    }
+}

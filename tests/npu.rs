@@ -1,0 +1,148 @@
+//! The npu backend (W8A8 linear layers on the CPU reference accelerator, chunked prefill, CPU
+//! int8 decode) against the float reference and against itself.
+
+use std::path::{Path, PathBuf};
+
+use llm_npu::backend::Backend;
+use llm_npu::calibrate::{self, Calibration};
+use llm_npu::model::{self, LoadOptions, Logits};
+use llm_npu::npu::{NpuModel, NpuOptions};
+
+const MODELS: [&str; 3] = ["llama-gqa", "llama-mha-tied-llama3rope", "qwen2-bias-tied"];
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+fn ids(name: &str, key: &str) -> Vec<u32> {
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture(name).join("ref.json")).unwrap()).unwrap();
+    v[key].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+}
+
+fn calibration(name: &str) -> Calibration {
+    Calibration::load(&calibrate::default_path(&fixture(name))).unwrap()
+}
+
+/// Mean over positions of the cosine similarity of two [rows][vocab] logit sets.
+fn mean_cosine(a: &[f32], b: &[f32], vocab: usize) -> f64 {
+    let rows = a.len() / vocab;
+    (0..rows)
+        .map(|r| {
+            let (x, y) = (&a[r * vocab..(r + 1) * vocab], &b[r * vocab..(r + 1) * vocab]);
+            let dot: f64 = x.iter().zip(y).map(|(p, q)| *p as f64 * *q as f64).sum();
+            let nx: f64 = x.iter().map(|p| (*p as f64).powi(2)).sum::<f64>().sqrt();
+            let ny: f64 = y.iter().map(|q| (*q as f64).powi(2)).sum::<f64>().sqrt();
+            dot / (nx * ny)
+        })
+        .sum::<f64>()
+        / rows as f64
+}
+
+#[test]
+fn npu_logits_stay_close_to_float_on_the_fixtures() {
+    for name in MODELS {
+        let loaded = model::load(&fixture(name), &LoadOptions::default()).unwrap();
+        let m = &loaded.model;
+        let npu = NpuModel::new(m, &calibration(name), NpuOptions::default(), &|| {}).unwrap();
+        let tokens = ids(name, "short_ids");
+        let q = npu.forward(&tokens, &mut m.new_cache(tokens.len()), Logits::All).unwrap();
+        let (_, reference) = llm_npu::npy::read_f32(&fixture(name).join("ref_logits_short.npy")).unwrap();
+        let cos = mean_cosine(&q, &reference, m.config.vocab_size);
+        eprintln!("{name}: mean cosine(npu, HF float) = {cos:.5}");
+        assert!(cos >= 0.99, "{name}: cosine {cos}");
+    }
+}
+
+#[test]
+fn npu_chunking_does_not_change_the_logits() {
+    // Static scales make every row's quantization independent of the others, so chunk size and
+    // padding must not matter (up to float summation order in attention: none here).
+    let name = "qwen2-bias-tied";
+    let loaded = model::load(&fixture(name), &LoadOptions::default()).unwrap();
+    let m = &loaded.model;
+    let tokens = ids(name, "long_ids");
+    let run = |chunk: usize, smaller: bool| {
+        let opts = NpuOptions { chunk_size: chunk, smaller_chunks: smaller, ..Default::default() };
+        let npu = NpuModel::new(m, &calibration(name), opts, &|| {}).unwrap();
+        npu.forward(&tokens, &mut m.new_cache(tokens.len()), Logits::All).unwrap()
+    };
+    let base = run(256, true);
+    for (chunk, smaller) in [(32, false), (64, true), (300, false), (512, false)] {
+        let other = run(chunk, smaller);
+        let d = base.iter().zip(&other).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        assert!(d <= 1e-5, "chunk {chunk}: {d}");
+    }
+}
+
+#[test]
+fn npu_decode_on_the_cpu_matches_its_prefill() {
+    // Decode runs the same W8A8 op on the CPU from the same int8 weights: feeding tokens one by
+    // one must reproduce the chunked prefill's logits.
+    let name = "llama-gqa";
+    let loaded = model::load(&fixture(name), &LoadOptions::default()).unwrap();
+    let m = &loaded.model;
+    let npu = NpuModel::new(m, &calibration(name), NpuOptions::default(), &|| {}).unwrap();
+    let tokens = ids(name, "short_ids");
+    let all = npu.forward(&tokens, &mut m.new_cache(tokens.len()), Logits::All).unwrap();
+    let vocab = m.config.vocab_size;
+    let mut cache = m.new_cache(tokens.len());
+    npu.forward(&tokens[..20], &mut cache, Logits::Last).unwrap();
+    for (i, &t) in tokens.iter().enumerate().skip(20) {
+        let l = npu.forward(&[t], &mut cache, Logits::Last).unwrap();
+        let d = l.iter().zip(&all[i * vocab..(i + 1) * vocab]).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        assert!(d <= 1e-4, "position {i}: {d}");
+    }
+}
+
+#[test]
+fn graphs_are_compiled_once_per_layer_part_and_size_and_then_shared() {
+    let name = "llama-gqa";
+    let loaded = model::load(&fixture(name), &LoadOptions::default()).unwrap();
+    let m = &loaded.model;
+    let opts = NpuOptions { chunk_size: 64, smaller_chunks: true, ..Default::default() };
+    let npu = NpuModel::new(m, &calibration(name), opts, &|| {}).unwrap();
+    assert_eq!(npu.chunk_sizes, vec![64, 32]);
+    assert_eq!(npu.plan_chunks(300), vec![(64, 64), (64, 64), (64, 64), (64, 64), (32, 32), (12, 32)]);
+    assert_eq!(npu.plan_chunks(64), vec![(64, 64)]);
+    assert_eq!(npu.plan_chunks(5), vec![(5, 32)]);
+    let tokens = ids(name, "long_ids");
+    npu.forward(&tokens, &mut m.new_cache(tokens.len()), Logits::Last).unwrap();
+    let layers = m.config.num_layers;
+    let s = npu.graph_stats();
+    // Two sizes (64, 32) x 4 parts x layers, compiled once; the other chunks reuse them.
+    assert_eq!(s.compiled, 2 * 4 * layers);
+    assert_eq!(s.reused, (6 - 2) * 4 * layers);
+    npu.forward(&tokens[..100], &mut m.new_cache(100), Logits::Last).unwrap();
+    let s2 = npu.graph_stats();
+    assert_eq!(s2.compiled, s.compiled, "a later prompt compiles nothing new");
+    assert!(s2.reused > s.reused);
+}
+
+#[test]
+fn a_calibration_for_another_model_is_refused() {
+    let loaded = model::load(&fixture("llama-gqa"), &LoadOptions::default()).unwrap();
+    let mut cal = calibration("llama-gqa");
+    cal.points.retain(|p| p.layer == 0);
+    let err = cal.check_against(&loaded.model, Path::new("cal.json")).unwrap_err().to_string();
+    assert!(err.contains("layer 1") && err.contains("another model"), "{err}");
+}
+
+#[test]
+fn npu_generates_text_through_the_backend_trait() {
+    let name = "llama-mha-tied-llama3rope";
+    let loaded = model::load(&fixture(name), &LoadOptions::default()).unwrap();
+    let npu = NpuModel::new(&loaded.model, &calibration(name), NpuOptions::default(), &|| {}).unwrap();
+    let opts = llm_npu::generate::GenerateOptions {
+        max_new_tokens: 10,
+        sampling: llm_npu::sampling::SamplingParams { temperature: 0.0, ..Default::default() },
+        stop_tokens: vec![],
+        vocab_limit: None,
+    };
+    let mut got = 0;
+    let stats = llm_npu::generate::generate(&npu as &dyn Backend, &ids(name, "short_ids"), &opts, |_| {
+        got += 1;
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!((got, stats.generated_tokens), (10, 10));
+}
