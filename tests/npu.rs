@@ -146,3 +146,20 @@ fn npu_generates_text_through_the_backend_trait() {
     .unwrap();
     assert_eq!((got, stats.generated_tokens), (10, 10));
 }
+
+#[test]
+fn npu_matches_the_pytorch_fake_quant_reference() {
+    // tools/oracle/fake_quant.py: the same W8A8 scheme (same calibration, scales, ties-to-even
+    // rounding) in PyTorch on top of transformers' float model.
+    for name in MODELS {
+        let loaded = model::load(&fixture(name), &LoadOptions::default()).unwrap();
+        let m = &loaded.model;
+        let npu = NpuModel::new(m, &calibration(name), NpuOptions::default(), &|| {}).unwrap();
+        let tokens = ids(name, "short_ids");
+        let q = npu.forward(&tokens, &mut m.new_cache(tokens.len()), Logits::All).unwrap();
+        let (_, reference) = llm_npu::npy::read_f32(&fixture(name).join("ref_fakequant_short.npy")).unwrap();
+        let d = q.iter().zip(&reference).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        eprintln!("{name}: max |npu - fake-quant reference| = {d:.2e}");
+        assert!(d <= 1e-3, "{name}: {d}");
+    }
+}

@@ -112,13 +112,18 @@ class InputQuantizer:
         self.calls = 0
         self.clipped = 0
         self.total = 0
+        self.margin = float("inf")  # closest |x/s - (k + 1/2)| over unclipped inputs, in code units
 
     def __call__(self, x):
         if x is not self.last_in:  # a new input: quantize it once for all the linears it feeds
             self.last_in = x
             self.codes = quantize(x, self.scale)
-            raw = torch.round(x * torch.tensor(np.float32(1.0) / self.scale))
-            self.clipped += int((raw.abs() > 127).sum())
+            v = x * torch.tensor(np.float32(1.0) / self.scale)
+            self.clipped += int((torch.round(v).abs() > 127).sum())
+            v = v.to(torch.float64)
+            dist = (v - torch.floor(v) - 0.5).abs()[v.abs() < 127.5]
+            if dist.numel():
+                self.margin = min(self.margin, float(dist.min()))
             self.total += x.numel()
         self.calls += 1
         return self.codes
@@ -184,11 +189,13 @@ def fake_quant_logits(d, ids):
     x = torch.tensor([ids], dtype=torch.long)
     logits = model(input_ids=x, use_cache=False).logits[0].to(torch.float32).numpy()
     for (i, pt), qz in quantizers.items():
-        want = 3 if pt in ("attn_in", "ffn_in") and pt == "attn_in" else (2 if pt == "ffn_in" else 1)
-        assert qz.calls == want, (i, pt, qz.calls, want)
+        want = {"attn_in": 3, "o_in": 1, "ffn_in": 2, "down_in": 1}[pt]  # linears fed per forward
+        assert qz.calls == want and qz.total == len(ids) * layers[i].get_submodule(
+            next(p for p, q in LINEARS if q == pt)).in_features, (i, pt, qz.calls, qz.total)
     info = {
         "float_vs_int_max": stats["float_vs_int_max"],
         "clipped": {f"{i}.{pt}": qz.clipped for (i, pt), qz in quantizers.items()},
+        "margins": {f"{i}.{pt}": qz.margin for (i, pt), qz in quantizers.items()},
         "act_scales": {f"{i}.{pt}": float(qz.scale) for (i, pt), qz in quantizers.items()},
         "w_scales": {f"{i}.{p}": float(s) for (i, p), s in w_scales.items()},
     }
@@ -248,6 +255,9 @@ def main():
         log("activation scales:", ", ".join(f"{k}={v:.6g}" for k, v in info["act_scales"].items()))
         log("weight scales:", ", ".join(f"{k}={v:.6g}" for k, v in info["w_scales"].items()))
         log("clipped activations (|x/s| > 127):", info["clipped"])
+        tight = min(info["margins"], key=info["margins"].get)
+        log(f"closest activation to a rounding boundary: {tight}, {info['margins'][tight]:.2e} code units "
+            "(a float difference this large upstream flips one int8 code)")
         log(f"exact int product vs float matmul of dequantized tensors: max|d| = {info['float_vs_int_max']:.3e}")
         log(f"hf float model reproduces ref_logits_short.npy exactly: {float_exact}")
         log(f"fake-quant vs float logits: max|d| = {diff:.6f}, mean cosine = {mcos:.8f} "
