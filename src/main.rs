@@ -88,10 +88,10 @@ impl Engine<'_> {
         if let (true, Engine::Npu(n)) = (verbose, self) {
             let s = n.graph_stats();
             eprintln!(
-                "npu: {} graphs compiled ({:.1} ms, {:.1} MiB of buffers), reused {} times; chunk sizes {:?}",
+                "npu: {} graphs compiled ({:.1} ms; largest workspace {:.1} MiB, shared), reused {} times; chunk sizes {:?}",
                 s.compiled,
                 s.compile_time.as_secs_f64() * 1e3,
-                s.graph_memory_bytes as f64 / (1 << 20) as f64,
+                s.max_workspace_bytes as f64 / (1 << 20) as f64,
                 s.reused,
                 n.chunk_sizes
             );

@@ -14,18 +14,20 @@ use crate::quant;
 
 pub struct CpuAccelerator {
     pub kernel: Int8Kernel,
+    /// The accelerator runs one graph at a time, so one workspace (quantized input, int32
+    /// accumulators) serves every graph: it grows to the largest graph's needs.
+    workspace: Mutex<(Vec<i8>, Vec<i32>)>,
 }
 
 impl Default for CpuAccelerator {
     fn default() -> Self {
-        CpuAccelerator { kernel: best_kernel() }
+        CpuAccelerator { kernel: best_kernel(), workspace: Mutex::new((Vec::new(), Vec::new())) }
     }
 }
 
-/// A compiled graph: its spec and the buffers of its fixed shape.
+/// A compiled graph: its fixed-shape spec.
 pub struct CpuGraph {
     pub spec: LinearGraphSpec,
-    buffers: Mutex<(Vec<i8>, Vec<i32>)>,
 }
 
 impl Accelerator for CpuAccelerator {
@@ -43,12 +45,14 @@ impl Accelerator for CpuAccelerator {
         if spec.residual && spec.linears.len() != 1 {
             return Err(Error::Input(format!("graph {}: a residual graph has one output", spec.name)));
         }
-        let xq = vec![0i8; spec.rows * spec.in_features()];
+        // Workspace this graph needs: its quantized input and its widest int32 output.
         let widest = spec.linears.iter().map(|l| l.out_features()).max().unwrap_or(0);
-        let acc = vec![0i32; spec.rows * widest];
-        let memory_bytes = xq.len() + acc.len() * 4;
-        let graph = CpuGraph { spec, buffers: Mutex::new((xq, acc)) };
-        Ok((graph, CompileReport { time: t0.elapsed(), memory_bytes }))
+        let memory_bytes = spec.rows * spec.in_features() + spec.rows * widest * 4;
+        let mut ws = self.workspace.lock().expect("workspace poisoned");
+        ws.0.reserve(spec.rows * spec.in_features());
+        ws.1.reserve(spec.rows * widest);
+        drop(ws);
+        Ok((CpuGraph { spec }, CompileReport { time: t0.elapsed(), memory_bytes }))
     }
 
     fn execute(&self, graph: &CpuGraph, input: &[f32], outputs: &mut [&mut [f32]]) -> Result<()> {
@@ -57,7 +61,7 @@ impl Accelerator for CpuAccelerator {
         if input.len() != rows * k || outputs.len() != spec.linears.len() {
             return Err(Error::Input(format!("graph {}: input of {} values for a [{rows}, {k}] graph", spec.name, input.len())));
         }
-        let mut guard = graph.buffers.lock().expect("graph buffers poisoned");
+        let mut guard = self.workspace.lock().expect("workspace poisoned");
         let (xq, acc) = &mut *guard;
         run_w8a8(self.kernel, input, rows, spec.input_scale, &spec.linears, spec.residual, xq, acc, outputs);
         Ok(())

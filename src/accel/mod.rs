@@ -35,7 +35,8 @@ impl LinearGraphSpec {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CompileReport {
     pub time: Duration,
-    /// Bytes of buffers the graph owns (weights are shared, not counted).
+    /// Bytes of workspace the graph needs at run time (weights are shared, not counted; the CPU
+    /// reference accelerator shares one workspace between graphs).
     pub memory_bytes: usize,
 }
 

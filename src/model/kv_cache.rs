@@ -12,6 +12,21 @@ pub struct KvCache {
     /// attention kernel always reads full vectors.
     stride: usize,
     len: usize,
+    /// Activation buffers of the layer loop, kept between calls (llama2.c's RunState idea) so
+    /// each chunk or decode step does not allocate and page-fault fresh memory.
+    pub(crate) scratch: Scratch,
+}
+
+/// The layer loop's working buffers; resized on demand.
+#[derive(Default)]
+pub(crate) struct Scratch {
+    pub h: Vec<f32>,
+    pub q: Vec<f32>,
+    pub k: Vec<f32>,
+    pub v: Vec<f32>,
+    pub attn: Vec<f32>,
+    pub gate: Vec<f32>,
+    pub up: Vec<f32>,
 }
 
 /// Position padding of the cache (one 512-bit vector of f32).
@@ -21,7 +36,7 @@ impl KvCache {
     pub fn new(n_layers: usize, n_kv_heads: usize, head_dim: usize, capacity: usize) -> Self {
         let stride = capacity.next_multiple_of(POSITION_BLOCK);
         let size = n_kv_heads * stride * head_dim;
-        KvCache { k: vec![vec![0.0; size]; n_layers], v: vec![vec![0.0; size]; n_layers], n_kv_heads, head_dim, capacity, stride, len: 0 }
+        KvCache { k: vec![vec![0.0; size]; n_layers], v: vec![vec![0.0; size]; n_layers], n_kv_heads, head_dim, capacity, stride, len: 0, scratch: Scratch::default() }
     }
 
     /// Tokens held.

@@ -8,7 +8,7 @@ use crate::kernels::{self, ops};
 use crate::tensor::Tensor;
 
 use super::config::ModelConfig;
-use super::kv_cache::KvCache;
+use super::kv_cache::{KvCache, Scratch};
 use super::weights::Weights;
 
 pub struct Linear {
@@ -337,34 +337,37 @@ impl Transformer {
         let (d, hd) = (c.hidden_size, c.head_dim);
         let mut x = self.embed(tokens)?;
         let (cos, sin) = self.rope_tables(pos0, m);
-        let mut h = vec![0f32; m * d];
-        let mut q = vec![0f32; m * c.q_dim()];
-        let mut k = vec![0f32; m * c.kv_dim()];
-        let mut v = vec![0f32; m * c.kv_dim()];
-        let mut attn = vec![0f32; m * c.q_dim()];
-        let mut gate = vec![0f32; m * c.intermediate_size];
-        let mut up = vec![0f32; m * c.intermediate_size];
+        let mut s = std::mem::take(&mut cache.scratch);
+        s.h.resize(m * d, 0.0);
+        s.q.resize(m * c.q_dim(), 0.0);
+        s.k.resize(m * c.kv_dim(), 0.0);
+        s.v.resize(m * c.kv_dim(), 0.0);
+        s.attn.resize(m * c.q_dim(), 0.0);
+        s.gate.resize(m * c.intermediate_size, 0.0);
+        s.up.resize(m * c.intermediate_size, 0.0);
+        let Scratch { h, q, k, v, attn, gate, up } = &mut s;
         for (li, layer) in self.layers.iter().enumerate() {
-            layer.input_layernorm.forward(&x, &mut h);
-            observe(li, LinearInput::Attn, &mut h, d);
-            exec.qkv(li, &h, m, &mut q, &mut k, &mut v)?;
-            ops::apply_rope(&mut q, hd, c.rope.style, &cos, &sin, hd / 2);
-            ops::apply_rope(&mut k, hd, c.rope.style, &cos, &sin, hd / 2);
-            cache.append(li, pos0, &k, &v);
+            layer.input_layernorm.forward(&x, h);
+            observe(li, LinearInput::Attn, h, d);
+            exec.qkv(li, h, m, q, k, v)?;
+            ops::apply_rope(q, hd, c.rope.style, &cos, &sin, hd / 2);
+            ops::apply_rope(k, hd, c.rope.style, &cos, &sin, hd / 2);
+            cache.append(li, pos0, k, v);
             let (kc, vc) = cache.layer(li);
             let shape = ops::AttnShape { n_heads: c.num_heads, n_kv_heads: c.num_kv_heads, head_dim: hd, pos0, kv_stride: cache.stride() };
-            ops::causal_attention(&q, kc, vc, shape, &mut attn);
-            observe(li, LinearInput::O, &mut attn, c.q_dim());
-            exec.o_proj_residual(li, &attn, m, &mut x)?;
+            ops::causal_attention(q, kc, vc, shape, attn);
+            observe(li, LinearInput::O, attn, c.q_dim());
+            exec.o_proj_residual(li, attn, m, &mut x)?;
 
-            layer.post_attention_layernorm.forward(&x, &mut h);
-            observe(li, LinearInput::Ffn, &mut h, d);
-            exec.gate_up(li, &h, m, &mut gate, &mut up)?;
-            ops::silu_mul(&mut gate, &up);
-            observe(li, LinearInput::Down, &mut gate, c.intermediate_size);
-            exec.down_residual(li, &gate, m, &mut x)?;
+            layer.post_attention_layernorm.forward(&x, h);
+            observe(li, LinearInput::Ffn, h, d);
+            exec.gate_up(li, h, m, gate, up)?;
+            ops::silu_mul(gate, up);
+            observe(li, LinearInput::Down, gate, c.intermediate_size);
+            exec.down_residual(li, gate, m, &mut x)?;
         }
         cache.advance(m);
+        cache.scratch = s;
         Ok(x)
     }
 }

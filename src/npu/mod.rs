@@ -72,7 +72,8 @@ pub struct GraphStats {
     pub compiled: usize,
     pub reused: usize,
     pub compile_time: Duration,
-    pub graph_memory_bytes: usize,
+    /// The largest workspace one graph needs (the accelerator shares one between graphs).
+    pub max_workspace_bytes: usize,
 }
 
 pub struct NpuModel<'m> {
@@ -174,7 +175,7 @@ impl<'m> NpuModel<'m> {
         let mut st = self.stats.lock().unwrap();
         st.compiled += 1;
         st.compile_time += report.time;
-        st.graph_memory_bytes += report.memory_bytes;
+        st.max_workspace_bytes = st.max_workspace_bytes.max(report.memory_bytes);
         Ok(g)
     }
 
