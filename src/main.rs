@@ -126,7 +126,7 @@ fn make_engine<'m>(loaded: &'m LoadedModel, args: &ModelArgs, backend: Backend) 
                 npu.weight_bytes as f64 / (1u64 << 30) as f64,
                 npu.accel.name(),
                 t0.elapsed().as_secs_f64(),
-                "attention, norms and the LM head run in f32 on the CPU"
+                "attention and norms run in f32 on the CPU, the LM head in int8"
             );
             Ok(Engine::Npu(Box::new(npu)))
         }

@@ -41,9 +41,11 @@ impl Int8Kernel {
         }
     }
 
-    /// Tokens per microkernel tile.
-    fn mr(self) -> usize {
+    /// Tokens per microkernel tile for an `m`-row product: a full tile for prefill, one row at a
+    /// time for decode (a 12-row tile would waste 11/12 of the work on one row).
+    fn mr(self, m: usize) -> usize {
         match self {
+            Int8Kernel::Avx512Vnni if m <= 2 => 1,
             Int8Kernel::Avx512Vnni | Int8Kernel::Portable => 12,
             Int8Kernel::AvxVnni | Int8Kernel::Avx512VlVnni => 3,
             Int8Kernel::Avx2 => 2,
@@ -146,7 +148,7 @@ struct PackedActs {
 
 impl PackedActs {
     fn new(x: &[i8], m: usize, k: usize, kernel: Int8Kernel) -> Self {
-        let (mr, k4) = (kernel.mr(), k.next_multiple_of(4));
+        let (mr, k4) = (kernel.mr(m), k.next_multiple_of(4));
         let zero = if kernel.unsigned_acts() { 128u8 } else { 0 };
         let mut data = vec![zero; m.div_ceil(mr) * k4 * mr];
         let offset = if kernel.unsigned_acts() { 128u8 } else { 0 };
@@ -183,7 +185,7 @@ pub fn gemm_i8(kernel: Int8Kernel, x: &[i8], m: usize, w: &PackedI8Weights, y: &
             for j in 0..panels {
                 let col0 = n0 + j * NR;
                 let cols = NR.min(n - col0);
-                let tile = Tile { x: xp.panel(p).as_ptr(), w: w.panel(col0 / NR).as_ptr(), sums: w.row_sums[col0..].as_ptr(), groups: w.k4 / 4, tokens, cols };
+                let tile = Tile { x: xp.panel(p).as_ptr(), w: w.panel(col0 / NR).as_ptr(), sums: w.row_sums[col0..].as_ptr(), groups: w.k4 / 4, mr: xp.mr, tokens, cols };
                 // SAFETY: the tile's rows p*mr.. (tokens of them) and columns col0..col0+cols lie
                 // in y and belong to this task alone; the panels hold `groups` k-groups.
                 unsafe { tile.run(kernel, out.at(p * xp.mr * n + col0), n) };
@@ -212,6 +214,8 @@ struct Tile {
     w: *const i8,
     sums: *const i32,
     groups: usize,
+    /// rows of the packed activation panel
+    mr: usize,
     tokens: usize,
     cols: usize,
 }
@@ -221,7 +225,9 @@ impl Tile {
         match kernel {
             Int8Kernel::Portable => self.portable(y, ldy),
             #[cfg(target_arch = "x86_64")]
-            Int8Kernel::Avx512Vnni => self.avx512_vnni(y, ldy),
+            Int8Kernel::Avx512Vnni if self.mr == 1 => self.avx512_vnni::<1>(y, ldy),
+            #[cfg(target_arch = "x86_64")]
+            Int8Kernel::Avx512Vnni => self.avx512_vnni::<12>(y, ldy),
             #[cfg(target_arch = "x86_64")]
             Int8Kernel::Avx512VlVnni => self.vnni256_evex(y, ldy),
             #[cfg(target_arch = "x86_64")]
@@ -235,7 +241,7 @@ impl Tile {
 
     /// Reference: plain integer loops over the packed layouts.
     unsafe fn portable(&self, y: *mut i32, ldy: usize) {
-        let mr = 12;
+        let mr = self.mr;
         for i in 0..self.tokens {
             for c in 0..self.cols {
                 let mut acc = 0i32;
@@ -252,9 +258,8 @@ impl Tile {
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    unsafe fn avx512_vnni(&self, y: *mut i32, ldy: usize) {
+    unsafe fn avx512_vnni<const MR: usize>(&self, y: *mut i32, ldy: usize) {
         use std::arch::x86_64::*;
-        const MR: usize = 12;
         let mut c0 = [_mm512_setzero_si512(); MR];
         let mut c1 = [_mm512_setzero_si512(); MR];
         for g in 0..self.groups {
@@ -376,7 +381,7 @@ mod tests {
 
     #[test]
     fn every_supported_kernel_is_exact_on_random_and_edge_shapes() {
-        let shapes = [(1, 1, 1), (1, 4, 32), (3, 5, 7), (12, 64, 32), (13, 67, 33), (2, 3, 129), (25, 130, 96), (40, 256, 200), (7, 1000, 64)];
+        let shapes = [(1, 1, 1), (1, 4, 32), (1, 2048, 300), (2, 77, 40), (3, 5, 7), (12, 64, 32), (13, 67, 33), (2, 3, 129), (25, 130, 96), (40, 256, 200), (7, 1000, 64)];
         let mut ran = Vec::new();
         for kernel in Int8Kernel::ALL {
             if !kernel.is_supported() {

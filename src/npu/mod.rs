@@ -7,6 +7,8 @@
 //!   disabled, its halvings down to 32, so a prompt is covered with little padding). One graph
 //!   per (layer, part, rows) is compiled on first use and shared by every later chunk and prompt.
 //! - Decode runs single tokens on the CPU with the same int8 weights and the same W8A8 code.
+//! - The LM head runs on the CPU in int8 too (per-channel weights, each row's activation scale
+//!   taken from the row itself): the f32 head would be read in full for every decoded token.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -84,8 +86,9 @@ pub struct NpuModel<'m> {
     stats: Mutex<GraphStats>,
     /// Compiled chunk sizes, largest first.
     pub chunk_sizes: Vec<usize>,
-    /// Bytes of int8 weights (with their packing) for the decoder layers.
+    /// Bytes of int8 weights (with their packing), decoder layers and LM head.
     pub weight_bytes: usize,
+    lm_head: QuantLinear,
 }
 
 impl<'m> NpuModel<'m> {
@@ -118,6 +121,9 @@ impl<'m> NpuModel<'m> {
             layers.push(layer);
             on_layer();
         }
+        let head = &model.lm_head;
+        let lm_head = QuantLinear::new(head.weight.data(), head.out_features(), head.in_features(), None, WeightGranularity::PerChannel);
+        weight_bytes += lm_head.weights.memory_bytes();
         let mut chunk_sizes = vec![opts.chunk_size];
         if opts.smaller_chunks {
             let mut s = opts.chunk_size / 2;
@@ -134,7 +140,36 @@ impl<'m> NpuModel<'m> {
             stats: Mutex::new(GraphStats::default()),
             chunk_sizes,
             weight_bytes,
+            lm_head,
         })
+    }
+
+    /// Final norm (f32), then the int8 LM head with a per-row dynamic activation scale.
+    fn logits(&self, x: &[f32], which: Logits) -> Vec<f32> {
+        let (d, vocab) = (self.model.config.hidden_size, self.model.config.vocab_size);
+        let rows = match which {
+            Logits::Last => &x[x.len() - d..],
+            Logits::All => x,
+        };
+        let m = rows.len() / d;
+        let mut normed = vec![0f32; rows.len()];
+        self.model.norm.forward(rows, &mut normed);
+        let mut xq = vec![0i8; normed.len()];
+        let mut row_scales = Vec::with_capacity(m);
+        for (r, q) in normed.chunks_exact(d).zip(xq.chunks_exact_mut(d)) {
+            let s = scale_for(r.iter().fold(0f32, |a, v| a.max(v.abs())));
+            crate::quant::quantize(r, s, q);
+            row_scales.push(s);
+        }
+        let mut acc = vec![0i32; m * vocab];
+        crate::kernels::int8_gemm::gemm_i8(self.accel.kernel, &xq, m, &self.lm_head.weights, &mut acc);
+        let mut logits = vec![0f32; m * vocab];
+        for ((out, a), s) in logits.chunks_exact_mut(vocab).zip(acc.chunks_exact(vocab)).zip(&row_scales) {
+            for (j, (o, &v)) in out.iter_mut().zip(a).enumerate() {
+                *o = v as f32 * (s * self.lm_head.scale(j));
+            }
+        }
+        logits
     }
 
     pub fn graph_stats(&self) -> GraphStats {
@@ -184,7 +219,7 @@ impl<'m> NpuModel<'m> {
     pub fn forward(&self, tokens: &[u32], cache: &mut KvCache, which: Logits) -> Result<Vec<f32>> {
         if tokens.len() == 1 {
             let x = self.model.hidden_states(&CpuInt8 { npu: self }, tokens, cache, None)?;
-            return Ok(self.model.logits(&x, which));
+            return Ok(self.logits(&x, which));
         }
         let mut out = Vec::new();
         let mut at = 0;
@@ -194,8 +229,8 @@ impl<'m> NpuModel<'m> {
             at += real;
             let x = self.model.hidden_states(&AccelChunk { npu: self, rows }, chunk, cache, None)?;
             match which {
-                Logits::All => out.extend(self.model.logits(&x, Logits::All)),
-                Logits::Last if i + 1 == plan.len() => out = self.model.logits(&x, Logits::Last),
+                Logits::All => out.extend(self.logits(&x, Logits::All)),
+                Logits::Last if i + 1 == plan.len() => out = self.logits(&x, Logits::Last),
                 Logits::Last => {}
             }
         }

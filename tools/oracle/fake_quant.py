@@ -12,7 +12,9 @@ Scheme (src/quant.rs, src/npu/mod.rs, src/accel/cpu.rs):
 * Their inputs: static per-tensor scale from calibration, s = max_abs / 127 (float32, 1 if
   max_abs is 0 or not finite), x_q = clamp(round(x * (1/s)), -127, 127). Rounding is ties to even.
 * Output: the exact integer product acc = x_q @ W_q^T, then acc * (s * s_w) + bias in float32.
-* Embeddings, RMSNorms, RoPE, attention, SwiGLU, lm_head and biases stay float32.
+* Embeddings, RMSNorms, RoPE, attention, SwiGLU and biases stay float32.
+* The LM head is int8 with per-channel weight scales and a dynamic per-row activation scale
+  (max |x| / 127 of each row), as the engine computes it on the CPU.
 
 The input quantization is a forward pre-hook on each nn.Linear (one quantizer per point, shared
 by q/k/v and by gate/up); it hands the dequantized input x_q * s to the float layer, whose weight
@@ -162,6 +164,29 @@ class QuantLinear:
         return y
 
 
+class QuantLMHead:
+    """The engine's int8 LM head: per-channel weight scales, each row's activation scale taken
+    from the row itself (max |x| / 127), exact integer product, then acc * (s_row * s_w[j])."""
+
+    def __init__(self, lin):
+        w = lin.weight.detach().to(torch.float32)
+        self.s_w = np.array([scale_for(float(m)) for m in w.abs().max(dim=1).values], dtype=np.float32)
+        inv = torch.tensor(np.float32(1.0) / self.s_w, dtype=torch.float32)
+        self.w_codes = torch.round(w * inv[:, None]).clamp_(-127.0, 127.0)
+        lin.register_forward_hook(self.hook)  # the weight itself is untouched (it may be tied)
+
+    def hook(self, module, args, out):
+        (x,) = args
+        rows = x.reshape(-1, x.shape[-1]).to(torch.float32)
+        s_row = np.array([scale_for(float(m)) for m in rows.abs().max(dim=1).values], dtype=np.float32)
+        inv = torch.tensor(np.float32(1.0) / s_row, dtype=torch.float32)
+        codes = torch.round(rows * inv[:, None]).clamp_(-127.0, 127.0)
+        acc = torch.matmul(codes.to(torch.float64), self.w_codes.to(torch.float64).T)
+        scale = torch.tensor(s_row[:, None] * self.s_w[None, :], dtype=torch.float32)
+        y = acc.to(torch.int32).to(torch.float32) * scale
+        return y.reshape(*out.shape)
+
+
 def model_class(cfg_json):
     return Qwen2ForCausalLM if cfg_json["model_type"] == "qwen2" else LlamaForCausalLM
 
@@ -186,6 +211,7 @@ def fake_quant_logits(d, ids):
             lin = layer.get_submodule(path)
             assert isinstance(lin, torch.nn.Linear), (i, path)
             w_scales[(i, path)] = QuantLinear(lin, qz, stats).s_w
+    QuantLMHead(model.lm_head)
     x = torch.tensor([ids], dtype=torch.long)
     logits = model(input_ids=x, use_cache=False).logits[0].to(torch.float32).numpy()
     for (i, pt), qz in quantizers.items():
