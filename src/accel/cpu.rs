@@ -5,23 +5,22 @@
 use std::sync::Mutex;
 use std::time::Instant;
 
-use rayon::prelude::*;
 
 use super::{Accelerator, CompileReport, LinearGraphSpec};
 use crate::error::{Error, Result};
-use crate::kernels::int8_gemm::{best_kernel, gemm_i8, Int8Kernel};
+use crate::kernels::int8_gemm::{best_kernel, gemm_i8_with, Epilogue, Int8Kernel, NR};
 use crate::quant;
 
 pub struct CpuAccelerator {
     pub kernel: Int8Kernel,
-    /// The accelerator runs one graph at a time, so one workspace (quantized input, int32
-    /// accumulators) serves every graph: it grows to the largest graph's needs.
-    workspace: Mutex<(Vec<i8>, Vec<i32>)>,
+    /// The accelerator runs one graph at a time, so one workspace (the quantized input) serves
+    /// every graph: it grows to the largest graph's needs.
+    workspace: Mutex<Vec<i8>>,
 }
 
 impl Default for CpuAccelerator {
     fn default() -> Self {
-        CpuAccelerator { kernel: best_kernel(), workspace: Mutex::new((Vec::new(), Vec::new())) }
+        CpuAccelerator { kernel: best_kernel(), workspace: Mutex::new(Vec::new()) }
     }
 }
 
@@ -45,13 +44,10 @@ impl Accelerator for CpuAccelerator {
         if spec.residual && spec.linears.len() != 1 {
             return Err(Error::Input(format!("graph {}: a residual graph has one output", spec.name)));
         }
-        // Workspace this graph needs: its quantized input and its widest int32 output.
-        let widest = spec.linears.iter().map(|l| l.out_features()).max().unwrap_or(0);
-        let memory_bytes = spec.rows * spec.in_features() + spec.rows * widest * 4;
-        let mut ws = self.workspace.lock().expect("workspace poisoned");
-        ws.0.reserve(spec.rows * spec.in_features());
-        ws.1.reserve(spec.rows * widest);
-        drop(ws);
+        // Workspace this graph needs: its quantized input (results go through the GEMM's
+        // epilogue tile by tile, no int32 matrix).
+        let memory_bytes = spec.rows * spec.in_features();
+        self.workspace.lock().expect("workspace poisoned").reserve(memory_bytes);
         Ok((CpuGraph { spec }, CompileReport { time: t0.elapsed(), memory_bytes }))
     }
 
@@ -62,15 +58,15 @@ impl Accelerator for CpuAccelerator {
             return Err(Error::Input(format!("graph {}: input of {} values for a [{rows}, {k}] graph", spec.name, input.len())));
         }
         let mut guard = self.workspace.lock().expect("workspace poisoned");
-        let (xq, acc) = &mut *guard;
-        run_w8a8(self.kernel, input, rows, spec.input_scale, &spec.linears, spec.residual, xq, acc, outputs);
+        run_w8a8(self.kernel, input, rows, spec.input_scale, &spec.linears, spec.residual, &mut guard, outputs);
         Ok(())
     }
 }
 
 /// The W8A8 linear op: quantize `input` ([rows, k]) with the static scale, int8 GEMM with each
-/// weight, dequantize (+ bias, + residual). Shared by the accelerator's graphs and the CPU decode
-/// path, so both compute exactly the same numbers from the same int8 weights.
+/// weight, dequantize (+ bias, + residual) in the GEMM's epilogue. Shared by the accelerator's
+/// graphs and the CPU decode path, so both compute exactly the same numbers from the same int8
+/// weights. `xq` is the quantized-input buffer.
 #[allow(clippy::too_many_arguments)]
 pub fn run_w8a8(
     kernel: Int8Kernel,
@@ -80,39 +76,47 @@ pub fn run_w8a8(
     linears: &[std::sync::Arc<quant::QuantLinear>],
     residual: bool,
     xq: &mut Vec<i8>,
-    acc: &mut Vec<i32>,
     outputs: &mut [&mut [f32]],
 ) {
     xq.resize(input.len(), 0);
     quant::quantize(input, input_scale, xq);
     for (lin, out) in linears.iter().zip(outputs.iter_mut()) {
         let n = lin.out_features();
-        acc.resize(rows * n, 0);
-        gemm_i8(kernel, xq, rows, &lin.weights, &mut acc[..rows * n]);
-        dequantize(&acc[..rows * n], lin, input_scale, residual, out);
+        assert_eq!(out.len(), rows * n);
+        let scales: Vec<f32> = (0..n).map(|j| input_scale * lin.scale(j)).collect();
+        let epilogue = Dequantize { out: out.as_mut_ptr(), ld: n, scales: &scales, bias: lin.bias.as_deref(), residual };
+        gemm_i8_with(kernel, xq, rows, &lin.weights, &epilogue);
     }
 }
 
 /// out = acc * (input_scale * weight_scale) + bias, or out += that for a residual graph.
-fn dequantize(acc: &[i32], lin: &quant::QuantLinear, input_scale: f32, residual: bool, out: &mut [f32]) {
-    let n = lin.out_features();
-    let scales: Vec<f32> = (0..n).map(|j| input_scale * lin.scale(j)).collect();
-    let zeros;
-    let bias = match &lin.bias {
-        Some(b) => b.as_slice(),
-        None => {
-            zeros = vec![0f32; n];
-            &zeros
-        }
-    };
-    out.par_chunks_mut(n).zip(acc.par_chunks(n)).for_each(|(o, a)| {
-        for j in 0..n {
-            let v = a[j] as f32 * scales[j] + bias[j];
-            if residual {
-                o[j] += v;
-            } else {
-                o[j] = v;
+struct Dequantize<'a> {
+    out: *mut f32,
+    ld: usize,
+    scales: &'a [f32],
+    bias: Option<&'a [f32]>,
+    residual: bool,
+}
+// SAFETY: tiles are disjoint (Epilogue contract).
+unsafe impl Sync for Dequantize<'_> {}
+
+impl Epilogue for Dequantize<'_> {
+    unsafe fn tile(&self, row0: usize, col0: usize, tokens: usize, cols: usize, acc: &[i32]) {
+        let scales = &self.scales[col0..col0 + cols];
+        for t in 0..tokens {
+            let o = std::slice::from_raw_parts_mut(self.out.add((row0 + t) * self.ld + col0), cols);
+            let a = &acc[t * NR..t * NR + cols];
+            match (self.bias, self.residual) {
+                (None, false) => o.iter_mut().zip(a).zip(scales).for_each(|((o, &a), &s)| *o = a as f32 * s),
+                (None, true) => o.iter_mut().zip(a).zip(scales).for_each(|((o, &a), &s)| *o += a as f32 * s),
+                (Some(b), res) => {
+                    let b = &b[col0..col0 + cols];
+                    for j in 0..cols {
+                        let v = a[j] as f32 * scales[j] + b[j];
+                        o[j] = if res { o[j] + v } else { v };
+                    }
+                }
             }
         }
-    });
+    }
 }

@@ -171,42 +171,67 @@ impl PackedActs {
 /// y[m, n] = x[m, k] . w[n, k]^T exactly, in int32, with `kernel` (which must be supported).
 /// Activations must lie in -127..=127 (symmetric quantization never produces -128).
 pub fn gemm_i8(kernel: Int8Kernel, x: &[i8], m: usize, w: &PackedI8Weights, y: &mut [i32]) {
+    assert_eq!(y.len(), m * w.n);
+    gemm_i8_with(kernel, x, m, w, &I32Out { y: y.as_mut_ptr(), ld: w.n });
+}
+
+/// Consumes the exact int32 results tile by tile while they are hot in L1 (an accelerator's
+/// fused epilogue: dequantize, bias, residual), instead of a full int32 matrix and a second pass.
+pub trait Epilogue: Sync {
+    /// `acc` holds `tokens` rows of `cols` results (row stride NR) for output rows
+    /// row0..row0+tokens and columns col0..col0+cols.
+    ///
+    /// # Safety
+    /// Called concurrently from several threads, each (row, column) region exactly once: an
+    /// implementation writing through a shared pointer relies on that.
+    unsafe fn tile(&self, row0: usize, col0: usize, tokens: usize, cols: usize, acc: &[i32]);
+}
+
+/// Plain int32 output: y[m, n].
+struct I32Out {
+    y: *mut i32,
+    ld: usize,
+}
+// SAFETY: tiles are disjoint (Epilogue contract).
+unsafe impl Sync for I32Out {}
+
+impl Epilogue for I32Out {
+    unsafe fn tile(&self, row0: usize, col0: usize, tokens: usize, cols: usize, acc: &[i32]) {
+        for t in 0..tokens {
+            std::ptr::copy_nonoverlapping(acc.as_ptr().add(t * NR), self.y.add((row0 + t) * self.ld + col0), cols);
+        }
+    }
+}
+
+/// The int8 product x[m, k] . w^T handed to `epilogue` tile by tile (see `gemm_i8`).
+pub fn gemm_i8_with(kernel: Int8Kernel, x: &[i8], m: usize, w: &PackedI8Weights, epilogue: &dyn Epilogue) {
     let (n, k) = (w.n, w.k);
     assert_eq!(x.len(), m * k);
-    assert_eq!(y.len(), m * n);
     assert!(kernel.is_supported(), "int8 kernel {} is not supported on this CPU", kernel.name());
     let xp = PackedActs::new(x, m, k, kernel);
-    let out = SharedOut(y.as_mut_ptr());
     (0..n.div_ceil(NC)).into_par_iter().for_each(|b| {
         let n0 = b * NC;
         let panels = (NC.min(n - n0)).div_ceil(NR);
+        let mut acc = [0i32; MAX_MR * NR];
         for p in 0..m.div_ceil(xp.mr) {
             let tokens = xp.mr.min(m - p * xp.mr);
             for j in 0..panels {
                 let col0 = n0 + j * NR;
                 let cols = NR.min(n - col0);
                 let tile = Tile { x: xp.panel(p).as_ptr(), w: w.panel(col0 / NR).as_ptr(), sums: w.row_sums[col0..].as_ptr(), groups: w.k4 / 4, mr: xp.mr, tokens, cols };
-                // SAFETY: the tile's rows p*mr.. (tokens of them) and columns col0..col0+cols lie
-                // in y and belong to this task alone; the panels hold `groups` k-groups.
-                unsafe { tile.run(kernel, out.at(p * xp.mr * n + col0), n) };
+                // SAFETY: the panels hold `groups` k-groups; `acc` holds MAX_MR rows of NR.
+                // Each (p, col0) tile is produced by this task alone, as the epilogue requires.
+                unsafe {
+                    tile.run(kernel, acc.as_mut_ptr(), NR);
+                    epilogue.tile(p * xp.mr, col0, tokens, cols, &acc);
+                }
             }
         }
     });
 }
 
-#[derive(Clone, Copy)]
-struct SharedOut(*mut i32);
-// SAFETY: tasks write disjoint column blocks of y.
-unsafe impl Send for SharedOut {}
-unsafe impl Sync for SharedOut {}
-
-impl SharedOut {
-    /// # Safety
-    /// `i` must be in bounds of the output and its tile owned by the calling task.
-    unsafe fn at(self, i: usize) -> *mut i32 {
-        self.0.add(i)
-    }
-}
+/// The tallest tile of any kernel.
+const MAX_MR: usize = 12;
 
 /// One microkernel call: `tokens` rows x `cols` columns over `groups` groups of 4 k.
 struct Tile {
