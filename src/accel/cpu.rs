@@ -8,19 +8,18 @@ use std::time::Instant;
 
 use super::{Accelerator, CompileReport, LinearGraphSpec};
 use crate::error::{Error, Result};
-use crate::kernels::int8_gemm::{best_kernel, gemm_i8_with, Epilogue, Int8Kernel, NR};
+use crate::kernels::int8_gemm::{best_kernel, gemm_packed_with, Epilogue, Int8Kernel, PackedActs, NR};
 use crate::quant;
 
 pub struct CpuAccelerator {
     pub kernel: Int8Kernel,
-    /// The accelerator runs one graph at a time, so one workspace (the quantized input) serves
-    /// every graph: it grows to the largest graph's needs.
-    workspace: Mutex<Vec<i8>>,
+    /// Graphs run one at a time (as on an NPU), so they are serialized here.
+    busy: Mutex<()>,
 }
 
 impl Default for CpuAccelerator {
     fn default() -> Self {
-        CpuAccelerator { kernel: best_kernel(), workspace: Mutex::new(Vec::new()) }
+        CpuAccelerator { kernel: best_kernel(), busy: Mutex::new(()) }
     }
 }
 
@@ -44,10 +43,9 @@ impl Accelerator for CpuAccelerator {
         if spec.residual && spec.linears.len() != 1 {
             return Err(Error::Input(format!("graph {}: a residual graph has one output", spec.name)));
         }
-        // Workspace this graph needs: its quantized input (results go through the GEMM's
-        // epilogue tile by tile, no int32 matrix).
-        let memory_bytes = spec.rows * spec.in_features();
-        self.workspace.lock().expect("workspace poisoned").reserve(memory_bytes);
+        // Workspace this graph needs at run time: its packed int8 input (results go through the
+        // GEMM's epilogue tile by tile, no int32 matrix).
+        let memory_bytes = spec.rows * spec.in_features().next_multiple_of(4);
         Ok((CpuGraph { spec }, CompileReport { time: t0.elapsed(), memory_bytes }))
     }
 
@@ -57,8 +55,8 @@ impl Accelerator for CpuAccelerator {
         if input.len() != rows * k || outputs.len() != spec.linears.len() {
             return Err(Error::Input(format!("graph {}: input of {} values for a [{rows}, {k}] graph", spec.name, input.len())));
         }
-        let mut guard = self.workspace.lock().expect("workspace poisoned");
-        run_w8a8(self.kernel, input, rows, spec.input_scale, &spec.linears, spec.residual, &mut guard, outputs);
+        let _one_at_a_time = self.busy.lock().expect("accelerator lock poisoned");
+        run_w8a8(self.kernel, input, rows, spec.input_scale, &spec.linears, spec.residual, outputs);
         Ok(())
     }
 }
@@ -66,26 +64,15 @@ impl Accelerator for CpuAccelerator {
 /// The W8A8 linear op: quantize `input` ([rows, k]) with the static scale, int8 GEMM with each
 /// weight, dequantize (+ bias, + residual) in the GEMM's epilogue. Shared by the accelerator's
 /// graphs and the CPU decode path, so both compute exactly the same numbers from the same int8
-/// weights. `xq` is the quantized-input buffer.
-#[allow(clippy::too_many_arguments)]
-pub fn run_w8a8(
-    kernel: Int8Kernel,
-    input: &[f32],
-    rows: usize,
-    input_scale: f32,
-    linears: &[std::sync::Arc<quant::QuantLinear>],
-    residual: bool,
-    xq: &mut Vec<i8>,
-    outputs: &mut [&mut [f32]],
-) {
-    xq.resize(input.len(), 0);
-    quant::quantize(input, input_scale, xq);
+/// weights. The input is quantized while it is packed, once for all the linears it feeds.
+pub fn run_w8a8(kernel: Int8Kernel, input: &[f32], rows: usize, input_scale: f32, linears: &[std::sync::Arc<quant::QuantLinear>], residual: bool, outputs: &mut [&mut [f32]]) {
+    let xp = PackedActs::quantized(input, rows, linears[0].in_features(), input_scale, kernel);
     for (lin, out) in linears.iter().zip(outputs.iter_mut()) {
         let n = lin.out_features();
         assert_eq!(out.len(), rows * n);
         let scales: Vec<f32> = (0..n).map(|j| input_scale * lin.scale(j)).collect();
         let epilogue = Dequantize { out: out.as_mut_ptr(), ld: n, scales: &scales, bias: lin.bias.as_deref(), residual };
-        gemm_i8_with(kernel, xq, rows, &lin.weights, &epilogue);
+        gemm_packed_with(&xp, &lin.weights, &epilogue);
     }
 }
 

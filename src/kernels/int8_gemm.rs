@@ -139,28 +139,44 @@ impl PackedI8Weights {
 }
 
 /// Activations packed for one kernel: panels of MR tokens, `[k4/4][MR][4]` bytes, offset to
-/// unsigned for the VNNI kernels; padding (k or tokens) is the zero activation.
-struct PackedActs {
+/// unsigned for the VNNI kernels; padding (k or tokens) is the zero activation. Several weights
+/// reading the same input (q/k/v) share one packing.
+pub struct PackedActs {
     data: Vec<u8>,
     mr: usize,
     k4: usize,
+    m: usize,
+    k: usize,
+    kernel: Int8Kernel,
 }
 
 impl PackedActs {
-    fn new(x: &[i8], m: usize, k: usize, kernel: Int8Kernel) -> Self {
+    /// Packs int8 activations [m, k].
+    pub fn new(x: &[i8], m: usize, k: usize, kernel: Int8Kernel) -> Self {
+        assert_eq!(x.len(), m * k);
+        Self::pack(m, k, kernel, |i, kk| x[i * k + kk])
+    }
+
+    /// Quantizes f32 activations [m, k] with a static scale (clip to +-127, ties to even) while
+    /// packing them: one pass, no intermediate int8 matrix.
+    pub fn quantized(x: &[f32], m: usize, k: usize, scale: f32, kernel: Int8Kernel) -> Self {
+        assert_eq!(x.len(), m * k);
+        let inv = 1.0 / scale;
+        Self::pack(m, k, kernel, |i, kk| crate::quant::quantize_value(x[i * k + kk], inv))
+    }
+
+    fn pack(m: usize, k: usize, kernel: Int8Kernel, value: impl Fn(usize, usize) -> i8 + Sync) -> Self {
         let (mr, k4) = (kernel.mr(m), k.next_multiple_of(4));
-        let zero = if kernel.unsigned_acts() { 128u8 } else { 0 };
-        let mut data = vec![zero; m.div_ceil(mr) * k4 * mr];
         let offset = if kernel.unsigned_acts() { 128u8 } else { 0 };
+        let mut data = vec![offset; m.div_ceil(mr) * k4 * mr];
         data.par_chunks_mut(k4 * mr).enumerate().for_each(|(p, panel)| {
             for i in 0..mr.min(m - p * mr) {
-                let row = &x[(p * mr + i) * k..(p * mr + i + 1) * k];
-                for (kk, &v) in row.iter().enumerate() {
-                    panel[(kk / 4) * mr * 4 + i * 4 + kk % 4] = (v as u8).wrapping_add(offset);
+                for kk in 0..k {
+                    panel[(kk / 4) * mr * 4 + i * 4 + kk % 4] = (value(p * mr + i, kk) as u8).wrapping_add(offset);
                 }
             }
         });
-        PackedActs { data, mr, k4 }
+        PackedActs { data, mr, k4, m, k, kernel }
     }
 
     fn panel(&self, p: usize) -> &[u8] {
@@ -205,10 +221,15 @@ impl Epilogue for I32Out {
 
 /// The int8 product x[m, k] . w^T handed to `epilogue` tile by tile (see `gemm_i8`).
 pub fn gemm_i8_with(kernel: Int8Kernel, x: &[i8], m: usize, w: &PackedI8Weights, epilogue: &dyn Epilogue) {
-    let (n, k) = (w.n, w.k);
-    assert_eq!(x.len(), m * k);
     assert!(kernel.is_supported(), "int8 kernel {} is not supported on this CPU", kernel.name());
-    let xp = PackedActs::new(x, m, k, kernel);
+    gemm_packed_with(&PackedActs::new(x, m, w.k, kernel), w, epilogue);
+}
+
+/// The int8 product of packed activations and packed weights, through `epilogue`.
+pub fn gemm_packed_with(xp: &PackedActs, w: &PackedI8Weights, epilogue: &dyn Epilogue) {
+    let (n, m, kernel) = (w.n, xp.m, xp.kernel);
+    assert_eq!(xp.k, w.k, "activations and weights disagree on k");
+    assert!(kernel.is_supported(), "int8 kernel {} is not supported on this CPU", kernel.name());
     (0..n.div_ceil(NC)).into_par_iter().for_each(|b| {
         let n0 = b * NC;
         let panels = (NC.min(n - n0)).div_ceil(NR);

@@ -278,8 +278,7 @@ struct CpuInt8<'a, 'm> {
 impl CpuInt8<'_, '_> {
     fn run(&self, layer: usize, part: Part, input: &[f32], m: usize, outputs: &mut [&mut [f32]]) -> Result<()> {
         let (linears, scale, residual) = self.npu.layers[layer].part(part);
-        let mut xq = Vec::new();
-        run_w8a8(self.npu.accel.kernel, input, m, scale, linears, residual, &mut xq, outputs);
+        run_w8a8(self.npu.accel.kernel, input, m, scale, linears, residual, outputs);
         Ok(())
     }
 }
