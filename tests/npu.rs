@@ -1,6 +1,8 @@
 //! The npu backend (W8A8 linear layers on the CPU reference accelerator, chunked prefill, CPU
 //! int8 decode) against the float reference and against itself.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use llm_npu::backend::Backend;
@@ -69,7 +71,7 @@ fn npu_chunking_does_not_change_the_logits() {
     let base = run(256, true);
     for (chunk, smaller) in [(32, false), (64, true), (300, false), (512, false)] {
         let other = run(chunk, smaller);
-        let d = base.iter().zip(&other).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        let d = common::max_abs_diff(&base, &other);
         assert!(d <= 1e-5, "chunk {chunk}: {d}");
     }
 }
@@ -89,7 +91,7 @@ fn npu_decode_on_the_cpu_matches_its_prefill() {
     npu.forward(&tokens[..20], &mut cache, Logits::Last).unwrap();
     for (i, &t) in tokens.iter().enumerate().skip(20) {
         let l = npu.forward(&[t], &mut cache, Logits::Last).unwrap();
-        let d = l.iter().zip(&all[i * vocab..(i + 1) * vocab]).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        let d = common::max_abs_diff(&l, &all[i * vocab..(i + 1) * vocab]);
         assert!(d <= 1e-4, "position {i}: {d}");
     }
 }
@@ -158,7 +160,7 @@ fn npu_matches_the_pytorch_fake_quant_reference() {
         let tokens = ids(name, "short_ids");
         let q = npu.forward(&tokens, &mut m.new_cache(tokens.len()), Logits::All).unwrap();
         let (_, reference) = llm_npu::npy::read_f32(&fixture(name).join("ref_fakequant_short.npy")).unwrap();
-        let d = q.iter().zip(&reference).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        let d = common::max_abs_diff(&q, &reference);
         eprintln!("{name}: max |npu - fake-quant reference| = {d:.2e}");
         assert!(d <= 1e-3, "{name}: {d}");
     }

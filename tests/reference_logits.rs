@@ -2,6 +2,8 @@
 //! logits of every position within 1e-4 and identical greedy continuations, for HF folders (both
 //! config layouts) and GGUF files (f32 with llama.cpp's Q/K permutation, f16, q8_0).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use llm_npu::generate::{generate, GenerateOptions};
@@ -29,7 +31,7 @@ fn max_abs_diff(ours: &[f32], reference: &Path, rows: usize) -> f32 {
     let (shape, want) = npy::read_f32(reference).unwrap();
     assert_eq!(shape[0], rows, "{}", reference.display());
     assert_eq!(ours.len(), want.len(), "{}", reference.display());
-    ours.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max)
+    common::max_abs_diff(&ours, &want)
 }
 
 fn all_logits(path: &Path, tokens: &[u32]) -> Vec<f32> {
@@ -119,7 +121,7 @@ fn last_position_logits_equal_the_last_row_of_all_positions() {
     let last = loaded.model.forward(&tokens, &mut cache, Logits::Last).unwrap();
     let vocab = loaded.model.config.vocab_size;
     assert_eq!(last.len(), vocab);
-    let d = last.iter().zip(&all[all.len() - vocab..]).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+    let d = common::max_abs_diff(&last, &all[all.len() - vocab..]);
     assert!(d <= 1e-5, "{d}");
 }
 
@@ -136,7 +138,7 @@ fn incremental_decode_matches_one_batch() {
     loaded.model.forward(&tokens[..half], &mut cache, Logits::Last).unwrap();
     for (i, &t) in tokens.iter().enumerate().skip(half) {
         let l = loaded.model.forward(&[t], &mut cache, Logits::Last).unwrap();
-        let d = l.iter().zip(&all[i * vocab..(i + 1) * vocab]).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        let d = common::max_abs_diff(&l, &all[i * vocab..(i + 1) * vocab]);
         assert!(d <= 1e-5, "position {i}: {d}");
     }
 }
@@ -186,12 +188,12 @@ fn chunked_f32_prefill_reproduces_the_unchunked_logits() {
         for chunk in [1, 7, 64, 256, 300] {
             let mut cache = loaded.model.new_cache(tokens.len());
             let chunked = llm_npu::prefill::prefill_chunked(&loaded.model, &tokens, &mut cache, chunk, Logits::All).unwrap();
-            let d = chunked.iter().zip(&whole).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+            let d = common::max_abs_diff(&chunked, &whole);
             assert!(d <= 1e-5, "{name} chunk {chunk}: {d}");
             let mut cache = loaded.model.new_cache(tokens.len());
             let last = llm_npu::prefill::prefill_chunked(&loaded.model, &tokens, &mut cache, chunk, Logits::Last).unwrap();
             let vocab = loaded.model.config.vocab_size;
-            let d = last.iter().zip(&whole[whole.len() - vocab..]).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+            let d = common::max_abs_diff(&last, &whole[whole.len() - vocab..]);
             assert!(d <= 1e-5, "{name} chunk {chunk} last: {d}");
         }
     }

@@ -30,7 +30,7 @@ fn gguf_v1_and_llama2c_give_the_same_logits() {
     let mut c2 = bin.model.new_cache(tokens.len());
     let a = gguf.model.forward(&tokens, &mut c1, Logits::All).unwrap();
     let b = bin.model.forward(&tokens, &mut c2, Logits::All).unwrap();
-    let d = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+    let d = common::max_abs_diff(&a, &b);
     assert!(d <= 1e-5, "max diff {d}");
 }
 
