@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use llm_npu::backend::Backend;
 use llm_npu::calibrate::{self, Calibration};
-use llm_npu::model::{self, LoadOptions, Logits};
+use llm_npu::model::{self, LoadOptions, Logits, Transformer};
 use llm_npu::npu::{NpuModel, NpuOptions};
 
 const MODELS: [&str; 3] = ["llama-gqa", "llama-mha-tied-llama3rope", "qwen2-bias-tied"];
@@ -23,6 +23,15 @@ fn ids(name: &str, key: &str) -> Vec<u32> {
 
 fn calibration(name: &str) -> Calibration {
     Calibration::load(&calibrate::default_path(&fixture(name))).unwrap()
+}
+
+fn load(name: &str) -> model::LoadedModel {
+    model::load(&fixture(name), &LoadOptions::default()).unwrap()
+}
+
+/// The npu backend over a fixture, with its committed calibration.
+fn npu<'m>(m: &'m Transformer, name: &str, opts: NpuOptions) -> NpuModel<'m> {
+    NpuModel::new(m, &calibration(name), opts, &|| {}).unwrap()
 }
 
 /// Mean over positions of the cosine similarity of two [rows][vocab] logit sets.
@@ -43,9 +52,9 @@ fn mean_cosine(a: &[f32], b: &[f32], vocab: usize) -> f64 {
 #[test]
 fn npu_logits_stay_close_to_float_on_the_fixtures() {
     for name in MODELS {
-        let loaded = model::load(&fixture(name), &LoadOptions::default()).unwrap();
+        let loaded = load(name);
         let m = &loaded.model;
-        let npu = NpuModel::new(m, &calibration(name), NpuOptions::default(), &|| {}).unwrap();
+        let npu = npu(m, name, NpuOptions::default());
         let tokens = ids(name, "short_ids");
         let q = npu.forward(&tokens, &mut m.new_cache(tokens.len()), Logits::All).unwrap();
         let (_, reference) = llm_npu::npy::read_f32(&fixture(name).join("ref_logits_short.npy")).unwrap();
@@ -60,12 +69,12 @@ fn npu_chunking_does_not_change_the_logits() {
     // Static scales make every row's quantization independent of the others, so chunk size and
     // padding must not matter (up to float summation order in attention: none here).
     let name = "qwen2-bias-tied";
-    let loaded = model::load(&fixture(name), &LoadOptions::default()).unwrap();
+    let loaded = load(name);
     let m = &loaded.model;
     let tokens = ids(name, "long_ids");
     let run = |chunk: usize, smaller: bool| {
         let opts = NpuOptions { chunk_size: chunk, smaller_chunks: smaller, ..Default::default() };
-        let npu = NpuModel::new(m, &calibration(name), opts, &|| {}).unwrap();
+        let npu = npu(m, name, opts);
         npu.forward(&tokens, &mut m.new_cache(tokens.len()), Logits::All).unwrap()
     };
     let base = run(256, true);
@@ -81,9 +90,9 @@ fn npu_decode_on_the_cpu_matches_its_prefill() {
     // Decode runs the same W8A8 op on the CPU from the same int8 weights: feeding tokens one by
     // one must reproduce the chunked prefill's logits.
     let name = "llama-gqa";
-    let loaded = model::load(&fixture(name), &LoadOptions::default()).unwrap();
+    let loaded = load(name);
     let m = &loaded.model;
-    let npu = NpuModel::new(m, &calibration(name), NpuOptions::default(), &|| {}).unwrap();
+    let npu = npu(m, name, NpuOptions::default());
     let tokens = ids(name, "short_ids");
     let all = npu.forward(&tokens, &mut m.new_cache(tokens.len()), Logits::All).unwrap();
     let vocab = m.config.vocab_size;
@@ -99,10 +108,10 @@ fn npu_decode_on_the_cpu_matches_its_prefill() {
 #[test]
 fn graphs_are_compiled_once_per_layer_part_and_size_and_then_shared() {
     let name = "llama-gqa";
-    let loaded = model::load(&fixture(name), &LoadOptions::default()).unwrap();
+    let loaded = load(name);
     let m = &loaded.model;
     let opts = NpuOptions { chunk_size: 64, smaller_chunks: true, ..Default::default() };
-    let npu = NpuModel::new(m, &calibration(name), opts, &|| {}).unwrap();
+    let npu = npu(m, name, opts);
     assert_eq!(npu.chunk_sizes, vec![64, 32]);
     assert_eq!(npu.plan_chunks(300), vec![(64, 64), (64, 64), (64, 64), (64, 64), (32, 32), (12, 32)]);
     assert_eq!(npu.plan_chunks(64), vec![(64, 64)]);
@@ -122,7 +131,7 @@ fn graphs_are_compiled_once_per_layer_part_and_size_and_then_shared() {
 
 #[test]
 fn a_calibration_for_another_model_is_refused() {
-    let loaded = model::load(&fixture("llama-gqa"), &LoadOptions::default()).unwrap();
+    let loaded = load("llama-gqa");
     let mut cal = calibration("llama-gqa");
     cal.points.retain(|p| p.layer == 0);
     let err = cal.check_against(&loaded.model, Path::new("cal.json")).unwrap_err().to_string();
@@ -132,8 +141,8 @@ fn a_calibration_for_another_model_is_refused() {
 #[test]
 fn npu_generates_text_through_the_backend_trait() {
     let name = "llama-mha-tied-llama3rope";
-    let loaded = model::load(&fixture(name), &LoadOptions::default()).unwrap();
-    let npu = NpuModel::new(&loaded.model, &calibration(name), NpuOptions::default(), &|| {}).unwrap();
+    let loaded = load(name);
+    let npu = npu(&loaded.model, name, NpuOptions::default());
     let opts = llm_npu::generate::GenerateOptions {
         max_new_tokens: 10,
         sampling: llm_npu::sampling::SamplingParams { temperature: 0.0, ..Default::default() },
@@ -154,9 +163,9 @@ fn npu_matches_the_pytorch_fake_quant_reference() {
     // tools/oracle/fake_quant.py: the same W8A8 scheme (same calibration, scales, ties-to-even
     // rounding) in PyTorch on top of transformers' float model.
     for name in MODELS {
-        let loaded = model::load(&fixture(name), &LoadOptions::default()).unwrap();
+        let loaded = load(name);
         let m = &loaded.model;
-        let npu = NpuModel::new(m, &calibration(name), NpuOptions::default(), &|| {}).unwrap();
+        let npu = npu(m, name, NpuOptions::default());
         let tokens = ids(name, "short_ids");
         let q = npu.forward(&tokens, &mut m.new_cache(tokens.len()), Logits::All).unwrap();
         let (_, reference) = llm_npu::npy::read_f32(&fixture(name).join("ref_fakequant_short.npy")).unwrap();
