@@ -64,15 +64,16 @@ impl PackedActs {
 }
 
 /// y[m, n] = x[m, k] . w[n, k]^T with the best kernel for this CPU.
-pub fn gemm_nt(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, y: &mut [f32]) {
+/// With `accumulate`, y += x . w^T (a fused residual add).
+pub fn gemm_nt(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, y: &mut [f32], accumulate: bool) {
     match simd_level() {
-        SimdLevel::Avx512 => gemm_packed(&PackedActs::new(x, m, k), w, n, y),
-        SimdLevel::Portable => gemm_nt_portable(x, m, k, w, n, y),
+        SimdLevel::Avx512 => gemm_packed(&PackedActs::new(x, m, k), w, n, y, accumulate),
+        SimdLevel::Portable => gemm_nt_portable(x, m, k, w, n, y, accumulate),
     }
 }
 
 /// Portable reference: one dot product per output element, threads over weight rows.
-pub fn gemm_nt_portable(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, y: &mut [f32]) {
+pub fn gemm_nt_portable(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, y: &mut [f32], accumulate: bool) {
     assert_eq!(y.len(), m * n);
     let mut yt = vec![0f32; n * m];
     yt.par_chunks_mut(m).enumerate().for_each(|(r, col)| {
@@ -83,13 +84,14 @@ pub fn gemm_nt_portable(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, y: &
     });
     for r in 0..n {
         for c in 0..m {
-            y[c * n + r] = yt[r * m + c];
+            y[c * n + r] = if accumulate { y[c * n + r] + yt[r * m + c] } else { yt[r * m + c] };
         }
     }
 }
 
 /// y = x . w^T for already packed activations (lets several weights share one packing).
-pub fn gemm_packed(xp: &PackedActs, w: &[f32], n: usize, y: &mut [f32]) {
+/// y = x . w^T (or y += with `accumulate`) for already packed activations (lets several weights share one packing).
+pub fn gemm_packed(xp: &PackedActs, w: &[f32], n: usize, y: &mut [f32], accumulate: bool) {
     // The microkernel and packing below are AVX-512 code: never run them on another CPU.
     assert_eq!(simd_level(), SimdLevel::Avx512, "gemm_packed needs AVX-512; use gemm_nt");
     let (m, k) = (xp.m, xp.k);
@@ -99,7 +101,7 @@ pub fn gemm_packed(xp: &PackedActs, w: &[f32], n: usize, y: &mut [f32]) {
     (0..n.div_ceil(NC)).into_par_iter().for_each_init(Vec::new, |wpack: &mut Vec<f32>, b| {
         let n0 = b * NC;
         let rows = NC.min(n - n0);
-        block(xp, &w[n0 * k..(n0 + rows) * k], rows, wpack, y_out, n, n0);
+        block(xp, &w[n0 * k..(n0 + rows) * k], rows, wpack, y_out, n, n0, accumulate);
     });
 }
 
@@ -111,7 +113,8 @@ unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
 
 /// One task: `rows` weight rows (output columns n0..n0+rows of y) against all token panels.
-fn block(xp: &PackedActs, w: &[f32], rows: usize, wpack: &mut Vec<f32>, y: SharedOut, ldy: usize, n0: usize) {
+#[allow(clippy::too_many_arguments)]
+fn block(xp: &PackedActs, w: &[f32], rows: usize, wpack: &mut Vec<f32>, y: SharedOut, ldy: usize, n0: usize, accumulate: bool) {
     let (m, k) = (xp.m, xp.k);
     let micro = rows.div_ceil(NR);
     wpack.clear();
@@ -129,7 +132,7 @@ fn block(xp: &PackedActs, w: &[f32], rows: usize, wpack: &mut Vec<f32>, y: Share
                 // `cols` columns lie inside y and belong to this task; avx512f was detected.
                 unsafe {
                     let out = y.0.add(p * MR * ldy + n0 + j * NR);
-                    kernel_avx512(xpanel.as_ptr(), wt.as_ptr(), kc, out, ldy, tokens, cols, k0 > 0)
+                    kernel_avx512(xpanel.as_ptr(), wt.as_ptr(), kc, out, ldy, tokens, cols, accumulate || k0 > 0)
                 }
             }
         }
@@ -272,8 +275,8 @@ mod tests {
             let w = rand_vec(n * k, 100 + si as u64);
             let mut y_simd = vec![0f32; m * n];
             let mut y_ref = vec![0f32; m * n];
-            gemm_packed(&PackedActs::new(&x, m, k), &w, n, &mut y_simd);
-            gemm_nt_portable(&x, m, k, &w, n, &mut y_ref);
+            gemm_packed(&PackedActs::new(&x, m, k), &w, n, &mut y_simd, false);
+            gemm_nt_portable(&x, m, k, &w, n, &mut y_ref, false);
             for (a, b) in y_simd.iter().zip(&y_ref) {
                 assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "shape {m}x{k}x{n}: {a} vs {b}");
             }
@@ -290,7 +293,14 @@ mod tests {
             let mut y = vec![0f32; m * n];
             let mut y_ref = vec![0f32; m * n];
             crate::kernels::linear(&x, m, k, &w, n, &mut y);
-            gemm_nt_portable(&x, m, k, &w, n, &mut y_ref);
+            gemm_nt_portable(&x, m, k, &w, n, &mut y_ref, false);
+            // Accumulating adds the product to what y holds: the fused residual.
+            let mut z: Vec<f32> = y_ref.iter().map(|v| v * 0.5 - 1.0).collect();
+            let z0 = z.clone();
+            crate::kernels::linear_accumulate(&x, m, k, &w, n, &mut z);
+            for ((zi, z0i), yi) in z.iter().zip(&z0).zip(&y_ref) {
+                assert!((zi - (z0i + yi)).abs() <= 1e-4 * (1.0 + yi.abs()), "m={m} accumulate: {zi} vs {}", z0i + yi);
+            }
             for (a, b) in y.iter().zip(&y_ref) {
                 assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "m={m}: {a} vs {b}");
             }

@@ -8,7 +8,8 @@ use super::{simd_level, SimdLevel};
 /// Rows per parallel task: large enough to amortize scheduling, small enough to balance.
 const ROWS_PER_TASK: usize = 64;
 
-pub fn matvec(w: &[f32], n: usize, k: usize, x: &[f32], y: &mut [f32]) {
+/// With `accumulate`, y += W x instead of y = W x.
+pub fn matvec(w: &[f32], n: usize, k: usize, x: &[f32], y: &mut [f32], accumulate: bool) {
     assert_eq!(w.len(), n * k);
     assert_eq!(x.len(), k);
     assert_eq!(y.len(), n);
@@ -16,14 +17,15 @@ pub fn matvec(w: &[f32], n: usize, k: usize, x: &[f32], y: &mut [f32]) {
     y.par_chunks_mut(ROWS_PER_TASK).enumerate().for_each(|(t, ys)| {
         let r0 = t * ROWS_PER_TASK;
         for (i, yi) in ys.iter_mut().enumerate() {
-            *yi = dot_with(level, &w[(r0 + i) * k..(r0 + i + 1) * k], x);
+            let d = dot_with(level, &w[(r0 + i) * k..(r0 + i + 1) * k], x);
+            *yi = if accumulate { *yi + d } else { d };
         }
     });
 }
 
 /// y[i, r] = dot(w[r, :], x[i, :]) for a few token rows (m small): each weight row is read once
 /// and used for every token, which is what matters when weights stream from memory.
-pub fn matmul_few_rows(w: &[f32], n: usize, k: usize, x: &[f32], m: usize, y: &mut [f32]) {
+pub fn matmul_few_rows(w: &[f32], n: usize, k: usize, x: &[f32], m: usize, y: &mut [f32], accumulate: bool) {
     assert_eq!(w.len(), n * k);
     assert_eq!(x.len(), m * k);
     assert_eq!(y.len(), m * n);
@@ -40,7 +42,7 @@ pub fn matmul_few_rows(w: &[f32], n: usize, k: usize, x: &[f32], m: usize, y: &m
     });
     for (r, col) in yt.chunks_exact(m).enumerate() {
         for (i, &v) in col.iter().enumerate() {
-            y[i * n + r] = v;
+            y[i * n + r] = if accumulate { y[i * n + r] + v } else { v };
         }
     }
 }

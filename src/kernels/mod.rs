@@ -34,13 +34,22 @@ pub fn simd_level() -> SimdLevel {
 /// One row goes through the matrix-vector kernel, a few rows through its multi-row form (the
 /// weights are read once either way), more through the blocked GEMM.
 pub fn linear(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, y: &mut [f32]) {
+    linear_into(x, m, k, w, n, y, false)
+}
+
+/// y[m, n] += x . w^T: a linear layer whose output is added to the residual stream in place.
+pub fn linear_accumulate(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, y: &mut [f32]) {
+    linear_into(x, m, k, w, n, y, true)
+}
+
+fn linear_into(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, y: &mut [f32], accumulate: bool) {
     assert_eq!(x.len(), m * k);
     assert_eq!(w.len(), n * k);
     assert_eq!(y.len(), m * n);
     match m {
-        1 => matvec::matvec(w, n, k, x, y),
-        2..SMALL_BATCH => matvec::matmul_few_rows(w, n, k, x, m, y),
-        _ => gemm::gemm_nt(x, m, k, w, n, y),
+        1 => matvec::matvec(w, n, k, x, y, accumulate),
+        2..SMALL_BATCH => matvec::matmul_few_rows(w, n, k, x, m, y, accumulate),
+        _ => gemm::gemm_nt(x, m, k, w, n, y, accumulate),
     }
 }
 
@@ -56,7 +65,7 @@ pub fn linear_many(x: &[f32], m: usize, k: usize, ws: &[(&[f32], usize)], outs: 
     }
     let packed = gemm::PackedActs::new(x, m, k);
     for ((w, n), y) in ws.iter().zip(outs.iter_mut()) {
-        gemm::gemm_packed(&packed, w, *n, y);
+        gemm::gemm_packed(&packed, w, *n, y, false);
     }
 }
 

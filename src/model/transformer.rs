@@ -29,6 +29,14 @@ impl Linear {
         Linear::forward_many(&[self], x, m, &mut [y]);
     }
 
+    /// y += x W^T (+ b): the output added to the residual stream in place.
+    pub fn forward_accumulate(&self, x: &[f32], m: usize, y: &mut [f32]) {
+        kernels::linear_accumulate(x, m, self.in_features(), self.weight.data(), self.out_features(), y);
+        if let Some(b) = &self.bias {
+            ops::add_bias(y, b.data());
+        }
+    }
+
     /// Several layers on the same input, sharing the GEMM's packing of it.
     pub fn forward_many(layers: &[&Linear], x: &[f32], m: usize, outs: &mut [&mut [f32]]) {
         let ws: Vec<(&[f32], usize)> = layers.iter().map(|l| (l.weight.data(), l.out_features())).collect();
@@ -129,9 +137,7 @@ impl LinearExecutor for FloatLinears<'_> {
         Ok(())
     }
     fn o_proj_residual(&self, layer: usize, attn: &[f32], m: usize, x: &mut [f32]) -> Result<()> {
-        let mut o = vec![0f32; x.len()];
-        self.0.layers[layer].self_attn.o_proj.forward(attn, m, &mut o);
-        ops::add_in_place(x, &o);
+        self.0.layers[layer].self_attn.o_proj.forward_accumulate(attn, m, x);
         Ok(())
     }
     fn gate_up(&self, layer: usize, h: &[f32], m: usize, gate: &mut [f32], up: &mut [f32]) -> Result<()> {
@@ -140,9 +146,7 @@ impl LinearExecutor for FloatLinears<'_> {
         Ok(())
     }
     fn down_residual(&self, layer: usize, act: &[f32], m: usize, x: &mut [f32]) -> Result<()> {
-        let mut o = vec![0f32; x.len()];
-        self.0.layers[layer].mlp.down_proj.forward(act, m, &mut o);
-        ops::add_in_place(x, &o);
+        self.0.layers[layer].mlp.down_proj.forward_accumulate(act, m, x);
         Ok(())
     }
 }
