@@ -148,10 +148,21 @@ fn load_or_make_calibration(loaded: &LoadedModel, args: &ModelArgs) -> Result<Ca
         }
         None => {
             eprintln!("warning: no calibration file for this model: calibrating on 512 random tokens (run `llm-npu calibrate` on representative text for better accuracy)");
-            let tokens = random_tokens(loaded.model.config.vocab_size, 512, 0);
-            Calibration::run(&loaded.model, &tokens, 512, "random tokens, seed 0".into(), &|_, _| {})?
+            quick_calibration(&loaded.model, 0)?
         }
     };
+    Ok(cal)
+}
+
+/// Calibration on 512 random tokens, with a progress bar (two float passes over them).
+fn quick_calibration(model: &llm_npu::model::Transformer, seed: u64) -> Result<Calibration> {
+    let tokens = random_tokens(model.config.vocab_size, 512, seed);
+    let bar = progress_bar(0, "calibrating {bar:30} {pos}/{len} passes {elapsed}");
+    let cal = Calibration::run(model, &tokens, 512, format!("random tokens, seed {seed}"), &|done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    })?;
+    bar.finish_and_clear();
     Ok(cal)
 }
 
@@ -735,8 +746,7 @@ fn cmd_demo(a: DemoArgs) -> Result<()> {
     let cal_path = calibrate::default_path(&dir);
     if !cal_path.exists() {
         eprintln!("calibrating the npu backend on 512 random tokens (once)");
-        let tokens = random_tokens(loaded.model.config.vocab_size, 512, 1);
-        Calibration::run(&loaded.model, &tokens, 512, "random tokens, seed 1".into(), &|_, _| {})?.save(&cal_path)?;
+        quick_calibration(&loaded.model, 1)?.save(&cal_path)?;
     }
     let f32_engine = make_engine(&loaded, &args, Backend::F32)?;
     let npu_engine = make_engine(&loaded, &args, Backend::Npu)?;
