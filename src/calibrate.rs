@@ -58,8 +58,11 @@ impl Calibration {
     /// Calibrates on `tokens`, run in windows of at most `window` tokens. `progress(done, total)`
     /// counts windows over both passes.
     pub fn run(model: &Transformer, tokens: &[u32], window: usize, source: String, progress: &dyn Fn(usize, usize)) -> Result<Self> {
-        if tokens.len() < 2 || window == 0 {
+        if tokens.len() < 2 {
             return Err(Error::Input("calibration needs at least 2 tokens".into()));
+        }
+        if window == 0 {
+            return Err(Error::Input("--window must be at least 1".into()));
         }
         let windows: Vec<&[u32]> = tokens.chunks(window.min(model.config.max_seq_len)).collect();
         let total = 2 * windows.len();
@@ -73,6 +76,12 @@ impl Calibration {
         for (i, w) in windows.iter().enumerate() {
             model.forward_observed(w, &mut model.new_cache(w.len()), Logits::Last, Some(&mut counter))?;
             progress(windows.len() + i + 1, total);
+        }
+        for (key, (point, ps)) in &stats.points {
+            let (max, p999) = (ps.max_abs(), counter.thresholds[key]);
+            if !max.is_finite() || !p999.is_finite() {
+                return Err(Error::Input(format!("layer {} {}: activations are not finite (max {max}, p99.9 {p999}); the model overflows in f32", key.0, point.name())));
+            }
         }
         let points = stats
             .points
@@ -103,13 +112,27 @@ impl Calibration {
         Ok(c)
     }
 
-    /// Checks that the file covers every layer and input of `model`.
+    /// Checks that the file covers every layer and input of `model`, with that input's width
+    /// and usable values.
     pub fn check_against(&self, model: &Transformer, path: &Path) -> Result<()> {
         let index = self.index();
-        for layer in 0..model.config.num_layers {
+        let c = &model.config;
+        for layer in 0..c.num_layers {
             for point in LinearInput::ALL {
-                if !index.contains_key(&(layer, point.name())) {
-                    return Err(Error::field(path, format!("layer {layer} {}", point.name()), "missing: the calibration is for another model"));
+                let field = || format!("layer {layer} {}", point.name());
+                let Some(p) = index.get(&(layer, point.name())) else {
+                    return Err(Error::field(path, field(), "missing: the calibration is for another model"));
+                };
+                let width = match point {
+                    LinearInput::Attn | LinearInput::Ffn => c.hidden_size,
+                    LinearInput::O => c.q_dim(),
+                    LinearInput::Down => c.intermediate_size,
+                };
+                if p.channel_max.len() != width || p.outlier_counts.len() != width {
+                    return Err(Error::field(path, field(), format!("{} channels, the model has {width}: the calibration is for another model", p.channel_max.len())));
+                }
+                if !(p.max_abs.is_finite() && p.max_abs >= 1e-30 && p.p999.is_finite() && p.p999 >= 0.0) {
+                    return Err(Error::field(path, field(), format!("unusable values (max {}, p99.9 {})", p.max_abs, p.p999)));
                 }
             }
         }

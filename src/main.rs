@@ -104,8 +104,8 @@ fn make_engine<'m>(loaded: &'m LoadedModel, args: &ModelArgs, backend: Backend) 
     let model = &loaded.model;
     match backend {
         Backend::F32 => {
-            if args.calibration.is_some() || args.per_channel_weights {
-                bail!("--calibration and --per-channel-weights apply to --backend npu");
+            if args.calibration.is_some() || args.per_channel_weights || args.no_smaller_chunks {
+                bail!("--calibration, --per-channel-weights and --no-smaller-chunks apply to --backend npu");
             }
             Ok(Engine::F32(F32Backend { model, chunk: args.chunk_size }))
         }
@@ -641,15 +641,11 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
     init_threads(a.model.threads)?;
     let loaded = load_model(&a.model)?;
     let m = &loaded.model;
-    let engine = make_engine(&loaded, &a.model, a.model.backend)?;
-    // The reference uses the same options, except that f32 takes no npu settings.
-    let reference = if a.ref_backend == a.model.backend {
-        None
-    } else {
-        let ref_args = ModelArgs { calibration: None, per_channel_weights: false, chunk_size: None, ..a.model.clone() };
-        let ref_args = if a.ref_backend == Backend::Npu { a.model.clone() } else { ref_args };
-        Some(make_engine(&loaded, &ref_args, a.ref_backend)?)
-    };
+    // The npu options go to whichever side is npu; the f32 side takes none of them.
+    let f32_args = ModelArgs { calibration: None, per_channel_weights: false, no_smaller_chunks: false, chunk_size: None, ..a.model.clone() };
+    let args_for = |b: Backend| if b == Backend::Npu { &a.model } else { &f32_args };
+    let engine = make_engine(&loaded, args_for(a.model.backend), a.model.backend)?;
+    let reference = if a.ref_backend == a.model.backend { None } else { Some(make_engine(&loaded, args_for(a.ref_backend), a.ref_backend)?) };
     let tokens = load_tokens(&loaded, &a.tokens, 2048)?;
     let ctx = a.ctx.unwrap_or(512).min(m.config.max_seq_len);
     if ctx < 2 {
@@ -668,6 +664,10 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
         bar.inc(1);
     }
     bar.finish_and_clear();
+    engine.report(a.model.verbose);
+    if let Some(r) = &reference {
+        r.report(a.model.verbose);
+    }
     let r = acc.report()?;
     if a.json {
         let mut v = serde_json::to_value(&r)?;
@@ -795,6 +795,10 @@ fn cmd_demo(a: DemoArgs) -> Result<()> {
 }
 
 fn cmd_calibrate(a: CalibrateArgs) -> Result<()> {
+    let m = &a.model;
+    if m.backend != Backend::F32 || m.chunk_size.is_some() || m.calibration.is_some() || m.per_channel_weights || m.no_smaller_chunks {
+        bail!("calibrate runs the f32 model and takes no backend options; the output file is --out");
+    }
     init_threads(a.model.threads)?;
     let loaded = load_model(&a.model)?;
     let tokens = load_tokens(&loaded, &a.tokens, 2048)?;

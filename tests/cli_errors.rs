@@ -192,3 +192,34 @@ fn inspect_token_options_need_activation_stats() {
     let e = expect_error(&["inspect", "-m", m.to_str().unwrap(), "--random-tokens", "10"]);
     assert!(e.contains("--activation-stats"), "{e}");
 }
+
+#[test]
+fn a_huge_npu_chunk_size_is_capped_at_the_context() {
+    let m = fixtures().join("llama-gqa");
+    let out = out_path("chunk");
+    let o = Command::new(env!("CARGO_BIN_EXE_llm-npu"))
+        .args(["logits", "-m", m.to_str().unwrap(), "--token-ids", "1,2,3", "--out", &out, "--backend", "npu", "--chunk-size", "18446744073709551615", "--no-smaller-chunks", "-v"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("chunk sizes [512]"), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn calibrate_refuses_backend_options() {
+    let m = fixtures().join("llama-gqa");
+    let e = expect_error(&["calibrate", "-m", m.to_str().unwrap(), "--calibration", "x.json"]);
+    assert!(e.contains("--out"), "{e}");
+}
+
+#[test]
+fn a_calibration_for_a_model_of_another_width_is_refused() {
+    // Same layer count but one input one channel narrower: the file does not fit this model.
+    let m = fixtures().join("llama-gqa");
+    let mut cal: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(m.join("llm-npu-calibration.json")).unwrap()).unwrap();
+    cal["points"][0]["channel_max"].as_array_mut().unwrap().pop();
+    let p = tempdir("cal").join("cal.json");
+    std::fs::write(&p, cal.to_string()).unwrap();
+    let e = expect_error(&["logits", "-m", m.to_str().unwrap(), "--token-ids", "1", "--out", &out_path("cal"), "--backend", "npu", "--calibration", p.to_str().unwrap()]);
+    assert!(e.contains("cal.json") && e.contains("layer 0 attn_in") && e.contains("another model"), "{e}");
+}

@@ -84,8 +84,13 @@ pub fn best_kernel() -> Int8Kernel {
     static K: OnceLock<Int8Kernel> = OnceLock::new();
     *K.get_or_init(|| {
         if let Ok(name) = std::env::var("LLM_NPU_INT8") {
-            if let Some(k) = Int8Kernel::ALL.into_iter().find(|k| k.name() == name && k.is_supported()) {
-                return k;
+            match Int8Kernel::ALL.into_iter().find(|k| k.name() == name) {
+                Some(k) if k.is_supported() => return k,
+                Some(_) => eprintln!("warning: LLM_NPU_INT8={name}: not supported on this CPU; using the best supported kernel"),
+                None => eprintln!(
+                    "warning: LLM_NPU_INT8={name}: unknown kernel (known: {}); using the best supported kernel",
+                    Int8Kernel::ALL.map(|k| k.name()).join(", ")
+                ),
             }
         }
         Int8Kernel::ALL.into_iter().rev().find(|k| k.is_supported()).unwrap_or(Int8Kernel::Portable)

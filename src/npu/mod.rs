@@ -124,9 +124,11 @@ impl<'m> NpuModel<'m> {
         let head = &model.lm_head;
         let lm_head = QuantLinear::new(head.weight.data(), head.out_features(), head.in_features(), None, WeightGranularity::PerChannel);
         weight_bytes += lm_head.weights.memory_bytes();
-        let mut chunk_sizes = vec![opts.chunk_size];
+        // No chunk can hold more tokens than the context; a larger size would only pad.
+        let chunk_size = opts.chunk_size.min(model.config.max_seq_len);
+        let mut chunk_sizes = vec![chunk_size];
         if opts.smaller_chunks {
-            let mut s = opts.chunk_size / 2;
+            let mut s = chunk_size / 2;
             while s >= MIN_CHUNK {
                 chunk_sizes.push(s);
                 s /= 2;
