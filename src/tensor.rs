@@ -78,11 +78,6 @@ impl Tensor {
         &self.data()[i * cols..(i + 1) * cols]
     }
 
-    /// A copy with a new shape of the same element count.
-    pub fn reshaped(&self, shape: Vec<usize>) -> Self {
-        assert_eq!(shape.iter().product::<usize>(), self.len());
-        Tensor { shape, storage: self.storage.clone() }
-    }
 }
 
 impl fmt::Debug for Tensor {

@@ -47,12 +47,6 @@ pub fn matmul_few_rows(w: &[f32], n: usize, k: usize, x: &[f32], m: usize, y: &m
     }
 }
 
-/// Dot product with the best available kernel.
-#[inline]
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    dot_with(simd_level(), a, b)
-}
-
 #[inline]
 fn dot_with(level: SimdLevel, a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());

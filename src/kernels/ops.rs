@@ -69,14 +69,6 @@ fn silu_mul_generic(gate: &mut [f32], up: &[f32]) {
     }
 }
 
-pub fn add_in_place(x: &mut [f32], y: &[f32]) {
-    x.par_chunks_mut(PAR_MIN_ELEMS).zip(y.par_chunks(PAR_MIN_ELEMS)).for_each(|(xs, ys)| {
-        for (a, &b) in xs.iter_mut().zip(ys) {
-            *a += b;
-        }
-    });
-}
-
 /// Adds `bias` to every row of `x`.
 pub fn add_bias(x: &mut [f32], bias: &[f32]) {
     for row in x.chunks_exact_mut(bias.len()) {

@@ -57,11 +57,6 @@ impl KvCache {
         self.stride
     }
 
-    /// Forgets everything (the buffers are kept for the next sequence).
-    pub fn clear(&mut self) {
-        self.len = 0;
-    }
-
     /// Writes rows of k/v ([tokens][n_kv_heads * head_dim]) for positions pos0.. of `layer`.
     pub fn append(&mut self, layer: usize, pos0: usize, k: &[f32], v: &[f32]) {
         let (hd, cap, row) = (self.head_dim, self.stride, self.n_kv_heads * self.head_dim);
