@@ -17,6 +17,7 @@ pub mod npy;
 pub mod prefill;
 pub mod quant;
 pub mod sampling;
+pub mod shadow;
 pub mod stats;
 pub mod synth;
 pub mod tokenizer;

@@ -13,6 +13,7 @@ use llm_npu::bench::{self, BenchResult, TestKind};
 use llm_npu::calibrate::{self, Calibration};
 use llm_npu::npu::{NpuModel, NpuOptions};
 use llm_npu::quant::WeightGranularity;
+use llm_npu::shadow::{ScaleRule, ShadowOptions, ShadowPlan};
 use llm_npu::eval::EvalAccumulator;
 use llm_npu::generate::{generate, GenerateOptions};
 use llm_npu::model::{self, LoadOptions, LoadedModel, Logits};
@@ -95,6 +96,19 @@ impl Engine<'_> {
                 s.reused,
                 n.chunk_sizes
             );
+            let work = n.shadow_work();
+            let total = work.iter().fold(llm_npu::shadow::ShadowWork::default(), |mut a, &w| {
+                a += w;
+                a
+            });
+            eprintln!(
+                "npu: shadow work: {} outliers computed in float ({} from cold channels read on demand, {} clipped by --shadow-hot-only) in {} graph runs; per layer: [{}]",
+                total.outliers,
+                total.cold,
+                total.dropped,
+                total.calls,
+                work.iter().map(|w| w.outliers.to_string()).collect::<Vec<_>>().join(", ")
+            );
         }
     }
 }
@@ -104,8 +118,8 @@ fn make_engine<'m>(loaded: &'m LoadedModel, args: &ModelArgs, backend: Backend) 
     let model = &loaded.model;
     match backend {
         Backend::F32 => {
-            if args.calibration.is_some() || args.per_channel_weights || args.no_smaller_chunks {
-                bail!("--calibration, --per-channel-weights and --no-smaller-chunks apply to --backend npu");
+            if args.npu != NpuArgs::default() {
+                bail!("--calibration, --per-tensor-weights, --no-smaller-chunks and the shadow options apply to --backend npu");
             }
             Ok(Engine::F32(F32Backend { model, chunk: args.chunk_size }))
         }
@@ -113,8 +127,9 @@ fn make_engine<'m>(loaded: &'m LoadedModel, args: &ModelArgs, backend: Backend) 
             let cal = load_or_make_calibration(loaded, args)?;
             let opts = NpuOptions {
                 chunk_size: args.chunk_size.unwrap_or(NpuOptions::default().chunk_size),
-                smaller_chunks: !args.no_smaller_chunks,
-                weights: if args.per_channel_weights { WeightGranularity::PerChannel } else { WeightGranularity::PerTensor },
+                smaller_chunks: !args.npu.no_smaller_chunks,
+                weights: if args.npu.per_tensor_weights { WeightGranularity::PerTensor } else { WeightGranularity::PerChannel },
+                shadow: args.npu.shadow()?,
             };
             let bar = progress_bar(model.layers.len() as u64, "quantizing {bar:30} {pos}/{len} layers {elapsed}");
             let t0 = Instant::now();
@@ -122,21 +137,43 @@ fn make_engine<'m>(loaded: &'m LoadedModel, args: &ModelArgs, backend: Backend) 
             bar.finish_and_clear();
             eprintln!(
                 "npu: {} int8 weights ({:.2} GiB, {}) quantized in {:.2} s; {}",
-                if args.per_channel_weights { "per-channel" } else { "per-tensor" },
+                if args.npu.per_tensor_weights { "per-tensor" } else { "per-channel" },
                 npu.weight_bytes as f64 / (1u64 << 30) as f64,
                 npu.accel.name(),
                 t0.elapsed().as_secs_f64(),
                 "attention and norms run in f32 on the CPU, the LM head in int8"
             );
+            eprintln!("npu: {}", shadow_summary(&npu));
             Ok(Engine::Npu(Box::new(npu)))
         }
     }
 }
 
+/// One line: which inputs run shadow work and what the hot columns cost.
+fn shadow_summary(npu: &NpuModel) -> String {
+    let plan = &npu.shadow_plan;
+    if !plan.options.enabled {
+        return "shadow outlier execution off (--no-shadow): every input quantized with its max scale".into();
+    }
+    let inputs = plan.shadow_points().count();
+    let layers = plan.layers.iter().filter(|l| l.kept).count();
+    let (resident, all) = npu.shadow_memory();
+    format!(
+        "shadow outlier execution on {inputs} of {} linear inputs in {layers} of {} layers (--shadow-keep {}, --shadow-ratio {}{}); hot weight columns resident: {:.2} MiB (all columns of those inputs: {:.1} MiB)",
+        4 * plan.layers.len(),
+        plan.layers.len(),
+        plan.options.keep,
+        plan.options.min_ratio,
+        if plan.options.hot_only { ", hot channels only" } else { "" },
+        resident as f64 / (1 << 20) as f64,
+        all as f64 / (1 << 20) as f64
+    )
+}
+
 /// --calibration, else the file beside the model, else a quick calibration on random tokens.
 fn load_or_make_calibration(loaded: &LoadedModel, args: &ModelArgs) -> Result<Calibration> {
     let beside = calibrate::default_path(&args.model);
-    let path = args.calibration.clone().or_else(|| beside.exists().then_some(beside));
+    let path = args.npu.calibration.clone().or_else(|| beside.exists().then_some(beside));
     let cal = match path {
         Some(p) => {
             let c = Calibration::load(&p)?;
@@ -189,19 +226,58 @@ struct ModelArgs {
     /// the same way [default: 256 for npu, whole prompt for f32]
     #[arg(long)]
     chunk_size: Option<usize>,
-    /// npu: calibration file from `llm-npu calibrate` [default: the one beside the model, else a
-    /// quick calibration on random tokens]
-    #[arg(long)]
-    calibration: Option<PathBuf>,
-    /// npu: quantize weights per output channel instead of per tensor
-    #[arg(long)]
-    per_channel_weights: bool,
-    /// npu: compile only --chunk-size graphs, not its halvings
-    #[arg(long)]
-    no_smaller_chunks: bool,
+    #[command(flatten)]
+    npu: NpuArgs,
     /// Print what the backend does (graphs compiled and reused)
     #[arg(short, long)]
     verbose: bool,
+}
+
+/// Options of the npu backend only (the f32 backend refuses them).
+#[derive(Args, Clone, Default, PartialEq)]
+struct NpuArgs {
+    /// npu: calibration file from `llm-npu calibrate` [default: the one beside the model, else a
+    /// quick calibration on random tokens]; with `inspect`, print what the npu backend makes of it
+    #[arg(long)]
+    calibration: Option<PathBuf>,
+    /// npu: one int8 scale per weight tensor (the paper's scheme) instead of one per output
+    /// channel; per-channel is the default: it costs nothing on the accelerator (one scale per
+    /// output column in the epilogue) and is far more accurate (README, "npu accuracy")
+    #[arg(long)]
+    per_tensor_weights: bool,
+    /// npu: compile only --chunk-size graphs, not its halvings
+    #[arg(long)]
+    no_smaller_chunks: bool,
+    /// npu: no shadow outlier execution; every input gets its max scale (for ablations)
+    #[arg(long)]
+    no_shadow: bool,
+    /// npu: fraction of layers, most important first, that keep shadow work [default: 1.0]
+    #[arg(long, value_name = "FRACTION")]
+    shadow_keep: Option<f32>,
+    /// npu: shadow an input only when its max |x| exceeds this many times its p99.9 [default: 2]
+    #[arg(long, value_name = "RATIO")]
+    shadow_ratio: Option<f32>,
+    /// npu: shadow work only for the hot channels; other outliers are clipped (for ablations)
+    #[arg(long)]
+    shadow_hot_only: bool,
+}
+
+impl NpuArgs {
+    fn shadow(&self) -> Result<ShadowOptions> {
+        let d = ShadowOptions::default();
+        if self.no_shadow && (self.shadow_keep.is_some() || self.shadow_ratio.is_some() || self.shadow_hot_only) {
+            bail!("--no-shadow turns shadow execution off; drop the other --shadow-* options");
+        }
+        let o = ShadowOptions {
+            enabled: !self.no_shadow,
+            keep: self.shadow_keep.unwrap_or(d.keep),
+            min_ratio: self.shadow_ratio.unwrap_or(d.min_ratio),
+            hot_only: self.shadow_hot_only,
+            ..d
+        };
+        o.validate()?;
+        Ok(o)
+    }
 }
 
 #[derive(Args)]
@@ -531,6 +607,9 @@ fn cmd_inspect(a: InspectArgs) -> Result<()> {
             println!("  {name:50} {dtype:5} {shape:?}");
         }
     }
+    if let Some(path) = &a.model.npu.calibration {
+        print_shadow_plan(&loaded, path, &a.model.npu)?;
+    }
     if a.activation_stats {
         init_threads(a.model.threads)?;
         let tokens = load_tokens(&loaded, &a.tokens, 256)?;
@@ -547,6 +626,54 @@ fn cmd_inspect(a: InspectArgs) -> Result<()> {
             let shown: Vec<String> = outliers.iter().take(16).map(|c| c.to_string()).collect();
             let more = if outliers.len() > 16 { format!(" ... (+{})", outliers.len() - 16) } else { String::new() };
             println!("{layer:>5}  {:8}  {max:>10.3}  {p999:>10.3}  {:>8.1}  {}: [{}{more}]", point.name(), max / p999.max(1e-12), outliers.len(), shown.join(", "));
+        }
+    }
+    Ok(())
+}
+
+/// `inspect --calibration`: per layer, what the npu backend makes of the calibration file.
+fn print_shadow_plan(loaded: &LoadedModel, path: &Path, npu: &NpuArgs) -> Result<()> {
+    let cal = Calibration::load(path)?;
+    cal.check_against(&loaded.model, path)?;
+    let plan = ShadowPlan::new(&cal, &loaded.model.config, npu.shadow()?)?;
+    let o = &plan.options;
+    println!("\nnpu plan from {} ({}, {} tokens)", path.display(), cal.source, cal.tokens);
+    println!(
+        "rules: shadow {}; --shadow-keep {} of the layers, ranked by importance (largest max|x|/p99.9 of their inputs); an input is shadowed when max|x| > {} x p99.9;",
+        if o.enabled { "on" } else { "off" },
+        o.keep,
+        o.min_ratio
+    );
+    println!(
+        "       its clip point is the p99.9, raised where needed so that every channel beyond it in calibration is hot (at most {:.0}% of the channels, or {} KiB of columns)",
+        o.hot_fraction * 100.0,
+        o.hot_min_bytes >> 10
+    );
+    println!(
+        "{:>5}  {:>10}  {:4}  {:8}  {:9}  {:>9}  {:>9}  {:>9}  {:>8}  {:>7}  hot set: channels, share of calibration elements beyond p99.9, largest first",
+        "layer", "importance", "kept", "input", "rule", "max", "p99.9", "clip", "max/p999", "outl.ch"
+    );
+    for (l, lp) in plan.layers.iter().enumerate() {
+        for p in &lp.points {
+            let (rule, hot) = match p.rule {
+                ScaleRule::P999Shadow => {
+                    let shown: Vec<String> = p.hot.iter().take(8).map(|c| c.to_string()).collect();
+                    let more = if p.hot.len() > 8 { format!(", ... +{}", p.hot.len() - 8) } else { String::new() };
+                    ("shadow", format!("{} {:.0}% [{}{more}]", p.hot.len(), p.hot_share * 100.0, shown.join(", ")))
+                }
+                ScaleRule::Max => ("max", "-".to_string()),
+            };
+            println!(
+                "{l:>5}  {:>10.1}  {:4}  {:8}  {rule:9}  {:>9.3}  {:>9.3}  {:>9.3}  {:>8.1}  {:>7}  {hot}",
+                lp.importance,
+                if lp.kept { "yes" } else { "no" },
+                p.point.name(),
+                p.max_abs,
+                p.p999,
+                p.clip,
+                p.max_abs / p.p999.max(1e-30),
+                p.outlier_channels
+            );
         }
     }
     Ok(())
@@ -642,7 +769,7 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
     let loaded = load_model(&a.model)?;
     let m = &loaded.model;
     // The npu options go to whichever side is npu; the f32 side takes none of them.
-    let f32_args = ModelArgs { calibration: None, per_channel_weights: false, no_smaller_chunks: false, chunk_size: None, ..a.model.clone() };
+    let f32_args = ModelArgs { npu: NpuArgs::default(), chunk_size: None, ..a.model.clone() };
     let args_for = |b: Backend| if b == Backend::Npu { &a.model } else { &f32_args };
     let engine = make_engine(&loaded, args_for(a.model.backend), a.model.backend)?;
     let reference = if a.ref_backend == a.model.backend { None } else { Some(make_engine(&loaded, args_for(a.ref_backend), a.ref_backend)?) };
@@ -737,9 +864,7 @@ fn cmd_demo(a: DemoArgs) -> Result<()> {
         threads: a.threads,
         backend: Backend::F32,
         chunk_size: None,
-        calibration: None,
-        per_channel_weights: false,
-        no_smaller_chunks: false,
+        npu: NpuArgs::default(),
         verbose: false,
     };
     let loaded = load_model(&args)?;
@@ -748,47 +873,46 @@ fn cmd_demo(a: DemoArgs) -> Result<()> {
         eprintln!("calibrating the npu backend on 512 random tokens (once)");
         quick_calibration(&loaded.model, 1)?.save(&cal_path)?;
     }
-    let f32_engine = make_engine(&loaded, &args, Backend::F32)?;
-    let npu_engine = make_engine(&loaded, &args, Backend::Npu)?;
+    let no_shadow_args = ModelArgs { npu: NpuArgs { no_shadow: true, ..NpuArgs::default() }, ..args.clone() };
+    let engines = [
+        ("f32 (CPU reference)", make_engine(&loaded, &args, Backend::F32)?),
+        ("npu, W8A8 without shadow (--no-shadow)", make_engine(&loaded, &no_shadow_args, Backend::Npu)?),
+        ("npu, W8A8 + shadow outliers (default)", make_engine(&loaded, &args, Backend::Npu)?),
+    ];
     let m = &loaded.model;
     let n = a.n_prompt.min(m.config.max_seq_len);
+    // Accuracy of the integer paths against f32 on the same random tokens.
+    let tokens = random_tokens(m.config.vocab_size, 256.min(m.config.max_seq_len), 7);
+    let reference = engines[0].1.backend().forward(&tokens, &mut m.new_cache(tokens.len()), Logits::All)?;
     let mut rows = Vec::new();
-    for engine in [&f32_engine, &npu_engine] {
+    for (label, engine) in &engines {
         let b = engine.backend();
-        let bar = progress_bar(a.repetitions as u64, &format!("{} {{bar:20}} {{pos}}/{{len}} {{msg}}", b.name()));
+        let bar = progress_bar(a.repetitions as u64, &format!("{label} {{bar:20}} {{pos}}/{{len}} {{msg}}"));
         let r = bench::run_test(b, TestKind::Prompt(n), a.repetitions, threads, &mut |_, tps| {
             bar.inc(1);
             bar.set_message(format!("{tps:.2} t/s"));
         })?;
         bar.finish_and_clear();
-        rows.push(r);
+        let logits = b.forward(&tokens, &mut m.new_cache(tokens.len()), Logits::All)?;
+        let mut acc = EvalAccumulator::default();
+        acc.add_window(&tokens, &logits, &reference, m.config.vocab_size)?;
+        rows.push((label, r, acc.report()?));
     }
-    // Accuracy of the integer path against f32 on the same random tokens.
-    let tokens = random_tokens(m.config.vocab_size, 256.min(m.config.max_seq_len), 7);
-    let f = f32_engine.backend().forward(&tokens, &mut m.new_cache(tokens.len()), Logits::All)?;
-    let q = npu_engine.backend().forward(&tokens, &mut m.new_cache(tokens.len()), Logits::All)?;
-    let mut acc = EvalAccumulator::default();
-    acc.add_window(&tokens, &q, &f, m.config.vocab_size)?;
-    let ev = acc.report()?;
     println!();
     println!("llm-npu demo: prefill of a {n}-token prompt, {threads} threads");
     println!("model: synthetic TinyLlama-1.1B shape (dim 2048, 22 layers, vocab 32000) with RANDOM weights and planted");
     println!("       activation outliers, so the speed is real and the text it would write is meaningless.");
     println!();
-    println!("| backend | pp{n} tokens/s | time to first token | accuracy vs f32 ({} random tokens) |", ev.tokens);
+    println!("| backend | pp{n} tokens/s | time to first token | vs f32 on {} random tokens: top-1 agreement, mean KL |", rows[0].2.tokens);
     println!("| --- | ---: | ---: | --- |");
-    println!("| f32 (CPU reference) | {:.1} ± {:.1} | {:.2} s | (reference) |", rows[0].tokens_per_s, rows[0].stddev, n as f64 / rows[0].tokens_per_s);
-    println!(
-        "| npu (W8A8, CPU reference accelerator) | {:.1} ± {:.1} | {:.2} s | top-1 agreement {:.3}, mean KL {:.4} |",
-        rows[1].tokens_per_s,
-        rows[1].stddev,
-        n as f64 / rows[1].tokens_per_s,
-        ev.top1_agreement,
-        ev.mean_kld
-    );
+    for (label, r, ev) in &rows {
+        let accuracy = if r.backend == "f32" { "(reference)".to_string() } else { format!("{:.3}, {:.4}", ev.top1_agreement, ev.mean_kld) };
+        println!("| {label} | {:.1} ± {:.1} | {:.2} s | {accuracy} |", r.tokens_per_s, r.stddev, n as f64 / r.tokens_per_s);
+    }
     println!();
-    println!("The npu backend here is the CPU reference accelerator: integer graphs on this machine's cores.");
-    println!("Shadow outlier execution and the out-of-order scheduler are not built yet.");
+    println!("The npu backend here is the CPU reference accelerator: integer graphs on this machine's cores; the shadow");
+    println!("path computes the clipped activation outliers in float on the CPU at the same time.");
+    println!("Not built yet: the out-of-order subgraph scheduler.");
     println!("Run a real model: llm-npu run -m MODEL -p \"your prompt\" [--backend npu] (MODEL: HF folder, .gguf or llama2.c .bin)");
     println!("Benchmark it:     llm-npu bench -m MODEL -p 512 -n 128 --backend npu");
     Ok(())
@@ -796,7 +920,7 @@ fn cmd_demo(a: DemoArgs) -> Result<()> {
 
 fn cmd_calibrate(a: CalibrateArgs) -> Result<()> {
     let m = &a.model;
-    if m.backend != Backend::F32 || m.chunk_size.is_some() || m.calibration.is_some() || m.per_channel_weights || m.no_smaller_chunks {
+    if m.backend != Backend::F32 || m.chunk_size.is_some() || m.npu != NpuArgs::default() {
         bail!("calibrate runs the f32 model and takes no backend options; the output file is --out");
     }
     init_threads(a.model.threads)?;

@@ -9,6 +9,8 @@ use llm_npu::backend::Backend;
 use llm_npu::calibrate::{self, Calibration};
 use llm_npu::model::{self, LoadOptions, Logits, Transformer};
 use llm_npu::npu::{NpuModel, NpuOptions};
+use llm_npu::quant::WeightGranularity;
+use llm_npu::shadow::{ScaleRule, ShadowOptions};
 
 const MODELS: [&str; 3] = ["llama-gqa", "llama-mha-tied-llama3rope", "qwen2-bias-tied"];
 
@@ -32,6 +34,11 @@ fn load(name: &str) -> model::LoadedModel {
 /// The npu backend over a fixture, with its committed calibration.
 fn npu<'m>(m: &'m Transformer, name: &str, opts: NpuOptions) -> NpuModel<'m> {
     NpuModel::new(m, &calibration(name), opts, &|| {}).unwrap()
+}
+
+/// The scheme tools/oracle/fake_quant.py models: per-tensor weights, max scales, no shadow.
+fn paper_w8a8_without_shadow() -> NpuOptions {
+    NpuOptions { weights: WeightGranularity::PerTensor, shadow: ShadowOptions { enabled: false, ..Default::default() }, ..Default::default() }
 }
 
 /// Mean over positions of the cosine similarity of two [rows][vocab] logit sets.
@@ -165,12 +172,64 @@ fn npu_matches_the_pytorch_fake_quant_reference() {
     for name in MODELS {
         let loaded = load(name);
         let m = &loaded.model;
-        let npu = npu(m, name, NpuOptions::default());
+        let npu = npu(m, name, paper_w8a8_without_shadow());
         let tokens = ids(name, "short_ids");
         let q = npu.forward(&tokens, &mut m.new_cache(tokens.len()), Logits::All).unwrap();
         let (_, reference) = llm_npu::npy::read_f32(&fixture(name).join("ref_fakequant_short.npy")).unwrap();
         let d = common::max_abs_diff(&q, &reference);
         eprintln!("{name}: max |npu - fake-quant reference| = {d:.2e}");
         assert!(d <= 1e-3, "{name}: {d}");
+    }
+}
+
+#[test]
+fn pruned_layers_do_no_shadow_work_and_kept_layers_do() {
+    let name = "llama-gqa";
+    let loaded = load(name);
+    let m = &loaded.model;
+    let tokens = ids(name, "long_ids");
+    // Ratio 1: every input with any tail is shadowed, so each kept layer has work to do.
+    let shadow = |keep: f32| ShadowOptions { keep, min_ratio: 1.0, ..Default::default() };
+    let layers = m.config.num_layers;
+    for keep in [0.0f32, 0.5, 1.0] {
+        let npu = npu(m, name, NpuOptions { shadow: shadow(keep), ..Default::default() });
+        npu.forward(&tokens, &mut m.new_cache(tokens.len()), Logits::All).unwrap();
+        let kept: Vec<bool> = npu.shadow_plan.layers.iter().map(|l| l.kept).collect();
+        assert_eq!(kept.iter().filter(|&&k| k).count(), (keep * layers as f32).ceil() as usize);
+        for (l, (work, kept)) in npu.shadow_work().iter().zip(&kept).enumerate() {
+            if *kept {
+                assert!(work.outliers > 0, "keep {keep}: kept layer {l} did no shadow work");
+            } else {
+                assert_eq!(work.outliers + work.calls, 0, "keep {keep}: pruned layer {l} did shadow work");
+                assert!(npu.shadow_plan.layers[l].points.iter().all(|p| p.rule == ScaleRule::Max));
+            }
+        }
+        // The kept layers are the most important ones.
+        let min_kept = npu.shadow_plan.layers.iter().filter(|l| l.kept).map(|l| l.importance).fold(f32::INFINITY, f32::min);
+        assert!(npu.shadow_plan.layers.iter().filter(|l| !l.kept).all(|l| l.importance <= min_kept));
+    }
+}
+
+#[test]
+fn without_shadow_work_the_npu_is_plain_w8a8_and_with_it_closer_to_float() {
+    // --no-shadow and shadow pruned from every layer are the same computation; shadow execution
+    // on every layer brings the logits closer to transformers' float logits on each fixture.
+    for name in MODELS {
+        let loaded = load(name);
+        let m = &loaded.model;
+        let tokens = ids(name, "short_ids");
+        let run = |shadow: ShadowOptions| {
+            let npu = npu(m, name, NpuOptions { shadow, ..Default::default() });
+            npu.forward(&tokens, &mut m.new_cache(tokens.len()), Logits::All).unwrap()
+        };
+        let off = run(ShadowOptions { enabled: false, ..Default::default() });
+        let pruned = run(ShadowOptions { keep: 0.0, ..Default::default() });
+        assert_eq!(off, pruned, "{name}");
+        let on = run(ShadowOptions { min_ratio: 1.0, ..Default::default() });
+        let (_, reference) = llm_npu::npy::read_f32(&fixture(name).join("ref_logits_short.npy")).unwrap();
+        let (d_off, d_on) = (common::max_abs_diff(&off, &reference), common::max_abs_diff(&on, &reference));
+        let (c_off, c_on) = (mean_cosine(&off, &reference, m.config.vocab_size), mean_cosine(&on, &reference, m.config.vocab_size));
+        eprintln!("{name}: max |npu - float| {d_off:.4} without shadow, {d_on:.4} with; cosine {c_off:.5} -> {c_on:.5}");
+        assert!(c_on > c_off, "{name}: shadow did not help ({c_off} -> {c_on})");
     }
 }

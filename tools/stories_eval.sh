@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Accuracy of the npu backend on the real trained stories260K model, against its own f32 path.
 # The model writes its own texts (f32, temperature 1): one to calibrate on, a different one to
-# evaluate on (2,000+ tokens). Usage: tools/stories_eval.sh [extra npu flags, e.g. --per-channel-weights]
+# evaluate on (2,000+ tokens). Usage: tools/stories_eval.sh [extra npu flags, e.g. --no-shadow or --per-tensor-weights]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 B=target/release/llm-npu

@@ -317,6 +317,73 @@ impl Group {
     }
 }
 
+/// y += a * x (the shadow path's rank-1 updates).
+pub fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+    assert_eq!(y.len(), x.len());
+    match super::simd_level() {
+        // SAFETY: Avx512 is only selected when the CPU has avx512f.
+        #[cfg(target_arch = "x86_64")]
+        super::SimdLevel::Avx512 => unsafe { axpy_avx512(y, a, x) },
+        _ => axpy_portable(y, a, x),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn axpy_avx512(y: &mut [f32], a: f32, x: &[f32]) {
+    axpy_portable(y, a, x)
+}
+
+/// The portable twin of `axpy` (no fused multiply-add, so both give identical bits).
+#[inline(always)]
+pub fn axpy_portable(y: &mut [f32], a: f32, x: &[f32]) {
+    for (y, &x) in y.iter_mut().zip(x) {
+        *y += a * x;
+    }
+}
+
+/// Pushes onto `out` the indices of `x` where |x * inv_scale| > limit: the elements a static
+/// scale clips. Blocks of 16 are skipped on one vectorized max, so the common case (no outlier)
+/// is a plain streaming compare.
+pub fn find_beyond(x: &[f32], inv_scale: f32, limit: f32, out: &mut Vec<u32>) {
+    match super::simd_level() {
+        // SAFETY: Avx512 is only selected when the CPU has avx512f.
+        #[cfg(target_arch = "x86_64")]
+        super::SimdLevel::Avx512 => unsafe { find_beyond_avx512(x, inv_scale, limit, out) },
+        _ => find_beyond_portable(x, inv_scale, limit, out),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn find_beyond_avx512(x: &[f32], inv_scale: f32, limit: f32, out: &mut Vec<u32>) {
+    find_beyond_portable(x, inv_scale, limit, out)
+}
+
+#[inline(always)]
+pub fn find_beyond_portable(x: &[f32], inv_scale: f32, limit: f32, out: &mut Vec<u32>) {
+    let (blocks, tail) = x.as_chunks::<16>();
+    for (b, block) in blocks.iter().enumerate() {
+        let mut m = [0f32; 16];
+        for l in 0..16 {
+            m[l] = (block[l] * inv_scale).abs();
+        }
+        if m.iter().copied().fold(0f32, f32::max) > limit {
+            for (l, &v) in m.iter().enumerate() {
+                if v > limit {
+                    out.push((b * 16 + l) as u32);
+                }
+            }
+        }
+    }
+    let base = blocks.len() * 16;
+    for (l, &v) in tail.iter().enumerate() {
+        if (v * inv_scale).abs() > limit {
+            out.push((base + l) as u32);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -390,6 +457,41 @@ mod tests {
         silu_mul_generic(&mut g2, &up);
         for (x, y) in g1.iter().zip(&g2) {
             assert!((x - y).abs() <= 1e-6 * (1.0 + y.abs()), "{x} vs {y}");
+        }
+    }
+
+    #[test]
+    fn axpy_and_find_beyond_match_their_portable_twins() {
+        if !std::arch::is_x86_feature_detected!("avx512f") {
+            return;
+        }
+        let val = |i: usize| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * 3.0;
+        for n in [0, 1, 15, 16, 17, 31, 64, 100, 1000, 5632] {
+            let x: Vec<f32> = (0..n).map(val).collect();
+            let mut a: Vec<f32> = (0..n).map(|i| val(i + 3)).collect();
+            let mut b = a.clone();
+            unsafe { axpy_avx512(&mut a, -1.7, &x) };
+            axpy_portable(&mut b, -1.7, &x);
+            assert_eq!(a, b, "axpy n={n}");
+            // Plant values beyond the limit at the edges of blocks and in the tail.
+            let mut y = x.clone();
+            let planted: Vec<u32> = [0usize, 15, 16, 17, 33, n.saturating_sub(1), n / 2].into_iter().filter(|&i| i < n).map(|i| i as u32).collect();
+            for &i in &planted {
+                y[i as usize] = if i % 2 == 0 { 900.0 } else { -900.0 };
+            }
+            let mut want: Vec<u32> = planted.clone();
+            want.sort();
+            want.dedup();
+            let (mut fa, mut fb) = (Vec::new(), Vec::new());
+            unsafe { find_beyond_avx512(&y, 0.25, 127.0, &mut fa) };
+            find_beyond_portable(&y, 0.25, 127.0, &mut fb);
+            assert_eq!(fa, want, "find_beyond n={n}");
+            assert_eq!(fb, want, "find_beyond portable n={n}");
+            // Exactly at the limit is not beyond it; NaN never is.
+            let edge = [508.0f32, -508.0, 508.1, f32::NAN];
+            let mut fe = Vec::new();
+            find_beyond(&edge, 0.25, 127.0, &mut fe);
+            assert_eq!(fe, vec![2]);
         }
     }
 }

@@ -6,6 +6,9 @@
 //! - Chunk-sharing graphs: the prompt runs in chunks of fixed sizes (the chunk size and, unless
 //!   disabled, its halvings down to 32, so a prompt is covered with little padding). One graph
 //!   per (layer, part, rows) is compiled on first use and shared by every later chunk and prompt.
+//! - Shadow outlier execution (`crate::shadow`): inputs with strong outliers are quantized with
+//!   their p99.9 scale; while the accelerator runs a graph, the CPU computes the clipped
+//!   elements' float remainder times the float weights, and adds it to the graph's outputs.
 //! - Decode runs single tokens on the CPU with the same int8 weights and the same W8A8 code.
 //! - The LM head runs on the CPU in int8 too (per-channel weights, each row's activation scale
 //!   taken from the row itself): the f32 head would be read in full for every decoded token.
@@ -21,6 +24,7 @@ use crate::error::{Error, Result};
 use crate::model::transformer::LinearExecutor;
 use crate::model::{KvCache, LinearInput, Logits, Transformer};
 use crate::quant::{scale_for, QuantLinear, WeightGranularity};
+use crate::shadow::{BufferPool, ShadowOptions, ShadowPlan, ShadowPoint, ShadowWork};
 
 /// Smallest extra chunk size compiled below the main one.
 const MIN_CHUNK: usize = 32;
@@ -32,11 +36,12 @@ pub struct NpuOptions {
     /// Also compile halvings of the chunk size (down to 32) to pad less.
     pub smaller_chunks: bool,
     pub weights: WeightGranularity,
+    pub shadow: ShadowOptions,
 }
 
 impl Default for NpuOptions {
     fn default() -> Self {
-        NpuOptions { chunk_size: 256, smaller_chunks: true, weights: WeightGranularity::PerTensor }
+        NpuOptions { chunk_size: 256, smaller_chunks: true, weights: WeightGranularity::PerChannel, shadow: ShadowOptions::default() }
     }
 }
 
@@ -56,16 +61,35 @@ struct NpuLayer {
     down: Vec<Arc<QuantLinear>>,
     /// Static input scales: attn_in, o_in, ffn_in, down_in.
     scales: [f32; 4],
+    /// Shadow work per input (None: max scale, nothing clipped).
+    shadow: [Option<ShadowPoint>; 4],
+}
+
+impl Part {
+    /// The linear input this part's graph reads.
+    pub fn input(self) -> LinearInput {
+        match self {
+            Part::Qkv => LinearInput::Attn,
+            Part::O => LinearInput::O,
+            Part::GateUp => LinearInput::Ffn,
+            Part::Down => LinearInput::Down,
+        }
+    }
 }
 
 impl NpuLayer {
     fn part(&self, p: Part) -> (&[Arc<QuantLinear>], f32, bool) {
+        let i = p.input() as usize;
         match p {
-            Part::Qkv => (&self.qkv, self.scales[0], false),
-            Part::O => (&self.o, self.scales[1], true),
-            Part::GateUp => (&self.gate_up, self.scales[2], false),
-            Part::Down => (&self.down, self.scales[3], true),
+            Part::Qkv => (&self.qkv, self.scales[i], false),
+            Part::O => (&self.o, self.scales[i], true),
+            Part::GateUp => (&self.gate_up, self.scales[i], false),
+            Part::Down => (&self.down, self.scales[i], true),
         }
+    }
+
+    fn shadow(&self, p: Part) -> Option<&ShadowPoint> {
+        self.shadow[p.input() as usize].as_ref()
     }
 }
 
@@ -89,6 +113,9 @@ pub struct NpuModel<'m> {
     /// Bytes of int8 weights (with their packing), decoder layers and LM head.
     pub weight_bytes: usize,
     lm_head: QuantLinear,
+    /// Which inputs run shadow work, with which scales and hot sets.
+    pub shadow_plan: ShadowPlan,
+    shadow_buffers: BufferPool,
 }
 
 impl<'m> NpuModel<'m> {
@@ -97,6 +124,7 @@ impl<'m> NpuModel<'m> {
         if opts.chunk_size == 0 {
             return Err(Error::Input("--chunk-size must be at least 1".into()));
         }
+        let shadow_plan = ShadowPlan::new(cal, &model.config, opts.shadow)?;
         let mut layers = Vec::with_capacity(model.layers.len());
         let mut weight_bytes = 0;
         for (i, l) in model.layers.iter().enumerate() {
@@ -104,18 +132,25 @@ impl<'m> NpuModel<'m> {
                 let (n, k) = (lin.out_features(), lin.in_features());
                 Arc::new(QuantLinear::new(lin.weight.data(), n, k, lin.bias.as_ref().map(|b| b.data()), opts.weights))
             };
-            let a = &l.self_attn;
-            let scale = |p: LinearInput| {
-                cal.point(i, p)
-                    .map(|c| scale_for(c.max_abs))
-                    .ok_or_else(|| Error::Input(format!("calibration has no entry for layer {i} {}", p.name())))
+            let (a, mlp) = (&l.self_attn, &l.mlp);
+            let plan = &shadow_plan.layers[i];
+            let shadow = |p: LinearInput, linears: &[&crate::model::transformer::Linear]| {
+                let pp = &plan.points[p as usize];
+                let weights: Vec<&crate::tensor::Tensor> = linears.iter().map(|l| &l.weight).collect();
+                (pp.rule == crate::shadow::ScaleRule::P999Shadow).then(|| ShadowPoint::new(i, pp, &weights, opts.shadow.hot_only))
             };
             let layer = NpuLayer {
                 qkv: vec![q(&a.q_proj), q(&a.k_proj), q(&a.v_proj)],
                 o: vec![q(&a.o_proj)],
-                gate_up: vec![q(&l.mlp.gate_proj), q(&l.mlp.up_proj)],
-                down: vec![q(&l.mlp.down_proj)],
-                scales: [scale(LinearInput::Attn)?, scale(LinearInput::O)?, scale(LinearInput::Ffn)?, scale(LinearInput::Down)?],
+                gate_up: vec![q(&mlp.gate_proj), q(&mlp.up_proj)],
+                down: vec![q(&mlp.down_proj)],
+                scales: LinearInput::ALL.map(|p| plan.points[p as usize].scale),
+                shadow: [
+                    shadow(LinearInput::Attn, &[&a.q_proj, &a.k_proj, &a.v_proj]),
+                    shadow(LinearInput::O, &[&a.o_proj]),
+                    shadow(LinearInput::Ffn, &[&mlp.gate_proj, &mlp.up_proj]),
+                    shadow(LinearInput::Down, &[&mlp.down_proj]),
+                ],
             };
             weight_bytes += [&layer.qkv, &layer.o, &layer.gate_up, &layer.down].iter().flat_map(|g| g.iter()).map(|l| l.weights.memory_bytes()).sum::<usize>();
             layers.push(layer);
@@ -143,6 +178,8 @@ impl<'m> NpuModel<'m> {
             chunk_sizes,
             weight_bytes,
             lm_head,
+            shadow_plan,
+            shadow_buffers: BufferPool::default(),
         })
     }
 
@@ -176,6 +213,27 @@ impl<'m> NpuModel<'m> {
 
     pub fn graph_stats(&self) -> GraphStats {
         *self.stats.lock().unwrap()
+    }
+
+    /// Shadow work done so far, per layer.
+    pub fn shadow_work(&self) -> Vec<ShadowWork> {
+        self.layers
+            .iter()
+            .map(|l| {
+                let mut w = ShadowWork::default();
+                for p in l.shadow.iter().flatten() {
+                    w += p.work();
+                }
+                w
+            })
+            .collect()
+    }
+
+    /// Bytes of float weight columns the shadow keeps resident (hot channels), and what keeping
+    /// every channel of the shadowed inputs would take.
+    pub fn shadow_memory(&self) -> (usize, usize) {
+        let points = || self.layers.iter().flat_map(|l| l.shadow.iter().flatten());
+        (points().map(ShadowPoint::resident_bytes).sum(), points().map(ShadowPoint::all_columns_bytes).sum())
     }
 
     /// Splits `n` prompt tokens into (real tokens, graph rows) chunks in causal order: whole
@@ -248,7 +306,20 @@ struct AccelChunk<'a, 'm> {
 }
 
 impl AccelChunk<'_, '_> {
+    /// The graph on the accelerator and, at the same time, the shadow work of its input on the
+    /// CPU; the shadow results are merged into the graph's outputs when both are done.
     fn run(&self, layer: usize, part: Part, input: &[f32], m: usize, outputs: &mut [&mut [f32]]) -> Result<()> {
+        let shadow = self.npu.layers[layer].shadow(part);
+        let pool = &self.npu.shadow_buffers;
+        let (done, delta) = rayon::join(|| self.run_graph(layer, part, input, m, outputs), || shadow.and_then(|s| s.compute(input, pool)));
+        done?;
+        if let (Some(s), Some(d)) = (shadow, delta) {
+            s.merge(d, outputs, pool);
+        }
+        Ok(())
+    }
+
+    fn run_graph(&self, layer: usize, part: Part, input: &[f32], m: usize, outputs: &mut [&mut [f32]]) -> Result<()> {
         let g = self.npu.graph(layer, part, self.rows)?;
         if m == self.rows {
             return self.npu.accel.execute(&g, input, outputs);
@@ -279,8 +350,12 @@ struct CpuInt8<'a, 'm> {
 
 impl CpuInt8<'_, '_> {
     fn run(&self, layer: usize, part: Part, input: &[f32], m: usize, outputs: &mut [&mut [f32]]) -> Result<()> {
-        let (linears, scale, residual) = self.npu.layers[layer].part(part);
+        let l = &self.npu.layers[layer];
+        let (linears, scale, residual) = l.part(part);
         run_w8a8(self.npu.accel.kernel, input, m, scale, linears, residual, outputs);
+        if let Some(s) = l.shadow(part) {
+            s.apply(input, outputs, &self.npu.shadow_buffers);
+        }
         Ok(())
     }
 }

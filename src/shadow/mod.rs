@@ -1,0 +1,408 @@
+//! Shadow outlier execution (llm.npu's tensor-level idea). A linear input quantized with a
+//! static scale s loses the elements with |x / s| > 127 to clipping. The accelerator computes
+//! dequant(clip(round(x / s)) . W_int8) as always; at the same time the CPU finds the clipped
+//! elements with a plain compare and multiplies their float remainder x - s * clip(round(x / s))
+//! with the matching float weight columns. The sum is the unclipped product up to rounding.
+//!
+//! - Outliers are rare (0.1% of elements at a p99.9 scale), so the shadow is a sparse product:
+//!   per row with outliers, a few rank-1 updates of length n.
+//! - Hot channels (the few that cause most outliers, from calibration) keep their weight columns
+//!   resident and contiguous; any other channel's column is read from the (memory-mapped) float
+//!   weights when an outlier needs it.
+//! - `plan` decides per input which scale and whether shadow work is done at all (layer pruning).
+
+pub mod plan;
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
+
+use rayon::prelude::*;
+
+use crate::kernels::ops::{axpy, find_beyond};
+use crate::model::LinearInput;
+use crate::quant::{quantize_value, QMAX};
+use crate::tensor::Tensor;
+pub use plan::{LayerPlan, PointPlan, ScaleRule, ShadowOptions, ShadowPlan};
+
+/// The clipped elements of a [rows, k] input, grouped by row (CSR over the rows that have any).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Outliers {
+    /// Rows with at least one outlier, ascending.
+    pub rows: Vec<u32>,
+    /// Row i's outliers are `cols[start[i]..start[i + 1]]`.
+    pub start: Vec<u32>,
+    pub cols: Vec<u32>,
+    /// x - s * clip(round(x / s)): what the accelerator's int8 input misses.
+    pub remainders: Vec<f32>,
+}
+
+impl Outliers {
+    pub fn len(&self) -> usize {
+        self.cols.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.cols.is_empty()
+    }
+
+    /// Finds the elements of `x` ([rows][k]) that `scale` clips, keeping those `keep` accepts.
+    pub fn extract(x: &[f32], k: usize, scale: f32, keep: impl Fn(u32) -> bool) -> Self {
+        let inv = 1.0 / scale;
+        let mut o = Outliers { start: vec![0], ..Default::default() };
+        let mut found = Vec::new();
+        for (r, row) in x.chunks_exact(k).enumerate() {
+            found.clear();
+            find_beyond(row, inv, QMAX, &mut found);
+            let before = o.cols.len();
+            for &c in found.iter().filter(|&&c| keep(c)) {
+                let v = row[c as usize];
+                o.cols.push(c);
+                // The same quantization the accelerator applies, so the two parts add up.
+                o.remainders.push(v - scale * quantize_value(v, inv) as f32);
+            }
+            if o.cols.len() > before {
+                o.rows.push(r as u32);
+                o.start.push(o.cols.len() as u32);
+            }
+        }
+        o
+    }
+
+    /// Indices (into `cols` and `remainders`) of row slot i's outliers.
+    fn row(&self, i: usize) -> std::ops::Range<usize> {
+        self.start[i] as usize..self.start[i + 1] as usize
+    }
+}
+
+/// The float weights of one linear layer that reads a shadowed input.
+struct ShadowWeights {
+    /// [n, k], PyTorch layout; memory-mapped (not copied) when the file holds f32.
+    weight: Tensor,
+    n: usize,
+    k: usize,
+    /// Column c of the weight for every hot channel, contiguous: [hot][n].
+    hot_columns: Vec<f32>,
+}
+
+impl ShadowWeights {
+    fn new(weight: &Tensor, hot: &[u32]) -> Self {
+        let (n, k) = (weight.shape()[0], weight.shape()[1]);
+        let mut hot_columns = vec![0f32; hot.len() * n];
+        gather_columns(weight.data(), k, hot, &mut hot_columns);
+        ShadowWeights { weight: weight.clone(), n, k, hot_columns }
+    }
+}
+
+/// out[i][..] = column cols[i] of w ([n, k]).
+fn gather_columns(w: &[f32], k: usize, cols: &[u32], out: &mut [f32]) {
+    let n = w.len() / k;
+    for (&c, col) in cols.iter().zip(out.chunks_exact_mut(n)) {
+        for (j, v) in col.iter_mut().enumerate() {
+            *v = w[j * k + c as usize];
+        }
+    }
+}
+
+const COLD: u32 = u32::MAX;
+
+/// Running totals of shadow work at one input.
+#[derive(Debug, Default)]
+struct Counters {
+    calls: AtomicU64,
+    outliers: AtomicU64,
+    cold: AtomicU64,
+    dropped: AtomicU64,
+}
+
+/// What shadow work an input (or a layer) has done.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ShadowWork {
+    /// Executions that found at least one outlier.
+    pub calls: u64,
+    /// Outlier elements computed in float.
+    pub outliers: u64,
+    /// Of those, the ones whose weight column was read from the float weights on demand.
+    pub cold: u64,
+    /// Outliers clipped without shadow work (hot-only mode).
+    pub dropped: u64,
+}
+
+impl std::ops::AddAssign for ShadowWork {
+    fn add_assign(&mut self, o: Self) {
+        self.calls += o.calls;
+        self.outliers += o.outliers;
+        self.cold += o.cold;
+        self.dropped += o.dropped;
+    }
+}
+
+/// The shadow side of one quantized linear input: its static scale, its hot set and the float
+/// weights of every linear reading it (q/k/v share one input, gate/up another).
+pub struct ShadowPoint {
+    pub layer: usize,
+    pub point: LinearInput,
+    scale: f32,
+    k: usize,
+    /// Per input channel: its row in every `hot_columns`, or COLD.
+    hot_slot: Vec<u32>,
+    hot_only: bool,
+    linears: Vec<ShadowWeights>,
+    counters: Counters,
+}
+
+/// Shadow results waiting to be merged: for each linear, one dense row per input row with
+/// outliers.
+pub struct ShadowDelta {
+    rows: Vec<u32>,
+    per_linear: Vec<Vec<f32>>,
+}
+
+/// Buffers for shadow results, reused from call to call: a prefill chunk's results are
+/// megabytes, and fresh allocations would fault in zeroed pages every time.
+#[derive(Default)]
+pub struct BufferPool(Mutex<Vec<Vec<f32>>>);
+
+impl BufferPool {
+    /// A buffer of at least `len` values (contents unspecified).
+    fn take(&self, len: usize) -> Vec<f32> {
+        let mut v = self.0.lock().unwrap().pop().unwrap_or_default();
+        if v.len() < len {
+            v.resize(len, 0.0);
+        }
+        v
+    }
+
+    fn give(&self, v: Vec<f32>) {
+        self.0.lock().unwrap().push(v);
+    }
+}
+
+impl ShadowPoint {
+    /// `weights` are the [n_i, k] float weights of the linears reading this input, in the order
+    /// of the accelerator graph's outputs.
+    pub fn new(layer: usize, plan: &PointPlan, weights: &[&Tensor], hot_only: bool) -> Self {
+        let k = weights[0].shape()[1];
+        let mut hot_slot = vec![COLD; k];
+        for (slot, &c) in plan.hot.iter().enumerate() {
+            hot_slot[c as usize] = slot as u32;
+        }
+        ShadowPoint {
+            layer,
+            point: plan.point,
+            scale: plan.scale,
+            k,
+            hot_slot,
+            hot_only,
+            linears: weights.iter().map(|w| ShadowWeights::new(w, &plan.hot)).collect(),
+            counters: Counters::default(),
+        }
+    }
+
+    pub fn scale(&self) -> f32 {
+        self.scale
+    }
+
+    /// Bytes of float weight columns kept resident (the hot set).
+    pub fn resident_bytes(&self) -> usize {
+        self.linears.iter().map(|l| l.hot_columns.len() * 4).sum()
+    }
+
+    /// Bytes that keeping every channel's columns resident would take (all the float weights).
+    pub fn all_columns_bytes(&self) -> usize {
+        self.linears.iter().map(|l| l.n * l.k * 4).sum()
+    }
+
+    pub fn work(&self) -> ShadowWork {
+        let c = &self.counters;
+        ShadowWork { calls: c.calls.load(Relaxed), outliers: c.outliers.load(Relaxed), cold: c.cold.load(Relaxed), dropped: c.dropped.load(Relaxed) }
+    }
+
+    /// The clipped elements of `x` ([m][k]) that this input computes in float.
+    pub fn outliers(&self, x: &[f32]) -> Outliers {
+        let dropped = std::cell::Cell::new(0u64);
+        let o = Outliers::extract(x, self.k, self.scale, |c| {
+            let keep = !self.hot_only || self.hot_slot[c as usize] != COLD;
+            dropped.set(dropped.get() + u64::from(!keep));
+            keep
+        });
+        self.counters.dropped.fetch_add(dropped.get(), Relaxed);
+        o
+    }
+
+    /// The shadow product of `x` ([m][k], the same input the accelerator quantizes): for each
+    /// linear, remainder . W over the outliers, as dense rows for the rows that have any.
+    /// None when nothing was clipped.
+    pub fn compute(&self, x: &[f32], pool: &BufferPool) -> Option<ShadowDelta> {
+        let o = self.outliers(x);
+        if o.is_empty() {
+            return None;
+        }
+        // Distinct channels of this call; cold ones get their columns gathered once here.
+        let mut channels = o.cols.clone();
+        channels.sort_unstable();
+        channels.dedup();
+        let cold: Vec<u32> = channels.iter().copied().filter(|&c| self.hot_slot[c as usize] == COLD).collect();
+        let cold_elems = o.cols.iter().filter(|&&c| self.hot_slot[c as usize] == COLD).count();
+        let c = &self.counters;
+        c.calls.fetch_add(1, Relaxed);
+        c.outliers.fetch_add(o.len() as u64, Relaxed);
+        c.cold.fetch_add(cold_elems as u64, Relaxed);
+
+        let per_linear = self
+            .linears
+            .iter()
+            .map(|lin| {
+                let n = lin.n;
+                let mut cold_columns = vec![0f32; cold.len() * n];
+                gather_columns(lin.weight.data(), lin.k, &cold, &mut cold_columns);
+                let column = |ch: u32| -> &[f32] {
+                    match self.hot_slot[ch as usize] {
+                        COLD => {
+                            let i = cold.binary_search(&ch).expect("cold channel gathered");
+                            &cold_columns[i * n..(i + 1) * n]
+                        }
+                        slot => &lin.hot_columns[slot as usize * n..(slot as usize + 1) * n],
+                    }
+                };
+                let mut delta = pool.take(o.rows.len() * n);
+                delta[..o.rows.len() * n].par_chunks_mut(n).enumerate().for_each(|(i, d)| {
+                    // The first update writes the row, so reused buffers need no clearing.
+                    let mut entries = o.row(i);
+                    let first = entries.next().expect("rows with outliers only");
+                    let (r, col) = (o.remainders[first], column(o.cols[first]));
+                    d.iter_mut().zip(col).for_each(|(d, &w)| *d = r * w);
+                    for e in entries {
+                        axpy(d, o.remainders[e], column(o.cols[e]));
+                    }
+                });
+                delta
+            })
+            .collect();
+        Some(ShadowDelta { rows: o.rows, per_linear })
+    }
+
+    /// Adds the shadow results into the accelerator's outputs (`outputs[i]`: [m][n_i]).
+    pub fn merge(&self, delta: ShadowDelta, outputs: &mut [&mut [f32]], pool: &BufferPool) {
+        for ((lin, out), d) in self.linears.iter().zip(outputs.iter_mut()).zip(delta.per_linear) {
+            let n = lin.n;
+            let mut slot = vec![COLD; out.len() / n];
+            for (i, &r) in delta.rows.iter().enumerate() {
+                slot[r as usize] = i as u32;
+            }
+            out.par_chunks_mut(n).zip(slot.par_iter()).filter(|(_, &s)| s != COLD).for_each(|(row, &s)| {
+                axpy(row, 1.0, &d[s as usize * n..(s as usize + 1) * n]);
+            });
+            pool.give(d);
+        }
+    }
+
+    /// Compute and merge in one go (when nothing else runs meanwhile, as in decode).
+    pub fn apply(&self, x: &[f32], outputs: &mut [&mut [f32]], pool: &BufferPool) {
+        if let Some(d) = self.compute(x, pool) {
+            self.merge(d, outputs, pool);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::accel::cpu::run_w8a8;
+    use crate::kernels::int8_gemm::best_kernel;
+    use crate::quant::{QuantLinear, WeightGranularity};
+
+    /// Pseudo-random integer in -r..=r.
+    fn int(i: usize, r: i64) -> f32 {
+        let h = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(17).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        ((h >> 33) as i64 % (2 * r + 1) - r) as f32
+    }
+
+    fn plan_with_hot(point: LinearInput, scale: f32, hot: Vec<u32>) -> PointPlan {
+        PointPlan { point, rule: ScaleRule::P999Shadow, scale, clip: 127.0 * scale, max_abs: 0.0, p999: 0.0, outlier_channels: hot.len(), hot, hot_share: 1.0 }
+    }
+
+    #[test]
+    fn extraction_finds_exactly_the_planted_elements() {
+        let (m, k, s) = (7, 300, 0.5f32);
+        let mut x: Vec<f32> = (0..m * k).map(|i| int(i, 127) * s * 0.99).collect();
+        let planted = [(0usize, 0usize, 64.0f32), (0, 299, -100.0), (3, 17, 63.6), (3, 18, -63.6), (6, 150, 1e4)];
+        for &(r, c, v) in &planted {
+            x[r * k + c] = v;
+        }
+        // Exactly at the limit (127 * s) is not clipped.
+        x[5 * k + 5] = 63.5;
+        let o = Outliers::extract(&x, k, s, |_| true);
+        assert_eq!(o.rows, vec![0, 3, 6]);
+        assert_eq!(o.start, vec![0, 2, 4, 5]);
+        assert_eq!(o.cols, vec![0, 299, 17, 18, 150]);
+        for (e, &(_, _, v)) in planted.iter().enumerate() {
+            let want = v - v.signum() * 127.0 * s;
+            assert!((o.remainders[e] - want).abs() <= 1e-6 * v.abs(), "{e}: {} vs {want}", o.remainders[e]);
+        }
+        let hot_only = Outliers::extract(&x, k, s, |c| c == 150);
+        assert_eq!((hot_only.rows, hot_only.cols), (vec![6], vec![150]));
+    }
+
+    #[test]
+    fn int8_part_plus_shadow_part_equals_the_float_product() {
+        // Normal activations and weights are exact multiples of their scales, so the int8 part is
+        // exact and the only thing W8A8 loses is the clipped outliers: the shadow must restore them.
+        let (m, k, n) = (9, 96, 40);
+        let (s, sw) = (0.25f32, 1.0 / 64.0);
+        let mut x: Vec<f32> = (0..m * k).map(|i| int(i, 127) * s).collect();
+        for &(r, c, v) in &[(1usize, 3usize, 200.0f32), (1, 50, -75.25), (4, 3, 33.0), (8, 95, -1000.0), (8, 0, 40.0)] {
+            x[r * k + c] = v;
+        }
+        let mut w: Vec<f32> = (0..n * k).map(|i| int(i + 7, 127) * sw).collect();
+        w[5] = 127.0 * sw; // the weight max, so the per-tensor weight scale is exactly sw
+        let reference: Vec<f32> = (0..m * n).map(|i| (0..k).map(|c| x[(i / n) * k + c] as f64 * w[(i % n) * k + c] as f64).sum::<f64>() as f32).collect();
+
+        let lin = Arc::new(QuantLinear::new(&w, n, k, None, WeightGranularity::PerTensor));
+        let mut y = vec![0f32; m * n];
+        run_w8a8(best_kernel(), &x, m, s, &[lin], false, &mut [&mut y]);
+        let int8_only = y.clone();
+        let weight = Tensor::from_vec(vec![n, k], w.clone());
+        for hot in [vec![], vec![3], vec![3, 50, 95, 0]] {
+            let sp = ShadowPoint::new(0, &plan_with_hot(LinearInput::Attn, s, hot.clone()), &[&weight], false);
+            let mut z = int8_only.clone();
+            sp.apply(&x, &mut [&mut z], &BufferPool::default());
+            let err = z.iter().zip(&reference).map(|(a, b)| (a - b).abs() / (1.0 + b.abs())).fold(0f32, f32::max);
+            assert!(err < 1e-5, "hot {hot:?}: relative error {err}");
+            let work = sp.work();
+            assert_eq!((work.calls, work.outliers), (1, 5));
+            assert_eq!(work.cold, [5, 3, 0][hot.len().min(2)], "hot {hot:?}");
+        }
+        let clipped_err = int8_only.iter().zip(&reference).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(clipped_err > 1.0, "the planted outliers must matter ({clipped_err})");
+
+        // Hot-only: the cold outliers stay clipped and are counted as dropped.
+        let sp = ShadowPoint::new(0, &plan_with_hot(LinearInput::Attn, s, vec![3]), &[&weight], true);
+        let mut z = int8_only.clone();
+        sp.apply(&x, &mut [&mut z], &BufferPool::default());
+        assert_eq!(sp.work(), ShadowWork { calls: 1, outliers: 2, cold: 0, dropped: 3 });
+        let row4 = 4 * n..5 * n; // row 4 only had a hot outlier: exact
+        assert!(z[row4.clone()].iter().zip(&reference[row4]).all(|(a, b)| (a - b).abs() <= 1e-4 * (1.0 + b.abs())));
+    }
+
+    #[test]
+    fn several_linears_and_a_residual_output_are_merged() {
+        let (m, k) = (3, 32);
+        let s = 0.1f32;
+        let mut x: Vec<f32> = (0..m * k).map(|i| int(i, 100) * s).collect();
+        x[k + 7] = 50.0;
+        let (wa, wb) = (Tensor::from_vec(vec![5, k], (0..5 * k).map(|i| int(i, 9) * 0.1).collect()), Tensor::from_vec(vec![4, k], (0..4 * k).map(|i| int(i + 1, 9) * 0.1).collect()));
+        let sp = ShadowPoint::new(0, &plan_with_hot(LinearInput::Ffn, s, vec![]), &[&wa, &wb], false);
+        let (mut a, mut b) = (vec![1f32; m * 5], vec![2f32; m * 4]);
+        sp.apply(&x, &mut [&mut a, &mut b], &BufferPool::default());
+        let r = 50.0 - 12.7;
+        for j in 0..5 {
+            assert!((a[5 + j] - (1.0 + r * wa.data()[j * k + 7])).abs() < 1e-5);
+            assert_eq!((a[j], a[10 + j]), (1.0, 1.0), "rows without outliers are untouched");
+        }
+        for j in 0..4 {
+            assert!((b[4 + j] - (2.0 + r * wb.data()[j * k + 7])).abs() < 1e-5);
+        }
+    }
+}
