@@ -223,3 +223,37 @@ fn a_calibration_for_a_model_of_another_width_is_refused() {
     let e = expect_error(&["logits", "-m", m.to_str().unwrap(), "--token-ids", "1", "--out", &out_path("cal"), "--backend", "npu", "--calibration", p.to_str().unwrap()]);
     assert!(e.contains("cal.json") && e.contains("layer 0 attn_in") && e.contains("another model"), "{e}");
 }
+
+#[test]
+fn bad_shadow_options_are_refused_with_the_option_named() {
+    let m = fixtures().join("llama-gqa");
+    let m = m.to_str().unwrap();
+    let out = out_path("shadow");
+    let npu = |extra: &[&str]| {
+        let mut a = logits_args(m, "1,2", &out);
+        a.extend(["--backend", "npu"]);
+        a.extend(extra);
+        expect_error(&a)
+    };
+    assert!(npu(&["--shadow-keep", "1.5"]).contains("--shadow-keep"));
+    assert!(npu(&["--shadow-keep", "NaN"]).contains("--shadow-keep"));
+    assert!(npu(&["--shadow-ratio", "0.5"]).contains("--shadow-ratio"));
+    assert!(npu(&["--no-shadow", "--shadow-hot-only"]).contains("--no-shadow"));
+    let mut f32_args = logits_args(m, "1,2", &out);
+    f32_args.push("--no-shadow");
+    assert!(expect_error(&f32_args).contains("--backend npu"));
+}
+
+#[test]
+fn inspect_with_a_calibration_prints_the_shadow_plan() {
+    let m = fixtures().join("llama-gqa");
+    let cal = m.join("llm-npu-calibration.json");
+    let o = Command::new(env!("CARGO_BIN_EXE_llm-npu")).args(["inspect", "-m", m.to_str().unwrap(), "--calibration", cal.to_str().unwrap(), "--shadow-keep", "0.5"]).output().unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(text.contains("npu plan from") && text.contains("--shadow-keep 0.5"), "{text}");
+    // One row per layer and input, each saying whether its layer is kept and which rule it got.
+    let rows: Vec<&str> = text.lines().filter(|l| l.contains("attn_in") || l.contains("o_in") || l.contains("ffn_in") || l.contains("down_in")).filter(|l| l.contains(" yes ") || l.contains(" no ")).collect();
+    assert_eq!(rows.len(), 4 * 2, "{text}");
+    assert!(rows.iter().any(|l| l.contains(" no ") && l.contains(" max ")), "{text}");
+}

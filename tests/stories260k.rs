@@ -86,3 +86,55 @@ fn gguf_version_2_header_reads_like_version_3() {
     assert_eq!(v2.tensor("blk.1.ffn_down.weight").unwrap().data(), v3.tensor("blk.1.ffn_down.weight").unwrap().data());
     std::fs::remove_file(p).ok();
 }
+
+/// Text the f32 model writes itself (temperature 1, from BOS), as token ids: stories of up to
+/// 400 tokens from successive seeds until `n` tokens.
+fn self_sampled(m: &llm_npu::model::Transformer, n: usize, first_seed: u64) -> Vec<u32> {
+    let f32 = llm_npu::backend::F32Backend { model: m, chunk: None };
+    let mut ids = Vec::new();
+    let mut seed = first_seed;
+    while ids.len() < n {
+        let opts = llm_npu::generate::GenerateOptions {
+            max_new_tokens: 400,
+            sampling: llm_npu::sampling::SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0, seed },
+            stop_tokens: vec![],
+            vocab_limit: None,
+        };
+        ids.push(1);
+        llm_npu::generate::generate(&f32, &[1], &opts, |t| {
+            ids.push(t);
+            Ok(())
+        })
+        .unwrap();
+        seed += 1;
+    }
+    ids
+}
+
+#[test]
+fn shadow_execution_recovers_what_w8a8_loses_on_the_trained_model() {
+    // Calibrate on one self-sampled text, evaluate on another (as tools/stories_eval.sh does):
+    // the shadow path must cut the KL divergence to f32 at least threefold against plain W8A8.
+    use llm_npu::npu::{NpuModel, NpuOptions};
+    use llm_npu::shadow::ShadowOptions;
+    let Some(models) = common::shared_models("shadow_execution_recovers_what_w8a8_loses_on_the_trained_model") else { return };
+    let loaded = model::load(&models.join("stories260K-gguf/tinyllamas-stories-260k-f32.gguf"), &LoadOptions::default()).unwrap();
+    let m = &loaded.model;
+    let cal = llm_npu::calibrate::Calibration::run(m, &self_sampled(m, 2000, 1000), 512, "test".into(), &|_, _| {}).unwrap();
+    let text = self_sampled(m, 2000, 2000);
+    let eval = |shadow: ShadowOptions| {
+        let npu = NpuModel::new(m, &cal, NpuOptions { shadow, ..Default::default() }, &|| {}).unwrap();
+        let mut acc = llm_npu::eval::EvalAccumulator::default();
+        for w in text.chunks(512).filter(|w| w.len() >= 2) {
+            let q = npu.forward(w, &mut m.new_cache(w.len()), Logits::All).unwrap();
+            let f = m.forward(w, &mut m.new_cache(w.len()), Logits::All).unwrap();
+            acc.add_window(w, &q, &f, m.config.vocab_size).unwrap();
+        }
+        acc.report().unwrap()
+    };
+    let on = eval(ShadowOptions::default());
+    let off = eval(ShadowOptions { enabled: false, ..Default::default() });
+    eprintln!("stories260K vs f32: shadow top-1 {:.4} KL {:.5} ppl x{:.4}; without top-1 {:.4} KL {:.5} ppl x{:.4}", on.top1_agreement, on.mean_kld, on.ppl_ratio, off.top1_agreement, off.mean_kld, off.ppl_ratio);
+    assert!(on.mean_kld * 3.0 <= off.mean_kld, "shadow KL {} vs {} without", on.mean_kld, off.mean_kld);
+    assert!(on.top1_agreement >= 0.96 && on.mean_kld <= 0.006 && on.ppl_ratio <= 1.01, "{on:?}");
+}
