@@ -17,14 +17,47 @@ pub enum WeightGranularity {
 }
 
 /// round(x * inv_scale) clamped to -127..=127, ties to even. Clamping first keeps the value
-/// small enough for the classic trick: adding and subtracting 1.5 * 2^23 makes the FPU round to
-/// the nearest integer (ties to even, the default mode). Unlike `round_ties_even` (a libm call
-/// per element) this vectorizes, which matters for a billion weights at load and every activation.
+/// small enough for the classic trick: adding 1.5 * 2^23 makes the FPU round to the nearest
+/// integer (ties to even, the default mode) and leaves it, two's complement, in the low mantissa
+/// bits. Unlike `round_ties_even` (a libm call per element) or an `as i8` cast (a scalar
+/// conversion per lane) this stays in vector registers, which matters for a billion weights at
+/// load and every activation. NaN quantizes to 0.
 #[inline(always)]
 pub fn quantize_value(x: f32, inv_scale: f32) -> i8 {
     const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23
     let y = (x * inv_scale).clamp(-QMAX, QMAX);
-    ((y + ROUND) - ROUND) as i8
+    let q = (y + ROUND).to_bits().wrapping_sub(ROUND.to_bits());
+    // NaN survives the clamp; its bits are not a small integer.
+    if y.is_nan() {
+        0
+    } else {
+        q as u8 as i8
+    }
+}
+
+/// Quantizes a row with a static scale into bytes offset by `offset` (128 turns int8 into the
+/// unsigned activations of the VNNI kernels, 0 keeps them signed).
+pub fn quantize_row_offset(x: &[f32], inv_scale: f32, offset: u8, out: &mut [u8]) {
+    assert_eq!(x.len(), out.len());
+    #[cfg(target_arch = "x86_64")]
+    if crate::kernels::simd_level() == crate::kernels::SimdLevel::Avx512 && std::arch::is_x86_feature_detected!("avx512bw") {
+        // SAFETY: the CPU has avx512f and avx512bw.
+        return unsafe { quantize_row_offset_avx512(x, inv_scale, offset, out) };
+    }
+    quantize_row_offset_portable(x, inv_scale, offset, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn quantize_row_offset_avx512(x: &[f32], inv_scale: f32, offset: u8, out: &mut [u8]) {
+    quantize_row_offset_portable(x, inv_scale, offset, out)
+}
+
+#[inline(always)]
+pub fn quantize_row_offset_portable(x: &[f32], inv_scale: f32, offset: u8, out: &mut [u8]) {
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = (quantize_value(v, inv_scale) as u8).wrapping_add(offset);
+    }
 }
 
 #[cfg(test)]
@@ -43,6 +76,21 @@ mod tests {
             assert_eq!(quantize_value(x, 1.0), x.round_ties_even().clamp(-127.0, 127.0) as i8, "x = {x}");
         }
         assert_eq!(quantize_value(f32::NAN, 1.0), 0);
+    }
+
+    #[test]
+    fn row_quantization_matches_the_portable_version() {
+        let x: Vec<f32> = (0..1000).map(|i| ((i * 7919 % 2001) as f32 - 1000.0) * 0.37).chain([f32::NAN, f32::INFINITY, -f32::INFINITY, 0.5, -0.5, 2.5]).collect();
+        for offset in [0u8, 128] {
+            let (mut a, mut b) = (vec![0u8; x.len()], vec![0u8; x.len()]);
+            quantize_row_offset(&x, 1.0 / 2.9, offset, &mut a);
+            quantize_row_offset_portable(&x, 1.0 / 2.9, offset, &mut b);
+            assert_eq!(a, b);
+            for (&q, &v) in a.iter().zip(&x) {
+                let want = if v.is_nan() { 0 } else { (v * (1.0 / 2.9)).round_ties_even().clamp(-127.0, 127.0) as i8 };
+                assert_eq!(q.wrapping_sub(offset) as i8, want, "x = {v}");
+            }
+        }
     }
 }
 

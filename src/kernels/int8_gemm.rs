@@ -159,7 +159,11 @@ impl PackedActs {
     /// Packs int8 activations [m, k].
     pub fn new(x: &[i8], m: usize, k: usize, kernel: Int8Kernel) -> Self {
         assert_eq!(x.len(), m * k);
-        Self::pack(m, k, kernel, |i, kk| x[i * k + kk])
+        Self::pack(m, k, kernel, |i, offset, row| {
+            for (o, &v) in row.iter_mut().zip(&x[i * k..(i + 1) * k]) {
+                *o = (v as u8).wrapping_add(offset);
+            }
+        })
     }
 
     /// Quantizes f32 activations [m, k] with a static scale (clip to +-127, ties to even) while
@@ -167,20 +171,28 @@ impl PackedActs {
     pub fn quantized(x: &[f32], m: usize, k: usize, scale: f32, kernel: Int8Kernel) -> Self {
         assert_eq!(x.len(), m * k);
         let inv = 1.0 / scale;
-        Self::pack(m, k, kernel, |i, kk| crate::quant::quantize_value(x[i * k + kk], inv))
+        Self::pack(m, k, kernel, |i, offset, row| crate::quant::quantize_row_offset(&x[i * k..(i + 1) * k], inv, offset, row))
     }
 
-    fn pack(m: usize, k: usize, kernel: Int8Kernel, value: impl Fn(usize, usize) -> i8 + Sync) -> Self {
+    /// `fill_row(i, offset, row)` writes token i's k activations, plus `offset`, into `row`; each
+    /// row is then scattered into its panel four bytes at a time.
+    fn pack(m: usize, k: usize, kernel: Int8Kernel, fill_row: impl Fn(usize, u8, &mut [u8]) + Sync) -> Self {
         let (mr, k4) = (kernel.mr(m), k.next_multiple_of(4));
         let offset = if kernel.unsigned_acts() { 128u8 } else { 0 };
         let mut data = vec![offset; m.div_ceil(mr) * k4 * mr];
-        data.par_chunks_mut(k4 * mr).enumerate().for_each(|(p, panel)| {
-            for i in 0..mr.min(m - p * mr) {
-                for kk in 0..k {
-                    panel[(kk / 4) * mr * 4 + i * 4 + kk % 4] = (value(p * mr + i, kk) as u8).wrapping_add(offset);
+        // The row buffer's tail beyond k stays `offset`: the zero activation.
+        data.par_chunks_mut(k4 * mr).enumerate().for_each_init(
+            || vec![offset; k4],
+            |row, (p, panel)| {
+                for i in 0..mr.min(m - p * mr) {
+                    fill_row(p * mr + i, offset, &mut row[..k]);
+                    for (g, four) in row.chunks_exact(4).enumerate() {
+                        let at = g * mr * 4 + i * 4;
+                        panel[at..at + 4].copy_from_slice(four);
+                    }
                 }
-            }
-        });
+            },
+        );
         PackedActs { data, mr, k4, m, k, kernel }
     }
 

@@ -42,7 +42,11 @@ pub fn exp_fast(x: f32) -> f32 {
     let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
     let f = x - n * LN2_HI - n * LN2_LO;
     let p = 1.0 + f * (1.0 + f * (0.5 + f * (1.0 / 6.0 + f * (1.0 / 24.0 + f * (1.0 / 120.0 + f * (1.0 / 720.0))))));
-    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    // 2^n from the exponent bits. n is a whole number in [-126, 127]; adding 1.5 * 2^23 puts it
+    // in the low mantissa bits, which keeps the whole function in vector registers (an `as i32`
+    // cast would be a scalar conversion per lane).
+    let n_bits = (n + 12_582_912.0).to_bits().wrapping_sub(0x4B40_0000);
+    p * f32::from_bits(n_bits.wrapping_add(127) << 23)
 }
 
 /// gate <- silu(gate) * up (SwiGLU).
@@ -235,12 +239,13 @@ impl Group {
         let qs = &q[h0 * hd..(h0 + H) * hd];
         let key_blocks = padded / LANES;
         let mut jb = 0;
-        while jb + 2 <= key_blocks {
-            self.scores::<H, 2, FMA>(qs, kt, jb, scores);
-            jb += 2;
+        while jb + 4 <= key_blocks {
+            self.scores::<H, 4, FMA>(qs, kt, jb, scores);
+            jb += 4;
         }
-        if jb < key_blocks {
+        while jb < key_blocks {
             self.scores::<H, 1, FMA>(qs, kt, jb, scores);
+            jb += 1;
         }
         for i in 0..H {
             softmax(&mut scores[i * padded..i * padded + self.n_keys]);
@@ -267,6 +272,14 @@ impl Group {
     /// one load of 16 keys per dimension feeds H heads.
     #[inline(always)]
     fn scores<const H: usize, const N: usize, const FMA: bool>(&self, qs: &[f32], kt: &[f32], jb: usize, scores: &mut [f32]) {
+        assert!(qs.len() >= H * self.hd && kt.len() >= self.hd * self.stride && (jb + N) * LANES <= self.padded.min(self.stride));
+        assert!(scores.len() >= (H - 1) * self.padded + (jb + N) * LANES);
+        #[cfg(target_arch = "x86_64")]
+        if FMA {
+            // SAFETY: FMA is only set on the AVX-512 path; the asserts above bound every access.
+            unsafe { self.scores_avx512::<H, N>(qs, kt, jb, scores) };
+            return;
+        }
         let mut acc = [[[0f32; LANES]; N]; H];
         for d in 0..self.hd {
             let k: [&[f32; LANES]; N] = std::array::from_fn(|b| {
@@ -288,6 +301,36 @@ impl Group {
                 for l in 0..LANES {
                     scores[at + l] = acc_ib[l] * self.scale;
                 }
+            }
+        }
+    }
+
+    /// `scores` with the accumulators held in registers (the array form above spills them to
+    /// the stack on every step).
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn scores_avx512<const H: usize, const N: usize>(&self, qs: &[f32], kt: &[f32], jb: usize, scores: &mut [f32]) {
+        use std::arch::x86_64::*;
+        let mut acc = [[_mm512_setzero_ps(); N]; H];
+        let (kp, qp) = (kt.as_ptr().add(jb * LANES), qs.as_ptr());
+        for d in 0..self.hd {
+            let row = kp.add(d * self.stride);
+            let mut k = [_mm512_setzero_ps(); N];
+            for (b, kb) in k.iter_mut().enumerate() {
+                *kb = _mm512_loadu_ps(row.add(b * LANES));
+            }
+            for (i, acc_i) in acc.iter_mut().enumerate() {
+                let qd = _mm512_set1_ps(*qp.add(i * self.hd + d));
+                for b in 0..N {
+                    acc_i[b] = _mm512_fmadd_ps(qd, k[b], acc_i[b]);
+                }
+            }
+        }
+        let scale = _mm512_set1_ps(self.scale);
+        for (i, acc_i) in acc.iter().enumerate() {
+            for (b, &a) in acc_i.iter().enumerate() {
+                _mm512_storeu_ps(scores.as_mut_ptr().add(i * self.padded + (jb + b) * LANES), _mm512_mul_ps(a, scale));
             }
         }
     }
