@@ -89,6 +89,23 @@ unsafe impl Sync for Dequantize<'_> {}
 
 impl Epilogue for Dequantize<'_> {
     unsafe fn tile(&self, row0: usize, col0: usize, tokens: usize, cols: usize, acc: &[i32]) {
+        #[cfg(target_arch = "x86_64")]
+        if crate::kernels::simd_level() == crate::kernels::SimdLevel::Avx512 {
+            return self.tile_avx512(row0, col0, tokens, cols, acc);
+        }
+        self.tile_portable(row0, col0, tokens, cols, acc)
+    }
+}
+
+impl Dequantize<'_> {
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn tile_avx512(&self, row0: usize, col0: usize, tokens: usize, cols: usize, acc: &[i32]) {
+        self.tile_portable(row0, col0, tokens, cols, acc)
+    }
+
+    #[inline(always)]
+    unsafe fn tile_portable(&self, row0: usize, col0: usize, tokens: usize, cols: usize, acc: &[i32]) {
         let scales = &self.scales[col0..col0 + cols];
         for t in 0..tokens {
             let o = std::slice::from_raw_parts_mut(self.out.add((row0 + t) * self.ld + col0), cols);

@@ -23,12 +23,26 @@ pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
 fn rms_norm_rows(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     let dim = w.len();
     for (xr, or) in x.chunks_exact(dim).zip(out.chunks_exact_mut(dim)) {
-        let ss: f32 = xr.iter().map(|v| v * v).sum::<f32>() / dim as f32;
+        let ss = sum_of_squares(xr) / dim as f32;
         let r = 1.0 / (ss + eps).sqrt();
         for ((o, &v), &g) in or.iter_mut().zip(xr).zip(w) {
             *o = g * (v * r);
         }
     }
+}
+
+/// Sum of x^2 over 16 lane accumulators: a plain `.sum()` is one serial chain of dependent adds
+/// (float addition is not reassociated), which made RMSNorm latency-bound.
+#[inline(always)]
+fn sum_of_squares(x: &[f32]) -> f32 {
+    let (chunks, tail) = x.as_chunks::<16>();
+    let mut lanes = [0f32; 16];
+    for c in chunks {
+        for l in 0..16 {
+            lanes[l] += c[l] * c[l];
+        }
+    }
+    lanes.iter().sum::<f32>() + tail.iter().map(|v| v * v).sum::<f32>()
 }
 
 /// e^x for f32 without branches or calls, so loops over it vectorize: x = n ln2 + f with
@@ -397,10 +411,27 @@ pub fn find_beyond(x: &[f32], inv_scale: f32, limit: f32, out: &mut Vec<u32>) {
     }
 }
 
+/// One compare mask per 16 elements; the mask's bits are the indices.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn find_beyond_avx512(x: &[f32], inv_scale: f32, limit: f32, out: &mut Vec<u32>) {
-    find_beyond_portable(x, inv_scale, limit, out)
+    use std::arch::x86_64::*;
+    let (blocks, tail) = x.as_chunks::<16>();
+    let (inv, lim) = (_mm512_set1_ps(inv_scale), _mm512_set1_ps(limit));
+    for (b, block) in blocks.iter().enumerate() {
+        let v = _mm512_abs_ps(_mm512_mul_ps(_mm512_loadu_ps(block.as_ptr()), inv));
+        let mut mask = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(v, lim);
+        while mask != 0 {
+            out.push((b * 16) as u32 + mask.trailing_zeros());
+            mask &= mask - 1;
+        }
+    }
+    let base = blocks.len() * 16;
+    for (l, &v) in tail.iter().enumerate() {
+        if (v * inv_scale).abs() > limit {
+            out.push((base + l) as u32);
+        }
+    }
 }
 
 #[inline(always)]
