@@ -46,6 +46,37 @@ enum Command {
     Demo(DemoArgs),
     /// Record activation statistics for the npu backend's static scales (saved beside the model by default).
     Calibrate(CalibrateArgs),
+    /// Run the prefill's subgraph scheduler in virtual time on a device's cost model: makespan,
+    /// accelerator bubble rate and utilization, in order and out of order.
+    Simulate(SimulateArgs),
+}
+
+#[derive(Args)]
+struct SimulateArgs {
+    /// Device cost model: a built-in profile (snapdragon-8gen3: the llm.npu paper's Qwen1.5-1.8B
+    /// on a Snapdragon 8 Gen 3) or a JSON file of the same fields
+    #[arg(long, default_value = "snapdragon-8gen3")]
+    profile: String,
+    /// Prompt length in tokens
+    #[arg(short = 'p', long, default_value_t = 1024)]
+    n_prompt: usize,
+    /// Chunk size [default: the profile's]
+    #[arg(long)]
+    chunk_size: Option<usize>,
+    /// Scheduler [default: both, side by side]
+    #[arg(long, value_enum)]
+    scheduler: Option<SchedulerArg>,
+    /// Print one JSON object per scheduler
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum SchedulerArg {
+    /// subgraphs start in program order (chunk by chunk, layer by layer)
+    InOrder,
+    /// llm.npu's rule: the ready subgraph that unblocks the most accelerator work first
+    Ooo,
 }
 
 #[derive(Args)]
@@ -441,6 +472,7 @@ fn main() {
         Command::Synth(a) => cmd_synth(a),
         Command::Demo(a) => cmd_demo(a),
         Command::Calibrate(a) => cmd_calibrate(a),
+        Command::Simulate(a) => cmd_simulate(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
@@ -944,5 +976,65 @@ fn cmd_calibrate(a: CalibrateArgs) -> Result<()> {
     let out = a.out.clone().unwrap_or_else(|| calibrate::default_path(&a.model.model));
     cal.save(&out)?;
     eprintln!("wrote {} ({} tokens, {} layers x 4 linear inputs)", out.display(), cal.tokens, loaded.model.config.num_layers);
+    Ok(())
+}
+
+fn cmd_simulate(a: SimulateArgs) -> Result<()> {
+    use llm_npu::prefill::dag::{Dag, Processor};
+    use llm_npu::prefill::profile::DeviceProfile;
+    use llm_npu::prefill::schedule::{simulate, InOrder, OutOfOrder, Scheduler};
+    let profile = DeviceProfile::load(&a.profile)?;
+    let chunk = a.chunk_size.unwrap_or(profile.chunk_size);
+    if chunk == 0 || a.n_prompt == 0 {
+        bail!("--chunk-size and -p must be at least 1");
+    }
+    let dag = Dag::new(a.n_prompt.div_ceil(chunk), profile.layers, &profile.shadow_layers());
+    let cost: Vec<f64> = dag.nodes.iter().map(|n| profile.cost(n, chunk)).collect();
+    let schedulers: Vec<Box<dyn Scheduler>> = match a.scheduler {
+        Some(SchedulerArg::InOrder) => vec![Box::new(InOrder)],
+        Some(SchedulerArg::Ooo) => vec![Box::new(OutOfOrder)],
+        None => vec![Box::new(InOrder), Box::new(OutOfOrder)],
+    };
+    if !a.json {
+        println!("{}: {}", profile.name, profile.description);
+        println!(
+            "{} tokens in {} chunks of {chunk} ({} padded), {} layers: {} subgraphs (simulated, not measured here)\n",
+            a.n_prompt,
+            dag.chunks,
+            dag.chunks * chunk - a.n_prompt,
+            profile.layers,
+            dag.len()
+        );
+        println!("| scheduler | makespan | prefill tokens/s | accelerator bubble rate | accelerator busy | CPU busy |");
+        println!("| --- | ---: | ---: | ---: | ---: | ---: |");
+    }
+    for mut s in schedulers {
+        let r = simulate(&dag, &cost, s.as_mut());
+        let tps = a.n_prompt as f64 / (r.makespan / 1e3);
+        if a.json {
+            let v = serde_json::json!({
+                "profile": profile.name,
+                "scheduler": s.name(),
+                "n_prompt": a.n_prompt,
+                "chunk_size": chunk,
+                "subgraphs": dag.len(),
+                "makespan_ms": r.makespan,
+                "tokens_per_s": tps,
+                "accel_bubble_rate": r.accel_bubble_rate(),
+                "accel_utilization": r.utilization(Processor::Accel),
+                "cpu_utilization": r.utilization(Processor::Cpu),
+            });
+            println!("{v}");
+        } else {
+            println!(
+                "| {} | {:.1} ms | {tps:.0} | {:.2}% | {:.1}% | {:.1}% |",
+                s.name(),
+                r.makespan,
+                100.0 * r.accel_bubble_rate(),
+                100.0 * r.utilization(Processor::Accel),
+                100.0 * r.utilization(Processor::Cpu)
+            );
+        }
+    }
     Ok(())
 }

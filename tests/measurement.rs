@@ -185,3 +185,28 @@ fn run_with_a_huge_n_stops_at_the_context() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stderr).contains("context limit"));
 }
+
+#[test]
+fn simulate_reports_the_paper_device_with_and_without_out_of_order_scheduling() {
+    let run = |sched: &str| -> serde_json::Value {
+        let out = run_ok(&["simulate", "--profile", "snapdragon-8gen3", "-p", "1024", "--scheduler", sched, "--json"]);
+        serde_json::from_str(out.trim()).unwrap()
+    };
+    let (a, b) = (run("in-order"), run("ooo"));
+    let (ma, mb) = (a["makespan_ms"].as_f64().unwrap(), b["makespan_ms"].as_f64().unwrap());
+    let (ba, bb) = (a["accel_bubble_rate"].as_f64().unwrap(), b["accel_bubble_rate"].as_f64().unwrap());
+    assert!(bb <= 0.02 && ma >= 1.15 * mb, "in order {ma} ms ({ba}), out of order {mb} ms ({bb})");
+    assert!(ba > 0.15, "in order the accelerator waits for attention: {ba}");
+    // A profile file of the same fields, and a clear error for a bad one.
+    let dir = tempdir("profile");
+    let p = dir.join("p.json");
+    std::fs::write(&p, r#"{"name":"toy","description":"","layers":2,"chunk_size":4,"qkv_ms":1,"o_ffn_ms":2,"attention_ms":1,"shadow_qkv_ms":0,"shadow_o_ffn_ms":0,"shadow_keep":0}"#).unwrap();
+    let out = run_ok(&["simulate", "--profile", p.to_str().unwrap(), "-p", "4", "--scheduler", "in-order", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    // One chunk, two layers of qkv 1 -> attention 1 -> o+ffn 2: 8 ms.
+    assert_eq!(v["makespan_ms"].as_f64(), Some(8.0));
+    std::fs::write(&p, r#"{"name":"bad"}"#).unwrap();
+    let o = bin().args(["simulate", "--profile", p.to_str().unwrap()]).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.code() == Some(1) && err.contains("not a device profile"), "{err}");
+}

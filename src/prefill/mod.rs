@@ -3,6 +3,10 @@
 //! path this is a pure refactoring of one batched pass; on an accelerator it lets one set of
 //! fixed-shape graphs serve every chunk of every prompt.
 
+pub mod dag;
+pub mod profile;
+pub mod schedule;
+
 use crate::error::{Error, Result};
 use crate::model::{KvCache, Logits, Transformer};
 
