@@ -69,6 +69,12 @@ struct SimulateArgs {
     /// Print one JSON object per scheduler
     #[arg(long)]
     json: bool,
+    /// Write the simulated schedules as a Chrome trace (open in Perfetto or chrome://tracing)
+    #[arg(long, value_name = "FILE.json")]
+    trace: Option<PathBuf>,
+    /// Draw the simulated schedules as an SVG timeline
+    #[arg(long, value_name = "FILE.svg")]
+    timeline: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -1008,6 +1014,7 @@ fn cmd_simulate(a: SimulateArgs) -> Result<()> {
         println!("| scheduler | makespan | prefill tokens/s | accelerator bubble rate | accelerator busy | CPU busy |");
         println!("| --- | ---: | ---: | ---: | ---: | ---: |");
     }
+    let mut done = Vec::new();
     for mut s in schedulers {
         let r = simulate(&dag, &cost, s.as_mut());
         let tps = a.n_prompt as f64 / (r.makespan / 1e3);
@@ -1035,6 +1042,17 @@ fn cmd_simulate(a: SimulateArgs) -> Result<()> {
                 100.0 * r.utilization(Processor::Cpu)
             );
         }
+        done.push((s.name(), r));
+    }
+    let named: Vec<(&str, &llm_npu::prefill::schedule::Schedule)> = done.iter().map(|(n, r)| (*n, r)).collect();
+    if let Some(path) = &a.trace {
+        std::fs::write(path, llm_npu::prefill::trace::chrome_trace(&dag, &named)).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("wrote {} (Chrome trace: open in Perfetto or chrome://tracing)", path.display());
+    }
+    if let Some(path) = &a.timeline {
+        let title = format!("{} (simulated): {} tokens, chunks of {chunk}, {} layers", profile.name, a.n_prompt, profile.layers);
+        std::fs::write(path, llm_npu::prefill::trace::timeline_svg(&dag, &title, &named)).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
     }
     Ok(())
 }

@@ -6,6 +6,7 @@
 pub mod dag;
 pub mod profile;
 pub mod schedule;
+pub mod trace;
 
 use crate::error::{Error, Result};
 use crate::model::{KvCache, Logits, Transformer};
