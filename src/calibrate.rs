@@ -151,11 +151,5 @@ impl Calibration {
 /// Where a model's calibration lives by default: `<folder>/llm-npu-calibration.json` for an HF
 /// folder, `<file>.llm-npu-calibration.json` beside a single-file model.
 pub fn default_path(model: &Path) -> PathBuf {
-    if model.is_dir() {
-        model.join("llm-npu-calibration.json")
-    } else {
-        let mut name = model.file_name().unwrap_or_default().to_os_string();
-        name.push(".llm-npu-calibration.json");
-        model.with_file_name(name)
-    }
+    crate::format::beside_model(model, "calibration")
 }

@@ -49,6 +49,24 @@ enum Command {
     /// Run the prefill's subgraph scheduler in virtual time on a device's cost model: makespan,
     /// accelerator bubble rate and utilization, in order and out of order.
     Simulate(SimulateArgs),
+    /// Time the npu prefill's subgraphs on this machine and save them as a cost model for
+    /// `simulate --profile FILE` (beside the model by default).
+    Profile(ProfileArgs),
+}
+
+#[derive(Args)]
+struct ProfileArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Prompt length to time (random tokens; at least one full chunk)
+    #[arg(short = 'p', long, default_value_t = 1024)]
+    n_prompt: usize,
+    /// Timed repetitions (after one warm-up run)
+    #[arg(short = 'r', long, default_value_t = 3)]
+    repetitions: usize,
+    /// Output file [default: llm-npu-profile.json beside the model]
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -479,6 +497,7 @@ fn main() {
         Command::Demo(a) => cmd_demo(a),
         Command::Calibrate(a) => cmd_calibrate(a),
         Command::Simulate(a) => cmd_simulate(a),
+        Command::Profile(a) => cmd_profile(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
@@ -1054,5 +1073,43 @@ fn cmd_simulate(a: SimulateArgs) -> Result<()> {
         std::fs::write(path, llm_npu::prefill::trace::timeline_svg(&dag, &title, &named)).with_context(|| format!("writing {}", path.display()))?;
         eprintln!("wrote {}", path.display());
     }
+    Ok(())
+}
+
+fn cmd_profile(a: ProfileArgs) -> Result<()> {
+    use llm_npu::prefill::profile::DeviceProfile;
+    let threads = init_threads(a.model.threads)?;
+    if a.repetitions == 0 {
+        bail!("--repetitions must be at least 1");
+    }
+    if a.model.backend != Backend::Npu {
+        bail!("profile times the npu backend's subgraphs: add --backend npu");
+    }
+    let loaded = load_model(&a.model)?;
+    let m = &loaded.model;
+    let n = a.n_prompt.min(m.config.max_seq_len);
+    let engine = make_engine(&loaded, &a.model, Backend::Npu)?;
+    let Engine::Npu(npu) = &engine else { unreachable!("built for the npu backend") };
+    let chunk = npu.chunk_sizes[0];
+    if n < chunk {
+        bail!("-p {n} holds no full chunk of {chunk} tokens; give at least {chunk}");
+    }
+    let tokens = random_tokens(m.config.vocab_size, n, 0);
+    let bar = progress_bar(a.repetitions as u64 + 1, "profiling {bar:30} {pos}/{len} prefills {elapsed}");
+    npu.forward(&tokens, &mut m.new_cache(n), Logits::Last)?;
+    bar.inc(1);
+    npu.start_profiling();
+    for _ in 0..a.repetitions {
+        npu.forward(&tokens, &mut m.new_cache(n), Logits::Last)?;
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let name = format!("measured: {}", model_description(&loaded));
+    let description = format!("{} on this machine, {} ({threads} threads), {n}-token prompts, {} runs", a.model.model.display(), npu.accel.name(), a.repetitions);
+    let profile = DeviceProfile::from_timings(name, description, m.config.num_layers, chunk, &npu.take_profile())?;
+    let out = a.out.clone().unwrap_or_else(|| llm_npu::prefill::profile::default_path(&a.model.model));
+    std::fs::write(&out, serde_json::to_string_pretty(&profile)?).with_context(|| format!("writing {}", out.display()))?;
+    println!("per layer and {chunk}-token chunk: q/k/v {:.2} ms, o_proj..down_proj {:.2} ms, attention {:.2} ms x (2i+1) for chunk i, shadow {:.2} + {:.2} ms in {:.0}% of the layers", profile.qkv_ms, profile.o_ffn_ms, profile.attention_ms, profile.shadow_qkv_ms, profile.shadow_o_ffn_ms, 100.0 * profile.shadow_keep);
+    println!("wrote {}; see what scheduling would do with these costs on a dedicated accelerator: llm-npu simulate --profile {} -p {n} --chunk-size {chunk}", out.display(), out.display());
     Ok(())
 }

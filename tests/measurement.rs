@@ -210,3 +210,24 @@ fn simulate_reports_the_paper_device_with_and_without_out_of_order_scheduling() 
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.code() == Some(1) && err.contains("not a device profile"), "{err}");
 }
+
+#[test]
+fn profile_times_the_npu_subgraphs_and_simulate_reads_the_result() {
+    let m = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llama-gqa");
+    let out = tempdir("measured").join("profile.json");
+    run_ok(&["profile", "-m", m.to_str().unwrap(), "--backend", "npu", "-p", "96", "--chunk-size", "32", "-r", "1", "--out", out.to_str().unwrap()]);
+    let p: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!((p["layers"].as_u64(), p["chunk_size"].as_u64()), (Some(2), Some(32)));
+    for key in ["qkv_ms", "o_ffn_ms", "attention_ms"] {
+        assert!(p[key].as_f64().unwrap() > 0.0, "{key}: {p}");
+    }
+    let sim = run_ok(&["simulate", "--profile", out.to_str().unwrap(), "-p", "96", "--chunk-size", "32", "--scheduler", "ooo", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(sim.trim()).unwrap();
+    // 3 chunks x 2 layers x (qkv, attention, o+ffn), plus 2 shadow nodes per layer with shadow work.
+    let shadow_layers = (p["shadow_keep"].as_f64().unwrap() * 2.0).ceil() as u64;
+    assert_eq!(v["subgraphs"].as_u64(), Some(3 * (2 * 3 + shadow_layers * 2)), "{v}");
+    // Without the npu backend there is nothing to time.
+    let o = bin().args(["profile", "-m", m.to_str().unwrap()]).output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--backend npu"));
+}

@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::accel::cpu::{run_w8a8, CpuAccelerator, CpuGraph};
 use crate::accel::{Accelerator, LinearGraphSpec};
@@ -93,6 +93,21 @@ impl NpuLayer {
     }
 }
 
+/// One accelerator part's run in a profiled prefill (`NpuModel::start_profiling`).
+#[derive(Debug, Clone, Copy)]
+pub struct PartTiming {
+    pub chunk: usize,
+    pub layer: usize,
+    pub part: Part,
+    /// Rows of the graph (the chunk size it was compiled for).
+    pub rows: usize,
+    /// The graph and its shadow work, from start to merged outputs.
+    pub start: Instant,
+    pub end: Instant,
+    /// Time the shadow work took (it runs beside the graph).
+    pub shadow: Duration,
+}
+
 #[derive(Debug, Clone, Copy, Default)]
 pub struct GraphStats {
     pub compiled: usize,
@@ -116,6 +131,8 @@ pub struct NpuModel<'m> {
     /// Which inputs run shadow work, with which scales and hot sets.
     pub shadow_plan: ShadowPlan,
     shadow_buffers: BufferPool,
+    /// Part timings, while profiling.
+    profile: Mutex<Option<Vec<PartTiming>>>,
 }
 
 impl<'m> NpuModel<'m> {
@@ -180,6 +197,7 @@ impl<'m> NpuModel<'m> {
             lm_head,
             shadow_plan,
             shadow_buffers: BufferPool::default(),
+            profile: Mutex::new(None),
         })
     }
 
@@ -213,6 +231,16 @@ impl<'m> NpuModel<'m> {
 
     pub fn graph_stats(&self) -> GraphStats {
         *self.stats.lock().unwrap()
+    }
+
+    /// Records the timing of every accelerator part of the prefills that follow.
+    pub fn start_profiling(&self) {
+        *self.profile.lock().unwrap() = Some(Vec::new());
+    }
+
+    /// The timings recorded since `start_profiling` (profiling stops).
+    pub fn take_profile(&self) -> Vec<PartTiming> {
+        self.profile.lock().unwrap().take().unwrap_or_default()
     }
 
     /// Shadow work done so far, per layer.
@@ -287,7 +315,7 @@ impl<'m> NpuModel<'m> {
         for (i, &(real, rows)) in plan.iter().enumerate() {
             let chunk = &tokens[at..at + real];
             at += real;
-            let x = self.model.hidden_states(&AccelChunk { npu: self, rows }, chunk, cache, None)?;
+            let x = self.model.hidden_states(&AccelChunk { npu: self, rows, chunk: i }, chunk, cache, None)?;
             match which {
                 Logits::All => out.extend(self.logits(&x, Logits::All)),
                 Logits::Last if i + 1 == plan.len() => out = self.logits(&x, Logits::Last),
@@ -303,18 +331,28 @@ impl<'m> NpuModel<'m> {
 struct AccelChunk<'a, 'm> {
     npu: &'a NpuModel<'m>,
     rows: usize,
+    /// Index of the chunk in its prompt (for profiling).
+    chunk: usize,
 }
 
 impl AccelChunk<'_, '_> {
     /// The graph on the accelerator and, at the same time, the shadow work of its input on the
     /// CPU; the shadow results are merged into the graph's outputs when both are done.
     fn run(&self, layer: usize, part: Part, input: &[f32], m: usize, outputs: &mut [&mut [f32]]) -> Result<()> {
+        let start = Instant::now();
         let shadow = self.npu.layers[layer].shadow(part);
         let pool = &self.npu.shadow_buffers;
-        let (done, delta) = rayon::join(|| self.run_graph(layer, part, input, m, outputs), || shadow.and_then(|s| s.compute(input, pool)));
+        let timed_shadow = || {
+            let t0 = Instant::now();
+            (shadow.and_then(|s| s.compute(input, pool)), t0.elapsed())
+        };
+        let (done, (delta, shadow_time)) = rayon::join(|| self.run_graph(layer, part, input, m, outputs), timed_shadow);
         done?;
         if let (Some(s), Some(d)) = (shadow, delta) {
             s.merge(d, outputs, pool);
+        }
+        if let Some(p) = self.npu.profile.lock().unwrap().as_mut() {
+            p.push(PartTiming { chunk: self.chunk, layer, part, rows: self.rows, start, end: Instant::now(), shadow: shadow_time });
         }
         Ok(())
     }

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::dag::{Kind, Node};
 use crate::error::{Error, Result};
+use crate::npu::{Part, PartTiming};
 
 /// Times (ms) of one layer's subgraphs for one chunk of `chunk_size` tokens. Accelerator and
 /// shadow times scale with the chunk's rows; attention with rows x keys.
@@ -78,6 +79,64 @@ impl DeviceProfile {
         Ok(())
     }
 
+    /// A profile measured on this machine from the part timings of npu prefills
+    /// (`NpuModel::start_profiling`): per layer and full chunk of `chunk_size` rows, the q/k/v
+    /// graph, everything from o_proj to down_proj (graphs and the float work between them), the
+    /// CPU gap between them (RoPE, the KV cache and attention: fitted as a x (2i + 1) over chunk
+    /// index i), and the shadow work beside each. Shadow times count the layers that have any.
+    pub fn from_timings(name: String, description: String, layers: usize, chunk_size: usize, timings: &[PartTiming]) -> Result<Self> {
+        use std::collections::BTreeMap;
+        // (run, chunk, layer) -> its four parts; a run starts where chunk 0, layer 0, qkv repeats.
+        let mut by_key: BTreeMap<(usize, usize, usize), Vec<&PartTiming>> = BTreeMap::new();
+        let mut run = 0;
+        for (i, t) in timings.iter().enumerate() {
+            if i > 0 && (t.chunk, t.layer, t.part) == (0, 0, Part::Qkv) {
+                run += 1;
+            }
+            if t.rows == chunk_size {
+                by_key.entry((run, t.chunk, t.layer)).or_default().push(t);
+            }
+        }
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+        let (mut qkv, mut o_ffn, mut sq, mut so, mut n) = (0.0, 0.0, Vec::new(), Vec::new(), 0usize);
+        let (mut attn_num, mut attn_den) = (0.0, 0.0);
+        for (&(_, chunk, _), parts) in &by_key {
+            let get = |p: Part| parts.iter().find(|t| t.part == p).copied();
+            let (Some(q), Some(o), Some(gu), Some(d)) = (get(Part::Qkv), get(Part::O), get(Part::GateUp), get(Part::Down)) else { continue };
+            qkv += ms(q.end - q.start);
+            o_ffn += ms(d.end - o.start);
+            let w = (2 * chunk + 1) as f64;
+            attn_num += ms(o.start - q.end) * w;
+            attn_den += w * w;
+            if !q.shadow.is_zero() {
+                sq.push(ms(q.shadow));
+            }
+            let s = ms(o.shadow) + ms(gu.shadow) + ms(d.shadow);
+            if s > 0.0 {
+                so.push(s);
+            }
+            n += 1;
+        }
+        if n == 0 {
+            return Err(Error::Input(format!("no full {chunk_size}-token chunk was timed: profile a prompt of at least {chunk_size} tokens")));
+        }
+        let mean = |v: &[f64]| if v.is_empty() { 0.0 } else { v.iter().sum::<f64>() / v.len() as f64 };
+        let p = DeviceProfile {
+            name,
+            description,
+            layers,
+            chunk_size,
+            qkv_ms: qkv / n as f64,
+            o_ffn_ms: o_ffn / n as f64,
+            attention_ms: attn_num / attn_den,
+            shadow_qkv_ms: mean(&sq),
+            shadow_o_ffn_ms: mean(&so),
+            shadow_keep: (sq.len().max(so.len()) as f64 / n as f64).min(1.0),
+        };
+        p.validate()?;
+        Ok(p)
+    }
+
     /// Which layers run shadow work: the first `shadow_keep` fraction (a profile has no per-layer
     /// importance).
     pub fn shadow_layers(&self) -> Vec<bool> {
@@ -97,6 +156,11 @@ impl DeviceProfile {
             Kind::Attention => self.attention_ms * rows * rows * (2 * node.chunk + 1) as f64,
         }
     }
+}
+
+/// Where `llm-npu profile` saves a model's measured profile: next to its calibration.
+pub fn default_path(model: &Path) -> std::path::PathBuf {
+    crate::format::beside_model(model, "profile")
 }
 
 #[cfg(test)]
