@@ -151,6 +151,19 @@ impl LinearExecutor for FloatLinears<'_> {
     }
 }
 
+/// One chunk of tokens on its way through the decoder layers.
+pub struct ChunkState {
+    /// The residual stream [m][hidden].
+    pub x: Vec<f32>,
+    /// Position of the chunk's first token.
+    pub pos0: usize,
+    /// Tokens in the chunk.
+    pub m: usize,
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+    scratch: Scratch,
+}
+
 /// Whose logits a forward pass returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Logits {
@@ -320,58 +333,85 @@ impl Transformer {
 
     /// The decoder layers: hidden states [tokens][hidden] after the last layer (before the final norm).
     pub fn hidden_states(&self, exec: &dyn LinearExecutor, tokens: &[u32], cache: &mut KvCache, mut observer: Option<&mut dyn ActivationObserver>) -> Result<Vec<f32>> {
-        let mut observe = |layer: usize, point: LinearInput, x: &mut [f32], cols: usize| {
-            if let Some(o) = observer.as_deref_mut() {
-                o.observe(layer, point, x, cols);
-            }
-        };
+        let scratch = std::mem::take(&mut cache.scratch);
+        let mut chunk = self.start_chunk(tokens, cache.len(), cache.capacity(), scratch)?;
+        for layer in 0..self.layers.len() {
+            self.layer_qkv(exec, layer, &mut chunk, observer.as_deref_mut())?;
+            self.layer_attention(layer, &mut chunk, cache, observer.as_deref_mut());
+            self.layer_o_ffn(exec, layer, &mut chunk, observer.as_deref_mut())?;
+        }
+        cache.advance(chunk.m);
+        cache.scratch = chunk.scratch;
+        Ok(chunk.x)
+    }
+
+    /// A chunk of `tokens` at positions pos0.. entering the layers: its embeddings, RoPE tables
+    /// and working buffers. The three `layer_*` steps then take it through each layer; the
+    /// prefill scheduler runs them as separate subgraphs.
+    pub(crate) fn start_chunk(&self, tokens: &[u32], pos0: usize, capacity: usize, mut scratch: Scratch) -> Result<ChunkState> {
         let c = &self.config;
         let m = tokens.len();
         if m == 0 {
             return Err(Error::Input("no tokens to run".into()));
         }
-        let pos0 = cache.len();
-        if pos0 + m > cache.capacity() {
-            return Err(Error::Input(format!(
-                "{} tokens exceed the context of {} (the cache holds {pos0}, {m} more requested)",
-                pos0 + m,
-                cache.capacity()
-            )));
+        if pos0 + m > capacity {
+            return Err(Error::Input(format!("{} tokens exceed the context of {capacity} (the cache holds {pos0}, {m} more requested)", pos0 + m)));
         }
-        let (d, hd) = (c.hidden_size, c.head_dim);
-        let mut x = self.embed(tokens)?;
+        let x = self.embed(tokens)?;
         let (cos, sin) = self.rope_tables(pos0, m);
-        let mut s = std::mem::take(&mut cache.scratch);
-        s.h.resize(m * d, 0.0);
+        let s = &mut scratch;
+        s.h.resize(m * c.hidden_size, 0.0);
         s.q.resize(m * c.q_dim(), 0.0);
         s.k.resize(m * c.kv_dim(), 0.0);
         s.v.resize(m * c.kv_dim(), 0.0);
         s.attn.resize(m * c.q_dim(), 0.0);
         s.gate.resize(m * c.intermediate_size, 0.0);
         s.up.resize(m * c.intermediate_size, 0.0);
-        let Scratch { h, q, k, v, attn, gate, up } = &mut s;
-        for (li, layer) in self.layers.iter().enumerate() {
-            layer.input_layernorm.forward(&x, h);
-            observe(li, LinearInput::Attn, h, d);
-            exec.qkv(li, h, m, q, k, v)?;
-            ops::apply_rope(q, hd, c.rope.style, &cos, &sin, hd / 2);
-            ops::apply_rope(k, hd, c.rope.style, &cos, &sin, hd / 2);
-            cache.append(li, pos0, k, v);
-            let (kc, vc) = cache.layer(li);
-            let shape = ops::AttnShape { n_heads: c.num_heads, n_kv_heads: c.num_kv_heads, head_dim: hd, pos0, kv_stride: cache.stride() };
-            ops::causal_attention(q, kc, vc, shape, attn);
-            observe(li, LinearInput::O, attn, c.q_dim());
-            exec.o_proj_residual(li, attn, m, &mut x)?;
+        Ok(ChunkState { x, pos0, m, cos, sin, scratch })
+    }
 
-            layer.post_attention_layernorm.forward(&x, h);
-            observe(li, LinearInput::Ffn, h, d);
-            exec.gate_up(li, h, m, gate, up)?;
-            ops::silu_mul(gate, up);
-            observe(li, LinearInput::Down, gate, c.intermediate_size);
-            exec.down_residual(li, gate, m, &mut x)?;
+    /// input_layernorm, then q/k/v.
+    pub fn layer_qkv<'o>(&self, exec: &dyn LinearExecutor, li: usize, st: &mut ChunkState, observer: Option<&mut (dyn ActivationObserver + 'o)>) -> Result<()> {
+        let Scratch { h, q, k, v, .. } = &mut st.scratch;
+        self.layers[li].input_layernorm.forward(&st.x, h);
+        if let Some(o) = observer {
+            o.observe(li, LinearInput::Attn, h, self.config.hidden_size);
         }
-        cache.advance(m);
-        cache.scratch = s;
-        Ok(x)
+        exec.qkv(li, h, st.m, q, k, v)
+    }
+
+    /// RoPE, this chunk's K/V into the cache (which must hold every earlier position at this
+    /// layer), attention.
+    pub fn layer_attention<'o>(&self, li: usize, st: &mut ChunkState, cache: &mut KvCache, observer: Option<&mut (dyn ActivationObserver + 'o)>) {
+        let c = &self.config;
+        let hd = c.head_dim;
+        let Scratch { q, k, v, attn, .. } = &mut st.scratch;
+        ops::apply_rope(q, hd, c.rope.style, &st.cos, &st.sin, hd / 2);
+        ops::apply_rope(k, hd, c.rope.style, &st.cos, &st.sin, hd / 2);
+        cache.append(li, st.pos0, k, v);
+        let (kc, vc) = cache.layer(li);
+        let shape = ops::AttnShape { n_heads: c.num_heads, n_kv_heads: c.num_kv_heads, head_dim: hd, pos0: st.pos0, kv_stride: cache.stride() };
+        ops::causal_attention(q, kc, vc, shape, attn);
+        if let Some(o) = observer {
+            o.observe(li, LinearInput::O, attn, c.q_dim());
+        }
+    }
+
+    /// o_proj into the residual, post_attention_layernorm, gate/up, SwiGLU, down_proj into the
+    /// residual.
+    pub fn layer_o_ffn<'o>(&self, exec: &dyn LinearExecutor, li: usize, st: &mut ChunkState, mut observer: Option<&mut (dyn ActivationObserver + 'o)>) -> Result<()> {
+        let c = &self.config;
+        let Scratch { h, attn, gate, up, .. } = &mut st.scratch;
+        exec.o_proj_residual(li, attn, st.m, &mut st.x)?;
+        self.layers[li].post_attention_layernorm.forward(&st.x, h);
+        if let Some(o) = observer.as_deref_mut() {
+            o.observe(li, LinearInput::Ffn, h, c.hidden_size);
+        }
+        exec.gate_up(li, h, st.m, gate, up)?;
+        ops::silu_mul(gate, up);
+        if let Some(o) = observer {
+            o.observe(li, LinearInput::Down, gate, c.intermediate_size);
+        }
+        exec.down_residual(li, gate, st.m, &mut st.x)
     }
 }
