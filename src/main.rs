@@ -95,7 +95,7 @@ struct SimulateArgs {
     timeline: Option<PathBuf>,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
 enum SchedulerArg {
     /// subgraphs start in program order (chunk by chunk, layer by layer)
     InOrder,
@@ -185,6 +185,7 @@ fn make_engine<'m>(loaded: &'m LoadedModel, args: &ModelArgs, backend: Backend) 
                 smaller_chunks: !args.npu.no_smaller_chunks,
                 weights: if args.npu.per_tensor_weights { WeightGranularity::PerTensor } else { WeightGranularity::PerChannel },
                 shadow: args.npu.shadow()?,
+                executors: args.npu.executors()?,
             };
             let bar = progress_bar(model.layers.len() as u64, "quantizing {bar:30} {pos}/{len} layers {elapsed}");
             let t0 = Instant::now();
@@ -315,9 +316,40 @@ struct NpuArgs {
     /// npu: shadow work only for the hot channels; other outliers are clipped (for ablations)
     #[arg(long)]
     shadow_hot_only: bool,
+    /// npu: run the prefill's chunk x layer subgraphs on an accelerator executor and a CPU
+    /// executor in this order [default: neither: chunk after chunk on one shared thread pool]
+    #[arg(long, value_enum)]
+    scheduler: Option<SchedulerArg>,
+    /// npu with --scheduler: threads of the accelerator and of the CPU executor, as ACCEL:CPU
+    /// [default: 2:1]
+    #[arg(long, value_name = "ACCEL:CPU")]
+    split: Option<String>,
 }
 
 impl NpuArgs {
+    fn executors(&self) -> Result<Option<llm_npu::npu::scheduled::ExecutorOptions>> {
+        use llm_npu::npu::scheduled::{ExecutorOptions, SchedulerKind};
+        let split = self.split.as_deref().unwrap_or("2:1");
+        if self.split.is_some() && self.scheduler.is_none() {
+            bail!("--split sets the executors of --scheduler; add --scheduler in-order or --scheduler ooo");
+        }
+        let parse = || -> Option<(usize, usize)> {
+            let (a, c) = split.split_once(':')?;
+            Some((a.trim().parse().ok()?, c.trim().parse().ok()?))
+        };
+        let Some((accel_threads, cpu_threads)) = parse().filter(|&(a, c)| a > 0 && c > 0) else {
+            bail!("--split takes two thread counts of at least 1, ACCEL:CPU (e.g. 2:1), got '{split}'");
+        };
+        Ok(self.scheduler.map(|s| ExecutorOptions {
+            scheduler: match s {
+                SchedulerArg::InOrder => SchedulerKind::InOrder,
+                SchedulerArg::Ooo => SchedulerKind::OutOfOrder,
+            },
+            accel_threads,
+            cpu_threads,
+        }))
+    }
+
     fn shadow(&self) -> Result<ShadowOptions> {
         let d = ShadowOptions::default();
         if self.no_shadow && (self.shadow_keep.is_some() || self.shadow_ratio.is_some() || self.shadow_hot_only) {

@@ -17,7 +17,7 @@ use crate::format::safetensors::SafetensorsModel;
 use crate::tokenizer::Tokenizer;
 use config::{GgufMeta, HfConfig, ModelConfig, RopeConfig};
 pub use kv_cache::KvCache;
-pub use transformer::{ActivationObserver, LinearInput, Logits, Transformer};
+pub use transformer::{ActivationObserver, ChunkState, LinearInput, Logits, Transformer};
 use weights::Weights;
 
 /// One architecture family: how its config is read from each format. The forward pass is shared.

@@ -13,6 +13,8 @@
 //! - The LM head runs on the CPU in int8 too (per-channel weights, each row's activation scale
 //!   taken from the row itself): the f32 head would be read in full for every decoded token.
 
+pub mod scheduled;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -37,11 +39,14 @@ pub struct NpuOptions {
     pub smaller_chunks: bool,
     pub weights: WeightGranularity,
     pub shadow: ShadowOptions,
+    /// Run prefill chunks as a subgraph DAG on an accelerator and a CPU executor (None: one chunk
+    /// after the other on the shared thread pool).
+    pub executors: Option<scheduled::ExecutorOptions>,
 }
 
 impl Default for NpuOptions {
     fn default() -> Self {
-        NpuOptions { chunk_size: 256, smaller_chunks: true, weights: WeightGranularity::PerChannel, shadow: ShadowOptions::default() }
+        NpuOptions { chunk_size: 256, smaller_chunks: true, weights: WeightGranularity::PerChannel, shadow: ShadowOptions::default(), executors: None }
     }
 }
 
@@ -133,6 +138,7 @@ pub struct NpuModel<'m> {
     shadow_buffers: BufferPool,
     /// Part timings, while profiling.
     profile: Mutex<Option<Vec<PartTiming>>>,
+    executors: Option<scheduled::Executors>,
 }
 
 impl<'m> NpuModel<'m> {
@@ -198,6 +204,7 @@ impl<'m> NpuModel<'m> {
             shadow_plan,
             shadow_buffers: BufferPool::default(),
             profile: Mutex::new(None),
+            executors: opts.executors.map(scheduled::Executors::new).transpose()?,
         })
     }
 
@@ -309,6 +316,9 @@ impl<'m> NpuModel<'m> {
             let x = self.model.hidden_states(&CpuInt8 { npu: self }, tokens, cache, None)?;
             return Ok(self.logits(&x, which));
         }
+        if let Some(ex) = &self.executors {
+            return self.forward_scheduled(ex, tokens, cache, which);
+        }
         let mut out = Vec::new();
         let mut at = 0;
         let plan = self.plan_chunks(tokens.len());
@@ -328,7 +338,7 @@ impl<'m> NpuModel<'m> {
 
 /// Prefill chunk executor: every linear group runs as a fixed-shape accelerator graph of `rows`
 /// rows; a chunk with fewer real tokens is zero-padded on the way in and cut on the way out.
-struct AccelChunk<'a, 'm> {
+pub(crate) struct AccelChunk<'a, 'm> {
     npu: &'a NpuModel<'m>,
     rows: usize,
     /// Index of the chunk in its prompt (for profiling).

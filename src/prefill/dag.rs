@@ -71,6 +71,7 @@ pub struct Dag {
     pub layers: usize,
     /// Reverse edges: the nodes that depend on each node.
     pub dependents: Vec<Vec<usize>>,
+    index: std::collections::HashMap<(usize, usize, Kind), usize>,
 }
 
 impl Dag {
@@ -110,7 +111,13 @@ impl Dag {
                 dependents[d].push(i);
             }
         }
-        Dag { nodes, chunks, layers, dependents }
+        let index = nodes.iter().enumerate().map(|(i, n)| ((n.chunk, n.layer, n.kind), i)).collect();
+        Dag { nodes, chunks, layers, dependents, index }
+    }
+
+    /// The node G(chunk, layer, kind), if the DAG has it.
+    pub fn find(&self, chunk: usize, layer: usize, kind: Kind) -> Option<usize> {
+        self.index.get(&(chunk, layer, kind)).copied()
     }
 
     pub fn len(&self) -> usize {
@@ -131,7 +138,7 @@ mod tests {
         let dag = Dag::new(3, 2, &[true, false]);
         // Per chunk: layer 0 has 5 nodes (with shadow), layer 1 has 3.
         assert_eq!(dag.len(), 3 * (5 + 3));
-        let find = |c: usize, l: usize, k: Kind| dag.nodes.iter().position(|n| (n.chunk, n.layer, n.kind) == (c, l, k)).unwrap();
+        let find = |c: usize, l: usize, k: Kind| dag.find(c, l, k).unwrap();
         for c in 0..3 {
             // Attention needs its own q/k/v (and their shadow) and every earlier chunk's K/V.
             let a = &dag.nodes[find(c, 0, Kind::Attention)];

@@ -4,6 +4,7 @@
 //! fixed-shape graphs serve every chunk of every prompt.
 
 pub mod dag;
+pub mod executor;
 pub mod profile;
 pub mod schedule;
 pub mod trace;
