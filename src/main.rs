@@ -87,12 +87,60 @@ struct SimulateArgs {
     /// Print one JSON object per scheduler
     #[arg(long)]
     json: bool,
-    /// Write the simulated schedules as a Chrome trace (open in Perfetto or chrome://tracing)
+    #[command(flatten)]
+    pictures: ScheduleOutputs,
+}
+
+/// Pictures of a prefill schedule.
+#[derive(Args)]
+struct ScheduleOutputs {
+    /// Write the prefill's subgraph schedule as a Chrome trace (open in Perfetto or
+    /// chrome://tracing); run and bench need --backend npu --scheduler
     #[arg(long, value_name = "FILE.json")]
     trace: Option<PathBuf>,
-    /// Draw the simulated schedules as an SVG timeline
+    /// Draw the prefill's subgraph schedule as an SVG timeline (one lane per executor)
     #[arg(long, value_name = "FILE.svg")]
     timeline: Option<PathBuf>,
+}
+
+impl ScheduleOutputs {
+    fn wanted(&self) -> bool {
+        self.trace.is_some() || self.timeline.is_some()
+    }
+
+    fn write(&self, dag: &llm_npu::prefill::dag::Dag, title: &str, schedules: &[(&str, &llm_npu::prefill::schedule::Schedule)]) -> Result<()> {
+        if let Some(path) = &self.trace {
+            std::fs::write(path, llm_npu::prefill::trace::chrome_trace(dag, schedules)).with_context(|| format!("writing {}", path.display()))?;
+            eprintln!("wrote {} (Chrome trace: open in Perfetto or chrome://tracing)", path.display());
+        }
+        if let Some(path) = &self.timeline {
+            std::fs::write(path, llm_npu::prefill::trace::timeline_svg(dag, title, schedules)).with_context(|| format!("writing {}", path.display()))?;
+            eprintln!("wrote {}", path.display());
+        }
+        Ok(())
+    }
+
+    /// Before a run: the pictures need the npu backend with a scheduler.
+    fn check(&self, model: &ModelArgs) -> Result<()> {
+        if self.wanted() && (model.backend != Backend::Npu || model.npu.scheduler.is_none()) {
+            bail!("--trace and --timeline draw the npu prefill's subgraph schedule: add --backend npu --scheduler ooo (or in-order)");
+        }
+        Ok(())
+    }
+
+    /// Writes the last scheduled prefill of an npu engine.
+    fn write_last(&self, engine: &Engine, title: &str) -> Result<()> {
+        if !self.wanted() {
+            return Ok(());
+        }
+        let Some((dag, schedule)) = (match engine {
+            Engine::Npu(npu) => npu.last_schedule(),
+            Engine::F32(_) => None,
+        }) else {
+            bail!("no scheduled prefill ran (a one-token prompt is decoded, not prefilled)");
+        };
+        self.write(&dag, title, &[("measured", &schedule)])
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, ValueEnum)]
@@ -321,7 +369,7 @@ struct NpuArgs {
     #[arg(long, value_enum)]
     scheduler: Option<SchedulerArg>,
     /// npu with --scheduler: threads of the accelerator and of the CPU executor, as ACCEL:CPU
-    /// [default: 2:1]
+    /// [default: 2:2, the fastest measured on 2 cores with no NPU (README, "Out-of-order")]
     #[arg(long, value_name = "ACCEL:CPU")]
     split: Option<String>,
 }
@@ -329,7 +377,7 @@ struct NpuArgs {
 impl NpuArgs {
     fn executors(&self) -> Result<Option<llm_npu::npu::scheduled::ExecutorOptions>> {
         use llm_npu::npu::scheduled::{ExecutorOptions, SchedulerKind};
-        let split = self.split.as_deref().unwrap_or("2:1");
+        let split = self.split.as_deref().unwrap_or("2:2");
         if self.split.is_some() && self.scheduler.is_none() {
             bail!("--split sets the executors of --scheduler; add --scheduler in-order or --scheduler ooo");
         }
@@ -389,6 +437,8 @@ struct RunArgs {
     /// Random seed for sampling
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    #[command(flatten)]
+    pictures: ScheduleOutputs,
 }
 
 #[derive(Args)]
@@ -451,6 +501,12 @@ struct BenchArgs {
     /// Print one JSON object per test instead of the table
     #[arg(long)]
     json: bool,
+    /// Our version of the llm.npu paper's ablation at the first -p length: f32; npu with the whole
+    /// prompt as one graph; + chunks; + shadow outliers; + out-of-order execution
+    #[arg(long)]
+    ablation: bool,
+    #[command(flatten)]
+    pictures: ScheduleOutputs,
 }
 
 #[derive(Args)]
@@ -567,6 +623,7 @@ fn load_model(args: &ModelArgs) -> Result<LoadedModel> {
 }
 
 fn cmd_run(a: RunArgs) -> Result<()> {
+    a.pictures.check(&a.model)?;
     let threads = init_threads(a.model.threads)?;
     if !(a.top_p > 0.0 && a.top_p <= 1.0) {
         bail!("--top-p must be in (0, 1], got {}", a.top_p);
@@ -613,6 +670,7 @@ fn cmd_run(a: RunArgs) -> Result<()> {
     writeln!(out)?;
     out.flush()?;
     engine.report(a.model.verbose);
+    a.pictures.write_last(&engine, &format!("{}: {}-token prompt (measured)", a.model.model.display(), stats.prompt_tokens))?;
     if stats.hit_context_limit {
         eprintln!("note: stopped at the model's context limit ({} tokens)", cfg.max_seq_len);
     }
@@ -794,6 +852,7 @@ fn progress_bar(len: u64, template: &str) -> indicatif::ProgressBar {
 }
 
 fn cmd_bench(a: BenchArgs) -> Result<()> {
+    a.pictures.check(&a.model)?;
     let threads = init_threads(a.model.threads)?;
     if a.repetitions == 0 {
         bail!("--repetitions must be at least 1");
@@ -813,6 +872,9 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
             bail!("{}: {n} tokens exceed the model's context of {}", t.name(), m.config.max_seq_len);
         }
     }
+    if a.ablation {
+        return bench_ablation(&loaded, &a, threads);
+    }
     let engine = make_engine(&loaded, &a.model, a.model.backend)?;
     let desc = model_description(&loaded);
     let mut results: Vec<BenchResult> = Vec::new();
@@ -831,6 +893,7 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
         }
         results.push(r);
     }
+    a.pictures.write_last(&engine, &format!("{desc}: the last timed prefill (measured)"))?;
     if !a.json {
         println!("| model | size | params | backend | threads | test | t/s |");
         println!("| --- | ---: | ---: | --- | ---: | ---: | ---: |");
@@ -842,6 +905,51 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
         if let Some(b) = bench::peak_rss_bytes() {
             eprintln!("peak RSS: {:.2} GiB (includes the memory-mapped weights that were touched)", b as f64 / (1u64 << 30) as f64);
         }
+    }
+    Ok(())
+}
+
+/// `bench --ablation`: each step of the paper's ablation as an engine configuration, timed on the
+/// same prompt length.
+fn bench_ablation(loaded: &LoadedModel, a: &BenchArgs, threads: usize) -> Result<()> {
+    if a.model.backend != Backend::F32 || a.model.chunk_size.is_some() || a.model.npu.no_shadow || a.model.npu.scheduler.is_some() || a.json {
+        bail!("--ablation sets the backend, chunks, shadow and scheduler of each row itself; drop --backend, --chunk-size, --no-shadow, --scheduler and --json");
+    }
+    let n = *a.n_prompt.first().context("--ablation needs a prompt length (-p)")?;
+    let base = ModelArgs { backend: Backend::Npu, ..a.model.clone() };
+    let npu = |chunk: Option<usize>, no_smaller_chunks: bool, no_shadow: bool, scheduler: Option<SchedulerArg>| ModelArgs {
+        chunk_size: chunk,
+        npu: NpuArgs { no_smaller_chunks, no_shadow, scheduler, ..base.npu.clone() },
+        ..base.clone()
+    };
+    let rows: [(&str, Backend, ModelArgs); 6] = [
+        ("f32 on the CPU", Backend::F32, ModelArgs { npu: NpuArgs::default(), ..a.model.clone() }),
+        ("npu: W8A8, the whole prompt as one graph", Backend::Npu, npu(Some(n), true, true, None)),
+        ("+ chunk-sharing graphs (256 and halvings)", Backend::Npu, npu(None, false, true, None)),
+        ("+ shadow outlier execution", Backend::Npu, npu(None, false, false, None)),
+        ("(in-order executors, for reference)", Backend::Npu, npu(None, false, false, Some(SchedulerArg::InOrder))),
+        ("+ out-of-order subgraph execution", Backend::Npu, npu(None, false, false, Some(SchedulerArg::Ooo))),
+    ];
+    let mut table = Vec::new();
+    for (label, backend, args) in rows {
+        let engine = make_engine(loaded, &args, backend)?;
+        let bar = progress_bar(a.repetitions as u64, &format!("{label} {{bar:20}} {{pos}}/{{len}} {{msg}}"));
+        let r = bench::run_test(engine.backend(), TestKind::Prompt(n), a.repetitions, threads, &mut |_, tps| {
+            bar.inc(1);
+            bar.set_message(format!("{tps:.2} t/s"));
+        })?;
+        bar.finish_and_clear();
+        let bubbles = match &engine {
+            Engine::Npu(npu) => npu.last_schedule().map(|(_, s)| format!("{:.1}%", 100.0 * s.accel_bubble_rate())),
+            Engine::F32(_) => None,
+        };
+        table.push((label, r, bubbles));
+    }
+    println!("\nablation, pp{n}, {} ({threads} threads; the accelerator is the CPU reference accelerator, sharing these cores):", model_description(loaded));
+    println!("| configuration | pp{n} tokens/s | accelerator bubble rate (measured) |");
+    println!("| --- | ---: | ---: |");
+    for (label, r, bubbles) in &table {
+        println!("| {label} | {:.1} ± {:.1} | {} |", r.tokens_per_s, r.stddev, bubbles.as_deref().unwrap_or("-"));
     }
     Ok(())
 }
@@ -1096,16 +1204,8 @@ fn cmd_simulate(a: SimulateArgs) -> Result<()> {
         done.push((s.name(), r));
     }
     let named: Vec<(&str, &llm_npu::prefill::schedule::Schedule)> = done.iter().map(|(n, r)| (*n, r)).collect();
-    if let Some(path) = &a.trace {
-        std::fs::write(path, llm_npu::prefill::trace::chrome_trace(&dag, &named)).with_context(|| format!("writing {}", path.display()))?;
-        eprintln!("wrote {} (Chrome trace: open in Perfetto or chrome://tracing)", path.display());
-    }
-    if let Some(path) = &a.timeline {
-        let title = format!("{} (simulated): {} tokens, chunks of {chunk}, {} layers", profile.name, a.n_prompt, profile.layers);
-        std::fs::write(path, llm_npu::prefill::trace::timeline_svg(&dag, &title, &named)).with_context(|| format!("writing {}", path.display()))?;
-        eprintln!("wrote {}", path.display());
-    }
-    Ok(())
+    let title = format!("{} (simulated): {} tokens, chunks of {chunk}, {} layers", profile.name, a.n_prompt, profile.layers);
+    a.pictures.write(&dag, &title, &named)
 }
 
 fn cmd_profile(a: ProfileArgs) -> Result<()> {

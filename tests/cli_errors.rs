@@ -257,3 +257,20 @@ fn inspect_with_a_calibration_prints_the_shadow_plan() {
     assert_eq!(rows.len(), 4 * 2, "{text}");
     assert!(rows.iter().any(|l| l.contains(" no ") && l.contains(" max ")), "{text}");
 }
+
+#[test]
+fn bad_executor_options_are_refused() {
+    let m = fixtures().join("llama-gqa");
+    let m = m.to_str().unwrap();
+    let out = out_path("split");
+    let npu = |extra: &[&str]| {
+        let mut a = logits_args(m, "1,2", &out);
+        a.extend(["--backend", "npu"]);
+        a.extend(extra);
+        expect_error(&a)
+    };
+    for bad in ["0:1", "2", "a:b", "2:0", ""] {
+        assert!(npu(&["--scheduler", "ooo", "--split", bad]).contains("--split"), "{bad}");
+    }
+    assert!(npu(&["--split", "2:2"]).contains("--scheduler"));
+}

@@ -231,3 +231,27 @@ fn profile_times_the_npu_subgraphs_and_simulate_reads_the_result() {
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("--backend npu"));
 }
+
+#[test]
+fn bench_ablation_and_the_measured_timeline() {
+    let m = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llama-gqa");
+    let m = m.to_str().unwrap();
+    let out = run_ok(&["bench", "-m", m, "-p", "96", "-r", "1", "--ablation"]);
+    let rows: Vec<&str> = out.lines().filter(|l| l.starts_with("| ") && !l.starts_with("| configuration") && !l.starts_with("| ---")).collect();
+    assert_eq!(rows.len(), 6, "{out}");
+    // The scheduled rows report the accelerator's measured bubble rate, the others do not.
+    assert!(rows[5].starts_with("| + out-of-order") && rows[5].trim_end().ends_with("% |"), "{out}");
+    assert!(rows[0].trim_end().ends_with("| - |"), "{out}");
+    let dir = tempdir("timeline");
+    let (svg, trace) = (dir.join("t.svg"), dir.join("t.json"));
+    run_ok(&["bench", "-m", m, "-p", "96", "-n", "0", "-r", "1", "--backend", "npu", "--chunk-size", "32", "--scheduler", "ooo", "--timeline", svg.to_str().unwrap(), "--trace", trace.to_str().unwrap()]);
+    let svg = std::fs::read_to_string(svg).unwrap();
+    // 3 chunks x 2 layers x 3 subgraphs, one box each.
+    assert_eq!(svg.matches("<title>").count(), 18);
+    let t: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(trace).unwrap()).unwrap();
+    assert_eq!(t["traceEvents"].as_array().unwrap().iter().filter(|e| e["ph"] == "X").count(), 18);
+    // Pictures need a scheduled npu prefill.
+    let o = bin().args(["bench", "-m", m, "-p", "32", "--timeline", "x.svg"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--scheduler"));
+}
