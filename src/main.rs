@@ -1114,7 +1114,8 @@ fn cmd_demo(a: DemoArgs) -> Result<()> {
     println!();
     println!("The npu backend here is the CPU reference accelerator: integer graphs on this machine's cores; the shadow");
     println!("path computes the clipped activation outliers in float on the CPU at the same time.");
-    println!("Not built yet: the out-of-order subgraph scheduler.");
+    println!("Out-of-order subgraph execution: llm-npu bench -m MODEL --ablation (here the accelerator shares the CPU's");
+    println!("cores, so it cannot add speed), and llm-npu simulate for a device with a real NPU.");
     println!("Run a real model: llm-npu run -m MODEL -p \"your prompt\" [--backend npu] (MODEL: HF folder, .gguf or llama2.c .bin)");
     println!("Benchmark it:     llm-npu bench -m MODEL -p 512 -n 128 --backend npu");
     Ok(())
