@@ -224,22 +224,26 @@ fn a_calibration_for_a_model_of_another_width_is_refused() {
     assert!(e.contains("cal.json") && e.contains("layer 0 attn_in") && e.contains("another model"), "{e}");
 }
 
+/// The error of `logits --backend npu` on the GQA fixture with `extra` options.
+fn npu_logits_error(extra: &[&str]) -> String {
+    let m = fixtures().join("llama-gqa");
+    let out = out_path("npu-options");
+    let mut a = logits_args(m.to_str().unwrap(), "1,2", &out);
+    a.extend(["--backend", "npu"]);
+    a.extend(extra);
+    expect_error(&a)
+}
+
 #[test]
 fn bad_shadow_options_are_refused_with_the_option_named() {
-    let m = fixtures().join("llama-gqa");
-    let m = m.to_str().unwrap();
-    let out = out_path("shadow");
-    let npu = |extra: &[&str]| {
-        let mut a = logits_args(m, "1,2", &out);
-        a.extend(["--backend", "npu"]);
-        a.extend(extra);
-        expect_error(&a)
-    };
+    let npu = npu_logits_error;
     assert!(npu(&["--shadow-keep", "1.5"]).contains("--shadow-keep"));
     assert!(npu(&["--shadow-keep", "NaN"]).contains("--shadow-keep"));
     assert!(npu(&["--shadow-ratio", "0.5"]).contains("--shadow-ratio"));
     assert!(npu(&["--no-shadow", "--shadow-hot-only"]).contains("--no-shadow"));
-    let mut f32_args = logits_args(m, "1,2", &out);
+    let m = fixtures().join("llama-gqa");
+    let out = out_path("shadow");
+    let mut f32_args = logits_args(m.to_str().unwrap(), "1,2", &out);
     f32_args.push("--no-shadow");
     assert!(expect_error(&f32_args).contains("--backend npu"));
 }
@@ -260,15 +264,7 @@ fn inspect_with_a_calibration_prints_the_shadow_plan() {
 
 #[test]
 fn bad_executor_options_are_refused() {
-    let m = fixtures().join("llama-gqa");
-    let m = m.to_str().unwrap();
-    let out = out_path("split");
-    let npu = |extra: &[&str]| {
-        let mut a = logits_args(m, "1,2", &out);
-        a.extend(["--backend", "npu"]);
-        a.extend(extra);
-        expect_error(&a)
-    };
+    let npu = npu_logits_error;
     for bad in ["0:1", "2", "a:b", "2:0", ""] {
         assert!(npu(&["--scheduler", "ooo", "--split", bad]).contains("--split"), "{bad}");
     }
