@@ -60,39 +60,6 @@ pub fn quantize_row_offset_portable(x: &[f32], inv_scale: f32, offset: u8, out: 
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn quantize_value_rounds_half_to_even_and_clips() {
-        for (x, want) in [(0.5f32, 0i8), (1.5, 2), (2.5, 2), (-0.5, 0), (-1.5, -2), (-2.5, -2), (126.5, 126), (1000.0, 127), (-1e9, -127), (0.49999997, 0), (3.7, 4), (-3.2, -3)] {
-            assert_eq!(quantize_value(x, 1.0), want, "x = {x}");
-            assert_eq!(quantize_value(x, 1.0), (x.round_ties_even().clamp(-127.0, 127.0)) as i8, "x = {x}");
-        }
-        // Against the library rounding on many values.
-        for i in -300_000..300_000 {
-            let x = i as f32 * 0.000_537;
-            assert_eq!(quantize_value(x, 1.0), x.round_ties_even().clamp(-127.0, 127.0) as i8, "x = {x}");
-        }
-        assert_eq!(quantize_value(f32::NAN, 1.0), 0);
-    }
-
-    #[test]
-    fn row_quantization_matches_the_portable_version() {
-        let x: Vec<f32> = (0..1000).map(|i| ((i * 7919 % 2001) as f32 - 1000.0) * 0.37).chain([f32::NAN, f32::INFINITY, -f32::INFINITY, 0.5, -0.5, 2.5]).collect();
-        for offset in [0u8, 128] {
-            let (mut a, mut b) = (vec![0u8; x.len()], vec![0u8; x.len()]);
-            quantize_row_offset(&x, 1.0 / 2.9, offset, &mut a);
-            quantize_row_offset_portable(&x, 1.0 / 2.9, offset, &mut b);
-            assert_eq!(a, b);
-            for (&q, &v) in a.iter().zip(&x) {
-                let want = if v.is_nan() { 0 } else { (v * (1.0 / 2.9)).round_ties_even().clamp(-127.0, 127.0) as i8 };
-                assert_eq!(q.wrapping_sub(offset) as i8, want, "x = {v}");
-            }
-        }
-    }
-}
 
 /// The scale that maps `max_abs` to 127 (1 when everything is zero).
 pub fn scale_for(max_abs: f32) -> f32 {
@@ -150,5 +117,39 @@ impl QuantLinear {
     #[inline(always)]
     pub fn scale(&self, j: usize) -> f32 {
         self.scales[if self.scales.len() == 1 { 0 } else { j }]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantize_value_rounds_half_to_even_and_clips() {
+        for (x, want) in [(0.5f32, 0i8), (1.5, 2), (2.5, 2), (-0.5, 0), (-1.5, -2), (-2.5, -2), (126.5, 126), (1000.0, 127), (-1e9, -127), (0.49999997, 0), (3.7, 4), (-3.2, -3)] {
+            assert_eq!(quantize_value(x, 1.0), want, "x = {x}");
+            assert_eq!(quantize_value(x, 1.0), (x.round_ties_even().clamp(-127.0, 127.0)) as i8, "x = {x}");
+        }
+        // Against the library rounding on many values.
+        for i in -300_000..300_000 {
+            let x = i as f32 * 0.000_537;
+            assert_eq!(quantize_value(x, 1.0), x.round_ties_even().clamp(-127.0, 127.0) as i8, "x = {x}");
+        }
+        assert_eq!(quantize_value(f32::NAN, 1.0), 0);
+    }
+
+    #[test]
+    fn row_quantization_matches_the_portable_version() {
+        let x: Vec<f32> = (0..1000).map(|i| ((i * 7919 % 2001) as f32 - 1000.0) * 0.37).chain([f32::NAN, f32::INFINITY, -f32::INFINITY, 0.5, -0.5, 2.5]).collect();
+        for offset in [0u8, 128] {
+            let (mut a, mut b) = (vec![0u8; x.len()], vec![0u8; x.len()]);
+            quantize_row_offset(&x, 1.0 / 2.9, offset, &mut a);
+            quantize_row_offset_portable(&x, 1.0 / 2.9, offset, &mut b);
+            assert_eq!(a, b);
+            for (&q, &v) in a.iter().zip(&x) {
+                let want = if v.is_nan() { 0 } else { (v * (1.0 / 2.9)).round_ties_even().clamp(-127.0, 127.0) as i8 };
+                assert_eq!(q.wrapping_sub(offset) as i8, want, "x = {v}");
+            }
+        }
     }
 }

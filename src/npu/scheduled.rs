@@ -51,6 +51,9 @@ impl Executors {
     }
 }
 
+/// One subgraph's work on a chunk.
+type Step<'s> = dyn Fn(&mut crate::model::ChunkState) -> Result<()> + Sync + 's;
+
 impl NpuModel<'_> {
     /// The DAG and the measured schedule of the last prefill run on the executors.
     pub fn last_schedule(&self) -> Option<(Dag, Schedule)> {
@@ -112,7 +115,7 @@ impl NpuModel<'_> {
                     for l in 0..layers {
                         let node = |k: Kind| dag.find(c, l, k).expect("every chunk has every layer");
                         let on = |k: Kind| if k.processor() == Processor::Accel { &ex.accel } else { &ex.cpu };
-                        let steps: [(Kind, &(dyn Fn(&mut crate::model::ChunkState) -> Result<()> + Sync)); 3] = [
+                        let steps: [(Kind, &Step); 3] = [
                             (Kind::Qkv, &|st| model.layer_qkv(&exec, l, st, None)),
                             (Kind::Attention, &|st| {
                                 model.layer_attention(l, st, &mut shared_cache.lock().unwrap(), None);

@@ -198,10 +198,6 @@ impl ShadowPoint {
         }
     }
 
-    pub fn scale(&self) -> f32 {
-        self.scale
-    }
-
     /// Bytes of float weight columns kept resident (the hot set).
     pub fn resident_bytes(&self) -> usize {
         self.linears.iter().map(|l| l.hot_columns.len() * 4).sum()
