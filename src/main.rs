@@ -1146,7 +1146,7 @@ fn cmd_calibrate(a: CalibrateArgs) -> Result<()> {
 }
 
 fn cmd_simulate(a: SimulateArgs) -> Result<()> {
-    use llm_npu::prefill::dag::{Dag, Processor};
+    use llm_npu::prefill::dag::Processor;
     use llm_npu::prefill::profile::DeviceProfile;
     use llm_npu::prefill::schedule::{simulate, InOrder, OutOfOrder, Scheduler};
     let profile = DeviceProfile::load(&a.profile)?;
@@ -1154,8 +1154,7 @@ fn cmd_simulate(a: SimulateArgs) -> Result<()> {
     if chunk == 0 || a.n_prompt == 0 {
         bail!("--chunk-size and -p must be at least 1");
     }
-    let dag = Dag::new(a.n_prompt.div_ceil(chunk), profile.layers, &profile.shadow_layers());
-    let cost: Vec<f64> = dag.nodes.iter().map(|n| profile.cost(n, chunk)).collect();
+    let (dag, cost) = profile.prompt_dag(a.n_prompt, chunk);
     let schedulers: Vec<Box<dyn Scheduler>> = match a.scheduler {
         Some(SchedulerArg::InOrder) => vec![Box::new(InOrder)],
         Some(SchedulerArg::Ooo) => vec![Box::new(OutOfOrder)],

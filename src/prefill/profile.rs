@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::dag::{Kind, Node};
+use super::dag::{Dag, Kind, Node};
 use crate::error::{Error, Result};
 use crate::npu::{Part, PartTiming};
 
@@ -144,6 +144,13 @@ impl DeviceProfile {
         (0..self.layers).map(|l| l < kept).collect()
     }
 
+    /// The DAG of an `n_prompt`-token prefill in chunks of `chunk_size`, with every node's cost.
+    pub fn prompt_dag(&self, n_prompt: usize, chunk_size: usize) -> (Dag, Vec<f64>) {
+        let dag = Dag::new(n_prompt.div_ceil(chunk_size), self.layers, &self.shadow_layers());
+        let cost = dag.nodes.iter().map(|n| self.cost(n, chunk_size)).collect();
+        (dag, cost)
+    }
+
     /// Estimated time (ms) of `node` when chunks hold `chunk_size` tokens.
     pub fn cost(&self, node: &Node, chunk_size: usize) -> f64 {
         let rows = chunk_size as f64 / self.chunk_size as f64;
@@ -166,15 +173,13 @@ pub fn default_path(model: &Path) -> std::path::PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::prefill::dag::Dag;
     use crate::prefill::schedule::{simulate, InOrder, OutOfOrder};
 
     #[test]
     fn out_of_order_hides_the_cpu_work_on_the_paper_device() {
         let p = DeviceProfile::snapdragon_8gen3();
         for tokens in [512usize, 1024] {
-            let dag = Dag::new(tokens.div_ceil(256), p.layers, &p.shadow_layers());
-            let cost: Vec<f64> = dag.nodes.iter().map(|n| p.cost(n, 256)).collect();
+            let (dag, cost) = p.prompt_dag(tokens, 256);
             let accel: f64 = dag.nodes.iter().zip(&cost).filter(|(n, _)| n.processor() == crate::prefill::dag::Processor::Accel).map(|(_, c)| c).sum();
             let a = simulate(&dag, &cost, &mut InOrder);
             let b = simulate(&dag, &cost, &mut OutOfOrder);
