@@ -83,14 +83,15 @@ impl Part {
 }
 
 impl NpuLayer {
+    /// The part's linears, its input scale, and whether it adds into the residual stream.
     fn part(&self, p: Part) -> (&[Arc<QuantLinear>], f32, bool) {
-        let i = p.input() as usize;
-        match p {
-            Part::Qkv => (&self.qkv, self.scales[i], false),
-            Part::O => (&self.o, self.scales[i], true),
-            Part::GateUp => (&self.gate_up, self.scales[i], false),
-            Part::Down => (&self.down, self.scales[i], true),
-        }
+        let (linears, residual) = match p {
+            Part::Qkv => (&self.qkv, false),
+            Part::O => (&self.o, true),
+            Part::GateUp => (&self.gate_up, false),
+            Part::Down => (&self.down, true),
+        };
+        (linears, self.scales[p.input() as usize], residual)
     }
 
     fn shadow(&self, p: Part) -> Option<&ShadowPoint> {
