@@ -1154,6 +1154,10 @@ fn cmd_simulate(a: SimulateArgs) -> Result<()> {
     if chunk == 0 || a.n_prompt == 0 {
         bail!("--chunk-size and -p must be at least 1");
     }
+    const MAX_SIMULATED_TOKENS: usize = 1 << 20;
+    if a.n_prompt > MAX_SIMULATED_TOKENS {
+        bail!("-p {}: simulate takes prompts of up to {MAX_SIMULATED_TOKENS} tokens", a.n_prompt);
+    }
     let (dag, cost) = profile.prompt_dag(a.n_prompt, chunk);
     let schedulers: Vec<Box<dyn Scheduler>> = match a.scheduler {
         Some(SchedulerArg::InOrder) => vec![Box::new(InOrder)],

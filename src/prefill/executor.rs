@@ -12,8 +12,10 @@ use super::schedule::{SchedState, Schedule, Scheduler, Span};
 
 struct State {
     scheduler: Box<dyn Scheduler + Send>,
-    requested: Vec<bool>,
+    /// Requested and not started yet, in program order (one per waiting thread at most).
+    pending: Vec<usize>,
     started: Vec<bool>,
+    n_started: usize,
     done: Vec<bool>,
     /// The accelerator and the CPU: running a subgraph or free.
     busy: [bool; 2],
@@ -42,7 +44,7 @@ impl<'a> Dispatcher<'a> {
         Dispatcher {
             dag,
             cost,
-            state: Mutex::new(State { scheduler, requested: vec![false; n], started: vec![false; n], done: vec![false; n], busy: [false; 2], spans: Vec::new(), aborted: false }),
+            state: Mutex::new(State { scheduler, pending: Vec::new(), started: vec![false; n], n_started: 0, done: vec![false; n], busy: [false; 2], spans: Vec::new(), aborted: false }),
             changed: Condvar::new(),
             t0: Instant::now(),
         }
@@ -72,18 +74,21 @@ impl<'a> Dispatcher<'a> {
         let dag = self.dag;
         let p = dag.nodes[node].processor();
         let mut st = self.state.lock().unwrap();
-        st.requested[node] = true;
+        let at = st.pending.binary_search(&node).unwrap_err();
+        st.pending.insert(at, node);
         loop {
             if st.aborted {
                 return false;
             }
             let deps_done = |st: &State, i: usize| dag.nodes[i].deps.iter().all(|&d| st.done[d]);
             if !st.busy[slot(p)] && deps_done(&st, node) {
-                let ready: Vec<usize> = (0..dag.len()).filter(|&i| st.requested[i] && !st.started[i] && dag.nodes[i].processor() == p && deps_done(&st, i)).collect();
-                let State { scheduler, started, done, .. } = &mut *st;
-                let pick = scheduler.pick(p, &ready, &SchedState { dag, cost: self.cost, started, done });
+                let ready: Vec<usize> = st.pending.iter().copied().filter(|&i| dag.nodes[i].processor() == p && deps_done(&st, i)).collect();
+                let State { scheduler, started, done, n_started, .. } = &mut *st;
+                let pick = scheduler.pick(p, &ready, &SchedState { dag, cost: self.cost, started, done, n_started: *n_started });
                 if pick == Some(node) {
+                    st.pending.retain(|&i| i != node);
                     st.started[node] = true;
+                    st.n_started += 1;
                     st.busy[slot(p)] = true;
                     let now = self.t0.elapsed().as_secs_f64() * 1e3;
                     st.spans.push(Span { node, processor: p, start: now, end: now });

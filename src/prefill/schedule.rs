@@ -19,6 +19,8 @@ pub struct SchedState<'a> {
     pub cost: &'a [f64],
     pub started: &'a [bool],
     pub done: &'a [bool],
+    /// How many nodes have started.
+    pub n_started: usize,
 }
 
 pub trait Scheduler {
@@ -36,8 +38,10 @@ impl Scheduler for InOrder {
     }
 
     fn pick(&mut self, _: Processor, ready: &[usize], state: &SchedState) -> Option<usize> {
-        let next = state.started.iter().position(|&s| !s)?;
-        ready.contains(&next).then_some(next)
+        // In order, the started nodes are always a prefix of the program, so the next one is
+        // node `n_started`; it runs once it is ready (`ready` is in program order).
+        debug_assert!(state.started[..state.n_started].iter().all(|&s| s));
+        ready.first().copied().filter(|&r| r == state.n_started)
     }
 }
 
@@ -123,42 +127,51 @@ pub fn simulate(dag: &Dag, cost: &[f64], scheduler: &mut dyn Scheduler) -> Sched
     let n = dag.len();
     let (mut started, mut done) = (vec![false; n], vec![false; n]);
     let mut missing: Vec<usize> = dag.nodes.iter().map(|x| x.deps.len()).collect();
+    let procs = [Processor::Accel, Processor::Cpu];
+    let slot = |p: Processor| procs.iter().position(|&q| q == p).expect("two processors");
+    // Ready nodes per processor, in program order, kept up to date as nodes start and finish.
+    let mut ready: [Vec<usize>; 2] = [Vec::new(), Vec::new()];
+    for i in (0..n).filter(|&i| missing[i] == 0) {
+        ready[slot(dag.nodes[i].processor())].push(i);
+    }
     let mut spans = Vec::with_capacity(n);
     // (node, end time) running on the accelerator and on the CPU
     let mut running: [Option<(usize, f64)>; 2] = [None, None];
-    let procs = [Processor::Accel, Processor::Cpu];
     let mut now = 0.0f64;
-    let mut finished = 0;
+    let (mut finished, mut n_started) = (0, 0);
     while finished < n {
-        for (slot, &p) in procs.iter().enumerate() {
-            if running[slot].is_some() {
+        for (k, &p) in procs.iter().enumerate() {
+            if running[k].is_some() || ready[k].is_empty() {
                 continue;
             }
-            let ready: Vec<usize> = (0..n).filter(|&i| !started[i] && missing[i] == 0 && dag.nodes[i].processor() == p).collect();
-            if ready.is_empty() {
-                continue;
-            }
-            let state = SchedState { dag, cost, started: &started, done: &done };
-            if let Some(g) = scheduler.pick(p, &ready, &state) {
-                assert!(ready.contains(&g), "scheduler {} picked node {g}, which is not ready", scheduler.name());
+            let state = SchedState { dag, cost, started: &started, done: &done, n_started };
+            if let Some(g) = scheduler.pick(p, &ready[k], &state) {
+                let at = ready[k].binary_search(&g).unwrap_or_else(|_| panic!("scheduler {} picked node {g}, which is not ready", scheduler.name()));
+                ready[k].remove(at);
                 started[g] = true;
-                running[slot] = Some((g, now + cost[g]));
+                n_started += 1;
+                running[k] = Some((g, now + cost[g]));
                 spans.push(Span { node: g, processor: p, start: now, end: now + cost[g] });
             }
         }
         // Finish the running node that ends first.
-        let (slot, (g, end)) = running
+        let (k, (g, end)) = running
             .iter()
             .enumerate()
-            .filter_map(|(s, r)| r.map(|r| (s, r)))
+            .filter_map(|(k, r)| r.map(|r| (k, r)))
             .min_by(|a, b| a.1 .1.total_cmp(&b.1 .1))
             .unwrap_or_else(|| panic!("scheduler {} left both processors idle with work left", scheduler.name()));
         now = end;
-        running[slot] = None;
+        running[k] = None;
         done[g] = true;
         finished += 1;
         for &d in &dag.dependents[g] {
             missing[d] -= 1;
+            if missing[d] == 0 {
+                let r = &mut ready[slot(dag.nodes[d].processor())];
+                let at = r.binary_search(&d).unwrap_err();
+                r.insert(at, d);
+            }
         }
     }
     Schedule { spans, makespan: now }
