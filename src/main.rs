@@ -879,12 +879,7 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
     let desc = model_description(&loaded);
     let mut results: Vec<BenchResult> = Vec::new();
     for &t in &tests {
-        let bar = progress_bar(a.repetitions as u64, &format!("{} {{bar:20}} {{pos}}/{{len}} {{msg}}", t.name()));
-        let r = bench::run_test(engine.backend(), t, a.repetitions, threads, &mut |_, tps| {
-            bar.inc(1);
-            bar.set_message(format!("{tps:.2} t/s"));
-        })?;
-        bar.finish_and_clear();
+        let r = timed_test(engine.backend(), t, a.repetitions, threads, &t.name())?;
         if a.json {
             let mut v = serde_json::to_value(&r)?;
             v["model"] = desc.clone().into();
@@ -907,6 +902,17 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// One benchmark test with a progress bar showing each repetition's tokens/s.
+fn timed_test(backend: &dyn llm_npu::backend::Backend, test: TestKind, repetitions: usize, threads: usize, label: &str) -> Result<BenchResult> {
+    let bar = progress_bar(repetitions as u64, &format!("{label} {{bar:20}} {{pos}}/{{len}} {{msg}}"));
+    let r = bench::run_test(backend, test, repetitions, threads, &mut |_, tps| {
+        bar.inc(1);
+        bar.set_message(format!("{tps:.2} t/s"));
+    })?;
+    bar.finish_and_clear();
+    Ok(r)
 }
 
 /// `bench --ablation`: each step of the paper's ablation as an engine configuration, timed on the
@@ -933,12 +939,7 @@ fn bench_ablation(loaded: &LoadedModel, a: &BenchArgs, threads: usize) -> Result
     let mut table = Vec::new();
     for (label, backend, args) in rows {
         let engine = make_engine(loaded, &args, backend)?;
-        let bar = progress_bar(a.repetitions as u64, &format!("{label} {{bar:20}} {{pos}}/{{len}} {{msg}}"));
-        let r = bench::run_test(engine.backend(), TestKind::Prompt(n), a.repetitions, threads, &mut |_, tps| {
-            bar.inc(1);
-            bar.set_message(format!("{tps:.2} t/s"));
-        })?;
-        bar.finish_and_clear();
+        let r = timed_test(engine.backend(), TestKind::Prompt(n), a.repetitions, threads, label)?;
         let bubbles = match &engine {
             Engine::Npu(npu) => npu.last_schedule().map(|(_, s)| format!("{:.1}%", 100.0 * s.accel_bubble_rate())),
             Engine::F32(_) => None,
@@ -1089,12 +1090,7 @@ fn cmd_demo(a: DemoArgs) -> Result<()> {
     let mut rows = Vec::new();
     for (label, engine) in &engines {
         let b = engine.backend();
-        let bar = progress_bar(a.repetitions as u64, &format!("{label} {{bar:20}} {{pos}}/{{len}} {{msg}}"));
-        let r = bench::run_test(b, TestKind::Prompt(n), a.repetitions, threads, &mut |_, tps| {
-            bar.inc(1);
-            bar.set_message(format!("{tps:.2} t/s"));
-        })?;
-        bar.finish_and_clear();
+        let r = timed_test(b, TestKind::Prompt(n), a.repetitions, threads, label)?;
         let logits = b.forward(&tokens, &mut m.new_cache(tokens.len()), Logits::All)?;
         let mut acc = EvalAccumulator::default();
         acc.add_window(&tokens, &logits, &reference, m.config.vocab_size)?;

@@ -161,7 +161,7 @@ impl<'m> NpuModel<'m> {
             let shadow = |p: LinearInput, linears: &[&crate::model::transformer::Linear]| {
                 let pp = &plan.points[p as usize];
                 let weights: Vec<&crate::tensor::Tensor> = linears.iter().map(|l| &l.weight).collect();
-                (pp.rule == crate::shadow::ScaleRule::P999Shadow).then(|| ShadowPoint::new(i, pp, &weights, opts.shadow.hot_only))
+                (pp.rule == crate::shadow::ScaleRule::P999Shadow).then(|| ShadowPoint::new(pp, &weights, opts.shadow.hot_only))
             };
             let layer = NpuLayer {
                 qkv: vec![q(&a.q_proj), q(&a.k_proj), q(&a.v_proj)],

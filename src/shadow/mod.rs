@@ -19,7 +19,6 @@ use std::sync::Mutex;
 use rayon::prelude::*;
 
 use crate::kernels::ops::{axpy, find_beyond};
-use crate::model::LinearInput;
 use crate::quant::{quantize_value, QMAX};
 use crate::tensor::Tensor;
 pub use plan::{LayerPlan, PointPlan, ScaleRule, ShadowOptions, ShadowPlan};
@@ -139,8 +138,6 @@ impl std::ops::AddAssign for ShadowWork {
 /// The shadow side of one quantized linear input: its static scale, its hot set and the float
 /// weights of every linear reading it (q/k/v share one input, gate/up another).
 pub struct ShadowPoint {
-    pub layer: usize,
-    pub point: LinearInput,
     scale: f32,
     k: usize,
     /// Per input channel: its row in every `hot_columns`, or COLD.
@@ -180,15 +177,13 @@ impl BufferPool {
 impl ShadowPoint {
     /// `weights` are the [n_i, k] float weights of the linears reading this input, in the order
     /// of the accelerator graph's outputs.
-    pub fn new(layer: usize, plan: &PointPlan, weights: &[&Tensor], hot_only: bool) -> Self {
+    pub fn new(plan: &PointPlan, weights: &[&Tensor], hot_only: bool) -> Self {
         let k = weights[0].shape()[1];
         let mut hot_slot = vec![COLD; k];
         for (slot, &c) in plan.hot.iter().enumerate() {
             hot_slot[c as usize] = slot as u32;
         }
         ShadowPoint {
-            layer,
-            point: plan.point,
             scale: plan.scale,
             k,
             hot_slot,
@@ -233,12 +228,11 @@ impl ShadowPoint {
         if o.is_empty() {
             return None;
         }
-        // Distinct channels of this call; cold ones get their columns gathered once here.
-        let mut channels = o.cols.clone();
-        channels.sort_unstable();
-        channels.dedup();
-        let cold: Vec<u32> = channels.iter().copied().filter(|&c| self.hot_slot[c as usize] == COLD).collect();
-        let cold_elems = o.cols.iter().filter(|&&c| self.hot_slot[c as usize] == COLD).count();
+        // The distinct cold channels of this call get their columns gathered once here.
+        let mut cold: Vec<u32> = o.cols.iter().copied().filter(|&c| self.hot_slot[c as usize] == COLD).collect();
+        let cold_elems = cold.len();
+        cold.sort_unstable();
+        cold.dedup();
         let c = &self.counters;
         c.calls.fetch_add(1, Relaxed);
         c.outliers.fetch_add(o.len() as u64, Relaxed);
@@ -279,12 +273,14 @@ impl ShadowPoint {
 
     /// Adds the shadow results into the accelerator's outputs (`outputs[i]`: [m][n_i]).
     pub fn merge(&self, delta: ShadowDelta, outputs: &mut [&mut [f32]], pool: &BufferPool) {
+        // Output row -> its row in the delta, or COLD (no outliers).
+        let rows = outputs.first().map_or(0, |o| o.len() / self.linears[0].n);
+        let mut slot = vec![COLD; rows];
+        for (i, &r) in delta.rows.iter().enumerate() {
+            slot[r as usize] = i as u32;
+        }
         for ((lin, out), d) in self.linears.iter().zip(outputs.iter_mut()).zip(delta.per_linear) {
             let n = lin.n;
-            let mut slot = vec![COLD; out.len() / n];
-            for (i, &r) in delta.rows.iter().enumerate() {
-                slot[r as usize] = i as u32;
-            }
             out.par_chunks_mut(n).zip(slot.par_iter()).filter(|(_, &s)| s != COLD).for_each(|(row, &s)| {
                 axpy(row, 1.0, &d[s as usize * n..(s as usize + 1) * n]);
             });
@@ -306,6 +302,7 @@ mod tests {
 
     use super::*;
     use crate::accel::cpu::run_w8a8;
+    use crate::model::LinearInput;
     use crate::kernels::int8_gemm::best_kernel;
     use crate::quant::{QuantLinear, WeightGranularity};
 
@@ -361,7 +358,7 @@ mod tests {
         let int8_only = y.clone();
         let weight = Tensor::from_vec(vec![n, k], w.clone());
         for hot in [vec![], vec![3], vec![3, 50, 95, 0]] {
-            let sp = ShadowPoint::new(0, &plan_with_hot(LinearInput::Attn, s, hot.clone()), &[&weight], false);
+            let sp = ShadowPoint::new(&plan_with_hot(LinearInput::Attn, s, hot.clone()), &[&weight], false);
             let mut z = int8_only.clone();
             sp.apply(&x, &mut [&mut z], &BufferPool::default());
             let err = z.iter().zip(&reference).map(|(a, b)| (a - b).abs() / (1.0 + b.abs())).fold(0f32, f32::max);
@@ -374,7 +371,7 @@ mod tests {
         assert!(clipped_err > 1.0, "the planted outliers must matter ({clipped_err})");
 
         // Hot-only: the cold outliers stay clipped and are counted as dropped.
-        let sp = ShadowPoint::new(0, &plan_with_hot(LinearInput::Attn, s, vec![3]), &[&weight], true);
+        let sp = ShadowPoint::new(&plan_with_hot(LinearInput::Attn, s, vec![3]), &[&weight], true);
         let mut z = int8_only.clone();
         sp.apply(&x, &mut [&mut z], &BufferPool::default());
         assert_eq!(sp.work(), ShadowWork { calls: 1, outliers: 2, cold: 0, dropped: 3 });
@@ -389,7 +386,7 @@ mod tests {
         let mut x: Vec<f32> = (0..m * k).map(|i| int(i, 100) * s).collect();
         x[k + 7] = 50.0;
         let (wa, wb) = (Tensor::from_vec(vec![5, k], (0..5 * k).map(|i| int(i, 9) * 0.1).collect()), Tensor::from_vec(vec![4, k], (0..4 * k).map(|i| int(i + 1, 9) * 0.1).collect()));
-        let sp = ShadowPoint::new(0, &plan_with_hot(LinearInput::Ffn, s, vec![]), &[&wa, &wb], false);
+        let sp = ShadowPoint::new(&plan_with_hot(LinearInput::Ffn, s, vec![]), &[&wa, &wb], false);
         let (mut a, mut b) = (vec![1f32; m * 5], vec![2f32; m * 4]);
         sp.apply(&x, &mut [&mut a, &mut b], &BufferPool::default());
         let r = 50.0 - 12.7;
