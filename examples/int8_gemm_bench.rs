@@ -7,7 +7,7 @@
 use std::time::Instant;
 
 use llm_npu::kernels::int8_gemm::{gemm_i8, Int8Kernel, PackedI8Weights};
-use llm_npu::sampling::Rng;
+use llm_npu::util::Rng;
 use rten_gemm::{GemmExecutor, GemmInputA, GemmInputB};
 use rten_tensor::prelude::*;
 use rten_tensor::NdTensor;

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
-use crate::backend::Backend;
+use crate::engine::Engine;
 use crate::model::Logits;
 use crate::sampling::{Sampler, SamplingParams};
 
@@ -40,7 +40,7 @@ impl GenerationStats {
 }
 
 /// Generates up to `max_new_tokens` after `prompt`, calling `on_token` with each one.
-pub fn generate(backend: &dyn Backend, prompt: &[u32], opts: &GenerateOptions, mut on_token: impl FnMut(u32) -> Result<()>) -> Result<GenerationStats> {
+pub fn generate(backend: &dyn Engine, prompt: &[u32], opts: &GenerateOptions, mut on_token: impl FnMut(u32) -> Result<()>) -> Result<GenerationStats> {
     let model = backend.model();
     let ctx = model.config.max_seq_len;
     if prompt.is_empty() {

@@ -1,5 +1,7 @@
 //! Next-token sampling: greedy, temperature, top-k, top-p, with a seeded generator so runs repeat.
 
+use crate::util::Rng;
+
 /// Sampling settings. `temperature <= 0` means greedy (argmax).
 #[derive(Debug, Clone, Copy)]
 pub struct SamplingParams {
@@ -14,32 +16,6 @@ pub struct SamplingParams {
 impl Default for SamplingParams {
     fn default() -> Self {
         SamplingParams { temperature: 0.8, top_k: 40, top_p: 0.95, seed: 42 }
-    }
-}
-
-/// xorshift64* generator: tiny, fast and reproducible across platforms for a given seed.
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        // SplitMix64 scrambles the seed so that nearby seeds give unrelated streams (and 0 is fine).
-        let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        Rng((z ^ (z >> 31)) | 1)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    /// Uniform in [0, 1).
-    pub fn next_f32(&mut self) -> f32 {
-        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
     }
 }
 

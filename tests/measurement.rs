@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use llm_npu::model::{self, ActivationObserver, LinearInput, LoadOptions, Logits};
-use llm_npu::stats::ActivationStats;
+use llm_npu::model::{self, ActivationObserver, LinearGroup, LoadOptions, Logits};
+use llm_npu::quant::stats::ActivationStats;
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_llm-npu"))
@@ -87,8 +87,8 @@ fn activation_stats_find_exactly_the_planted_channels() {
         assert!((5..=15).contains(&per_layer), "layer {layer}: {per_layer} outlier channels");
     }
     for (layer, point, channels) in plants {
-        let kind = LinearInput::ALL.into_iter().find(|p| p.name() == point).unwrap();
-        let ps = &stats.points[&(layer, kind as u8)].1;
+        let group = LinearGroup::ALL.into_iter().find(|g| g.input_name() == point).unwrap();
+        let ps = &stats.points[&(layer, group)];
         let mut found = ps.outlier_channels(20.0);
         found.sort_unstable();
         assert_eq!(found, channels, "layer {layer} {point}");
@@ -97,12 +97,12 @@ fn activation_stats_find_exactly_the_planted_channels() {
 
 /// Clips every linear input to `factor` x its typical channel max (from a first pass).
 struct Clipper {
-    limits: std::collections::HashMap<(usize, u8), f32>,
+    limits: std::collections::HashMap<(usize, LinearGroup), f32>,
 }
 
 impl ActivationObserver for Clipper {
-    fn observe(&mut self, layer: usize, point: LinearInput, x: &mut [f32], _cols: usize) {
-        let lim = self.limits[&(layer, point as u8)];
+    fn observe(&mut self, layer: usize, group: LinearGroup, x: &mut [f32], _cols: usize) {
+        let lim = self.limits[&(layer, group)];
         for v in x.iter_mut() {
             *v = v.clamp(-lim, lim);
         }
@@ -116,9 +116,9 @@ fn clipping_kl(dir: &Path) -> f64 {
     let tokens = random_tokens(256, m.config.vocab_size);
     let mut stats = ActivationStats::default();
     let base = m.forward_observed(&tokens, &mut m.new_cache(tokens.len()), Logits::All, Some(&mut stats)).unwrap();
-    let limits = stats.points.iter().map(|(k, (_, ps))| (*k, 4.0 * ps.median_channel_max())).collect();
+    let limits = stats.points.iter().map(|(k, ps)| (*k, 4.0 * ps.median_channel_max())).collect();
     let clipped = m.forward_observed(&tokens, &mut m.new_cache(tokens.len()), Logits::All, Some(&mut Clipper { limits })).unwrap();
-    let mut acc = llm_npu::eval::EvalAccumulator::default();
+    let mut acc = llm_npu::measure::eval::EvalAccumulator::default();
     acc.add_window(&tokens, &clipped, &base, m.config.vocab_size).unwrap();
     acc.report().unwrap().mean_kld
 }

@@ -4,13 +4,14 @@
 mod common;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use llm_npu::backend::Backend;
-use llm_npu::calibrate::{self, Calibration};
-use llm_npu::model::{self, LoadOptions, Logits, Transformer};
-use llm_npu::npu::{NpuModel, NpuOptions};
+use llm_npu::engine::{self, BackendKind, CalibrationSource, Engine, EngineOptions, NpuOptions};
+use llm_npu::model::{self, LoadOptions, LoadedModel, Logits};
+use llm_npu::quant::calibration::{self, Calibration};
 use llm_npu::quant::WeightGranularity;
 use llm_npu::shadow::{ScaleRule, ShadowOptions};
+use llm_npu::util::Silent;
 
 const MODELS: [&str; 3] = ["llama-gqa", "llama-mha-tied-llama3rope", "qwen2-bias-tied"];
 
@@ -24,16 +25,21 @@ fn ids(name: &str, key: &str) -> Vec<u32> {
 }
 
 fn calibration(name: &str) -> Calibration {
-    Calibration::load(&calibrate::default_path(&fixture(name))).unwrap()
+    Calibration::load(&calibration::default_path(&fixture(name))).unwrap()
 }
 
-fn load(name: &str) -> model::LoadedModel {
-    model::load(&fixture(name), &LoadOptions::default()).unwrap()
+fn load(name: &str) -> Arc<LoadedModel> {
+    Arc::new(model::load(&fixture(name), &LoadOptions::default()).unwrap())
 }
 
-/// The npu backend over a fixture, with its committed calibration.
-fn npu<'m>(m: &'m Transformer, name: &str, opts: NpuOptions) -> NpuModel<'m> {
-    NpuModel::new(m, &calibration(name), opts, &|| {}).unwrap()
+/// The npu engine over a fixture, with its committed calibration, built by the library's builder.
+fn npu_chunked(loaded: &Arc<LoadedModel>, name: &str, chunk_size: Option<usize>, opts: NpuOptions) -> Box<dyn Engine> {
+    let calibration = CalibrationSource::File(calibration::default_path(&fixture(name)));
+    engine::build(loaded, &EngineOptions { backend: BackendKind::Npu, chunk_size, npu: opts, calibration }, &Silent).unwrap()
+}
+
+fn npu(loaded: &Arc<LoadedModel>, name: &str, opts: NpuOptions) -> Box<dyn Engine> {
+    npu_chunked(loaded, name, None, opts)
 }
 
 /// The scheme tools/oracle/fake_quant.py models: per-tensor weights, max scales, no shadow.
@@ -61,7 +67,7 @@ fn npu_logits_stay_close_to_float_on_the_fixtures() {
     for name in MODELS {
         let loaded = load(name);
         let m = &loaded.model;
-        let npu = npu(m, name, NpuOptions::default());
+        let npu = npu(&loaded, name, NpuOptions::default());
         let tokens = ids(name, "short_ids");
         let q = npu.forward(&tokens, &mut m.new_cache(tokens.len()), Logits::All).unwrap();
         let (_, reference) = llm_npu::npy::read_f32(&fixture(name).join("ref_logits_short.npy")).unwrap();
@@ -80,8 +86,8 @@ fn npu_chunking_does_not_change_the_logits() {
     let m = &loaded.model;
     let tokens = ids(name, "long_ids");
     let run = |chunk: usize, smaller: bool| {
-        let opts = NpuOptions { chunk_size: chunk, smaller_chunks: smaller, ..Default::default() };
-        let npu = npu(m, name, opts);
+        let opts = NpuOptions { smaller_chunks: smaller, ..Default::default() };
+        let npu = npu_chunked(&loaded, name, Some(chunk), opts);
         npu.forward(&tokens, &mut m.new_cache(tokens.len()), Logits::All).unwrap()
     };
     let base = run(256, true);
@@ -99,7 +105,7 @@ fn npu_decode_on_the_cpu_matches_its_prefill() {
     let name = "llama-gqa";
     let loaded = load(name);
     let m = &loaded.model;
-    let npu = npu(m, name, NpuOptions::default());
+    let npu = npu(&loaded, name, NpuOptions::default());
     let tokens = ids(name, "short_ids");
     let all = npu.forward(&tokens, &mut m.new_cache(tokens.len()), Logits::All).unwrap();
     let vocab = m.config.vocab_size;
@@ -117,8 +123,9 @@ fn graphs_are_compiled_once_per_layer_part_and_size_and_then_shared() {
     let name = "llama-gqa";
     let loaded = load(name);
     let m = &loaded.model;
-    let opts = NpuOptions { chunk_size: 64, smaller_chunks: true, ..Default::default() };
-    let npu = npu(m, name, opts);
+    let opts = NpuOptions { smaller_chunks: true, ..Default::default() };
+    let engine = npu_chunked(&loaded, name, Some(64), opts);
+    let npu = engine.as_npu().unwrap();
     assert_eq!(npu.chunk_sizes, vec![64, 32]);
     assert_eq!(npu.plan_chunks(300), vec![(64, 64), (64, 64), (64, 64), (64, 64), (32, 32), (12, 32)]);
     assert_eq!(npu.plan_chunks(64), vec![(64, 64)]);
@@ -149,7 +156,7 @@ fn a_calibration_for_another_model_is_refused() {
 fn npu_generates_text_through_the_backend_trait() {
     let name = "llama-mha-tied-llama3rope";
     let loaded = load(name);
-    let npu = npu(&loaded.model, name, NpuOptions::default());
+    let npu = npu(&loaded, name, NpuOptions::default());
     let opts = llm_npu::generate::GenerateOptions {
         max_new_tokens: 10,
         sampling: llm_npu::sampling::SamplingParams { temperature: 0.0, ..Default::default() },
@@ -157,7 +164,7 @@ fn npu_generates_text_through_the_backend_trait() {
         vocab_limit: None,
     };
     let mut got = 0;
-    let stats = llm_npu::generate::generate(&npu as &dyn Backend, &ids(name, "short_ids"), &opts, |_| {
+    let stats = llm_npu::generate::generate(npu.as_ref(), &ids(name, "short_ids"), &opts, |_| {
         got += 1;
         Ok(())
     })
@@ -172,7 +179,7 @@ fn npu_matches_the_pytorch_fake_quant_reference() {
     for name in MODELS {
         let loaded = load(name);
         let m = &loaded.model;
-        let npu = npu(m, name, paper_w8a8_without_shadow());
+        let npu = npu(&loaded, name, paper_w8a8_without_shadow());
         let tokens = ids(name, "short_ids");
         let q = npu.forward(&tokens, &mut m.new_cache(tokens.len()), Logits::All).unwrap();
         let (_, reference) = llm_npu::npy::read_f32(&fixture(name).join("ref_fakequant_short.npy")).unwrap();
@@ -192,7 +199,8 @@ fn pruned_layers_do_no_shadow_work_and_kept_layers_do() {
     let shadow = |keep: f32| ShadowOptions { keep, min_ratio: 1.0, ..Default::default() };
     let layers = m.config.num_layers;
     for keep in [0.0f32, 0.5, 1.0] {
-        let npu = npu(m, name, NpuOptions { shadow: shadow(keep), ..Default::default() });
+        let engine = npu(&loaded, name, NpuOptions { shadow: shadow(keep), ..Default::default() });
+        let npu = engine.as_npu().unwrap();
         npu.forward(&tokens, &mut m.new_cache(tokens.len()), Logits::All).unwrap();
         let kept: Vec<bool> = npu.shadow_plan.layers.iter().map(|l| l.kept).collect();
         assert_eq!(kept.iter().filter(|&&k| k).count(), (keep * layers as f32).ceil() as usize);
@@ -219,7 +227,7 @@ fn without_shadow_work_the_npu_is_plain_w8a8_and_with_it_closer_to_float() {
         let m = &loaded.model;
         let tokens = ids(name, "short_ids");
         let run = |shadow: ShadowOptions| {
-            let npu = npu(m, name, NpuOptions { shadow, ..Default::default() });
+            let npu = npu(&loaded, name, NpuOptions { shadow, ..Default::default() });
             npu.forward(&tokens, &mut m.new_cache(tokens.len()), Logits::All).unwrap()
         };
         let off = run(ShadowOptions { enabled: false, ..Default::default() });
@@ -236,21 +244,22 @@ fn without_shadow_work_the_npu_is_plain_w8a8_and_with_it_closer_to_float() {
 
 #[test]
 fn scheduled_prefill_gives_the_same_logits_in_order_and_out_of_order() {
-    use llm_npu::npu::scheduled::{ExecutorOptions, SchedulerKind};
+    use llm_npu::engine::npu::scheduled::{ExecutorOptions, SchedulerKind};
     use llm_npu::prefill::dag::Processor;
     let name = "qwen2-bias-tied";
     let loaded = load(name);
     let m = &loaded.model;
     let tokens = ids(name, "long_ids");
-    let base_opts = NpuOptions { chunk_size: 64, ..Default::default() };
-    let seq_npu = npu(m, name, base_opts);
+    let base_opts = NpuOptions::default();
+    let seq_npu = npu_chunked(&loaded, name, Some(64), base_opts);
     let mut seq_cache = m.new_cache(tokens.len() + 1);
     let sequential = seq_npu.forward(&tokens, &mut seq_cache, Logits::All).unwrap();
     let sequential_next = seq_npu.forward(&[5], &mut seq_cache, Logits::Last).unwrap();
     for scheduler in [SchedulerKind::InOrder, SchedulerKind::OutOfOrder] {
         for (accel_threads, cpu_threads) in [(1, 1), (2, 1)] {
             let opts = NpuOptions { executors: Some(ExecutorOptions { scheduler, accel_threads, cpu_threads }), ..base_opts };
-            let n = npu(m, name, opts);
+            let engine = npu_chunked(&loaded, name, Some(64), opts);
+            let n = engine.as_npu().unwrap();
             let mut cache = m.new_cache(tokens.len() + 1);
             let got = n.forward(&tokens, &mut cache, Logits::All).unwrap();
             assert_eq!(got, sequential, "{scheduler:?} {accel_threads}:{cpu_threads}");

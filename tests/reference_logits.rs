@@ -83,7 +83,7 @@ fn greedy_continuation_matches_transformers_generate() {
             vocab_limit: None,
         };
         let mut got = Vec::new();
-        let backend = llm_npu::backend::F32Backend { model: &loaded.model, chunk: None };
+        let backend = llm_npu::engine::F32Engine::new(std::sync::Arc::new(loaded), None);
         generate(&backend, &ids(&r, "greedy_prompt"), &opts, |t| {
             got.push(t);
             Ok(())

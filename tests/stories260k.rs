@@ -5,7 +5,10 @@ mod common;
 
 use std::process::Command;
 
-use llm_npu::model::{self, LoadOptions, Logits};
+use std::sync::Arc;
+
+use llm_npu::model::{self, LoadOptions, LoadedModel, Logits};
+use llm_npu::util::Silent;
 
 /// llama2.c test_all.py `expected_stdout` for `run stories260K.bin -z tok512.bin -t 0.0 -n 200`
 /// (200 generated tokens; run.c adds one newline at the end, as we do).
@@ -89,8 +92,8 @@ fn gguf_version_2_header_reads_like_version_3() {
 
 /// Text the f32 model writes itself (temperature 1, from BOS), as token ids: stories of up to
 /// 400 tokens from successive seeds until `n` tokens.
-fn self_sampled(m: &llm_npu::model::Transformer, n: usize, first_seed: u64) -> Vec<u32> {
-    let f32 = llm_npu::backend::F32Backend { model: m, chunk: None };
+fn self_sampled(loaded: &Arc<LoadedModel>, n: usize, first_seed: u64) -> Vec<u32> {
+    let f32 = llm_npu::engine::F32Engine::new(loaded.clone(), None);
     let mut ids = Vec::new();
     let mut seed = first_seed;
     while ids.len() < n {
@@ -115,16 +118,18 @@ fn self_sampled(m: &llm_npu::model::Transformer, n: usize, first_seed: u64) -> V
 fn shadow_execution_recovers_what_w8a8_loses_on_the_trained_model() {
     // Calibrate on one self-sampled text, evaluate on another (as tools/stories_eval.sh does):
     // the shadow path must cut the KL divergence to f32 at least threefold against plain W8A8.
-    use llm_npu::npu::{NpuModel, NpuOptions};
+    use llm_npu::engine::{self, BackendKind, CalibrationSource, EngineOptions, NpuOptions};
     use llm_npu::shadow::ShadowOptions;
     let Some(models) = common::shared_models("shadow_execution_recovers_what_w8a8_loses_on_the_trained_model") else { return };
-    let loaded = model::load(&models.join("stories260K-gguf/tinyllamas-stories-260k-f32.gguf"), &LoadOptions::default()).unwrap();
+    let loaded = Arc::new(model::load(&models.join("stories260K-gguf/tinyllamas-stories-260k-f32.gguf"), &LoadOptions::default()).unwrap());
     let m = &loaded.model;
-    let cal = llm_npu::calibrate::Calibration::run(m, &self_sampled(m, 2000, 1000), 512, "test".into(), &|_, _| {}).unwrap();
-    let text = self_sampled(m, 2000, 2000);
+    let cal = llm_npu::quant::calibration::Calibration::run(m, &self_sampled(&loaded, 2000, 1000), 512, "test".into(), &Silent).unwrap();
+    let calibration = CalibrationSource::Given(Arc::new(cal));
+    let text = self_sampled(&loaded, 2000, 2000);
     let eval = |shadow: ShadowOptions| {
-        let npu = NpuModel::new(m, &cal, NpuOptions { shadow, ..Default::default() }, &|| {}).unwrap();
-        let mut acc = llm_npu::eval::EvalAccumulator::default();
+        let options = EngineOptions { backend: BackendKind::Npu, npu: NpuOptions { shadow, ..Default::default() }, calibration: calibration.clone(), ..Default::default() };
+        let npu = engine::build(&loaded, &options, &Silent).unwrap();
+        let mut acc = llm_npu::measure::eval::EvalAccumulator::default();
         for w in text.chunks(512).filter(|w| w.len() >= 2) {
             let q = npu.forward(w, &mut m.new_cache(w.len()), Logits::All).unwrap();
             let f = m.forward(w, &mut m.new_cache(w.len()), Logits::All).unwrap();

@@ -1,33 +1,64 @@
-//! The accelerator boundary, shaped like real NPU SDKs (QNN, OpenVINO NPU, Core ML): a static
-//! graph of fixed shapes is compiled once, then executed many times with new inputs. The op set
-//! is what an NPU runs well and nothing else: quantize (static per-tensor scale), W8A8 per-tensor
-//! int8 linear with int32 accumulation, dequantize with fused bias and residual. There is no
-//! float matmul. `cpu::CpuAccelerator` is the reference implementation on this machine's cores;
-//! a real NPU backend plugs in behind the same trait.
+//! The accelerator boundary, shaped like real NPU SDKs (QNN, OpenVINO NPU, Core ML, ONNX Runtime
+//! execution providers): a static graph of fixed shapes is compiled once, then executed many
+//! times with new inputs. The op set is what an NPU runs well and nothing else: quantize (static
+//! per-tensor scale), W8A8 int8 linear with int32 accumulation, dequantize with fused bias and
+//! residual. There is no float matmul.
+//!
+//! An accelerator receives plain int8 weights with their scales (`Int8Linear::int8_rows`,
+//! `scales`, `bias`) and a description of the graph (`GraphSpec`), and lays out or compiles them
+//! itself. The npu engine holds any accelerator as a trait object (`Box<dyn Accelerator>`): which
+//! one runs is a run-time choice, and one virtual call per graph execution (milliseconds of work)
+//! costs nothing. A new accelerator is one module here plus a line in `by_name`.
 
 pub mod cpu;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::error::Result;
-use crate::quant::QuantLinear;
+use crate::error::{Error, Result};
+use crate::model::LinearGroup;
+use crate::quant::Int8Linear;
 
 /// One fixed-shape graph: quantize the [rows, k] input with `input_scale`, run every linear in
 /// `linears` on it (they share the input), dequantize each output with its bias; with `residual`
 /// the single output is added into the output buffer (x += W x_q) instead of overwriting it.
 #[derive(Clone)]
-pub struct LinearGraphSpec {
+pub struct GraphSpec {
+    /// Where the graph comes from (e.g. "layer3.qkv.rows256"): for messages and cache files.
     pub name: String,
+    pub layer: usize,
+    pub group: LinearGroup,
     pub rows: usize,
     pub input_scale: f32,
-    pub linears: Vec<Arc<QuantLinear>>,
+    pub linears: Vec<Arc<Int8Linear>>,
     pub residual: bool,
 }
 
-impl LinearGraphSpec {
+impl GraphSpec {
     pub fn in_features(&self) -> usize {
         self.linears[0].in_features()
+    }
+
+    /// The shape rules every accelerator enforces: linears that share one input width, and one
+    /// output for a residual graph.
+    pub fn validate(&self) -> Result<()> {
+        if self.rows == 0 || self.linears.is_empty() || self.linears.iter().any(|l| l.in_features() != self.in_features()) {
+            return Err(Error::Input(format!("graph {}: needs rows and linears that share one input width", self.name)));
+        }
+        if self.residual && self.linears.len() != 1 {
+            return Err(Error::Input(format!("graph {}: a residual graph has one output", self.name)));
+        }
+        Ok(())
+    }
+
+    /// Checks the buffers of one execution against the graph's shape.
+    pub fn check_buffers(&self, input: &[f32], outputs: &[&mut [f32]]) -> Result<()> {
+        let (rows, k) = (self.rows, self.in_features());
+        let outputs_fit = outputs.len() == self.linears.len() && outputs.iter().zip(&self.linears).all(|(o, l)| o.len() == rows * l.out_features());
+        if input.len() != rows * k || !outputs_fit {
+            return Err(Error::Input(format!("graph {}: buffers do not fit a [{rows}, {k}] graph with {} outputs", self.name, self.linears.len())));
+        }
+        Ok(())
     }
 }
 
@@ -40,15 +71,28 @@ pub struct CompileReport {
     pub memory_bytes: usize,
 }
 
-pub trait Accelerator: Send + Sync {
-    type Graph: Send + Sync;
+/// A compiled graph, ready to run many times.
+pub trait CompiledGraph: Send + Sync {
+    /// Runs the graph on `input` ([rows, k] f32). `outputs[i]` receives linear i ([rows, n_i]);
+    /// with a residual graph, `outputs[0]` holds the residual and the result is added to it.
+    fn execute(&self, input: &[f32], outputs: &mut [&mut [f32]]) -> Result<()>;
+}
 
-    /// A human-readable name, e.g. "CPU reference accelerator (avx512-vnni)".
+pub trait Accelerator: Send + Sync {
+    /// A human-readable name that says what runs the graphs, e.g. "CPU reference accelerator
+    /// (avx512-vnni)".
     fn name(&self) -> String;
 
-    fn compile(&self, spec: LinearGraphSpec) -> Result<(Self::Graph, CompileReport)>;
+    fn compile(&self, spec: &GraphSpec) -> Result<(Box<dyn CompiledGraph>, CompileReport)>;
+}
 
-    /// Runs `graph` on `input` ([rows, k] f32). `outputs[i]` receives linear i ([rows, n_i]); with
-    /// a residual graph, `outputs[0]` holds the residual and the result is added to it.
-    fn execute(&self, graph: &Self::Graph, input: &[f32], outputs: &mut [&mut [f32]]) -> Result<()>;
+/// The accelerators this build knows, by the name `--accelerator` takes.
+pub const NAMES: [&str; 1] = ["ref"];
+
+/// The accelerator called `name` (see `NAMES`).
+pub fn by_name(name: &str) -> Result<Box<dyn Accelerator>> {
+    match name {
+        "ref" => Ok(Box::new(cpu::CpuAccelerator::default())),
+        _ => Err(Error::Input(format!("unknown accelerator '{name}' (known: {})", NAMES.join(", ")))),
+    }
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use memmap2::Mmap;
 
 use crate::error::{Error, Result};
-use crate::format::dtype::DType;
+use crate::tensor::dtype::DType;
 use crate::tensor::Tensor;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

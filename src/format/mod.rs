@@ -1,12 +1,12 @@
 //! File formats: bytes in, typed tensors and metadata out. Nothing outside this module knows a
 //! file layout.
 
-pub mod dtype;
+
 pub mod gguf;
 pub mod llama2c;
 pub mod safetensors;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use memmap2::{Mmap, MmapOptions};
 
@@ -20,17 +20,4 @@ pub(crate) fn map_file(path: &Path) -> Result<Mmap> {
     // SAFETY: the file is mapped read-only; like every mmap-based loader we assume it is not
     // truncated or rewritten while the model is loaded.
     unsafe { MmapOptions::new().populate().map(&file) }.map_err(|e| Error::io(path, e))
-}
-
-/// Where llm-npu keeps a file of its own about a model (calibration, measured profile):
-/// `<folder>/llm-npu-<what>.json` for an HF folder, `<file>.llm-npu-<what>.json` beside a
-/// single-file model.
-pub fn beside_model(model: &Path, what: &str) -> PathBuf {
-    if model.is_dir() {
-        model.join(format!("llm-npu-{what}.json"))
-    } else {
-        let mut name = model.file_name().unwrap_or_default().to_os_string();
-        name.push(format!(".llm-npu-{what}.json"));
-        model.with_file_name(name)
-    }
 }

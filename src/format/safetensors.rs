@@ -9,7 +9,7 @@ use memmap2::Mmap;
 use safetensors::tensor::{Dtype as StDtype, Metadata, SafeTensors, TensorInfo};
 
 use crate::error::{Error, Result};
-use crate::format::dtype::DType;
+use crate::tensor::dtype::DType;
 use crate::tensor::Tensor;
 
 struct Shard {

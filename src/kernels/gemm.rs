@@ -23,13 +23,13 @@ const NC: usize = 4 * NR;
 const KC: usize = 256;
 
 /// Activations packed into MR-token panels, k-major, zero-padded to a whole panel.
-pub struct PackedActs {
+pub struct PackedF32Acts {
     data: Vec<f32>,
     m: usize,
     k: usize,
 }
 
-impl PackedActs {
+impl PackedF32Acts {
     pub fn new(x: &[f32], m: usize, k: usize) -> Self {
         assert_eq!(x.len(), m * k);
         let panels = m.div_ceil(MR);
@@ -51,7 +51,7 @@ impl PackedActs {
                 }
             }
         });
-        PackedActs { data, m, k }
+        PackedF32Acts { data, m, k }
     }
 
     fn panels(&self) -> usize {
@@ -67,7 +67,7 @@ impl PackedActs {
 /// With `accumulate`, y += x . w^T (a fused residual add).
 pub fn gemm_nt(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, y: &mut [f32], accumulate: bool) {
     match simd_level() {
-        SimdLevel::Avx512 => gemm_packed(&PackedActs::new(x, m, k), w, n, y, accumulate),
+        SimdLevel::Avx512 => gemm_packed(&PackedF32Acts::new(x, m, k), w, n, y, accumulate),
         SimdLevel::Portable => gemm_nt_portable(x, m, k, w, n, y, accumulate),
     }
 }
@@ -91,7 +91,7 @@ pub fn gemm_nt_portable(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, y: &
 
 /// y = x . w^T for already packed activations (lets several weights share one packing).
 /// y = x . w^T (or y += with `accumulate`) for already packed activations (lets several weights share one packing).
-pub fn gemm_packed(xp: &PackedActs, w: &[f32], n: usize, y: &mut [f32], accumulate: bool) {
+pub fn gemm_packed(xp: &PackedF32Acts, w: &[f32], n: usize, y: &mut [f32], accumulate: bool) {
     // The microkernel and packing below are AVX-512 code: never run them on another CPU.
     assert_eq!(simd_level(), SimdLevel::Avx512, "gemm_packed needs AVX-512; use gemm_nt");
     let (m, k) = (xp.m, xp.k);
@@ -114,7 +114,7 @@ unsafe impl Sync for SharedOut {}
 
 /// One task: `rows` weight rows (output columns n0..n0+rows of y) against all token panels.
 #[allow(clippy::too_many_arguments)]
-fn block(xp: &PackedActs, w: &[f32], rows: usize, wpack: &mut Vec<f32>, y: SharedOut, ldy: usize, n0: usize, accumulate: bool) {
+fn block(xp: &PackedF32Acts, w: &[f32], rows: usize, wpack: &mut Vec<f32>, y: SharedOut, ldy: usize, n0: usize, accumulate: bool) {
     let (m, k) = (xp.m, xp.k);
     let micro = rows.div_ceil(NR);
     wpack.clear();
@@ -275,7 +275,7 @@ mod tests {
             let w = rand_vec(n * k, 100 + si as u64);
             let mut y_simd = vec![0f32; m * n];
             let mut y_ref = vec![0f32; m * n];
-            gemm_packed(&PackedActs::new(&x, m, k), &w, n, &mut y_simd, false);
+            gemm_packed(&PackedF32Acts::new(&x, m, k), &w, n, &mut y_simd, false);
             gemm_nt_portable(&x, m, k, &w, n, &mut y_ref, false);
             for (a, b) in y_simd.iter().zip(&y_ref) {
                 assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "shape {m}x{k}x{n}: {a} vs {b}");

@@ -3,7 +3,7 @@
 //!
 //! Kernels, chosen at run time (best first): AVX-512 VNNI (512-bit `vpdpbusd`), 256-bit VNNI in
 //! its EVEX (AVX512-VL) and VEX (AVX-VNNI) encodings, AVX2, portable. All read the same weight
-//! layout, packed once at load: panels of `NR` = 32 output rows, k-major in groups of 4 bytes
+//! layout, packed once at load: panels of `NR_I8` = 32 output rows, k-major in groups of 4 bytes
 //! (`[k/4][32][4]`), so one 512-bit load holds 16 outputs x 4 k. `vpdpbusd` multiplies *unsigned*
 //! by signed bytes, so the VNNI kernels see activations offset by +128 (x + 128 in 1..=255) and
 //! subtract 128 * sum_k w[n, k] at the end. AVX2 has no such instruction; `vpmaddubsw` adds two
@@ -14,9 +14,9 @@ use rayon::prelude::*;
 use std::sync::OnceLock;
 
 /// Output rows per weight panel.
-pub const NR: usize = 32;
-/// Weight rows per parallel task (a multiple of NR).
-const NC: usize = 4 * NR;
+pub const NR_I8: usize = 32;
+/// Weight rows per parallel task (a multiple of NR_I8).
+const NC: usize = 4 * NR_I8;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Int8Kernel {
@@ -103,7 +103,7 @@ pub struct PackedI8Weights {
     pub k: usize,
     /// k rounded up to a multiple of 4 (zero padding).
     k4: usize,
-    /// [n / NR panels][k4 / 4][NR][4]
+    /// [n / NR_I8 panels][k4 / 4][NR_I8][4]
     data: Vec<i8>,
     /// sum_k w[r, k] per output row (padded to whole panels with 0)
     row_sums: Vec<i32>,
@@ -116,14 +116,14 @@ impl PackedI8Weights {
         assert_eq!(w.len(), n * k);
         assert!(!w.contains(&i8::MIN), "int8 weights must lie in -127..=127");
         let k4 = k.next_multiple_of(4);
-        let panels = n.div_ceil(NR);
-        let mut data = vec![0i8; panels * k4 * NR];
-        let mut row_sums = vec![0i32; panels * NR];
-        data.par_chunks_mut(k4 * NR).enumerate().for_each(|(p, panel)| {
-            for r in 0..NR.min(n - p * NR) {
-                let row = &w[(p * NR + r) * k..(p * NR + r + 1) * k];
+        let panels = n.div_ceil(NR_I8);
+        let mut data = vec![0i8; panels * k4 * NR_I8];
+        let mut row_sums = vec![0i32; panels * NR_I8];
+        data.par_chunks_mut(k4 * NR_I8).enumerate().for_each(|(p, panel)| {
+            for r in 0..NR_I8.min(n - p * NR_I8) {
+                let row = &w[(p * NR_I8 + r) * k..(p * NR_I8 + r + 1) * k];
                 for (kk, &v) in row.iter().enumerate() {
-                    panel[(kk / 4) * NR * 4 + r * 4 + kk % 4] = v;
+                    panel[(kk / 4) * NR_I8 * 4 + r * 4 + kk % 4] = v;
                 }
             }
         });
@@ -133,20 +133,32 @@ impl PackedI8Weights {
         PackedI8Weights { n, k, k4, data, row_sums }
     }
 
+    /// The weights back in plain [n][k] rows.
+    pub fn unpack(&self) -> Vec<i8> {
+        let mut w = vec![0i8; self.n * self.k];
+        for (r, row) in w.chunks_exact_mut(self.k).enumerate() {
+            let panel = self.panel(r / NR_I8);
+            for (kk, v) in row.iter_mut().enumerate() {
+                *v = panel[(kk / 4) * NR_I8 * 4 + (r % NR_I8) * 4 + kk % 4];
+            }
+        }
+        w
+    }
+
     /// Bytes held (weights + sums).
     pub fn memory_bytes(&self) -> usize {
         self.data.len() + self.row_sums.len() * 4
     }
 
     fn panel(&self, p: usize) -> &[i8] {
-        &self.data[p * self.k4 * NR..(p + 1) * self.k4 * NR]
+        &self.data[p * self.k4 * NR_I8..(p + 1) * self.k4 * NR_I8]
     }
 }
 
 /// Activations packed for one kernel: panels of MR tokens, `[k4/4][MR][4]` bytes, offset to
 /// unsigned for the VNNI kernels; padding (k or tokens) is the zero activation. Several weights
 /// reading the same input (q/k/v) share one packing.
-pub struct PackedActs {
+pub struct PackedI8Acts {
     data: Vec<u8>,
     mr: usize,
     k4: usize,
@@ -155,7 +167,7 @@ pub struct PackedActs {
     kernel: Int8Kernel,
 }
 
-impl PackedActs {
+impl PackedI8Acts {
     /// Packs int8 activations [m, k].
     pub fn new(x: &[i8], m: usize, k: usize, kernel: Int8Kernel) -> Self {
         assert_eq!(x.len(), m * k);
@@ -171,7 +183,7 @@ impl PackedActs {
     pub fn quantized(x: &[f32], m: usize, k: usize, scale: f32, kernel: Int8Kernel) -> Self {
         assert_eq!(x.len(), m * k);
         let inv = 1.0 / scale;
-        Self::pack(m, k, kernel, |i, offset, row| crate::quant::quantize_row_offset(&x[i * k..(i + 1) * k], inv, offset, row))
+        Self::pack(m, k, kernel, |i, offset, row| super::quantize::quantize_row_offset(&x[i * k..(i + 1) * k], inv, offset, row))
     }
 
     /// `fill_row(i, offset, row)` writes token i's k activations, plus `offset`, into `row`; each
@@ -193,7 +205,7 @@ impl PackedActs {
                 }
             },
         );
-        PackedActs { data, mr, k4, m, k, kernel }
+        PackedI8Acts { data, mr, k4, m, k, kernel }
     }
 
     fn panel(&self, p: usize) -> &[u8] {
@@ -211,7 +223,7 @@ pub fn gemm_i8(kernel: Int8Kernel, x: &[i8], m: usize, w: &PackedI8Weights, y: &
 /// Consumes the exact int32 results tile by tile while they are hot in L1 (an accelerator's
 /// fused epilogue: dequantize, bias, residual), instead of a full int32 matrix and a second pass.
 pub trait Epilogue: Sync {
-    /// `acc` holds `tokens` rows of `cols` results (row stride NR) for output rows
+    /// `acc` holds `tokens` rows of `cols` results (row stride NR_I8) for output rows
     /// row0..row0+tokens and columns col0..col0+cols.
     ///
     /// # Safety
@@ -231,7 +243,7 @@ unsafe impl Sync for I32Out {}
 impl Epilogue for I32Out {
     unsafe fn tile(&self, row0: usize, col0: usize, tokens: usize, cols: usize, acc: &[i32]) {
         for t in 0..tokens {
-            std::ptr::copy_nonoverlapping(acc.as_ptr().add(t * NR), self.y.add((row0 + t) * self.ld + col0), cols);
+            std::ptr::copy_nonoverlapping(acc.as_ptr().add(t * NR_I8), self.y.add((row0 + t) * self.ld + col0), cols);
         }
     }
 }
@@ -239,28 +251,28 @@ impl Epilogue for I32Out {
 /// The int8 product x[m, k] . w^T handed to `epilogue` tile by tile (see `gemm_i8`).
 pub fn gemm_i8_with(kernel: Int8Kernel, x: &[i8], m: usize, w: &PackedI8Weights, epilogue: &dyn Epilogue) {
     assert!(kernel.is_supported(), "int8 kernel {} is not supported on this CPU", kernel.name());
-    gemm_packed_with(&PackedActs::new(x, m, w.k, kernel), w, epilogue);
+    gemm_packed_with(&PackedI8Acts::new(x, m, w.k, kernel), w, epilogue);
 }
 
 /// The int8 product of packed activations and packed weights, through `epilogue`.
-pub fn gemm_packed_with(xp: &PackedActs, w: &PackedI8Weights, epilogue: &dyn Epilogue) {
+pub fn gemm_packed_with(xp: &PackedI8Acts, w: &PackedI8Weights, epilogue: &dyn Epilogue) {
     let (n, m, kernel) = (w.n, xp.m, xp.kernel);
     assert_eq!(xp.k, w.k, "activations and weights disagree on k");
     assert!(kernel.is_supported(), "int8 kernel {} is not supported on this CPU", kernel.name());
     (0..n.div_ceil(NC)).into_par_iter().for_each(|b| {
         let n0 = b * NC;
-        let panels = (NC.min(n - n0)).div_ceil(NR);
-        let mut acc = [0i32; MAX_MR * NR];
+        let panels = (NC.min(n - n0)).div_ceil(NR_I8);
+        let mut acc = [0i32; MAX_MR * NR_I8];
         for p in 0..m.div_ceil(xp.mr) {
             let tokens = xp.mr.min(m - p * xp.mr);
             for j in 0..panels {
-                let col0 = n0 + j * NR;
-                let cols = NR.min(n - col0);
-                let tile = Tile { x: xp.panel(p).as_ptr(), w: w.panel(col0 / NR).as_ptr(), sums: w.row_sums[col0..].as_ptr(), groups: w.k4 / 4, mr: xp.mr, tokens, cols };
-                // SAFETY: the panels hold `groups` k-groups; `acc` holds MAX_MR rows of NR.
+                let col0 = n0 + j * NR_I8;
+                let cols = NR_I8.min(n - col0);
+                let tile = Tile { x: xp.panel(p).as_ptr(), w: w.panel(col0 / NR_I8).as_ptr(), sums: w.row_sums[col0..].as_ptr(), groups: w.k4 / 4, mr: xp.mr, tokens, cols };
+                // SAFETY: the panels hold `groups` k-groups; `acc` holds MAX_MR rows of NR_I8.
                 // Each (p, col0) tile is produced by this task alone, as the epilogue requires.
                 unsafe {
-                    tile.run(kernel, acc.as_mut_ptr(), NR);
+                    tile.run(kernel, acc.as_mut_ptr(), NR_I8);
                     epilogue.tile(p * xp.mr, col0, tokens, cols, &acc);
                 }
             }
@@ -311,7 +323,7 @@ impl Tile {
                 for g in 0..self.groups {
                     for b in 0..4 {
                         let xv = *self.x.add(g * mr * 4 + i * 4 + b) as i8 as i32;
-                        acc += xv * *self.w.add(g * NR * 4 + c * 4 + b) as i32;
+                        acc += xv * *self.w.add(g * NR_I8 * 4 + c * 4 + b) as i32;
                     }
                 }
                 *y.add(i * ldy + c) = acc;
@@ -326,8 +338,8 @@ impl Tile {
         let mut c0 = [_mm512_setzero_si512(); MR];
         let mut c1 = [_mm512_setzero_si512(); MR];
         for g in 0..self.groups {
-            let b0 = _mm512_loadu_si512(self.w.add(g * NR * 4) as *const __m512i);
-            let b1 = _mm512_loadu_si512(self.w.add(g * NR * 4 + 64) as *const __m512i);
+            let b0 = _mm512_loadu_si512(self.w.add(g * NR_I8 * 4) as *const __m512i);
+            let b1 = _mm512_loadu_si512(self.w.add(g * NR_I8 * 4 + 64) as *const __m512i);
             let xg = self.x.add(g * MR * 4) as *const i32;
             for i in 0..MR {
                 let a = _mm512_set1_epi32(xg.add(i).read_unaligned());
@@ -368,7 +380,7 @@ impl Tile {
         const MR: usize = 3;
         let mut c = [[_mm256_setzero_si256(); 4]; MR];
         for g in 0..self.groups {
-            let b: [__m256i; 4] = std::array::from_fn(|q| _mm256_loadu_si256(self.w.add(g * NR * 4 + q * 32) as *const __m256i));
+            let b: [__m256i; 4] = std::array::from_fn(|q| _mm256_loadu_si256(self.w.add(g * NR_I8 * 4 + q * 32) as *const __m256i));
             let xg = self.x.add(g * MR * 4) as *const i32;
             for (i, ci) in c.iter_mut().enumerate() {
                 let a = _mm256_set1_epi32(xg.add(i).read_unaligned());
@@ -394,7 +406,7 @@ impl Tile {
                 let a = _mm256_set1_epi32(xg.add(i).read_unaligned());
                 let a_abs = _mm256_sign_epi8(a, a);
                 for q in 0..4 {
-                    let b = _mm256_loadu_si256(self.w.add(g * NR * 4 + q * 32) as *const __m256i);
+                    let b = _mm256_loadu_si256(self.w.add(g * NR_I8 * 4 + q * 32) as *const __m256i);
                     let pairs = _mm256_maddubs_epi16(a_abs, _mm256_sign_epi8(b, a));
                     ci[q] = _mm256_add_epi32(ci[q], _mm256_madd_epi16(pairs, ones));
                 }
@@ -435,7 +447,7 @@ pub fn gemm_i8_reference(x: &[i8], m: usize, k: usize, w: &[i8], n: usize) -> Ve
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sampling::Rng;
+    use crate::util::Rng;
 
     fn rand_i8(n: usize, seed: u64) -> Vec<i8> {
         let mut rng = Rng::new(seed);
@@ -463,6 +475,14 @@ mod tests {
         }
         assert!(ran.contains(&"portable"));
         eprintln!("int8 kernels checked: {ran:?}");
+    }
+
+    #[test]
+    fn unpacking_gives_back_the_plain_rows() {
+        for (n, k) in [(1, 1), (33, 5), (64, 128), (70, 131)] {
+            let w = rand_i8(n * k, (n * k) as u64);
+            assert_eq!(PackedI8Weights::new(&w, n, k).unpack(), w, "{n}x{k}");
+        }
     }
 
     #[test]

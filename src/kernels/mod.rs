@@ -5,6 +5,7 @@ pub mod gemm;
 pub mod int8_gemm;
 pub mod matvec;
 pub mod ops;
+pub mod quantize;
 
 use std::sync::OnceLock;
 
@@ -63,7 +64,7 @@ pub fn linear_many(x: &[f32], m: usize, k: usize, ws: &[(&[f32], usize)], outs: 
         }
         return;
     }
-    let packed = gemm::PackedActs::new(x, m, k);
+    let packed = gemm::PackedF32Acts::new(x, m, k);
     for ((w, n), y) in ws.iter().zip(outs.iter_mut()) {
         gemm::gemm_packed(&packed, w, *n, y, false);
     }

@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod kv_cache;
+pub mod linear_group;
 pub mod llama;
 pub mod qwen2;
 pub mod transformer;
@@ -15,9 +16,11 @@ use crate::format::gguf::GgufFile;
 use crate::format::llama2c::Llama2cFile;
 use crate::format::safetensors::SafetensorsModel;
 use crate::tokenizer::Tokenizer;
+use crate::util::{Progress, Silent};
 use config::{GgufMeta, HfConfig, ModelConfig, RopeConfig};
 pub use kv_cache::KvCache;
-pub use transformer::{ActivationObserver, ChunkState, LinearInput, Logits, Transformer};
+pub use linear_group::LinearGroup;
+pub use transformer::{ActivationObserver, ChunkState, Logits, Transformer};
 use weights::Weights;
 
 /// One architecture family: how its config is read from each format. The forward pass is shared.
@@ -47,14 +50,13 @@ pub struct LoadedModel {
 pub struct LoadOptions<'a> {
     /// Tokenizer file to use instead of the one inside/beside the model (required for llama2.c).
     pub tokenizer: Option<&'a Path>,
-    /// Called once per tensor read, after `on_start(total)`: drives a progress bar.
-    pub on_start: &'a dyn Fn(usize),
-    pub on_tensor: &'a dyn Fn(),
+    /// Told of every tensor read.
+    pub progress: &'a dyn Progress,
 }
 
 impl Default for LoadOptions<'_> {
     fn default() -> Self {
-        LoadOptions { tokenizer: None, on_start: &|_| {}, on_tensor: &|| {} }
+        LoadOptions { tokenizer: None, progress: &Silent }
     }
 }
 
@@ -77,8 +79,9 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<LoadedModel> {
     if let Some(t) = opts.tokenizer {
         tokenizer = Some(open_tokenizer_file(t)?);
     }
-    (opts.on_start)(Transformer::tensor_count(&config));
-    let model = Transformer::load(config, &weights, opts.on_tensor)?;
+    opts.progress.start("loading", "tensors", Transformer::tensor_count(&config) as u64);
+    let model = Transformer::load(config, &weights, opts.progress)?;
+    opts.progress.finish();
     if let Some(tok) = &tokenizer {
         if tok.vocab_size() > model.config.vocab_size {
             return Err(Error::Input(format!(

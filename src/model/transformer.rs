@@ -6,9 +6,11 @@
 use crate::error::{Error, Result};
 use crate::kernels::{self, ops};
 use crate::tensor::Tensor;
+use crate::util::Progress;
 
 use super::config::ModelConfig;
 use super::kv_cache::{KvCache, Scratch};
+use super::linear_group::LinearGroup;
 use super::weights::Weights;
 
 pub struct Linear {
@@ -80,73 +82,47 @@ pub struct DecoderLayer {
     pub mlp: Mlp,
 }
 
-/// The four places where linear layers read their input (q/k/v share one, gate/up share one).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum LinearInput {
-    /// input of q_proj, k_proj, v_proj (after input_layernorm)
-    Attn,
-    /// input of o_proj (the attention output)
-    O,
-    /// input of gate_proj and up_proj (after post_attention_layernorm)
-    Ffn,
-    /// input of down_proj (silu(gate) * up)
-    Down,
-}
-
-impl LinearInput {
-    pub const ALL: [LinearInput; 4] = [LinearInput::Attn, LinearInput::O, LinearInput::Ffn, LinearInput::Down];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            LinearInput::Attn => "attn_in",
-            LinearInput::O => "o_in",
-            LinearInput::Ffn => "ffn_in",
-            LinearInput::Down => "down_in",
-        }
-    }
-}
-
 /// Sees every linear-layer input during a forward pass (activation statistics, calibration) and
 /// may change it before the layer reads it (clipping and fake-quantization experiments).
 pub trait ActivationObserver {
     /// `x` holds `x.len() / cols` rows of `cols` channels.
-    fn observe(&mut self, layer: usize, point: LinearInput, x: &mut [f32], cols: usize);
+    fn observe(&mut self, layer: usize, group: LinearGroup, x: &mut [f32], cols: usize);
 }
 
 /// Where the decoder's linear layers run: on the float weights (`FloatLinears`) or on an integer
 /// accelerator. Everything else in a layer (norms, RoPE, attention, SwiGLU) is the same float
 /// code for every executor, so backends differ only here.
 pub trait LinearExecutor {
-    /// q, k, v = projections of the normed input `h` ([m][hidden]), biases included.
-    fn qkv(&self, layer: usize, h: &[f32], m: usize, q: &mut [f32], k: &mut [f32], v: &mut [f32]) -> Result<()>;
-    /// x += o_proj(attn)
-    fn o_proj_residual(&self, layer: usize, attn: &[f32], m: usize, x: &mut [f32]) -> Result<()>;
-    /// gate, up = projections of the normed input `h`.
-    fn gate_up(&self, layer: usize, h: &[f32], m: usize, gate: &mut [f32], up: &mut [f32]) -> Result<()>;
-    /// x += down_proj(act)
-    fn down_residual(&self, layer: usize, act: &[f32], m: usize, x: &mut [f32]) -> Result<()>;
+    /// Runs `group` of `layer` on `input` ([m][in_features]), biases included: `outputs[i]`
+    /// receives linear i of the group; a group that adds to the residual stream has one output,
+    /// the residual itself (x += W input).
+    fn run(&self, layer: usize, group: LinearGroup, input: &[f32], m: usize, outputs: &mut [&mut [f32]]) -> Result<()>;
+}
+
+impl DecoderLayer {
+    /// The float linears of a group, in output order.
+    pub fn linears(&self, group: LinearGroup) -> Vec<&Linear> {
+        let (a, mlp) = (&self.self_attn, &self.mlp);
+        match group {
+            LinearGroup::Qkv => vec![&a.q_proj, &a.k_proj, &a.v_proj],
+            LinearGroup::O => vec![&a.o_proj],
+            LinearGroup::GateUp => vec![&mlp.gate_proj, &mlp.up_proj],
+            LinearGroup::Down => vec![&mlp.down_proj],
+        }
+    }
 }
 
 /// The float32 reference: the model's own weights through the f32 kernels.
 pub struct FloatLinears<'a>(pub &'a Transformer);
 
 impl LinearExecutor for FloatLinears<'_> {
-    fn qkv(&self, layer: usize, h: &[f32], m: usize, q: &mut [f32], k: &mut [f32], v: &mut [f32]) -> Result<()> {
-        let a = &self.0.layers[layer].self_attn;
-        Linear::forward_many(&[&a.q_proj, &a.k_proj, &a.v_proj], h, m, &mut [q, k, v]);
-        Ok(())
-    }
-    fn o_proj_residual(&self, layer: usize, attn: &[f32], m: usize, x: &mut [f32]) -> Result<()> {
-        self.0.layers[layer].self_attn.o_proj.forward_accumulate(attn, m, x);
-        Ok(())
-    }
-    fn gate_up(&self, layer: usize, h: &[f32], m: usize, gate: &mut [f32], up: &mut [f32]) -> Result<()> {
-        let mlp = &self.0.layers[layer].mlp;
-        Linear::forward_many(&[&mlp.gate_proj, &mlp.up_proj], h, m, &mut [gate, up]);
-        Ok(())
-    }
-    fn down_residual(&self, layer: usize, act: &[f32], m: usize, x: &mut [f32]) -> Result<()> {
-        self.0.layers[layer].mlp.down_proj.forward_accumulate(act, m, x);
+    fn run(&self, layer: usize, group: LinearGroup, input: &[f32], m: usize, outputs: &mut [&mut [f32]]) -> Result<()> {
+        let linears = self.0.layers[layer].linears(group);
+        if group.adds_to_residual() {
+            linears[0].forward_accumulate(input, m, outputs[0]);
+        } else {
+            Linear::forward_many(&linears, input, m, outputs);
+        }
         Ok(())
     }
 }
@@ -173,6 +149,17 @@ pub enum Logits {
     All,
 }
 
+impl Logits {
+    /// What chunk `i` of `n` contributes to the logits of a chunked pass: every position's for
+    /// `All`, the last position's of the last chunk for `Last`, nothing for the other chunks.
+    pub fn for_chunk(self, i: usize, n: usize) -> Option<Logits> {
+        match self {
+            Logits::All => Some(Logits::All),
+            Logits::Last => (i + 1 == n).then_some(Logits::Last),
+        }
+    }
+}
+
 pub struct Transformer {
     pub config: ModelConfig,
     pub embed_tokens: Tensor,
@@ -185,13 +172,13 @@ pub struct Transformer {
 /// Loads tensors by their Hugging Face names and checks each shape against the config.
 struct Loader<'a> {
     weights: &'a Weights,
-    on_tensor: &'a dyn Fn(),
+    progress: &'a dyn Progress,
 }
 
 impl Loader<'_> {
     fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
         let t = self.weights.tensor(name)?;
-        (self.on_tensor)();
+        self.progress.step();
         if t.shape() != shape {
             return Err(Error::field(self.weights.path(), format!("tensor '{name}'"), format!("shape {:?}, expected {shape:?} from the config", t.shape())));
         }
@@ -215,10 +202,10 @@ impl Transformer {
         3 + c.num_layers * (9 + if c.qkv_bias { 3 } else { 0 }) + usize::from(!c.tie_word_embeddings)
     }
 
-    pub fn load(config: ModelConfig, weights: &Weights, on_tensor: &dyn Fn()) -> Result<Self> {
+    pub fn load(config: ModelConfig, weights: &Weights, progress: &dyn Progress) -> Result<Self> {
         config.validate(weights.path())?;
         let c = &config;
-        let l = Loader { weights, on_tensor };
+        let l = Loader { weights, progress };
         let (d, eps) = (c.hidden_size, c.rms_norm_eps);
         let embed_tokens = l.tensor("model.embed_tokens.weight", &[c.vocab_size, d])?;
         // No preallocation from the config: an absurd layer count must fail on a missing tensor.
@@ -259,9 +246,7 @@ impl Transformer {
             n += lin(&self.lm_head);
         }
         for layer in &self.layers {
-            let a = &layer.self_attn;
-            let m = &layer.mlp;
-            n += [&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj, &m.gate_proj, &m.up_proj, &m.down_proj].iter().map(|l| lin(l)).sum::<usize>();
+            n += LinearGroup::ALL.iter().flat_map(|&g| layer.linears(g)).map(lin).sum::<usize>();
             n += layer.input_layernorm.weight.len() + layer.post_attention_layernorm.weight.len();
         }
         n
@@ -318,17 +303,23 @@ impl Transformer {
 
     /// Final norm and LM head over the last row or all rows of the hidden states.
     pub fn logits(&self, x: &[f32], which: Logits) -> Vec<f32> {
-        let (d, vocab) = (self.config.hidden_size, self.config.vocab_size);
+        let normed = self.final_norm(x, which);
+        let n = normed.len() / self.config.hidden_size;
+        let mut logits = vec![0f32; n * self.config.vocab_size];
+        self.lm_head.forward(&normed, n, &mut logits);
+        logits
+    }
+
+    /// The final norm of the rows of the hidden states `which` asks for: what the LM head reads.
+    pub fn final_norm(&self, x: &[f32], which: Logits) -> Vec<f32> {
+        let d = self.config.hidden_size;
         let rows = match which {
             Logits::Last => &x[x.len() - d..],
             Logits::All => x,
         };
-        let n = rows.len() / d;
         let mut normed = vec![0f32; rows.len()];
         self.norm.forward(rows, &mut normed);
-        let mut logits = vec![0f32; n * vocab];
-        self.lm_head.forward(&normed, n, &mut logits);
-        logits
+        normed
     }
 
     /// The decoder layers: hidden states [tokens][hidden] after the last layer (before the final norm).
@@ -375,9 +366,9 @@ impl Transformer {
         let Scratch { h, q, k, v, .. } = &mut st.scratch;
         self.layers[li].input_layernorm.forward(&st.x, h);
         if let Some(o) = observer {
-            o.observe(li, LinearInput::Attn, h, self.config.hidden_size);
+            o.observe(li, LinearGroup::Qkv, h, self.config.hidden_size);
         }
-        exec.qkv(li, h, st.m, q, k, v)
+        exec.run(li, LinearGroup::Qkv, h, st.m, &mut [q, k, v])
     }
 
     /// RoPE, this chunk's K/V into the cache (which must hold every earlier position at this
@@ -393,7 +384,7 @@ impl Transformer {
         let shape = ops::AttnShape { n_heads: c.num_heads, n_kv_heads: c.num_kv_heads, head_dim: hd, pos0: st.pos0, kv_stride: cache.stride() };
         ops::causal_attention(q, kc, vc, shape, attn);
         if let Some(o) = observer {
-            o.observe(li, LinearInput::O, attn, c.q_dim());
+            o.observe(li, LinearGroup::O, attn, c.q_dim());
         }
     }
 
@@ -402,16 +393,16 @@ impl Transformer {
     pub fn layer_o_ffn<'o>(&self, exec: &dyn LinearExecutor, li: usize, st: &mut ChunkState, mut observer: Option<&mut (dyn ActivationObserver + 'o)>) -> Result<()> {
         let c = &self.config;
         let Scratch { h, attn, gate, up, .. } = &mut st.scratch;
-        exec.o_proj_residual(li, attn, st.m, &mut st.x)?;
+        exec.run(li, LinearGroup::O, attn, st.m, &mut [&mut st.x])?;
         self.layers[li].post_attention_layernorm.forward(&st.x, h);
         if let Some(o) = observer.as_deref_mut() {
-            o.observe(li, LinearInput::Ffn, h, c.hidden_size);
+            o.observe(li, LinearGroup::GateUp, h, c.hidden_size);
         }
-        exec.gate_up(li, h, st.m, gate, up)?;
+        exec.run(li, LinearGroup::GateUp, h, st.m, &mut [gate, up])?;
         ops::silu_mul(gate, up);
         if let Some(o) = observer {
-            o.observe(li, LinearInput::Down, gate, c.intermediate_size);
+            o.observe(li, LinearGroup::Down, gate, c.intermediate_size);
         }
-        exec.down_residual(li, gate, st.m, &mut st.x)
+        exec.run(li, LinearGroup::Down, gate, st.m, &mut [&mut st.x])
     }
 }

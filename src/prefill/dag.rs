@@ -11,6 +11,8 @@
 //! consumer also after its producer's shadow node); `Attention(i, l)` also needs the K/V of
 //! chunks 0..i-1 at layer l, which `Attention(j, l)` writes into the cache.
 
+use crate::model::LinearGroup;
+
 /// Where a subgraph runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Processor {
@@ -32,6 +34,15 @@ impl Kind {
         match self {
             Kind::Qkv | Kind::OFfn => Processor::Accel,
             Kind::ShadowQkv | Kind::Attention | Kind::ShadowOFfn => Processor::Cpu,
+        }
+    }
+
+    /// The linear groups whose accelerator graphs the subgraph runs (none for CPU subgraphs).
+    pub fn linear_groups(self) -> &'static [LinearGroup] {
+        match self {
+            Kind::Qkv => &[LinearGroup::Qkv],
+            Kind::OFfn => &[LinearGroup::O, LinearGroup::GateUp, LinearGroup::Down],
+            Kind::ShadowQkv | Kind::Attention | Kind::ShadowOFfn => &[],
         }
     }
 

@@ -16,7 +16,7 @@ use crate::model::{KvCache, Logits, Transformer};
 /// Returns the logits `which` asks for, as one unchunked `forward` would.
 pub fn prefill_chunked(model: &Transformer, tokens: &[u32], cache: &mut KvCache, chunk: usize, which: Logits) -> Result<Vec<f32>> {
     if chunk == 0 {
-        return Err(Error::Input("--chunk-size must be at least 1".into()));
+        return Err(Error::Input("the chunk size must be at least 1".into()));
     }
     if tokens.is_empty() {
         return Err(Error::Input("no tokens to run".into()));
@@ -24,14 +24,10 @@ pub fn prefill_chunked(model: &Transformer, tokens: &[u32], cache: &mut KvCache,
     let mut out = Vec::new();
     let n_chunks = tokens.len().div_ceil(chunk);
     for (i, c) in tokens.chunks(chunk).enumerate() {
-        let last = i + 1 == n_chunks;
-        match which {
-            Logits::All => out.extend(model.forward(c, cache, Logits::All)?),
+        match which.for_chunk(i, n_chunks) {
+            Some(w) => out.extend(model.forward(c, cache, w)?),
             // Earlier chunks only fill the cache; their logits are not needed.
-            Logits::Last if last => out = model.forward(c, cache, Logits::Last)?,
-            Logits::Last => {
-                model.forward_hidden(c, cache)?;
-            }
+            None => model.forward_hidden(c, cache)?,
         }
     }
     Ok(out)

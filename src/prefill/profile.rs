@@ -2,12 +2,28 @@
 //! takes on a target device, from a built-in device profile or a JSON file of the same shape.
 
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
 use super::dag::{Dag, Kind, Node};
 use crate::error::{Error, Result};
-use crate::npu::{Part, PartTiming};
+use crate::model::LinearGroup;
+
+/// One accelerator graph's run in a profiled prefill (`NpuEngine::start_profiling`).
+#[derive(Debug, Clone, Copy)]
+pub struct GroupTiming {
+    pub chunk: usize,
+    pub layer: usize,
+    pub group: LinearGroup,
+    /// Rows of the graph (the chunk size it was compiled for).
+    pub rows: usize,
+    /// The graph and its shadow work, from start to merged outputs.
+    pub start: Instant,
+    pub end: Instant,
+    /// Time the shadow work took (it runs beside the graph).
+    pub shadow: Duration,
+}
 
 /// Times (ms) of one layer's subgraphs for one chunk of `chunk_size` tokens. Accelerator and
 /// shadow times scale with the chunk's rows; attention with rows x keys.
@@ -79,18 +95,18 @@ impl DeviceProfile {
         Ok(())
     }
 
-    /// A profile measured on this machine from the part timings of npu prefills
-    /// (`NpuModel::start_profiling`): per layer and full chunk of `chunk_size` rows, the q/k/v
+    /// A profile measured on this machine from the graph timings of npu prefills
+    /// (`NpuEngine::start_profiling`): per layer and full chunk of `chunk_size` rows, the q/k/v
     /// graph, everything from o_proj to down_proj (graphs and the float work between them), the
     /// CPU gap between them (RoPE, the KV cache and attention: fitted as a x (2i + 1) over chunk
     /// index i), and the shadow work beside each. Shadow times count the layers that have any.
-    pub fn from_timings(name: String, description: String, layers: usize, chunk_size: usize, timings: &[PartTiming]) -> Result<Self> {
+    pub fn from_timings(name: String, description: String, layers: usize, chunk_size: usize, timings: &[GroupTiming]) -> Result<Self> {
         use std::collections::BTreeMap;
-        // (run, chunk, layer) -> its four parts; a run starts where chunk 0, layer 0, qkv repeats.
-        let mut by_key: BTreeMap<(usize, usize, usize), Vec<&PartTiming>> = BTreeMap::new();
+        // (run, chunk, layer) -> its four groups; a run starts where chunk 0, layer 0, qkv repeats.
+        let mut by_key: BTreeMap<(usize, usize, usize), Vec<&GroupTiming>> = BTreeMap::new();
         let mut run = 0;
         for (i, t) in timings.iter().enumerate() {
-            if i > 0 && (t.chunk, t.layer, t.part) == (0, 0, Part::Qkv) {
+            if i > 0 && (t.chunk, t.layer, t.group) == (0, 0, LinearGroup::Qkv) {
                 run += 1;
             }
             if t.rows == chunk_size {
@@ -100,9 +116,9 @@ impl DeviceProfile {
         let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
         let (mut qkv, mut o_ffn, mut sq, mut so, mut n) = (0.0, 0.0, Vec::new(), Vec::new(), 0usize);
         let (mut attn_num, mut attn_den) = (0.0, 0.0);
-        for (&(_, chunk, _), parts) in &by_key {
-            let get = |p: Part| parts.iter().find(|t| t.part == p).copied();
-            let (Some(q), Some(o), Some(gu), Some(d)) = (get(Part::Qkv), get(Part::O), get(Part::GateUp), get(Part::Down)) else { continue };
+        for (&(_, chunk, _), groups) in &by_key {
+            let get = |g: LinearGroup| groups.iter().find(|t| t.group == g).copied();
+            let (Some(q), Some(o), Some(gu), Some(d)) = (get(LinearGroup::Qkv), get(LinearGroup::O), get(LinearGroup::GateUp), get(LinearGroup::Down)) else { continue };
             qkv += ms(q.end - q.start);
             o_ffn += ms(d.end - o.start);
             let w = (2 * chunk + 1) as f64;
@@ -167,7 +183,7 @@ impl DeviceProfile {
 
 /// Where `llm-npu profile` saves a model's measured profile: next to its calibration.
 pub fn default_path(model: &Path) -> std::path::PathBuf {
-    crate::format::beside_model(model, "profile")
+    crate::util::beside_model(model, "profile")
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ use std::sync::Mutex;
 use rayon::prelude::*;
 
 use crate::kernels::ops::{axpy, find_beyond};
-use crate::quant::{quantize_value, QMAX};
+use crate::kernels::quantize::{quantize_value, QMAX};
 use crate::tensor::Tensor;
 pub use plan::{LayerPlan, PointPlan, ScaleRule, ShadowOptions, ShadowPlan};
 
@@ -301,10 +301,9 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::accel::cpu::run_w8a8;
-    use crate::model::LinearInput;
     use crate::kernels::int8_gemm::best_kernel;
-    use crate::quant::{QuantLinear, WeightGranularity};
+    use crate::model::LinearGroup;
+    use crate::quant::{w8a8, Int8Linear, WeightGranularity};
 
     /// Pseudo-random integer in -r..=r.
     fn int(i: usize, r: i64) -> f32 {
@@ -312,8 +311,8 @@ mod tests {
         ((h >> 33) as i64 % (2 * r + 1) - r) as f32
     }
 
-    fn plan_with_hot(point: LinearInput, scale: f32, hot: Vec<u32>) -> PointPlan {
-        PointPlan { point, rule: ScaleRule::P999Shadow, scale, clip: 127.0 * scale, max_abs: 0.0, p999: 0.0, outlier_channels: hot.len(), hot, hot_share: 1.0 }
+    fn plan_with_hot(group: LinearGroup, scale: f32, hot: Vec<u32>) -> PointPlan {
+        PointPlan { group, rule: ScaleRule::P999Shadow, scale, clip: 127.0 * scale, max_abs: 0.0, p999: 0.0, outlier_channels: hot.len(), hot, hot_share: 1.0 }
     }
 
     #[test]
@@ -352,13 +351,13 @@ mod tests {
         w[5] = 127.0 * sw; // the weight max, so the per-tensor weight scale is exactly sw
         let reference: Vec<f32> = (0..m * n).map(|i| (0..k).map(|c| x[(i / n) * k + c] as f64 * w[(i % n) * k + c] as f64).sum::<f64>() as f32).collect();
 
-        let lin = Arc::new(QuantLinear::new(&w, n, k, None, WeightGranularity::PerTensor));
+        let lin = Arc::new(Int8Linear::new(&w, n, k, None, WeightGranularity::PerTensor));
         let mut y = vec![0f32; m * n];
-        run_w8a8(best_kernel(), &x, m, s, &[lin], false, &mut [&mut y]);
+        w8a8(best_kernel(), &x, m, s, &[lin], false, &mut [&mut y]);
         let int8_only = y.clone();
         let weight = Tensor::from_vec(vec![n, k], w.clone());
         for hot in [vec![], vec![3], vec![3, 50, 95, 0]] {
-            let sp = ShadowPoint::new(&plan_with_hot(LinearInput::Attn, s, hot.clone()), &[&weight], false);
+            let sp = ShadowPoint::new(&plan_with_hot(LinearGroup::Qkv, s, hot.clone()), &[&weight], false);
             let mut z = int8_only.clone();
             sp.apply(&x, &mut [&mut z], &BufferPool::default());
             let err = z.iter().zip(&reference).map(|(a, b)| (a - b).abs() / (1.0 + b.abs())).fold(0f32, f32::max);
@@ -371,7 +370,7 @@ mod tests {
         assert!(clipped_err > 1.0, "the planted outliers must matter ({clipped_err})");
 
         // Hot-only: the cold outliers stay clipped and are counted as dropped.
-        let sp = ShadowPoint::new(&plan_with_hot(LinearInput::Attn, s, vec![3]), &[&weight], true);
+        let sp = ShadowPoint::new(&plan_with_hot(LinearGroup::Qkv, s, vec![3]), &[&weight], true);
         let mut z = int8_only.clone();
         sp.apply(&x, &mut [&mut z], &BufferPool::default());
         assert_eq!(sp.work(), ShadowWork { calls: 1, outliers: 2, cold: 0, dropped: 3 });
@@ -386,7 +385,7 @@ mod tests {
         let mut x: Vec<f32> = (0..m * k).map(|i| int(i, 100) * s).collect();
         x[k + 7] = 50.0;
         let (wa, wb) = (Tensor::from_vec(vec![5, k], (0..5 * k).map(|i| int(i, 9) * 0.1).collect()), Tensor::from_vec(vec![4, k], (0..4 * k).map(|i| int(i + 1, 9) * 0.1).collect()));
-        let sp = ShadowPoint::new(&plan_with_hot(LinearInput::Ffn, s, vec![]), &[&wa, &wb], false);
+        let sp = ShadowPoint::new(&plan_with_hot(LinearGroup::GateUp, s, vec![]), &[&wa, &wb], false);
         let (mut a, mut b) = (vec![1f32; m * 5], vec![2f32; m * 4]);
         sp.apply(&x, &mut [&mut a, &mut b], &BufferPool::default());
         let r = 50.0 - 12.7;

@@ -3,11 +3,11 @@
 //! each layer is. Pure bookkeeping over the calibration file (no weights), so `inspect
 //! --calibration` can print exactly what the npu backend will do.
 
-use crate::calibrate::{Calibration, PointCalibration};
+use crate::quant::calibration::{Calibration, PointCalibration};
 use crate::error::{Error, Result};
 use crate::model::config::ModelConfig;
-use crate::model::LinearInput;
-use crate::quant::scale_for;
+use crate::kernels::quantize::scale_for;
+use crate::model::LinearGroup;
 
 /// How the npu backend treats activation outliers.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -43,10 +43,10 @@ pub const DEFAULT_MIN_RATIO: f32 = 2.0;
 impl ShadowOptions {
     pub fn validate(&self) -> Result<()> {
         if !(0.0..=1.0).contains(&self.keep) {
-            return Err(Error::Input(format!("--shadow-keep must be a fraction in [0, 1], got {}", self.keep)));
+            return Err(Error::Input(format!("the fraction of layers that keep shadow work must be in [0, 1], got {}", self.keep)));
         }
         if !(self.min_ratio.is_finite() && self.min_ratio >= 1.0) {
-            return Err(Error::Input(format!("--shadow-ratio must be at least 1, got {}", self.min_ratio)));
+            return Err(Error::Input(format!("the max/p99.9 ratio that calls for shadow work must be at least 1, got {}", self.min_ratio)));
         }
         if !(0.0..=1.0).contains(&self.hot_fraction) {
             return Err(Error::Input(format!("hot-channel fraction must be in [0, 1], got {}", self.hot_fraction)));
@@ -67,7 +67,7 @@ pub enum ScaleRule {
 
 #[derive(Debug, Clone)]
 pub struct PointPlan {
-    pub point: LinearInput,
+    pub group: LinearGroup,
     pub rule: ScaleRule,
     /// The static activation scale the accelerator quantizes with (clip threshold / 127).
     pub scale: f32,
@@ -91,7 +91,14 @@ pub struct LayerPlan {
     pub importance: f32,
     /// The layer is among the `keep` most important ones.
     pub kept: bool,
+    /// One per linear group, in `LinearGroup::ALL` order.
     pub points: Vec<PointPlan>,
+}
+
+impl LayerPlan {
+    pub fn point(&self, group: LinearGroup) -> &PointPlan {
+        &self.points[group.index()]
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -104,19 +111,18 @@ impl ShadowPlan {
     /// Decides every layer's inputs from a calibration (already checked against the model).
     pub fn new(cal: &Calibration, config: &ModelConfig, options: ShadowOptions) -> Result<Self> {
         // Summed output width of the linears reading each input: what one resident column costs.
-        let outputs = [config.q_dim() + 2 * config.kv_dim(), config.hidden_size, 2 * config.intermediate_size, config.hidden_size];
+        let outputs = LinearGroup::ALL.map(|g| g.out_features(config).iter().sum());
         Self::with_widths(cal, config.num_layers, outputs, options)
     }
 
-    /// `new` with the output widths of the linears reading each input (attn_in, o_in, ffn_in,
-    /// down_in) given directly.
+    /// `new` with the summed output widths of each linear group given directly.
     pub fn with_widths(cal: &Calibration, num_layers: usize, outputs: [usize; 4], options: ShadowOptions) -> Result<Self> {
         options.validate()?;
         let mut layers = Vec::with_capacity(num_layers);
         for layer in 0..num_layers {
-            let cals: Vec<&PointCalibration> = LinearInput::ALL
+            let cals: Vec<&PointCalibration> = LinearGroup::ALL
                 .iter()
-                .map(|&p| cal.point(layer, p).ok_or_else(|| Error::Input(format!("calibration has no entry for layer {layer} {}", p.name()))))
+                .map(|&g| cal.point(layer, g).ok_or_else(|| Error::Input(format!("calibration has no entry for layer {layer} {}", g.input_name()))))
                 .collect::<Result<_>>()?;
             let importance = cals.iter().map(|c| ratio(c)).fold(0f32, f32::max);
             layers.push((importance, cals.into_iter().zip(outputs).collect::<Vec<_>>()));
@@ -135,14 +141,14 @@ impl ShadowPlan {
             .map(|((importance, cals), kept)| LayerPlan {
                 importance,
                 kept,
-                points: LinearInput::ALL.iter().zip(cals).map(|(&p, (c, n))| point_plan(p, c, n, kept, &options)).collect(),
+                points: LinearGroup::ALL.iter().zip(cals).map(|(&g, (c, n))| point_plan(g, c, n, kept, &options)).collect(),
             })
             .collect();
         Ok(ShadowPlan { options, layers })
     }
 
-    pub fn point(&self, layer: usize, point: LinearInput) -> &PointPlan {
-        &self.layers[layer].points[point as usize]
+    pub fn point(&self, layer: usize, group: LinearGroup) -> &PointPlan {
+        self.layers[layer].point(group)
     }
 
     /// Inputs that run shadow work.
@@ -160,7 +166,7 @@ fn ratio(c: &PointCalibration) -> f32 {
     }
 }
 
-fn point_plan(point: LinearInput, c: &PointCalibration, outputs: usize, layer_kept: bool, o: &ShadowOptions) -> PointPlan {
+fn point_plan(group: LinearGroup, c: &PointCalibration, outputs: usize, layer_kept: bool, o: &ShadowOptions) -> PointPlan {
     let k = c.channel_max.len();
     let total: u64 = c.outlier_counts.iter().map(|&n| n as u64).sum();
     let outlier_channels = c.outlier_counts.iter().filter(|&&n| n > 0).count();
@@ -181,7 +187,7 @@ fn point_plan(point: LinearInput, c: &PointCalibration, outputs: usize, layer_ke
     }
     let covered: u64 = hot.iter().map(|&ch| c.outlier_counts[ch as usize] as u64).sum();
     PointPlan {
-        point,
+        group,
         rule: if shadow { ScaleRule::P999Shadow } else { ScaleRule::Max },
         scale: scale_for(clip),
         clip,
@@ -199,28 +205,28 @@ mod tests {
 
     /// A calibration point: `k` channels with maximum 0.5, except `big` (channel, max) pairs;
     /// outlier counts 1 per channel above the p99.9.
-    fn point(layer: usize, p: LinearInput, k: usize, p999: f32, big: &[(usize, f32)]) -> PointCalibration {
+    fn point(layer: usize, p: LinearGroup, k: usize, p999: f32, big: &[(usize, f32)]) -> PointCalibration {
         let mut channel_max = vec![0.5f32; k];
         for &(c, v) in big {
             channel_max[c] = v;
         }
         let outlier_counts = channel_max.iter().map(|&m| u32::from(m > p999)).collect();
-        PointCalibration { layer, point: p.name().into(), max_abs: channel_max.iter().copied().fold(0.0, f32::max), p999, channel_max, outlier_counts }
+        PointCalibration { layer, point: p, max_abs: channel_max.iter().copied().fold(0.0, f32::max), p999, channel_max, outlier_counts }
     }
 
     fn calibration(layers: &[Vec<PointCalibration>]) -> Calibration {
-        Calibration { version: crate::calibrate::FORMAT_VERSION, source: "test".into(), tokens: 1, points: layers.iter().flatten().cloned().collect() }
+        Calibration { version: crate::quant::calibration::FORMAT_VERSION, source: "test".into(), tokens: 1, points: layers.iter().flatten().cloned().collect() }
     }
 
     fn layer(l: usize, k: usize, big: &[(usize, f32)]) -> Vec<PointCalibration> {
-        LinearInput::ALL.iter().map(|&p| point(l, p, k, 0.9, big)).collect()
+        LinearGroup::ALL.iter().map(|&p| point(l, p, k, 0.9, big)).collect()
     }
 
     #[test]
     fn few_outlier_channels_are_hot_and_the_clip_point_stays_at_the_p999() {
         let cal = calibration(&[layer(0, 1000, &[(7, 50.0), (3, 20.0)])]);
         let plan = ShadowPlan::with_widths(&cal, 1, [64; 4], ShadowOptions { hot_min_bytes: 0, ..Default::default() }).unwrap();
-        let p = plan.point(0, LinearInput::Attn);
+        let p = plan.point(0, LinearGroup::Qkv);
         assert_eq!(p.rule, ScaleRule::P999Shadow);
         assert_eq!(p.hot, vec![7, 3], "largest first");
         assert_eq!(p.clip, 0.9);
@@ -235,13 +241,13 @@ mod tests {
         let big: Vec<(usize, f32)> = (0..100).map(|i| (i * 10, 2.0 + i as f32)).collect();
         let cal = calibration(&[layer(0, 1000, &big)]);
         let plan = ShadowPlan::with_widths(&cal, 1, [64; 4], ShadowOptions { hot_min_bytes: 0, ..Default::default() }).unwrap();
-        let p = plan.point(0, LinearInput::Down);
+        let p = plan.point(0, LinearGroup::Down);
         assert_eq!(p.hot, (90..100).rev().map(|i| i * 10).collect::<Vec<u32>>());
         assert_eq!(p.clip, 2.0 + 89.0);
         assert!((p.hot_share - 0.1).abs() < 1e-6);
         // Small inputs keep every such channel: their columns fit the byte allowance.
         let plan = ShadowPlan::with_widths(&cal, 1, [64; 4], ShadowOptions::default()).unwrap();
-        assert_eq!((plan.point(0, LinearInput::Down).hot.len(), plan.point(0, LinearInput::Down).clip), (100, 0.9));
+        assert_eq!((plan.point(0, LinearGroup::Down).hot.len(), plan.point(0, LinearGroup::Down).clip), (100, 0.9));
     }
 
     #[test]
@@ -250,12 +256,12 @@ mod tests {
         let plan = ShadowPlan::with_widths(&cal, 4, [64; 4], ShadowOptions { keep: 0.5, ..Default::default() }).unwrap();
         let kept: Vec<bool> = plan.layers.iter().map(|l| l.kept).collect();
         assert_eq!(kept, vec![false, true, true, false]);
-        assert_eq!(plan.point(1, LinearInput::O).rule, ScaleRule::P999Shadow);
-        assert_eq!(plan.point(0, LinearInput::O).rule, ScaleRule::Max, "pruned");
-        assert_eq!(plan.point(0, LinearInput::O).scale, 1.5 / 127.0);
+        assert_eq!(plan.point(1, LinearGroup::O).rule, ScaleRule::P999Shadow);
+        assert_eq!(plan.point(0, LinearGroup::O).rule, ScaleRule::Max, "pruned");
+        assert_eq!(plan.point(0, LinearGroup::O).scale, 1.5 / 127.0);
         // max/p999 = 1.5 / 0.9 < 2: the max scale even in a kept layer.
         let all = ShadowPlan::with_widths(&cal, 4, [64; 4], ShadowOptions { keep: 1.0, ..Default::default() }).unwrap();
-        assert_eq!(all.point(0, LinearInput::Ffn).rule, ScaleRule::Max);
+        assert_eq!(all.point(0, LinearGroup::GateUp).rule, ScaleRule::Max);
         assert_eq!(all.shadow_points().count(), 8);
         let off = ShadowPlan::with_widths(&cal, 4, [64; 4], ShadowOptions { enabled: false, ..Default::default() }).unwrap();
         assert_eq!(off.shadow_points().count(), 0);

@@ -31,7 +31,8 @@ use rayon::prelude::*;
 use serde_json::json;
 
 use crate::error::{Error, Result};
-use crate::sampling::Rng;
+use crate::model::LinearGroup;
+use crate::util::{Progress, Rng};
 
 /// Version of the weight recipe: bump it whenever the same seed would give different weights, so
 /// caches of older recipes (the demo's) are not reused.
@@ -104,7 +105,7 @@ impl SynthDType {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outliers {
+pub enum PlantedOutliers {
     None,
     Paper,
 }
@@ -112,14 +113,11 @@ pub enum Outliers {
 pub struct SynthOptions<'a> {
     pub shape: &'a Shape,
     pub dtype: SynthDType,
-    pub outliers: Outliers,
+    pub outliers: PlantedOutliers,
     pub seed: u64,
     /// A tokenizer.json to copy; without it a byte-level BPE vocabulary of the shape's size is generated.
     pub tokenizer: Option<&'a Path>,
 }
-
-/// The four places a linear layer reads its input.
-pub const POINTS: [&str; 4] = ["attn_in", "o_in", "ffn_in", "down_in"];
 
 /// Outliers planted at one point of one layer: input channels and their gains.
 #[derive(Debug, Clone)]
@@ -210,7 +208,7 @@ fn plan(o: &SynthOptions) -> (Vec<TensorPlan>, serde_json::Value) {
         let mut gate = TensorPlan::random(format!("{p}.mlp.gate_proj.weight"), vec![f, d], lin(d));
         let mut up = TensorPlan::random(format!("{p}.mlp.up_proj.weight"), vec![f, d], lin(d));
         let mut down = TensorPlan::random(format!("{p}.mlp.down_proj.weight"), vec![d, f], lin(f));
-        if o.outliers == Outliers::Paper {
+        if o.outliers == PlantedOutliers::Paper {
             let from_edge = l.min(s.layers - 1 - l) as f32;
             let edge = 1.0 + 0.6 * (-from_edge).exp();
             // 5-15 outlier channels per layer, spread over its linear inputs (down_in gets most).
@@ -244,8 +242,8 @@ fn plan(o: &SynthOptions) -> (Vec<TensorPlan>, serde_json::Value) {
             let dp = plant(&mut rng, f, nd, 40.0, 80.0, edge);
             up.scale_rows(&dp.channels, &dp.gains);
             down.scale_cols(&dp.channels, &compensation(&dp, f));
-            for (point, pl) in POINTS.iter().zip([&a, &op, &fp, &dp]) {
-                planted.push(json!({ "layer": l, "point": point, "channels": pl.channels, "gains": pl.gains }));
+            for (group, pl) in LinearGroup::ALL.iter().zip([&a, &op, &fp, &dp]) {
+                planted.push(json!({ "layer": l, "point": group.input_name(), "channels": pl.channels, "gains": pl.gains }));
             }
         }
         tensors.extend([attn_norm, q, k, v, out, ffn_norm, gate, up, down]);
@@ -289,8 +287,8 @@ fn generate(t: &TensorPlan, index: usize, seed: u64, dtype: SynthDType, out: &mu
 }
 
 /// Writes the model folder: config.json, generation_config.json, model.safetensors,
-/// tokenizer.json, synth.json. `progress(done, total)` is called in bytes of weights.
-pub fn synthesize(dir: &Path, o: &SynthOptions, progress: &dyn Fn(u64, u64)) -> Result<()> {
+/// tokenizer.json, synth.json. Progress is counted in bytes of weights.
+pub fn synthesize(dir: &Path, o: &SynthOptions, progress: &dyn Progress) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let s = o.shape;
     let (tensors, planted) = plan(o);
@@ -303,7 +301,7 @@ pub fn synthesize(dir: &Path, o: &SynthOptions, progress: &dyn Fn(u64, u64)) -> 
             "generator": format!("llm-npu {} synth", env!("CARGO_PKG_VERSION")),
             "recipe_version": RECIPE_VERSION,
             "shape": s.name, "dtype": o.dtype.safetensors_name(), "seed": o.seed,
-            "outliers": if o.outliers == Outliers::Paper { "paper" } else { "none" },
+            "outliers": if o.outliers == PlantedOutliers::Paper { "paper" } else { "none" },
             "logit_std": LOGIT_STD, "planted": planted,
             "note": "random weights: speed and relative accuracy measurements only; the text it writes is meaningless",
         }),
@@ -329,14 +327,16 @@ pub fn synthesize(dir: &Path, o: &SynthOptions, progress: &dyn Fn(u64, u64)) -> 
     w.write_all(header.as_bytes()).map_err(io)?;
     let total = offset as u64;
     let mut done = 0u64;
+    progress.start("synth", "bytes", total);
     let mut buf = Vec::new();
     for (i, t) in tensors.iter().enumerate() {
         buf.resize(t.len() * o.dtype.size(), 0);
         generate(t, i, o.seed, o.dtype, &mut buf);
         w.write_all(&buf).map_err(io)?;
         done += buf.len() as u64;
-        progress(done, total);
+        progress.set(done, total);
     }
+    progress.finish();
     w.into_inner().map_err(|e| io(e.into_error()))?.sync_all().map_err(io)?;
     // Renamed last, so an interrupted run never leaves a folder that looks complete.
     std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))

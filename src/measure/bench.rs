@@ -7,10 +7,10 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use crate::engine::{self, BackendKind, Engine, EngineOptions};
 use crate::error::Result;
-use crate::backend::Backend;
-use crate::model::{Logits, Transformer};
-use crate::sampling::Rng;
+use crate::model::{LoadedModel, Logits};
+use crate::util::{random_tokens, Progress};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TestKind {
@@ -68,13 +68,8 @@ pub fn stddev(v: &[f64]) -> f64 {
     (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (v.len() - 1) as f64).sqrt()
 }
 
-fn random_tokens(model: &Transformer, n: usize, seed: u64) -> Vec<u32> {
-    let mut rng = Rng::new(seed);
-    (0..n).map(|_| (rng.next_u64() % model.config.vocab_size as u64) as u32).collect()
-}
-
 /// Seconds for one run of `test`.
-fn time_once(backend: &dyn Backend, test: TestKind, tokens: &[u32]) -> Result<f64> {
+fn time_once(backend: &dyn Engine, test: TestKind, tokens: &[u32]) -> Result<f64> {
     let mut cache = backend.model().new_cache(tokens.len());
     let t0 = Instant::now();
     match test {
@@ -90,11 +85,12 @@ fn time_once(backend: &dyn Backend, test: TestKind, tokens: &[u32]) -> Result<f6
     Ok(t0.elapsed().as_secs_f64())
 }
 
-/// Runs one test: a warm-up, then `reps` timed repetitions. `on_rep(i, tokens_per_s)` reports progress.
-pub fn run_test(backend: &dyn Backend, test: TestKind, reps: usize, threads: usize, on_rep: &mut dyn FnMut(usize, f64)) -> Result<BenchResult> {
+/// Runs one test: a warm-up, then `reps` timed repetitions (progress: one step per repetition,
+/// with its tokens/s as the status, under `label`).
+pub fn run_test(backend: &dyn Engine, test: TestKind, reps: usize, threads: usize, label: &str, progress: &dyn Progress) -> Result<BenchResult> {
     let model = backend.model();
     let n = test.tokens().min(model.config.max_seq_len);
-    let tokens = random_tokens(model, n, 1234 + n as u64);
+    let tokens = random_tokens(model.config.vocab_size, n, 1234 + n as u64);
     // Warm-up: touches every weight page, warms the caches and, for prompts, runs the same
     // size so that one-time work (an accelerator compiling its graphs) is not timed.
     let warm = match test {
@@ -103,11 +99,14 @@ pub fn run_test(backend: &dyn Backend, test: TestKind, reps: usize, threads: usi
     };
     time_once(backend, warm, &tokens[..warm.tokens()])?;
     let mut samples = Vec::with_capacity(reps);
-    for i in 0..reps.max(1) {
+    progress.start(label, "runs", reps.max(1) as u64);
+    for _ in 0..reps.max(1) {
         let tps = n as f64 / time_once(backend, test, &tokens)?;
-        on_rep(i, tps);
+        progress.step();
+        progress.status(&format!("{tps:.2} t/s"));
         samples.push(tps);
     }
+    progress.finish();
     Ok(BenchResult {
         test: test.name(),
         backend: backend.name().to_string(),
@@ -117,6 +116,56 @@ pub fn run_test(backend: &dyn Backend, test: TestKind, reps: usize, threads: usi
         stddev: stddev(&samples),
         samples_tokens_per_s: samples,
     })
+}
+
+/// One row of `bench --ablation`: a step of the llm.npu paper's ablation as engine options.
+pub struct AblationStep {
+    pub label: &'static str,
+    pub options: EngineOptions,
+}
+
+/// Our version of the paper's ablation for an `n`-token prompt: f32; npu with the whole prompt as
+/// one graph; + chunk-sharing graphs; + shadow outliers; in-order executors (for reference);
+/// + out-of-order subgraph execution. `base` carries the user's other npu options.
+pub fn ablation_steps(n: usize, base: &EngineOptions) -> Vec<AblationStep> {
+    use crate::engine::npu::scheduled::{ExecutorOptions, SchedulerKind};
+    let npu = |chunk: Option<usize>, smaller_chunks: bool, shadow: bool, scheduler: Option<SchedulerKind>| {
+        let mut o = base.clone();
+        o.backend = BackendKind::Npu;
+        o.chunk_size = chunk;
+        o.npu.smaller_chunks = smaller_chunks;
+        o.npu.shadow.enabled = shadow;
+        o.npu.executors = scheduler.map(|scheduler| ExecutorOptions { scheduler, ..base.npu.executors.unwrap_or_default() });
+        o
+    };
+    let step = |label, options| AblationStep { label, options };
+    vec![
+        step("f32 on the CPU", EngineOptions { backend: BackendKind::F32, chunk_size: None, ..Default::default() }),
+        step("npu: W8A8, the whole prompt as one graph", npu(Some(n), false, false, None)),
+        step("+ chunk-sharing graphs (256 and halvings)", npu(None, true, false, None)),
+        step("+ shadow outlier execution", npu(None, true, true, None)),
+        step("(in-order executors, for reference)", npu(None, true, true, Some(SchedulerKind::InOrder))),
+        step("+ out-of-order subgraph execution", npu(None, true, true, Some(SchedulerKind::OutOfOrder))),
+    ]
+}
+
+/// A timed ablation step, with the accelerator's measured bubble rate when executors ran.
+pub struct AblationResult {
+    pub label: &'static str,
+    pub result: BenchResult,
+    pub accel_bubble_rate: Option<f64>,
+}
+
+/// Times every step of `ablation_steps` on an `n`-token prompt.
+pub fn run_ablation(loaded: &std::sync::Arc<LoadedModel>, n: usize, base: &EngineOptions, reps: usize, threads: usize, progress: &dyn Progress) -> Result<Vec<AblationResult>> {
+    let mut rows = Vec::new();
+    for AblationStep { label, options } in ablation_steps(n, base) {
+        let engine = engine::build(loaded, &options, progress)?;
+        let result = run_test(engine.as_ref(), TestKind::Prompt(n), reps, threads, label, progress)?;
+        let accel_bubble_rate = engine.as_npu().and_then(|npu| npu.last_schedule()).map(|(_, s)| s.accel_bubble_rate());
+        rows.push(AblationResult { label, result, accel_bubble_rate });
+    }
+    Ok(rows)
 }
 
 /// Peak resident memory of this process in bytes (Linux VmHWM), if known.

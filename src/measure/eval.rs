@@ -4,7 +4,10 @@
 
 use serde::Serialize;
 
+use crate::engine::Engine;
 use crate::error::{Error, Result};
+use crate::model::Logits;
+use crate::util::Progress;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct EvalReport {
@@ -81,4 +84,27 @@ impl EvalAccumulator {
             mean_top1_prob: self.top1_prob / n,
         })
     }
+}
+
+/// Scores `tokens` in non-overlapping windows of `ctx` tokens with `engine`, against `reference`
+/// on the same windows (None: against itself, for perplexity alone).
+pub fn evaluate(engine: &dyn Engine, reference: Option<&dyn Engine>, tokens: &[u32], ctx: usize, progress: &dyn Progress) -> Result<EvalReport> {
+    if ctx < 2 {
+        return Err(Error::Input(format!("an evaluation window needs at least 2 tokens, got {ctx}")));
+    }
+    let m = engine.model();
+    let windows: Vec<&[u32]> = tokens.chunks(ctx).filter(|w| w.len() >= 2).collect();
+    progress.start("eval", "windows", windows.len() as u64);
+    let mut acc = EvalAccumulator::default();
+    for w in windows {
+        let logits = engine.forward(w, &mut m.new_cache(w.len()), Logits::All)?;
+        let ref_logits = match reference {
+            Some(r) => r.forward(w, &mut m.new_cache(w.len()), Logits::All)?,
+            None => logits.clone(),
+        };
+        acc.add_window(w, &logits, &ref_logits, m.config.vocab_size)?;
+        progress.step();
+    }
+    progress.finish();
+    acc.report()
 }

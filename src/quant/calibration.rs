@@ -9,16 +9,17 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::model::{ActivationObserver, LinearInput, Logits, Transformer};
-use crate::stats::ActivationStats;
+use super::stats::ActivationStats;
+use crate::model::{ActivationObserver, LinearGroup, Logits, Transformer};
+use crate::util::Progress;
 
 pub const FORMAT_VERSION: u32 = 1;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PointCalibration {
     pub layer: usize,
-    /// attn_in, o_in, ffn_in or down_in
-    pub point: String,
+    /// The linear group whose input this is (written attn_in, o_in, ffn_in or down_in).
+    pub point: LinearGroup,
     pub max_abs: f32,
     pub p999: f32,
     pub channel_max: Vec<f32>,
@@ -37,13 +38,13 @@ pub struct Calibration {
 
 /// Counts, per channel, elements beyond a per-point threshold (second calibration pass).
 struct OutlierCounter {
-    thresholds: HashMap<(usize, u8), f32>,
-    counts: HashMap<(usize, u8), Vec<u32>>,
+    thresholds: HashMap<(usize, LinearGroup), f32>,
+    counts: HashMap<(usize, LinearGroup), Vec<u32>>,
 }
 
 impl ActivationObserver for OutlierCounter {
-    fn observe(&mut self, layer: usize, point: LinearInput, x: &mut [f32], cols: usize) {
-        let key = (layer, point as u8);
+    fn observe(&mut self, layer: usize, group: LinearGroup, x: &mut [f32], cols: usize) {
+        let key = (layer, group);
         let t = self.thresholds[&key];
         let c = self.counts.entry(key).or_insert_with(|| vec![0; cols]);
         for row in x.chunks_exact(cols) {
@@ -55,47 +56,56 @@ impl ActivationObserver for OutlierCounter {
 }
 
 impl Calibration {
-    /// Calibrates on `tokens`, run in windows of at most `window` tokens. `progress(done, total)`
-    /// counts windows over both passes.
-    pub fn run(model: &Transformer, tokens: &[u32], window: usize, source: String, progress: &dyn Fn(usize, usize)) -> Result<Self> {
+    /// Calibrates on `tokens`, run in windows of at most `window` tokens (progress: windows over
+    /// both passes).
+    pub fn run(model: &Transformer, tokens: &[u32], window: usize, source: String, progress: &dyn Progress) -> Result<Self> {
         if tokens.len() < 2 {
             return Err(Error::Input("calibration needs at least 2 tokens".into()));
         }
         if window == 0 {
-            return Err(Error::Input("--window must be at least 1".into()));
+            return Err(Error::Input("the calibration window must be at least 1 token".into()));
         }
         let windows: Vec<&[u32]> = tokens.chunks(window.min(model.config.max_seq_len)).collect();
-        let total = 2 * windows.len();
+        let total = 2 * windows.len() as u64;
+        progress.start("calibrating", "passes", total);
         let mut stats = ActivationStats::default();
-        for (i, w) in windows.iter().enumerate() {
+        for w in &windows {
             model.forward_observed(w, &mut model.new_cache(w.len()), Logits::Last, Some(&mut stats))?;
-            progress(i + 1, total);
+            progress.step();
         }
-        let thresholds = stats.points.iter().map(|(k, (_, ps))| (*k, ps.percentile(0.999))).collect();
+        let thresholds = stats.points.iter().map(|(k, ps)| (*k, ps.percentile(0.999))).collect();
         let mut counter = OutlierCounter { thresholds, counts: HashMap::new() };
-        for (i, w) in windows.iter().enumerate() {
+        for w in &windows {
             model.forward_observed(w, &mut model.new_cache(w.len()), Logits::Last, Some(&mut counter))?;
-            progress(windows.len() + i + 1, total);
+            progress.step();
         }
-        for (key, (point, ps)) in &stats.points {
-            let (max, p999) = (ps.max_abs(), counter.thresholds[key]);
+        progress.finish();
+        for (&(layer, group), ps) in &stats.points {
+            let (max, p999) = (ps.max_abs(), counter.thresholds[&(layer, group)]);
             if !max.is_finite() || !p999.is_finite() {
-                return Err(Error::Input(format!("layer {} {}: activations are not finite (max {max}, p99.9 {p999}); the model overflows in f32", key.0, point.name())));
+                return Err(Error::Input(format!("layer {layer} {}: activations are not finite (max {max}, p99.9 {p999}); the model overflows in f32", group.input_name())));
             }
         }
         let points = stats
             .points
             .iter()
-            .map(|(key, (point, ps))| PointCalibration {
+            .map(|(&key, ps)| PointCalibration {
                 layer: key.0,
-                point: point.name().to_string(),
+                point: key.1,
                 max_abs: ps.max_abs(),
-                p999: counter.thresholds[key],
+                p999: counter.thresholds[&key],
                 channel_max: ps.channel_max.clone(),
-                outlier_counts: counter.counts.remove(key).unwrap_or_default(),
+                outlier_counts: counter.counts.remove(&key).unwrap_or_default(),
             })
             .collect();
         Ok(Calibration { version: FORMAT_VERSION, source, tokens: tokens.len(), points })
+    }
+
+    /// Calibrates on `n` random tokens in windows of 512 (what the npu backend falls back to
+    /// without a calibration file, and what `demo` uses on its random-weight model).
+    pub fn on_random_tokens(model: &Transformer, n: usize, seed: u64, progress: &dyn Progress) -> Result<Self> {
+        let tokens = crate::util::random_tokens(model.config.vocab_size, n, seed);
+        Self::run(model, &tokens, 512, format!("random tokens, seed {seed}"), progress)
     }
 
     pub fn save(&self, path: &Path) -> Result<()> {
@@ -118,16 +128,12 @@ impl Calibration {
         let index = self.index();
         let c = &model.config;
         for layer in 0..c.num_layers {
-            for point in LinearInput::ALL {
-                let field = || format!("layer {layer} {}", point.name());
-                let Some(p) = index.get(&(layer, point.name())) else {
+            for group in LinearGroup::ALL {
+                let field = || format!("layer {layer} {}", group.input_name());
+                let Some(p) = index.get(&(layer, group)) else {
                     return Err(Error::field(path, field(), "missing: the calibration is for another model"));
                 };
-                let width = match point {
-                    LinearInput::Attn | LinearInput::Ffn => c.hidden_size,
-                    LinearInput::O => c.q_dim(),
-                    LinearInput::Down => c.intermediate_size,
-                };
+                let width = group.in_features(c);
                 if p.channel_max.len() != width || p.outlier_counts.len() != width {
                     return Err(Error::field(path, field(), format!("{} channels, the model has {width}: the calibration is for another model", p.channel_max.len())));
                 }
@@ -139,17 +145,17 @@ impl Calibration {
         Ok(())
     }
 
-    fn index(&self) -> BTreeMap<(usize, &str), &PointCalibration> {
-        self.points.iter().map(|p| ((p.layer, p.point.as_str()), p)).collect()
+    fn index(&self) -> BTreeMap<(usize, LinearGroup), &PointCalibration> {
+        self.points.iter().map(|p| ((p.layer, p.point), p)).collect()
     }
 
-    pub fn point(&self, layer: usize, point: LinearInput) -> Option<&PointCalibration> {
-        self.points.iter().find(|p| p.layer == layer && p.point == point.name())
+    pub fn point(&self, layer: usize, group: LinearGroup) -> Option<&PointCalibration> {
+        self.points.iter().find(|p| p.layer == layer && p.point == group)
     }
 }
 
 /// Where a model's calibration lives by default: `<folder>/llm-npu-calibration.json` for an HF
 /// folder, `<file>.llm-npu-calibration.json` beside a single-file model.
 pub fn default_path(model: &Path) -> PathBuf {
-    crate::format::beside_model(model, "calibration")
+    crate::util::beside_model(model, "calibration")
 }

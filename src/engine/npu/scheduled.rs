@@ -5,12 +5,12 @@
 //!
 //! Subgraphs per chunk and layer: q/k/v (accelerator), RoPE + KV cache + attention (CPU),
 //! o_proj..down_proj with the norm and SwiGLU between them (accelerator). The shadow work of each
-//! accelerator graph runs beside it inside the accelerator executor (`AccelChunk::run`), not as
-//! CPU subgraphs of its own.
+//! accelerator graph runs beside it inside the accelerator executor (`AccelChunk`), not as CPU
+//! subgraphs of its own.
 
 use std::sync::Mutex;
 
-use super::{AccelChunk, NpuModel};
+use super::{AccelChunk, NpuEngine};
 use crate::error::{Error, Result};
 use crate::model::{KvCache, Logits};
 use crate::prefill::dag::{Dag, Kind, Processor};
@@ -29,6 +29,14 @@ pub struct ExecutorOptions {
     /// Threads of the accelerator executor and of the CPU executor.
     pub accel_threads: usize,
     pub cpu_threads: usize,
+}
+
+impl Default for ExecutorOptions {
+    /// Out of order on 2 + 2 threads, the fastest split measured on 2 cores with no NPU (README,
+    /// "Out-of-order execution").
+    fn default() -> Self {
+        ExecutorOptions { scheduler: SchedulerKind::OutOfOrder, accel_threads: 2, cpu_threads: 2 }
+    }
 }
 
 pub(crate) struct Executors {
@@ -54,7 +62,7 @@ impl Executors {
 /// One subgraph's work on a chunk.
 type Step<'s> = dyn Fn(&mut crate::model::ChunkState) -> Result<()> + Sync + 's;
 
-impl NpuModel<'_> {
+impl NpuEngine {
     /// The DAG and the measured schedule of the last prefill run on the executors.
     pub fn last_schedule(&self) -> Option<(Dag, Schedule)> {
         self.executors.as_ref().and_then(|e| e.last.lock().unwrap().clone())
@@ -63,23 +71,12 @@ impl NpuModel<'_> {
     /// Relative accelerator time of each subgraph, for the out-of-order rule (it compares sums of
     /// accelerator work, so multiply-accumulates per row are enough).
     fn estimated_costs(&self, dag: &Dag, rows: &[usize]) -> Vec<f64> {
-        let c = &self.model.config;
-        let (d, q, kv, f) = (c.hidden_size as f64, c.q_dim() as f64, c.kv_dim() as f64, c.intermediate_size as f64);
-        dag.nodes
-            .iter()
-            .map(|n| {
-                let r = rows[n.chunk] as f64;
-                match n.kind {
-                    Kind::Qkv => r * d * (q + 2.0 * kv),
-                    Kind::OFfn => r * (q * d + 3.0 * d * f),
-                    _ => 0.0,
-                }
-            })
-            .collect()
+        let c = &self.model().config;
+        dag.nodes.iter().map(|n| (rows[n.chunk] * n.kind.linear_groups().iter().map(|g| g.macs_per_token(c)).sum::<usize>()) as f64).collect()
     }
 
     pub(super) fn forward_scheduled(&self, ex: &Executors, tokens: &[u32], cache: &mut KvCache, which: Logits) -> Result<Vec<f32>> {
-        let model = self.model;
+        let model = self.model();
         let plan = self.plan_chunks(tokens.len());
         let layers = model.layers.len();
         let dag = Dag::new(plan.len(), layers, &vec![false; layers]);
@@ -143,11 +140,8 @@ impl NpuModel<'_> {
         let mut logits = Vec::new();
         let n = hidden.len();
         for (i, x) in hidden.into_iter().enumerate() {
-            let x = x.expect("every chunk finished");
-            match which {
-                Logits::All => logits.extend(self.logits(&x, Logits::All)),
-                Logits::Last if i + 1 == n => logits = self.logits(&x, Logits::Last),
-                Logits::Last => {}
+            if let Some(w) = which.for_chunk(i, n) {
+                logits.extend(self.logits(&x.expect("every chunk finished"), w));
             }
         }
         Ok(logits)

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::model::{ActivationObserver, LinearInput};
+use crate::model::{ActivationObserver, LinearGroup};
 
 /// Elements kept per point for the percentile (a strided sample once more were seen: enough for
 /// p99.9 to a fraction of a percent, and bounded memory for long calibration runs).
@@ -95,11 +95,12 @@ impl PointStats {
 /// Statistics of every (layer, linear input) seen in forward passes.
 #[derive(Debug, Default)]
 pub struct ActivationStats {
-    pub points: BTreeMap<(usize, u8), (LinearInput, PointStats)>,
+    /// (layer, group) -> statistics of the group's input.
+    pub points: BTreeMap<(usize, LinearGroup), PointStats>,
 }
 
 impl ActivationObserver for ActivationStats {
-    fn observe(&mut self, layer: usize, point: LinearInput, x: &mut [f32], cols: usize) {
-        self.points.entry((layer, point as u8)).or_insert_with(|| (point, PointStats::default())).1.add(x, cols);
+    fn observe(&mut self, layer: usize, group: LinearGroup, x: &mut [f32], cols: usize) {
+        self.points.entry((layer, group)).or_default().add(x, cols);
     }
 }

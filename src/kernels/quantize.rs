@@ -1,20 +1,11 @@
-//! Symmetric int8 quantization (zero point 0, values in -127..=127), as llm.npu uses on the
-//! accelerator: weights per tensor (or per output channel, a measured option), activations per
-//! tensor with a static scale fixed by calibration. Rounding is to nearest, ties to even, like
-//! PyTorch's `torch.round`, so a fake-quant reference reproduces it exactly.
+//! Symmetric int8 quantization of float values (zero point 0, values in -127..=127): the rounding
+//! every int8 path shares. Rounding is to nearest, ties to even, like PyTorch's `torch.round`, so
+//! a fake-quant reference reproduces it exactly.
 
 use rayon::prelude::*;
 
-use crate::kernels::int8_gemm::PackedI8Weights;
-
 /// The largest quantized magnitude: -128 is never produced, which keeps every kernel exact.
 pub const QMAX: f32 = 127.0;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WeightGranularity {
-    PerTensor,
-    PerChannel,
-}
 
 /// round(x * inv_scale) clamped to -127..=127, ties to even. Clamping first keeps the value
 /// small enough for the classic trick: adding 1.5 * 2^23 makes the FPU round to the nearest
@@ -40,7 +31,7 @@ pub fn quantize_value(x: f32, inv_scale: f32) -> i8 {
 pub fn quantize_row_offset(x: &[f32], inv_scale: f32, offset: u8, out: &mut [u8]) {
     assert_eq!(x.len(), out.len());
     #[cfg(target_arch = "x86_64")]
-    if crate::kernels::simd_level() == crate::kernels::SimdLevel::Avx512 && std::arch::is_x86_feature_detected!("avx512bw") {
+    if super::simd_level() == super::SimdLevel::Avx512 && std::arch::is_x86_feature_detected!("avx512bw") {
         // SAFETY: the CPU has avx512f and avx512bw.
         return unsafe { quantize_row_offset_avx512(x, inv_scale, offset, out) };
     }
@@ -78,46 +69,6 @@ pub fn quantize(x: &[f32], scale: f32, out: &mut [i8]) {
             *q = quantize_value(v, inv);
         }
     });
-}
-
-/// A linear layer with int8 weights packed for the accelerator's kernels.
-pub struct QuantLinear {
-    pub weights: PackedI8Weights,
-    /// One scale (per tensor) or one per output row.
-    pub scales: Vec<f32>,
-    pub bias: Option<Vec<f32>>,
-}
-
-impl QuantLinear {
-    /// Quantizes f32 weights [n, k] (PyTorch layout).
-    pub fn new(w: &[f32], n: usize, k: usize, bias: Option<&[f32]>, granularity: WeightGranularity) -> Self {
-        let scales: Vec<f32> = match granularity {
-            WeightGranularity::PerTensor => vec![scale_for(w.par_iter().fold(|| 0f32, |m, v| m.max(v.abs())).reduce(|| 0.0, f32::max))],
-            WeightGranularity::PerChannel => w.par_chunks(k).map(|row| scale_for(row.iter().fold(0f32, |m, v| m.max(v.abs())))).collect(),
-        };
-        let mut q = vec![0i8; n * k];
-        q.par_chunks_mut(k).zip(w.par_chunks(k)).enumerate().for_each(|(r, (qr, wr))| {
-            let inv = 1.0 / scales[if scales.len() == 1 { 0 } else { r }];
-            for (o, &v) in qr.iter_mut().zip(wr) {
-                *o = quantize_value(v, inv);
-            }
-        });
-        QuantLinear { weights: PackedI8Weights::new(&q, n, k), scales, bias: bias.map(|b| b.to_vec()) }
-    }
-
-    pub fn out_features(&self) -> usize {
-        self.weights.n
-    }
-
-    pub fn in_features(&self) -> usize {
-        self.weights.k
-    }
-
-    /// Scale of output column `j`.
-    #[inline(always)]
-    pub fn scale(&self, j: usize) -> f32 {
-        self.scales[if self.scales.len() == 1 { 0 } else { j }]
-    }
 }
 
 #[cfg(test)]

@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use memmap2::Mmap;
 
-use crate::format::dtype::{self, DType};
+pub mod dtype;
+
+use dtype::DType;
 
 #[derive(Clone)]
 enum Storage {

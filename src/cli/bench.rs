@@ -1,0 +1,105 @@
+//! `llm-npu bench`: llama-bench-style speed table; `--ablation` for the paper's ablation.
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+
+use llm_npu::measure::bench::{self, BenchResult, TestKind};
+
+use super::args::{BackendArg, Loaded, ModelArgs};
+use super::report::{self, Bar, ScheduleOutputs};
+
+#[derive(Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Prompt lengths to test (ppN), comma-separated
+    #[arg(short = 'p', long, value_delimiter = ',', default_value = "512")]
+    n_prompt: Vec<usize>,
+    /// Tokens to generate (tgN), comma-separated; 0 skips
+    #[arg(short = 'n', long, value_delimiter = ',', default_value = "128")]
+    n_gen: Vec<usize>,
+    /// Timed repetitions per test (after one warm-up run)
+    #[arg(short = 'r', long, default_value_t = 3)]
+    repetitions: usize,
+    /// Print one JSON object per test instead of the table
+    #[arg(long)]
+    json: bool,
+    /// Our version of the llm.npu paper's ablation at the first -p length: f32; npu with the whole
+    /// prompt as one graph; + chunks; + shadow outliers; + out-of-order execution
+    #[arg(long)]
+    ablation: bool,
+    #[command(flatten)]
+    pictures: ScheduleOutputs,
+}
+
+pub fn run(a: BenchArgs) -> Result<()> {
+    a.pictures.check(&a.model)?;
+    let threads = llm_npu::engine::init_threads(a.model.threads)?;
+    if a.repetitions == 0 {
+        bail!("--repetitions must be at least 1");
+    }
+    let loaded = report::load_model(&a.model)?;
+    let m = &loaded.model;
+    let mut tests: Vec<TestKind> = a.n_prompt.iter().filter(|&&n| n > 0).map(|&n| TestKind::Prompt(n)).collect();
+    tests.extend(a.n_gen.iter().filter(|&&n| n > 0).map(|&n| TestKind::Generate(n)));
+    if tests.is_empty() {
+        bail!("nothing to run: give -p and/or -n with positive lengths");
+    }
+    for t in &tests {
+        let n = match t {
+            TestKind::Prompt(n) | TestKind::Generate(n) => *n,
+        };
+        if n > m.config.max_seq_len {
+            bail!("{}: {n} tokens exceed the model's context of {}", t.name(), m.config.max_seq_len);
+        }
+    }
+    if a.ablation {
+        return ablation(&loaded, &a, threads);
+    }
+    let engine = report::build_engine(&loaded, &a.model, a.model.backend)?;
+    let desc = report::model_description(&loaded);
+    let mut results: Vec<BenchResult> = Vec::new();
+    for &t in &tests {
+        let r = bench::run_test(engine.as_ref(), t, a.repetitions, threads, &t.name(), &Bar::default())?;
+        if a.json {
+            let mut v = serde_json::to_value(&r)?;
+            v["model"] = desc.clone().into();
+            v["peak_rss_mib"] = bench::peak_rss_bytes().map_or(serde_json::Value::Null, |b| (b / (1 << 20)).into());
+            println!("{v}");
+        }
+        results.push(r);
+    }
+    a.pictures.write_last(engine.as_ref(), &format!("{desc}: the last timed prefill (measured)"))?;
+    if !a.json {
+        println!("| model | size | params | backend | threads | test | t/s |");
+        println!("| --- | ---: | ---: | --- | ---: | ---: | ---: |");
+        let size = format!("{:.2} GiB", (m.num_parameters() * 4) as f64 / (1u64 << 30) as f64);
+        for r in &results {
+            println!("| {desc} | {size} | {} | {} | {} | {} | {:.2} ± {:.2} |", report::human_count(m.num_parameters()), r.backend, r.threads, r.test, r.tokens_per_s, r.stddev);
+        }
+        report::engine_report(engine.as_ref(), a.model.verbose);
+        if let Some(b) = bench::peak_rss_bytes() {
+            eprintln!("peak RSS: {:.2} GiB (includes the memory-mapped weights that were touched)", b as f64 / (1u64 << 30) as f64);
+        }
+    }
+    Ok(())
+}
+
+/// `bench --ablation`: each step of the paper's ablation as an engine configuration, timed on the
+/// same prompt length.
+fn ablation(loaded: &Loaded, a: &BenchArgs, threads: usize) -> Result<()> {
+    if a.model.backend != BackendArg::F32 || a.model.chunk_size.is_some() || a.model.npu.no_shadow || a.model.npu.scheduler.is_some() || a.json {
+        bail!("--ablation sets the backend, chunks, shadow and scheduler of each row itself; drop --backend, --chunk-size, --no-shadow, --scheduler and --json");
+    }
+    let n = *a.n_prompt.first().context("--ablation needs a prompt length (-p)")?;
+    let base = a.model.engine_options_for(BackendArg::Npu)?;
+    let rows = bench::run_ablation(loaded, n, &base, a.repetitions, threads, &Bar::default())?;
+    println!("\nablation, pp{n}, {} ({threads} threads; the accelerator is the CPU reference accelerator, sharing these cores):", report::model_description(loaded));
+    println!("| configuration | pp{n} tokens/s | accelerator bubble rate (measured) |");
+    println!("| --- | ---: | ---: |");
+    for row in &rows {
+        let bubbles = row.accel_bubble_rate.map_or("-".to_string(), |b| format!("{:.1}%", 100.0 * b));
+        println!("| {} | {:.1} ± {:.1} | {bubbles} |", row.label, row.result.tokens_per_s, row.result.stddev);
+    }
+    Ok(())
+}

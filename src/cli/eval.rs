@@ -1,0 +1,64 @@
+//! `llm-npu eval`: perplexity, and the distance to a reference backend on the same tokens.
+
+use anyhow::{bail, Result};
+use clap::Args;
+
+use llm_npu::engine::BackendKind;
+use llm_npu::measure::eval;
+
+use super::args::{BackendArg, ModelArgs, NpuArgs, TokenSource};
+use super::report::{self, Bar};
+
+#[derive(Args)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    tokens: TokenSource,
+    /// Reference backend to compare against
+    #[arg(long, value_enum, default_value = "f32")]
+    ref_backend: BackendArg,
+    /// Tokens per evaluation window [default: min(512, model context)]
+    #[arg(long)]
+    ctx: Option<usize>,
+    /// Print one JSON object
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(a: EvalArgs) -> Result<()> {
+    llm_npu::engine::init_threads(a.model.threads)?;
+    let loaded = report::load_model(&a.model)?;
+    let m = &loaded.model;
+    // The npu options go to whichever side is npu; the f32 side takes none of them.
+    let f32_args = ModelArgs { npu: NpuArgs::default(), chunk_size: None, ..a.model.clone() };
+    let args_for = |b: BackendArg| if b == BackendArg::Npu { &a.model } else { &f32_args };
+    let engine = report::build_engine(&loaded, args_for(a.model.backend), a.model.backend)?;
+    let reference = if a.ref_backend == a.model.backend { None } else { Some(report::build_engine(&loaded, args_for(a.ref_backend), a.ref_backend)?) };
+    let tokens = a.tokens.tokens(&loaded, 2048)?;
+    let ctx = a.ctx.unwrap_or(512).min(m.config.max_seq_len);
+    if ctx < 2 {
+        bail!("--ctx must be at least 2");
+    }
+    let r = eval::evaluate(engine.as_ref(), reference.as_deref(), &tokens, ctx, &Bar::default())?;
+    report::engine_report(engine.as_ref(), a.model.verbose);
+    if let Some(r) = &reference {
+        report::engine_report(r.as_ref(), a.model.verbose);
+    }
+    let ref_name = BackendKind::from(a.ref_backend).name();
+    if a.json {
+        let mut v = serde_json::to_value(&r)?;
+        v["backend"] = engine.name().into();
+        v["ref_backend"] = ref_name.into();
+        println!("{v}");
+    } else {
+        println!("tokens scored:      {}", r.tokens);
+        println!("perplexity:         {:.4} (backend {})", r.ppl, engine.name());
+        println!("reference ppl:      {:.4} ({:?})", r.ref_ppl, a.ref_backend);
+        println!("ppl ratio:          {:.5}", r.ppl_ratio);
+        println!("top-1 agreement:    {:.4}", r.top1_agreement);
+        println!("KL divergence:      mean {:.6}, max {:.6}", r.mean_kld, r.max_kld);
+        println!("mean top-1 prob:    {:.3}", r.mean_top1_prob);
+    }
+    Ok(())
+}

@@ -1,0 +1,154 @@
+//! Engines: what generation, benchmarks, evaluation and the server run on. An engine owns a
+//! loaded model and turns tokens into logits, filling a KV cache:
+//!
+//! - `float::F32Engine`: the float32 reference on the CPU;
+//! - `npu::NpuEngine`: llm.npu's design: W8A8 linears as fixed-shape graphs on an accelerator
+//!   (`crate::accel`), chunked prefill, shadow outlier execution on the CPU (`crate::shadow`),
+//!   optionally out-of-order subgraph execution (`crate::prefill`); int8 decode on the CPU.
+//!
+//! `load_model` and `build` (or both at once, `open`) are the one way to make an engine from
+//! options: the CLI, the tests, `demo` and the server all use them.
+
+pub mod float;
+pub mod npu;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::model::{self, KvCache, LoadOptions, LoadedModel, Logits, Transformer};
+use crate::quant::calibration::Calibration;
+use crate::util::Progress;
+pub use float::F32Engine;
+pub use npu::{NpuEngine, NpuOptions};
+
+pub trait Engine: Send + Sync {
+    /// The backend's name: "f32" or "npu".
+    fn name(&self) -> &'static str;
+    /// The loaded model (weights, tokenizer, where it came from).
+    fn loaded(&self) -> &Arc<LoadedModel>;
+    /// Runs `tokens` after what `cache` holds, like `Transformer::forward`.
+    fn forward(&self, tokens: &[u32], cache: &mut KvCache, which: Logits) -> Result<Vec<f32>>;
+    /// The npu engine behind this one, for what only it has (graphs, shadow work, schedules).
+    fn as_npu(&self) -> Option<&NpuEngine> {
+        None
+    }
+    fn model(&self) -> &Transformer {
+        &self.loaded().model
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BackendKind {
+    /// float32 reference path on the CPU
+    #[default]
+    F32,
+    /// W8A8 linear layers on the integer accelerator, chunked prefill
+    Npu,
+}
+
+impl BackendKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::F32 => "f32",
+            BackendKind::Npu => "npu",
+        }
+    }
+}
+
+/// Which model to load, and with how many threads to run it.
+#[derive(Debug, Clone, Default)]
+pub struct ModelOptions {
+    /// A Hugging Face folder, a .gguf file or a llama2.c .bin.
+    pub path: PathBuf,
+    /// A tokenizer file to use instead of the model's own (required for llama2.c).
+    pub tokenizer: Option<PathBuf>,
+    /// Worker threads for the whole process [default: all cores].
+    pub threads: Option<usize>,
+}
+
+/// Where the npu backend's static activation scales come from.
+#[derive(Debug, Clone, Default)]
+pub enum CalibrationSource {
+    /// The calibration file beside the model, else a quick calibration on 512 random tokens
+    /// (with a note that real text calibrates better).
+    #[default]
+    Auto,
+    File(PathBuf),
+    Given(Arc<Calibration>),
+}
+
+/// How to build an engine over a loaded model.
+#[derive(Debug, Clone, Default)]
+pub struct EngineOptions {
+    pub backend: BackendKind,
+    /// Prefill chunk size: npu graphs are compiled for it (and its halvings); the f32 engine
+    /// chunks the prompt the same way [default: 256 for npu, the whole prompt for f32].
+    pub chunk_size: Option<usize>,
+    /// The npu backend's options (the f32 engine ignores them).
+    pub npu: NpuOptions,
+    pub calibration: CalibrationSource,
+}
+
+/// Starts the process-wide worker threads (once; later calls with the same count do nothing).
+/// Returns the number of threads.
+pub fn init_threads(threads: Option<usize>) -> Result<usize> {
+    let n = threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    if n == 0 {
+        return Err(Error::Input("the thread count must be at least 1".into()));
+    }
+    if rayon::ThreadPoolBuilder::new().num_threads(n).build_global().is_err() && rayon::current_num_threads() != n {
+        return Err(Error::Input(format!("the worker threads already run with {} threads, not {n}", rayon::current_num_threads())));
+    }
+    Ok(n)
+}
+
+/// Loads a model (memory-mapped), starting the worker threads first when a count is given.
+pub fn load_model(opts: &ModelOptions, progress: &dyn Progress) -> Result<Arc<LoadedModel>> {
+    if opts.threads.is_some() {
+        init_threads(opts.threads)?;
+    }
+    let load = LoadOptions { tokenizer: opts.tokenizer.as_deref(), progress };
+    Ok(Arc::new(model::load(&opts.path, &load)?))
+}
+
+/// Builds the engine `opts` asks for over a loaded model.
+pub fn build(loaded: &Arc<LoadedModel>, opts: &EngineOptions, progress: &dyn Progress) -> Result<Box<dyn Engine>> {
+    match opts.backend {
+        BackendKind::F32 => Ok(Box::new(F32Engine::new(loaded.clone(), opts.chunk_size))),
+        BackendKind::Npu => {
+            let (cal, source) = resolve_calibration(loaded, &opts.calibration, progress)?;
+            Ok(Box::new(NpuEngine::new(loaded.clone(), &cal, source, opts.chunk_size, opts.npu, progress)?))
+        }
+    }
+}
+
+/// Loads the model and builds the engine.
+pub fn open(model: &ModelOptions, opts: &EngineOptions, progress: &dyn Progress) -> Result<Box<dyn Engine>> {
+    build(&load_model(model, progress)?, opts, progress)
+}
+
+/// The calibration `source` names, checked against the model, with a description of where it
+/// came from.
+fn resolve_calibration(loaded: &LoadedModel, source: &CalibrationSource, progress: &dyn Progress) -> Result<(Arc<Calibration>, String)> {
+    let from_file = |path: &std::path::Path| -> Result<(Arc<Calibration>, String)> {
+        let c = Calibration::load(path)?;
+        c.check_against(&loaded.model, path)?;
+        let what = format!("{} ({}, {} tokens)", path.display(), c.source, c.tokens);
+        Ok((Arc::new(c), what))
+    };
+    match source {
+        CalibrationSource::File(path) => from_file(path),
+        CalibrationSource::Given(c) => Ok((c.clone(), format!("{} tokens ({})", c.tokens, c.source))),
+        CalibrationSource::Auto => {
+            let beside = crate::quant::calibration::default_path(&loaded.path);
+            if beside.exists() {
+                return from_file(&beside);
+            }
+            progress.note("warning: no calibration file for this model: calibrating on 512 random tokens (run `llm-npu calibrate` on representative text for better accuracy)");
+            let c = Calibration::on_random_tokens(&loaded.model, 512, 0, progress)?;
+            let what = format!("{} random tokens (no calibration file)", c.tokens);
+            Ok((Arc::new(c), what))
+        }
+    }
+}

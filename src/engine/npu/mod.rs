@@ -1,0 +1,383 @@
+//! The `npu` engine: llm.npu's prompt- and tensor-level design on the accelerator boundary.
+//!
+//! - Linear layers run as W8A8 (int8 weights, static per-tensor activation scales from
+//!   calibration) in fixed-shape graphs on an accelerator (`crate::accel`, any implementation);
+//!   norms, RoPE, attention and SwiGLU run in float on the CPU through the same layer loop as the
+//!   f32 path (`Transformer::hidden_states`).
+//! - Chunk-sharing graphs: the prompt runs in chunks of fixed sizes (the chunk size and, unless
+//!   disabled, its halvings down to 32, so a prompt is covered with little padding). One graph
+//!   per (layer, linear group, rows) is compiled on first use and shared by every later chunk and
+//!   prompt.
+//! - Shadow outlier execution (`crate::shadow`): inputs with strong outliers are quantized with
+//!   their p99.9 scale; while the accelerator runs a graph, the CPU computes the clipped
+//!   elements' float remainder times the float weights, and adds it to the graph's outputs.
+//! - CPU work: decode runs single tokens on the CPU with the same int8 weights and the same W8A8
+//!   op (`quant::w8a8`); so does the LM head (per-channel weights, each row's activation scale
+//!   taken from the row itself): the f32 head would be read in full for every decoded token.
+
+pub mod scheduled;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::Engine;
+use crate::accel::{self, Accelerator, CompiledGraph, GraphSpec};
+use crate::error::{Error, Result};
+use crate::kernels::int8_gemm::{best_kernel, Int8Kernel};
+use crate::model::transformer::LinearExecutor;
+use crate::model::{KvCache, LinearGroup, LoadedModel, Logits, Transformer};
+use crate::prefill::profile::GroupTiming;
+use crate::quant::calibration::Calibration;
+use crate::quant::{w8a8, w8a8_dynamic, Int8Linear, WeightGranularity};
+use crate::shadow::{BufferPool, ScaleRule, ShadowOptions, ShadowPlan, ShadowPoint, ShadowWork};
+use crate::util::Progress;
+
+/// Smallest extra chunk size compiled below the main one.
+const MIN_CHUNK: usize = 32;
+/// The paper's chunk size, the default.
+pub const DEFAULT_CHUNK: usize = 256;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NpuOptions {
+    /// Also compile halvings of the chunk size (down to 32) to pad less.
+    pub smaller_chunks: bool,
+    pub weights: WeightGranularity,
+    pub shadow: ShadowOptions,
+    /// Run prefill chunks as a subgraph DAG on an accelerator and a CPU executor (None: one chunk
+    /// after the other on the shared thread pool).
+    pub executors: Option<scheduled::ExecutorOptions>,
+}
+
+impl Default for NpuOptions {
+    fn default() -> Self {
+        NpuOptions { smaller_chunks: true, weights: WeightGranularity::PerChannel, shadow: ShadowOptions::default(), executors: None }
+    }
+}
+
+/// One decoder layer's integer side.
+struct NpuLayer {
+    /// Per linear group, its int8 linears in output order.
+    linears: [Vec<Arc<Int8Linear>>; 4],
+    /// Per linear group, the static scale of its input.
+    scales: [f32; 4],
+    /// Per linear group, its shadow work (None: max scale, nothing clipped).
+    shadow: [Option<ShadowPoint>; 4],
+}
+
+impl NpuLayer {
+    fn shadow(&self, g: LinearGroup) -> Option<&ShadowPoint> {
+        self.shadow[g.index()].as_ref()
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GraphStats {
+    pub compiled: usize,
+    pub reused: usize,
+    pub compile_time: Duration,
+    /// The largest workspace one graph needs (the accelerator shares one between graphs).
+    pub max_workspace_bytes: usize,
+}
+
+pub struct NpuEngine {
+    loaded: Arc<LoadedModel>,
+    layers: Vec<NpuLayer>,
+    pub accel: Box<dyn Accelerator>,
+    graphs: Mutex<HashMap<(usize, LinearGroup, usize), Arc<dyn CompiledGraph>>>,
+    stats: Mutex<GraphStats>,
+    /// The int8 kernel of the CPU work (decode, LM head).
+    cpu_kernel: Int8Kernel,
+    /// Compiled chunk sizes, largest first.
+    pub chunk_sizes: Vec<usize>,
+    /// Bytes of int8 weights (with their packing), decoder layers and LM head.
+    pub weight_bytes: usize,
+    pub weights: WeightGranularity,
+    /// What quantizing the weights took.
+    pub quantize_time: Duration,
+    lm_head: Int8Linear,
+    /// Where the static scales came from (a file, or random tokens).
+    pub calibration: String,
+    /// Which inputs run shadow work, with which scales and hot sets.
+    pub shadow_plan: ShadowPlan,
+    shadow_buffers: BufferPool,
+    /// Group timings, while profiling.
+    profile: Mutex<Option<Vec<GroupTiming>>>,
+    executors: Option<scheduled::Executors>,
+}
+
+impl NpuEngine {
+    /// Quantizes the decoder's linear layers (progress: one step per layer) with the static
+    /// scales of `cal` (already checked against the model; `calibration` says where it is from).
+    pub fn new(loaded: Arc<LoadedModel>, cal: &Calibration, calibration: String, chunk_size: Option<usize>, opts: NpuOptions, progress: &dyn Progress) -> Result<Self> {
+        let t0 = Instant::now();
+        let model = &loaded.model;
+        let chunk_size = chunk_size.unwrap_or(DEFAULT_CHUNK);
+        if chunk_size == 0 {
+            return Err(Error::Input("the chunk size must be at least 1".into()));
+        }
+        let shadow_plan = ShadowPlan::new(cal, &model.config, opts.shadow)?;
+        let mut layers = Vec::with_capacity(model.layers.len());
+        let mut weight_bytes = 0;
+        progress.start("quantizing", "layers", model.layers.len() as u64);
+        for (i, l) in model.layers.iter().enumerate() {
+            let plan = &shadow_plan.layers[i];
+            let layer = NpuLayer {
+                linears: LinearGroup::ALL.map(|g| {
+                    l.linears(g)
+                        .into_iter()
+                        .map(|lin| Arc::new(Int8Linear::new(lin.weight.data(), lin.out_features(), lin.in_features(), lin.bias.as_ref().map(|b| b.data()), opts.weights)))
+                        .collect()
+                }),
+                scales: LinearGroup::ALL.map(|g| plan.point(g).scale),
+                shadow: LinearGroup::ALL.map(|g| {
+                    let pp = plan.point(g);
+                    let weights: Vec<&crate::tensor::Tensor> = l.linears(g).iter().map(|l| &l.weight).collect();
+                    (pp.rule == ScaleRule::P999Shadow).then(|| ShadowPoint::new(pp, &weights, opts.shadow.hot_only))
+                }),
+            };
+            weight_bytes += layer.linears.iter().flatten().map(|l| l.weights.memory_bytes()).sum::<usize>();
+            layers.push(layer);
+            progress.step();
+        }
+        progress.finish();
+        let head = &model.lm_head;
+        let lm_head = Int8Linear::new(head.weight.data(), head.out_features(), head.in_features(), None, WeightGranularity::PerChannel);
+        weight_bytes += lm_head.weights.memory_bytes();
+        // No chunk can hold more tokens than the context; a larger size would only pad.
+        let chunk_size = chunk_size.min(model.config.max_seq_len);
+        let mut chunk_sizes = vec![chunk_size];
+        if opts.smaller_chunks {
+            let mut s = chunk_size / 2;
+            while s >= MIN_CHUNK {
+                chunk_sizes.push(s);
+                s /= 2;
+            }
+        }
+        let executors = opts.executors.map(scheduled::Executors::new).transpose()?;
+        Ok(NpuEngine {
+            loaded,
+            layers,
+            accel: accel::by_name("ref")?,
+            graphs: Mutex::new(HashMap::new()),
+            stats: Mutex::new(GraphStats::default()),
+            cpu_kernel: best_kernel(),
+            chunk_sizes,
+            weight_bytes,
+            weights: opts.weights,
+            quantize_time: t0.elapsed(),
+            lm_head,
+            calibration,
+            shadow_plan,
+            shadow_buffers: BufferPool::default(),
+            profile: Mutex::new(None),
+            executors,
+        })
+    }
+
+    pub fn model(&self) -> &Transformer {
+        &self.loaded.model
+    }
+
+    /// Final norm (f32), then the int8 LM head on the CPU with a per-row dynamic activation scale.
+    fn logits(&self, x: &[f32], which: Logits) -> Vec<f32> {
+        let normed = self.model().final_norm(x, which);
+        w8a8_dynamic(self.cpu_kernel, &normed, normed.len() / self.model().config.hidden_size, &self.lm_head)
+    }
+
+    pub fn graph_stats(&self) -> GraphStats {
+        *self.stats.lock().unwrap()
+    }
+
+    /// Records the timing of every accelerator graph of the prefills that follow.
+    pub fn start_profiling(&self) {
+        *self.profile.lock().unwrap() = Some(Vec::new());
+    }
+
+    /// The timings recorded since `start_profiling` (profiling stops).
+    pub fn take_profile(&self) -> Vec<GroupTiming> {
+        self.profile.lock().unwrap().take().unwrap_or_default()
+    }
+
+    /// Shadow work done so far, per layer.
+    pub fn shadow_work(&self) -> Vec<ShadowWork> {
+        self.layers
+            .iter()
+            .map(|l| {
+                let mut w = ShadowWork::default();
+                for p in l.shadow.iter().flatten() {
+                    w += p.work();
+                }
+                w
+            })
+            .collect()
+    }
+
+    /// Bytes of float weight columns the shadow keeps resident (hot channels), and what keeping
+    /// every channel of the shadowed inputs would take.
+    pub fn shadow_memory(&self) -> (usize, usize) {
+        let points = || self.layers.iter().flat_map(|l| l.shadow.iter().flatten());
+        (points().map(ShadowPoint::resident_bytes).sum(), points().map(ShadowPoint::all_columns_bytes).sum())
+    }
+
+    /// Splits `n` prompt tokens into (real tokens, graph rows) chunks in causal order: whole
+    /// chunks of the largest size, then smaller ones, the last one padded to the smallest
+    /// compiled size that holds it.
+    pub fn plan_chunks(&self, n: usize) -> Vec<(usize, usize)> {
+        let mut plan = Vec::new();
+        let mut left = n;
+        for &s in &self.chunk_sizes {
+            while left >= s {
+                plan.push((s, s));
+                left -= s;
+            }
+        }
+        if left > 0 {
+            let rows = self.chunk_sizes.iter().rev().copied().find(|&s| s >= left).unwrap_or(self.chunk_sizes[0]);
+            plan.push((left, rows));
+        }
+        plan
+    }
+
+    /// The compiled graph for (layer, group, rows), compiling it on first use.
+    fn graph(&self, layer: usize, group: LinearGroup, rows: usize) -> Result<Arc<dyn CompiledGraph>> {
+        let key = (layer, group, rows);
+        if let Some(g) = self.graphs.lock().unwrap().get(&key) {
+            self.stats.lock().unwrap().reused += 1;
+            return Ok(g.clone());
+        }
+        let l = &self.layers[layer];
+        let spec = GraphSpec {
+            name: format!("layer{layer}.{}.rows{rows}", group.name()),
+            layer,
+            group,
+            rows,
+            input_scale: l.scales[group.index()],
+            linears: l.linears[group.index()].clone(),
+            residual: group.adds_to_residual(),
+        };
+        let (g, report) = self.accel.compile(&spec)?;
+        let g: Arc<dyn CompiledGraph> = Arc::from(g);
+        self.graphs.lock().unwrap().insert(key, g.clone());
+        let mut st = self.stats.lock().unwrap();
+        st.compiled += 1;
+        st.compile_time += report.time;
+        st.max_workspace_bytes = st.max_workspace_bytes.max(report.memory_bytes);
+        Ok(g)
+    }
+
+    /// Runs `tokens` after what the cache holds: prefill in accelerator chunks, a single token
+    /// (decode) on the CPU. Returns logits like `Transformer::forward`.
+    pub fn forward(&self, tokens: &[u32], cache: &mut KvCache, which: Logits) -> Result<Vec<f32>> {
+        if tokens.len() == 1 {
+            let x = self.model().hidden_states(&CpuInt8 { npu: self }, tokens, cache, None)?;
+            return Ok(self.logits(&x, which));
+        }
+        if let Some(ex) = &self.executors {
+            return self.forward_scheduled(ex, tokens, cache, which);
+        }
+        let mut out = Vec::new();
+        let mut at = 0;
+        let plan = self.plan_chunks(tokens.len());
+        for (i, &(real, rows)) in plan.iter().enumerate() {
+            let chunk = &tokens[at..at + real];
+            at += real;
+            let x = self.model().hidden_states(&AccelChunk { npu: self, rows, chunk: i }, chunk, cache, None)?;
+            if let Some(w) = which.for_chunk(i, plan.len()) {
+                out.extend(self.logits(&x, w));
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl Engine for NpuEngine {
+    fn name(&self) -> &'static str {
+        "npu"
+    }
+    fn loaded(&self) -> &Arc<LoadedModel> {
+        &self.loaded
+    }
+    fn forward(&self, tokens: &[u32], cache: &mut KvCache, which: Logits) -> Result<Vec<f32>> {
+        NpuEngine::forward(self, tokens, cache, which)
+    }
+    fn as_npu(&self) -> Option<&NpuEngine> {
+        Some(self)
+    }
+}
+
+/// Prefill chunk executor: every linear group runs as a fixed-shape accelerator graph of `rows`
+/// rows; a chunk with fewer real tokens is zero-padded on the way in and cut on the way out.
+pub(crate) struct AccelChunk<'a> {
+    npu: &'a NpuEngine,
+    rows: usize,
+    /// Index of the chunk in its prompt (for profiling).
+    chunk: usize,
+}
+
+impl LinearExecutor for AccelChunk<'_> {
+    /// The graph on the accelerator and, at the same time, the shadow work of its input on the
+    /// CPU; the shadow results are merged into the graph's outputs when both are done.
+    fn run(&self, layer: usize, group: LinearGroup, input: &[f32], m: usize, outputs: &mut [&mut [f32]]) -> Result<()> {
+        let start = Instant::now();
+        let shadow = self.npu.layers[layer].shadow(group);
+        let pool = &self.npu.shadow_buffers;
+        let timed_shadow = || {
+            let t0 = Instant::now();
+            (shadow.and_then(|s| s.compute(input, pool)), t0.elapsed())
+        };
+        let (done, (delta, shadow_time)) = rayon::join(|| self.run_graph(layer, group, input, m, outputs), timed_shadow);
+        done?;
+        if let (Some(s), Some(d)) = (shadow, delta) {
+            s.merge(d, outputs, pool);
+        }
+        if let Some(p) = self.npu.profile.lock().unwrap().as_mut() {
+            p.push(GroupTiming { chunk: self.chunk, layer, group, rows: self.rows, start, end: Instant::now(), shadow: shadow_time });
+        }
+        Ok(())
+    }
+}
+
+impl AccelChunk<'_> {
+    fn run_graph(&self, layer: usize, group: LinearGroup, input: &[f32], m: usize, outputs: &mut [&mut [f32]]) -> Result<()> {
+        let g = self.npu.graph(layer, group, self.rows)?;
+        if m == self.rows {
+            return g.execute(input, outputs);
+        }
+        let k = input.len() / m;
+        let mut padded = vec![0f32; self.rows * k];
+        padded[..input.len()].copy_from_slice(input);
+        let mut bufs: Vec<Vec<f32>> = outputs
+            .iter()
+            .map(|o| {
+                let n = o.len() / m;
+                let mut b = vec![0f32; self.rows * n];
+                b[..o.len()].copy_from_slice(o); // residual graphs read their output
+                b
+            })
+            .collect();
+        let mut views: Vec<&mut [f32]> = bufs.iter_mut().map(|b| b.as_mut_slice()).collect();
+        g.execute(&padded, &mut views)?;
+        for (o, b) in outputs.iter_mut().zip(&bufs) {
+            let len = o.len();
+            o.copy_from_slice(&b[..len]);
+        }
+        Ok(())
+    }
+}
+
+/// Decode executor: CPU work, the same W8A8 op from the same int8 weights, then the shadow.
+struct CpuInt8<'a> {
+    npu: &'a NpuEngine,
+}
+
+impl LinearExecutor for CpuInt8<'_> {
+    fn run(&self, layer: usize, group: LinearGroup, input: &[f32], m: usize, outputs: &mut [&mut [f32]]) -> Result<()> {
+        let l = &self.npu.layers[layer];
+        w8a8(self.npu.cpu_kernel, input, m, l.scales[group.index()], &l.linears[group.index()], group.adds_to_residual(), outputs);
+        if let Some(s) = l.shadow(group) {
+            s.apply(input, outputs, &self.npu.shadow_buffers);
+        }
+        Ok(())
+    }
+}

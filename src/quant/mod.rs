@@ -1,0 +1,158 @@
+//! int8 quantization for the integer path: symmetric int8 weights (`Int8Linear`), static
+//! activation scales from calibration (`calibration`, built on the activation statistics of
+//! `stats`), and the W8A8 linear op as the CPU runs it (`w8a8`), shared by decode, the LM head
+//! and the CPU reference accelerator so that all compute the same numbers from the same weights.
+//! The rounding itself is `kernels::quantize`.
+
+pub mod calibration;
+pub mod stats;
+
+use std::sync::Arc;
+
+use rayon::prelude::*;
+
+use crate::kernels::int8_gemm::{gemm_i8, gemm_packed_with, Epilogue, Int8Kernel, PackedI8Acts, PackedI8Weights, NR_I8};
+use crate::kernels::quantize::{quantize, quantize_value, scale_for};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightGranularity {
+    PerTensor,
+    PerChannel,
+}
+
+/// A linear layer quantized to int8: symmetric weights with one scale per tensor or per output
+/// row, and its float bias. This is what crosses the accelerator boundary: an accelerator reads
+/// the plain weights (`int8_rows`) and lays them out for itself; the CPU's own int8 work (decode,
+/// the LM head, the CPU reference accelerator) uses the copy packed for the CPU kernels, the only
+/// copy kept in memory.
+pub struct Int8Linear {
+    /// Packed for the CPU int8 kernels.
+    pub weights: PackedI8Weights,
+    /// One scale (per tensor) or one per output row.
+    pub scales: Vec<f32>,
+    pub bias: Option<Vec<f32>>,
+}
+
+impl Int8Linear {
+    /// Quantizes f32 weights [n, k] (PyTorch layout).
+    pub fn new(w: &[f32], n: usize, k: usize, bias: Option<&[f32]>, granularity: WeightGranularity) -> Self {
+        let scales: Vec<f32> = match granularity {
+            WeightGranularity::PerTensor => vec![scale_for(w.par_iter().fold(|| 0f32, |m, v| m.max(v.abs())).reduce(|| 0.0, f32::max))],
+            WeightGranularity::PerChannel => w.par_chunks(k).map(|row| scale_for(row.iter().fold(0f32, |m, v| m.max(v.abs())))).collect(),
+        };
+        let mut q = vec![0i8; n * k];
+        q.par_chunks_mut(k).zip(w.par_chunks(k)).enumerate().for_each(|(r, (qr, wr))| {
+            let inv = 1.0 / scales[if scales.len() == 1 { 0 } else { r }];
+            for (o, &v) in qr.iter_mut().zip(wr) {
+                *o = quantize_value(v, inv);
+            }
+        });
+        Int8Linear { weights: PackedI8Weights::new(&q, n, k), scales, bias: bias.map(|b| b.to_vec()) }
+    }
+
+    pub fn out_features(&self) -> usize {
+        self.weights.n
+    }
+
+    pub fn in_features(&self) -> usize {
+        self.weights.k
+    }
+
+    /// The int8 weights as plain rows, [out_features][in_features] (unpacked from the CPU layout).
+    pub fn int8_rows(&self) -> Vec<i8> {
+        self.weights.unpack()
+    }
+
+    /// Scale of output column `j`.
+    #[inline(always)]
+    pub fn scale(&self, j: usize) -> f32 {
+        self.scales[if self.scales.len() == 1 { 0 } else { j }]
+    }
+}
+
+
+/// The W8A8 linear op on the CPU: quantize `input` ([rows, k]) with the static scale, int8 GEMM
+/// with each weight, dequantize (+ bias, + residual) in the GEMM's epilogue. The input is
+/// quantized while it is packed, once for all the linears it feeds. `outputs[i]` receives linear
+/// i; with `residual` the single output is added to (x += W x_q).
+pub fn w8a8(kernel: Int8Kernel, input: &[f32], rows: usize, input_scale: f32, linears: &[Arc<Int8Linear>], residual: bool, outputs: &mut [&mut [f32]]) {
+    let xp = PackedI8Acts::quantized(input, rows, linears[0].in_features(), input_scale, kernel);
+    for (lin, out) in linears.iter().zip(outputs.iter_mut()) {
+        let n = lin.out_features();
+        assert_eq!(out.len(), rows * n);
+        let scales: Vec<f32> = (0..n).map(|j| input_scale * lin.scale(j)).collect();
+        let epilogue = Dequantize { out: out.as_mut_ptr(), ld: n, scales: &scales, bias: lin.bias.as_deref(), residual };
+        gemm_packed_with(&xp, &lin.weights, &epilogue);
+    }
+}
+
+/// W8A8 with a dynamic activation scale per row (each row's own max |x|), for the LM head: it
+/// runs once per prompt or token, so there is no static scale to keep. Returns [rows][n].
+pub fn w8a8_dynamic(kernel: Int8Kernel, x: &[f32], rows: usize, lin: &Int8Linear) -> Vec<f32> {
+    let (k, n) = (lin.in_features(), lin.out_features());
+    let mut xq = vec![0i8; x.len()];
+    let mut row_scales = Vec::with_capacity(rows);
+    for (r, q) in x.chunks_exact(k).zip(xq.chunks_exact_mut(k)) {
+        let s = scale_for(r.iter().fold(0f32, |a, v| a.max(v.abs())));
+        quantize(r, s, q);
+        row_scales.push(s);
+    }
+    let mut acc = vec![0i32; rows * n];
+    gemm_i8(kernel, &xq, rows, &lin.weights, &mut acc);
+    let mut y = vec![0f32; rows * n];
+    for ((out, a), s) in y.chunks_exact_mut(n).zip(acc.chunks_exact(n)).zip(&row_scales) {
+        for (j, (o, &v)) in out.iter_mut().zip(a).enumerate() {
+            *o = v as f32 * (s * lin.scale(j));
+        }
+    }
+    y
+}
+
+/// out = acc * (input_scale * weight_scale) + bias, or out += that for a residual graph.
+struct Dequantize<'a> {
+    out: *mut f32,
+    ld: usize,
+    scales: &'a [f32],
+    bias: Option<&'a [f32]>,
+    residual: bool,
+}
+// SAFETY: tiles are disjoint (Epilogue contract).
+unsafe impl Sync for Dequantize<'_> {}
+
+impl Epilogue for Dequantize<'_> {
+    unsafe fn tile(&self, row0: usize, col0: usize, tokens: usize, cols: usize, acc: &[i32]) {
+        #[cfg(target_arch = "x86_64")]
+        if crate::kernels::simd_level() == crate::kernels::SimdLevel::Avx512 {
+            return self.tile_avx512(row0, col0, tokens, cols, acc);
+        }
+        self.tile_portable(row0, col0, tokens, cols, acc)
+    }
+}
+
+impl Dequantize<'_> {
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn tile_avx512(&self, row0: usize, col0: usize, tokens: usize, cols: usize, acc: &[i32]) {
+        self.tile_portable(row0, col0, tokens, cols, acc)
+    }
+
+    #[inline(always)]
+    unsafe fn tile_portable(&self, row0: usize, col0: usize, tokens: usize, cols: usize, acc: &[i32]) {
+        let scales = &self.scales[col0..col0 + cols];
+        for t in 0..tokens {
+            let o = std::slice::from_raw_parts_mut(self.out.add((row0 + t) * self.ld + col0), cols);
+            let a = &acc[t * NR_I8..t * NR_I8 + cols];
+            match (self.bias, self.residual) {
+                (None, false) => o.iter_mut().zip(a).zip(scales).for_each(|((o, &a), &s)| *o = a as f32 * s),
+                (None, true) => o.iter_mut().zip(a).zip(scales).for_each(|((o, &a), &s)| *o += a as f32 * s),
+                (Some(b), res) => {
+                    let b = &b[col0..col0 + cols];
+                    for j in 0..cols {
+                        let v = a[j] as f32 * scales[j] + b[j];
+                        o[j] = if res { o[j] + v } else { v };
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,71 @@
+//! Small helpers shared across the crate: a reproducible random generator, random token ids,
+//! the files llm-npu keeps beside a model, and the progress sink long work reports to.
+
+use std::path::{Path, PathBuf};
+
+/// xorshift64* generator: tiny, fast and reproducible across platforms for a given seed.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        // SplitMix64 scrambles the seed so that nearby seeds give unrelated streams (and 0 is fine).
+        let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        Rng((z ^ (z >> 31)) | 1)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Uniform in [0, 1).
+    pub fn next_f32(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
+    }
+}
+
+/// `n` token ids drawn uniformly from a vocabulary of `vocab` (benchmarks, calibration and
+/// evaluation on random tokens).
+pub fn random_tokens(vocab: usize, n: usize, seed: u64) -> Vec<u32> {
+    let mut rng = Rng::new(seed);
+    (0..n).map(|_| (rng.next_u64() % vocab as u64) as u32).collect()
+}
+
+/// Where llm-npu keeps a file of its own about a model (calibration, measured profile):
+/// `<folder>/llm-npu-<what>.json` for an HF folder, `<file>.llm-npu-<what>.json` beside a
+/// single-file model.
+pub fn beside_model(model: &Path, what: &str) -> PathBuf {
+    if model.is_dir() {
+        model.join(format!("llm-npu-{what}.json"))
+    } else {
+        let mut name = model.file_name().unwrap_or_default().to_os_string();
+        name.push(format!(".llm-npu-{what}.json"));
+        model.with_file_name(name)
+    }
+}
+
+/// Where long work (loading, quantizing, calibrating, benchmarking) reports its progress. The
+/// library never draws anything itself; the CLI shows bars, tests and the server stay silent.
+pub trait Progress: Sync {
+    /// A new task of `total` steps (0: not known yet) counted in `unit` ("tensors", "bytes", ...).
+    fn start(&self, _task: &str, _unit: &str, _total: u64) {}
+    /// `done` of `total` steps are done (the total may change while the task runs).
+    fn set(&self, _done: u64, _total: u64) {}
+    /// One more step is done.
+    fn step(&self) {}
+    /// A short status beside the bar (e.g. the last repetition's speed).
+    fn status(&self, _text: &str) {}
+    fn finish(&self) {}
+    /// A line for the user that is not an error (e.g. a warning about a fallback taken).
+    fn note(&self, _text: &str) {}
+}
+
+/// Reports nothing.
+pub struct Silent;
+
+impl Progress for Silent {}
