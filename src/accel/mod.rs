@@ -8,7 +8,7 @@
 //! `scales`, `bias`) and a description of the graph (`GraphSpec`), and lays out or compiles them
 //! itself. The npu engine holds any accelerator as a trait object (`Box<dyn Accelerator>`): which
 //! one runs is a run-time choice, and one virtual call per graph execution (milliseconds of work)
-//! costs nothing. A new accelerator is one module here plus a line in `by_name`.
+//! costs nothing. A new accelerator is one module here plus a line in `ACCELERATORS`.
 
 pub mod cpu;
 
@@ -86,13 +86,18 @@ pub trait Accelerator: Send + Sync {
     fn compile(&self, spec: &GraphSpec) -> Result<(Box<dyn CompiledGraph>, CompileReport)>;
 }
 
-/// The accelerators this build knows, by the name `--accelerator` takes.
-pub const NAMES: [&str; 1] = ["ref"];
+/// Makes an accelerator (it may fail: a runtime library or device that is not there).
+pub type Maker = fn() -> Result<Box<dyn Accelerator>>;
 
-/// The accelerator called `name` (see `NAMES`).
+/// The accelerators this build knows, by the name `--accelerator` takes. A new accelerator is a
+/// module here and a line in this table.
+pub static ACCELERATORS: &[(&str, Maker)] = &[("ref", || Ok(Box::new(cpu::CpuAccelerator::default())))];
+
+/// The accelerator called `name` (see `ACCELERATORS`).
 pub fn by_name(name: &str) -> Result<Box<dyn Accelerator>> {
-    match name {
-        "ref" => Ok(Box::new(cpu::CpuAccelerator::default())),
-        _ => Err(Error::Input(format!("unknown accelerator '{name}' (known: {})", NAMES.join(", ")))),
-    }
+    let Some((_, make)) = ACCELERATORS.iter().find(|(n, _)| *n == name) else {
+        let known: Vec<&str> = ACCELERATORS.iter().map(|(n, _)| *n).collect();
+        return Err(Error::Input(format!("unknown accelerator '{name}' (known: {})", known.join(", "))));
+    };
+    make()
 }

@@ -165,17 +165,14 @@ impl BpeTokenizer {
                 }
             }
         }
-        if add_special && self.vocab.add_eos {
-            out.extend(self.vocab.eos);
-        }
+        self.vocab.push_eos(&mut out, add_special);
         Ok(out)
     }
 
     /// Bytes of one token for decoding (llama.cpp's token_to_piece without special tokens):
     /// normal tokens through the byte-level alphabet, user-defined ones verbatim.
     pub fn append_piece(&self, id: u32, out: &mut Vec<u8>) -> Result<()> {
-        self.vocab.check_id(id)?;
-        let text = self.vocab.text(id).unwrap_or_default();
+        let text = self.vocab.checked_text(id)?;
         match self.vocab.token_type(id) {
             Some(TokenType::Normal) => {
                 for c in text.chars() {

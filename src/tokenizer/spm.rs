@@ -204,16 +204,13 @@ impl SpmTokenizer {
                 }
             }
         }
-        if add_special && self.vocab.add_eos {
-            out.extend(self.vocab.eos);
-        }
+        self.vocab.push_eos(&mut out, add_special);
         Ok(out)
     }
 
     /// Bytes of one token for decoding: control/unknown/unused tokens give nothing.
     pub fn append_piece(&self, id: u32, out: &mut Vec<u8>) -> Result<()> {
-        self.vocab.check_id(id)?;
-        let text = self.vocab.text(id).unwrap_or_default();
+        let text = self.vocab.checked_text(id)?;
         match self.vocab.token_type(id) {
             Some(TokenType::Normal) if self.opts.escape_spaces => out.extend_from_slice(text.replace('\u{2581}', " ").as_bytes()),
             Some(TokenType::Normal | TokenType::UserDefined) => out.extend_from_slice(text.as_bytes()),

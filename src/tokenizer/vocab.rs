@@ -151,6 +151,19 @@ impl Vocab {
         self.types.get(id as usize).copied()
     }
 
+    /// The text of a token id, or an error for an id outside the vocabulary.
+    pub fn checked_text(&self, id: u32) -> Result<&str> {
+        self.check_id(id)?;
+        Ok(self.text(id).unwrap_or_default())
+    }
+
+    /// Appends the EOS token when the vocabulary asks for it after special tokens are added.
+    pub fn push_eos(&self, ids: &mut Vec<u32>, add_special: bool) {
+        if add_special && self.add_eos {
+            ids.extend(self.eos);
+        }
+    }
+
     pub fn check_id(&self, id: u32) -> Result<()> {
         if (id as usize) < self.tokens.len() {
             Ok(())
