@@ -27,6 +27,10 @@ pub enum Error {
 
     #[error("tokenizer: {0}")]
     Tokenizer(String),
+
+    /// A runtime library or device an accelerator needs is missing or refused the work.
+    #[error("{0}")]
+    Runtime(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -270,3 +270,33 @@ fn bad_executor_options_are_refused() {
     }
     assert!(npu(&["--split", "2:2"]).contains("--scheduler"));
 }
+
+#[test]
+fn a_missing_onnx_runtime_or_unknown_accelerator_is_one_line() {
+    let m = fixtures().join("llama-gqa");
+    let out = out_path("ort");
+    let mut args = logits_args(m.to_str().unwrap(), "1,2", &out);
+    args.extend(["--backend", "npu", "--accelerator", "ort-cpu"]);
+    let run = |dylib: Option<&str>| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_llm-npu"));
+        c.args(&args).env_remove("ORT_DYLIB_PATH");
+        if let Some(d) = dylib {
+            c.env("ORT_DYLIB_PATH", d);
+        }
+        let o = c.output().unwrap();
+        let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert_eq!(o.status.code(), Some(1), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+        assert_eq!(lines.len(), 1, "{stderr}");
+        lines[0].to_string()
+    };
+    let e = run(None);
+    assert!(e.contains("ORT_DYLIB_PATH") && e.contains("pip install onnxruntime"), "{e}");
+    let e = run(Some("/nonexistent/libonnxruntime.so"));
+    assert!(e.contains("/nonexistent/libonnxruntime.so"), "{e}");
+    // A file that is not the library.
+    let e = run(Some(m.join("config.json").to_str().unwrap()));
+    assert!(e.contains("config.json") && e.contains("ONNX Runtime"), "{e}");
+    assert!(npu_logits_error(&["--accelerator", "tpu"]).contains("--accelerator tpu"));
+}

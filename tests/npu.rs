@@ -280,3 +280,23 @@ fn scheduled_prefill_gives_the_same_logits_in_order_and_out_of_order() {
         }
     }
 }
+
+#[test]
+fn onnx_runtime_cpu_accelerator_gives_the_reference_accelerators_logits() {
+    // The same integers through ONNX Runtime's integer matmul: bit for bit, on every fixture,
+    // with shadow work, padding chunks, bias (qwen2) and residual graphs.
+    if !common::onnx_runtime("onnx_runtime_cpu_accelerator_gives_the_reference_accelerators_logits") {
+        return;
+    }
+    for name in MODELS {
+        let loaded = load(name);
+        let m = &loaded.model;
+        let tokens = ids(name, "long_ids");
+        let run = |accelerator: &'static str| {
+            let npu = npu(&loaded, name, NpuOptions { accelerator, ..Default::default() });
+            npu.forward(&tokens, &mut m.new_cache(tokens.len()), Logits::All).unwrap()
+        };
+        let (reference, ort) = (run("ref"), run("ort-cpu"));
+        assert_eq!(common::max_abs_diff(&reference, &ort), 0.0, "{name}");
+    }
+}

@@ -11,6 +11,7 @@
 //! costs nothing. A new accelerator is one module here plus a line in `ACCELERATORS`.
 
 pub mod cpu;
+pub mod onnx;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -91,7 +92,10 @@ pub type Maker = fn() -> Result<Box<dyn Accelerator>>;
 
 /// The accelerators this build knows, by the name `--accelerator` takes. A new accelerator is a
 /// module here and a line in this table.
-pub static ACCELERATORS: &[(&str, Maker)] = &[("ref", || Ok(Box::new(cpu::CpuAccelerator::default())))];
+pub static ACCELERATORS: &[(&str, Maker)] = &[
+    ("ref", || Ok(Box::new(cpu::CpuAccelerator::default()))),
+    ("ort-cpu", || Ok(Box::new(onnx::OrtCpu::new()?))),
+];
 
 /// The accelerator called `name` (see `ACCELERATORS`).
 pub fn by_name(name: &str) -> Result<Box<dyn Accelerator>> {

@@ -75,6 +75,11 @@ pub struct ModelArgs {
 /// Options of the npu backend only (the f32 backend refuses them).
 #[derive(Args, Clone, Default, PartialEq)]
 pub struct NpuArgs {
+    /// npu: what runs the accelerator graphs: ref (the CPU reference accelerator, our int8
+    /// kernels) or ort-cpu (ONNX Runtime's CPU execution provider; needs ORT_DYLIB_PATH, see
+    /// README "ONNX Runtime") [default: ref]
+    #[arg(long, value_name = "NAME")]
+    pub accelerator: Option<String>,
     /// npu: calibration file from `llm-npu calibrate` [default: the one beside the model, else a
     /// quick calibration on random tokens]; with `inspect`, print what the npu backend makes of it
     #[arg(long)]
@@ -117,7 +122,7 @@ impl ModelArgs {
     /// The engine these flags ask for, with the backend given (eval and demo build several).
     pub fn engine_options_for(&self, backend: BackendArg) -> Result<EngineOptions> {
         if backend == BackendArg::F32 && self.npu != NpuArgs::default() {
-            bail!("--calibration, --per-tensor-weights, --no-smaller-chunks and the shadow options apply to --backend npu");
+            bail!("--accelerator, --calibration, --per-tensor-weights, --no-smaller-chunks and the shadow options apply to --backend npu");
         }
         Ok(EngineOptions {
             backend: backend.into(),
@@ -130,7 +135,13 @@ impl ModelArgs {
 
 impl NpuArgs {
     pub fn options(&self) -> Result<NpuOptions> {
+        let name = self.accelerator.as_deref().unwrap_or(NpuOptions::default().accelerator);
+        let Some(&(accelerator, _)) = llm_npu::accel::ACCELERATORS.iter().find(|(n, _)| *n == name) else {
+            let known: Vec<&str> = llm_npu::accel::ACCELERATORS.iter().map(|(n, _)| *n).collect();
+            bail!("--accelerator {name}: unknown (known: {})", known.join(", "));
+        };
         Ok(NpuOptions {
+            accelerator,
             smaller_chunks: !self.no_smaller_chunks,
             weights: if self.per_tensor_weights { WeightGranularity::PerTensor } else { WeightGranularity::PerChannel },
             shadow: self.shadow()?,

@@ -27,3 +27,16 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "lengths differ");
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
+
+/// True when ONNX Runtime is there for the ort-cpu accelerator (`ORT_DYLIB_PATH`, which `.ci/run`
+/// sets after installing it into a venv); otherwise a loud SKIPPED line.
+pub fn onnx_runtime(test: &str) -> bool {
+    if std::env::var_os("ORT_DYLIB_PATH").is_some_and(|p| Path::new(&p).is_file()) {
+        return true;
+    }
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n!!!!!!!! SKIPPED: ORT_DYLIB_PATH does not name libonnxruntime.so (pip install onnxruntime==1.32.0; README \"ONNX Runtime\"); test `{test}` did not run !!!!!!!!\n"
+    );
+    false
+}

@@ -40,6 +40,8 @@ pub const DEFAULT_CHUNK: usize = 256;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct NpuOptions {
+    /// Which accelerator runs the graphs, by its name in `accel::ACCELERATORS`.
+    pub accelerator: &'static str,
     /// Also compile halvings of the chunk size (down to 32) to pad less.
     pub smaller_chunks: bool,
     pub weights: WeightGranularity,
@@ -51,7 +53,7 @@ pub struct NpuOptions {
 
 impl Default for NpuOptions {
     fn default() -> Self {
-        NpuOptions { smaller_chunks: true, weights: WeightGranularity::PerChannel, shadow: ShadowOptions::default(), executors: None }
+        NpuOptions { accelerator: "ref", smaller_chunks: true, weights: WeightGranularity::PerChannel, shadow: ShadowOptions::default(), executors: None }
     }
 }
 
@@ -158,7 +160,7 @@ impl NpuEngine {
         Ok(NpuEngine {
             loaded,
             layers,
-            accel: accel::by_name("ref")?,
+            accel: accel::by_name(opts.accelerator)?,
             graphs: Mutex::new(HashMap::new()),
             stats: Mutex::new(GraphStats::default()),
             cpu_kernel: best_kernel(),
