@@ -104,6 +104,9 @@ impl Accelerator for OrtCpu {
         let builder = Session::builder(self.env).map_err(ort_err(what()))?;
         let builder = builder.with_devices(devices, None).map_err(ort_err(what()))?;
         let builder = builder.with_intra_threads(threads).map_err(ort_err(what()))?;
+        // Our own threads (attention, shadow work) share the cores: ONNX Runtime's workers must
+        // sleep between graphs instead of spinning.
+        let builder = builder.with_intra_op_spinning(false).map_err(ort_err(what()))?;
         // Keeps MatMul + bias apart, so the quantized MatMul becomes an integer matmul instead of
         // a float Gemm over weights dequantized on every run.
         let builder = builder.with_disabled_optimizers("MatMulAddFusion").map_err(ort_err(what()))?;
