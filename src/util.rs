@@ -49,6 +49,13 @@ pub fn beside_model(model: &Path, what: &str) -> PathBuf {
     }
 }
 
+/// A folder of llm-npu's own beside a model (`<folder>/llm-npu-<what>/` for an HF folder,
+/// `<file>.llm-npu-<what>/` beside a single-file model); not created here.
+pub fn beside_model_dir(model: &Path, what: &str) -> PathBuf {
+    let file = beside_model(model, what);
+    file.with_extension("")
+}
+
 /// Where long work (loading, quantizing, calibrating, benchmarking) reports its progress. The
 /// library never draws anything itself; the CLI shows bars, tests and the server stay silent.
 pub trait Progress: Sync {

@@ -300,3 +300,26 @@ fn a_missing_onnx_runtime_or_unknown_accelerator_is_one_line() {
     assert!(e.contains("config.json") && e.contains("ONNX Runtime"), "{e}");
     assert!(npu_logits_error(&["--accelerator", "tpu"]).contains("--accelerator tpu"));
 }
+
+#[test]
+fn a_missing_qnn_execution_provider_is_one_line() {
+    let Some(dylib) = std::env::var_os("ORT_DYLIB_PATH") else {
+        // Straight to the stderr handle: libtest captures eprintln! of passing tests.
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "\n!!!!!!!! SKIPPED: ORT_DYLIB_PATH is not set; test `a_missing_qnn_execution_provider_is_one_line` did not run !!!!!!!!\n");
+        return;
+    };
+    let m = fixtures().join("llama-gqa");
+    let out = out_path("qnn");
+    let o = Command::new(env!("CARGO_BIN_EXE_llm-npu"))
+        .args(logits_args(m.to_str().unwrap(), "1,2", &out))
+        .args(["--backend", "npu", "--accelerator", "qnn"])
+        .env("ORT_DYLIB_PATH", dylib)
+        .env("LLM_NPU_QNN_DIR", "/nonexistent/qnn")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert!(lines.len() == 1 && lines[0].contains("/nonexistent/qnn") && lines[0].contains("pip install onnxruntime-qnn"), "{stderr}");
+}

@@ -143,3 +143,53 @@ fn shadow_execution_recovers_what_w8a8_loses_on_the_trained_model() {
     assert!(on.mean_kld * 3.0 <= off.mean_kld, "shadow KL {} vs {} without", on.mean_kld, off.mean_kld);
     assert!(on.top1_agreement >= 0.96 && on.mean_kld <= 0.006 && on.ppl_ratio <= 1.01, "{on:?}");
 }
+
+#[test]
+fn qnn_prefill_agrees_with_the_reference_accelerator_on_the_trained_model() {
+    // QNN's HTP (emulated) prefills the prompt with 8-bit graph outputs; decode then runs on the
+    // CPU exactly as with the reference accelerator. The prefill's next-token predictions must
+    // mostly agree with the reference's, and from BOS (a one-token prompt: decode only) the
+    // greedy story must be llama2.c's.
+    use llm_npu::engine::{self, BackendKind, CalibrationSource, EngineOptions, NpuOptions};
+    let test = "qnn_prefill_agrees_with_the_reference_accelerator_on_the_trained_model";
+    let Some(models) = common::shared_models(test) else { return };
+    if !common::onnx_runtime(test) {
+        return;
+    }
+    let loaded = Arc::new(model::load(&models.join("stories260K-gguf/tinyllamas-stories-260k-f32.gguf"), &LoadOptions::default()).unwrap());
+    let m = &loaded.model;
+    let cal = Arc::new(llm_npu::quant::calibration::Calibration::run(m, &self_sampled(&loaded, 2000, 1000), 512, "test".into(), &Silent).unwrap());
+    let cache = std::env::temp_dir().join(format!("llm-npu-stories-qnn-{}", std::process::id()));
+    let engine = |accelerator: &'static str| {
+        let npu = NpuOptions { accelerator, graph_cache: Some(cache.clone()), ..Default::default() };
+        engine::build(&loaded, &EngineOptions { backend: BackendKind::Npu, npu, calibration: CalibrationSource::Given(cal.clone()), ..Default::default() }, &Silent).unwrap()
+    };
+    let (qnn, reference) = (engine("qnn"), engine("ref"));
+    let text = self_sampled(&loaded, 1000, 2000);
+    let mut acc = llm_npu::measure::eval::EvalAccumulator::default();
+    for w in text.chunks(256).filter(|w| w.len() >= 2) {
+        let q = qnn.forward(w, &mut m.new_cache(w.len()), Logits::All).unwrap();
+        let r = reference.forward(w, &mut m.new_cache(w.len()), Logits::All).unwrap();
+        acc.add_window(w, &q, &r, m.config.vocab_size).unwrap();
+    }
+    let r = acc.report().unwrap();
+    eprintln!("stories260K, qnn vs ref accelerator: top-1 {:.4}, KL {:.5}, ppl x{:.4}", r.top1_agreement, r.mean_kld, r.ppl_ratio);
+    assert!(r.top1_agreement >= 0.9 && r.mean_kld <= 0.03, "{r:?}");
+    let story = |e: &dyn llm_npu::engine::Engine| {
+        let opts = llm_npu::generate::GenerateOptions {
+            max_new_tokens: 30,
+            sampling: llm_npu::sampling::SamplingParams { temperature: 0.0, ..Default::default() },
+            stop_tokens: vec![],
+            vocab_limit: None,
+        };
+        let mut ids = Vec::new();
+        llm_npu::generate::generate(e, &[1], &opts, |t| {
+            ids.push(t);
+            Ok(())
+        })
+        .unwrap();
+        ids
+    };
+    assert_eq!(story(qnn.as_ref()), story(reference.as_ref()));
+    let _ = std::fs::remove_dir_all(&cache);
+}

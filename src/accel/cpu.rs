@@ -43,7 +43,7 @@ impl Accelerator for CpuAccelerator {
         // GEMM's epilogue tile by tile, no int32 matrix).
         let memory_bytes = spec.rows * spec.in_features().next_multiple_of(4);
         let graph = CpuGraph { spec: spec.clone(), kernel: self.kernel, busy: self.busy.clone() };
-        Ok((Box::new(graph), CompileReport { time: t0.elapsed(), memory_bytes }))
+        Ok((Box::new(graph), CompileReport { time: t0.elapsed(), from_cache: false, memory_bytes }))
     }
 }
 

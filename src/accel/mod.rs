@@ -33,6 +33,10 @@ pub struct GraphSpec {
     pub input_scale: f32,
     pub linears: Vec<Arc<Int8Linear>>,
     pub residual: bool,
+    /// Per linear, the static scale of its output W x (max |W x| / 127 from calibration), for
+    /// accelerators whose graphs emit 8-bit outputs; None when the calibration has no output
+    /// ranges (files written before they were recorded).
+    pub output_scales: Option<Vec<f32>>,
 }
 
 impl GraphSpec {
@@ -67,6 +71,8 @@ impl GraphSpec {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CompileReport {
     pub time: Duration,
+    /// The graph was loaded from a cache of compiled graphs instead of compiled.
+    pub from_cache: bool,
     /// Bytes of workspace the graph needs at run time (weights are shared, not counted; the CPU
     /// reference accelerator shares one workspace between graphs).
     pub memory_bytes: usize,
@@ -85,23 +91,36 @@ pub trait Accelerator: Send + Sync {
     fn name(&self) -> String;
 
     fn compile(&self, spec: &GraphSpec) -> Result<(Box<dyn CompiledGraph>, CompileReport)>;
+
+    /// Whether its graphs need `GraphSpec::output_scales` (8-bit graph outputs).
+    fn needs_output_ranges(&self) -> bool {
+        false
+    }
+}
+
+/// What an accelerator may need from its engine.
+#[derive(Debug, Clone, Default)]
+pub struct AccelContext {
+    /// A folder of its own beside the model, for compiled graphs kept between runs.
+    pub cache_dir: Option<std::path::PathBuf>,
 }
 
 /// Makes an accelerator (it may fail: a runtime library or device that is not there).
-pub type Maker = fn() -> Result<Box<dyn Accelerator>>;
+pub type Maker = fn(&AccelContext) -> Result<Box<dyn Accelerator>>;
 
 /// The accelerators this build knows, by the name `--accelerator` takes. A new accelerator is a
 /// module here and a line in this table.
 pub static ACCELERATORS: &[(&str, Maker)] = &[
-    ("ref", || Ok(Box::new(cpu::CpuAccelerator::default()))),
-    ("ort-cpu", || Ok(Box::new(onnx::OrtCpu::new()?))),
+    ("ref", |_| Ok(Box::new(cpu::CpuAccelerator::default()))),
+    ("ort-cpu", |_| Ok(Box::new(onnx::OrtAccelerator::cpu()?))),
+    ("qnn", |cx| Ok(Box::new(onnx::OrtAccelerator::qnn(cx)?))),
 ];
 
 /// The accelerator called `name` (see `ACCELERATORS`).
-pub fn by_name(name: &str) -> Result<Box<dyn Accelerator>> {
+pub fn by_name(name: &str, cx: &AccelContext) -> Result<Box<dyn Accelerator>> {
     let Some((_, make)) = ACCELERATORS.iter().find(|(n, _)| *n == name) else {
         let known: Vec<&str> = ACCELERATORS.iter().map(|(n, _)| *n).collect();
         return Err(Error::Input(format!("unknown accelerator '{name}' (known: {})", known.join(", "))));
     };
-    make()
+    make(cx)
 }

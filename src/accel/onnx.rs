@@ -4,19 +4,31 @@
 //!
 //! ```text
 //! x_q (uint8 [rows, k], zero point 128) -> DequantizeLinear(input scale)
-//! w_i (int8 [k, n_i]) -> DequantizeLinear(per-column scales, axis 1) -> MatMul -> + bias -> (+ residual) -> y_i
+//! w_i (int8 [k, n_i]) -> DequantizeLinear(per-column scales, axis 1) -> MatMul
+//!     [qnn: -> QuantizeLinear / DequantizeLinear (uint8, static output scale)] -> + bias -> (+ residual) -> y_i
 //! ```
 //!
-//! The input is quantized here with the same rounding as every int8 path of ours (round half to
-//! even, clipped to -127..=127, stored +128): an int8 QuantizeLinear inside the graph would
-//! produce -128 where ours clips at -127, and the uint8 form is what NPU execution providers take.
-//! ONNX Runtime's CPU provider fuses the pattern into an integer matmul (MatMulIntegerToFloat),
-//! as long as its MatMulAddFusion does not first turn MatMul + bias into a float Gemm: that
-//! optimizer is disabled. The result equals the CPU reference accelerator's bit for bit.
+//! The input is quantized here with the rounding of every int8 path of ours (round half to even,
+//! clipped to -127..=127, stored +128): an int8 QuantizeLinear inside the graph would produce
+//! -128 where ours clips at -127, and QNN's HTP does not round exactly like that.
+//!
+//! - `ort-cpu`, ONNX Runtime's CPU execution provider: it fuses the pattern into an integer matmul
+//!   (MatMulIntegerToFloat), as long as its MatMulAddFusion does not first turn MatMul + bias
+//!   into a float Gemm; that optimizer is disabled. The result equals the CPU reference
+//!   accelerator's bit for bit.
+//! - `qnn`, Qualcomm's QNN execution provider with its HTP (Hexagon NPU) backend, CPU fallback
+//!   disabled so nothing silently runs elsewhere. HTP takes a quantized matmul only with a
+//!   quantized output, so each linear's output W x is requantized to uint8 with the static scale
+//!   calibration recorded (at most about half an output step of extra error). On x86-64 the HTP
+//!   backend is Qualcomm's emulation: real numerics, meaningless timings. Compiled graphs are
+//!   kept as EP-context files in a folder beside the model and loaded instead of compiled on the
+//!   next run (the paper's "build once": 450 ms + 3.3 s per graph on a phone).
 //!
 //! Finding the runtime: `ORT_DYLIB_PATH` names `libonnxruntime.so` (PyPI's `onnxruntime` wheel
-//! ships it as `onnxruntime/capi/libonnxruntime.so.<version>`).
+//! ships it as `onnxruntime/capi/libonnxruntime.so.<version>`); QNN's libraries are looked for in
+//! `LLM_NPU_QNN_DIR`, else in the `onnxruntime_qnn` package beside that `onnxruntime`.
 
+use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
 use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
@@ -28,14 +40,15 @@ use ort::operator::Attribute;
 use ort::session::Session;
 use ort::value::{Outlet, PrimitiveTensorElementType, Shape, SymbolicDimensions, Tensor, TensorElementType, TensorRef, ValueType};
 
-use super::{Accelerator, CompileReport, CompiledGraph, GraphSpec};
+use super::{AccelContext, Accelerator, CompileReport, CompiledGraph, GraphSpec};
 use crate::error::{Error, Result};
 use crate::kernels::quantize::quantize_row_offset;
 
 const CPU_EP: &str = "CPUExecutionProvider";
+const QNN_EP: &str = "QNNExecutionProvider";
 /// The ONNX Runtime this code was written against (PyPI `onnxruntime`).
 pub const TESTED_VERSION: &str = "1.32.0";
-const INSTALL: &str = "python3 -m venv ~/.venv-ort && ~/.venv-ort/bin/pip install onnxruntime==1.32.0, then ORT_DYLIB_PATH=$(echo ~/.venv-ort/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.*)";
+const INSTALL: &str = "python3 -m venv ~/.venv-ort && ~/.venv-ort/bin/pip install onnxruntime==1.32.0 onnxruntime-qnn==2.7.0, then ORT_DYLIB_PATH=$(echo ~/.venv-ort/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.*)";
 
 /// The path of the ONNX Runtime library, from `ORT_DYLIB_PATH`.
 pub fn runtime_library() -> Result<PathBuf> {
@@ -48,36 +61,123 @@ pub fn runtime_library() -> Result<PathBuf> {
     Ok(path)
 }
 
+/// Error lines from ONNX Runtime's log since the last `take_log`: a refused graph's status only
+/// says that nodes would fall back to the CPU; the reason is in the log.
+static LOG: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+fn take_log() -> String {
+    let lines = std::mem::take(&mut *LOG.lock().unwrap());
+    if lines.is_empty() {
+        String::new()
+    } else {
+        format!(" [{}]", lines.join(" | "))
+    }
+}
+
 /// The process's one ONNX Runtime environment (ONNX Runtime allows one), made on first use.
 fn environment() -> Result<&'static Environment> {
+    use ort::logging::LogLevel;
     static ENV: OnceLock<std::result::Result<Environment, String>> = OnceLock::new();
     let env = ENV.get_or_init(|| {
         let lib = runtime_library().map_err(|e| e.to_string())?;
         let builder = ort::init_from(&lib).map_err(|e| format!("loading ONNX Runtime from {}: {}", lib.display(), one_line(&e)))?;
-        builder.with_name("llm-npu").with_telemetry(false).build().map_err(|e| format!("starting ONNX Runtime: {}", one_line(&e)))
+        let logger: ort::logging::LoggerFunction = std::sync::Arc::new(|level: LogLevel, _category: &str, _id: &str, _location: &str, msg: &str| {
+            let keep = if matches!(level, LogLevel::Error | LogLevel::Fatal) {
+                Some(msg)
+            } else {
+                // QNN's reasons for refusing a node, and its backend's errors, come at lower levels.
+                msg.find("REASON :").or_else(|| msg.find("<E> ")).map(|at| &msg[at..])
+            };
+            if let Some(line) = keep {
+                let line = one_line(&line.lines().next().unwrap_or_default());
+                let mut log = LOG.lock().unwrap();
+                if log.len() < 8 && !log.contains(&line) {
+                    log.push(line);
+                }
+            }
+        });
+        builder.with_name("llm-npu").with_telemetry(false).with_logger(logger).build().map_err(|e| format!("starting ONNX Runtime: {}", one_line(&e)))
     });
     env.as_ref().map_err(|e| Error::Runtime(e.clone()))
 }
 
-fn one_line(e: &dyn std::fmt::Display) -> String {
+/// Runs `f` with the process's stdout pointed at stderr. QNN's HTP library prints a banner
+/// ("# LIBNATIVE: ...") on stdout when it loads; stdout carries the generated text. C's buffered
+/// output is flushed before stdout is restored, so the banner cannot leak out later.
+fn stdout_to_stderr<T>(f: impl FnOnce() -> T) -> T {
+    // SAFETY: plain descriptor calls; every descriptor opened here is closed, and stdout is
+    // restored even when `f` fails (it returns, it does not unwind across this frame's fds
+    // without restoring below: a panic would leave stdout on stderr, which loses no data).
+    unsafe {
+        let saved = libc::dup(1);
+        if saved < 0 {
+            return f();
+        }
+        libc::dup2(2, 1);
+        let out = f();
+        libc::fflush(std::ptr::null_mut());
+        libc::dup2(saved, 1);
+        libc::close(saved);
+        out
+    }
+}
+
+/// QNN's libraries: the execution provider plugin and the HTP backend.
+struct QnnLibraries {
+    plugin: PathBuf,
+    htp: PathBuf,
+}
+
+fn qnn_libraries() -> Result<QnnLibraries> {
+    let dir = match std::env::var_os("LLM_NPU_QNN_DIR") {
+        Some(d) => PathBuf::from(d),
+        // <site-packages>/onnxruntime/capi/libonnxruntime.so -> <site-packages>/onnxruntime_qnn
+        None => runtime_library()?.ancestors().nth(3).map(|sp| sp.join("onnxruntime_qnn")).unwrap_or_default(),
+    };
+    let libs = QnnLibraries { plugin: dir.join("libonnxruntime_providers_qnn.so"), htp: dir.join("libQnnHtp.so") };
+    if !libs.plugin.is_file() || !libs.htp.is_file() {
+        return Err(Error::Runtime(format!(
+            "QNN execution provider not found in {} (libonnxruntime_providers_qnn.so, libQnnHtp.so): pip install onnxruntime-qnn==2.7.0 beside onnxruntime, or set LLM_NPU_QNN_DIR",
+            dir.display()
+        )));
+    }
+    Ok(libs)
+}
+
+/// Registers QNN's execution provider with the environment (once) and returns the HTP backend.
+fn register_qnn(env: &'static Environment) -> Result<PathBuf> {
+    static QNN: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
+    let htp = QNN.get_or_init(|| {
+        let libs = qnn_libraries().map_err(|e| e.to_string())?;
+        stdout_to_stderr(|| env.register_ep_library(QNN_EP, &libs.plugin)).map_err(|e| format!("loading {}: {}{}", libs.plugin.display(), one_line(&e), take_log()))?;
+        Ok(libs.htp)
+    });
+    htp.clone().map_err(Error::Runtime)
+}
+
+fn one_line(e: &impl std::fmt::Display) -> String {
     e.to_string().lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ")
 }
 
 /// Turns an ONNX Runtime error into ours, saying what was being done.
 fn ort_err<T>(what: String) -> impl Fn(ort::Error<T>) -> Error {
-    move |e| Error::Runtime(format!("ONNX Runtime: {what}: {}", one_line(&e)))
+    move |e| Error::Runtime(format!("ONNX Runtime: {what}: {}{}", one_line(&e), take_log()))
 }
 
-/// ONNX Runtime's CPU execution provider: a portable yardstick for our int8 kernels, and the same
-/// graphs an NPU execution provider would take.
-pub struct OrtCpu {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Provider {
+    Cpu,
+    QnnHtp,
+}
+
+/// An accelerator on one of ONNX Runtime's execution providers.
+pub struct OrtAccelerator {
     env: &'static Environment,
-}
-
-impl OrtCpu {
-    pub fn new() -> Result<Self> {
-        Ok(OrtCpu { env: environment()? })
-    }
+    provider: Provider,
+    /// QNN: the HTP backend library.
+    htp: PathBuf,
+    /// QNN: where compiled graphs are kept (EP-context files).
+    cache_dir: Option<PathBuf>,
 }
 
 struct OrtGraph {
@@ -86,34 +186,114 @@ struct OrtGraph {
     session: Mutex<Session>,
 }
 
-impl Accelerator for OrtCpu {
+impl OrtAccelerator {
+    /// ONNX Runtime's CPU execution provider: a portable yardstick for our int8 kernels, on the
+    /// same graphs an NPU execution provider takes.
+    pub fn cpu() -> Result<Self> {
+        Ok(OrtAccelerator { env: environment()?, provider: Provider::Cpu, htp: PathBuf::new(), cache_dir: None })
+    }
+
+    /// Qualcomm's QNN execution provider on its HTP backend (emulated on x86-64).
+    pub fn qnn(cx: &AccelContext) -> Result<Self> {
+        let env = environment()?;
+        let htp = register_qnn(env)?;
+        if !env.devices().any(|d| d.ep().is_ok_and(|e| e == QNN_EP)) {
+            return Err(Error::Runtime(format!("the QNN execution provider offers no device{}", take_log())));
+        }
+        Ok(OrtAccelerator { env, provider: Provider::QnnHtp, htp, cache_dir: cx.cache_dir.clone() })
+    }
+
+    fn session_builder(&self, what: &dyn Fn() -> String) -> Result<ort::session::builder::SessionBuilder> {
+        let ep = match self.provider {
+            Provider::Cpu => CPU_EP,
+            Provider::QnnHtp => QNN_EP,
+        };
+        let devices: Vec<_> = self.env.devices().filter(|d| d.ep().is_ok_and(|e| e == ep)).collect();
+        if devices.is_empty() {
+            return Err(Error::Runtime(format!("ONNX Runtime offers no {ep} device")));
+        }
+        let builder = Session::builder(self.env).map_err(ort_err(what()))?;
+        match self.provider {
+            Provider::Cpu => {
+                let builder = builder.with_devices(devices, None).map_err(ort_err(what()))?;
+                let builder = builder.with_intra_threads(rayon::current_num_threads()).map_err(ort_err(what()))?;
+                // Our own threads (attention, shadow work) share the cores: ONNX Runtime's workers
+                // must sleep between graphs instead of spinning.
+                let builder = builder.with_intra_op_spinning(false).map_err(ort_err(what()))?;
+                // Keeps MatMul + bias apart, so the quantized MatMul becomes an integer matmul
+                // instead of a float Gemm over weights dequantized on every run.
+                builder.with_disabled_optimizers("MatMulAddFusion").map_err(ort_err(what()))
+            }
+            Provider::QnnHtp => {
+                // Nothing may silently run on the CPU: a node HTP refuses is an error.
+                let builder = builder.with_config_entry("session.disable_cpu_ep_fallback", "1").map_err(ort_err(what()))?;
+                let options = vec![(format!("{QNN_EP}.backend_path"), self.htp.to_string_lossy().into_owned())];
+                builder.with_devices(devices, Some(&options)).map_err(ort_err(what()))
+            }
+        }
+    }
+
+    /// The EP-context file of a graph: named by its place and a hash of everything in it, so a
+    /// new calibration or quantization never loads a stale graph.
+    fn cache_file(&self, spec: &GraphSpec) -> Option<PathBuf> {
+        let dir = self.cache_dir.as_ref()?;
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (spec.rows, spec.input_scale.to_bits(), spec.residual).hash(&mut h);
+        spec.output_scales.as_ref().map(|s| s.iter().map(|v| v.to_bits()).collect::<Vec<_>>()).hash(&mut h);
+        for l in &spec.linears {
+            l.int8_rows().hash(&mut h);
+            (0..l.out_features()).map(|j| l.scale(j).to_bits()).collect::<Vec<_>>().hash(&mut h);
+            l.bias.as_ref().map(|b| b.iter().map(|v| v.to_bits()).collect::<Vec<_>>()).hash(&mut h);
+        }
+        Some(dir.join(format!("{}-{:016x}_ctx.onnx", spec.name, h.finish())))
+    }
+}
+
+impl Accelerator for OrtAccelerator {
     fn name(&self) -> String {
-        "ONNX Runtime, CPU execution provider".into()
+        match self.provider {
+            Provider::Cpu => "ONNX Runtime, CPU execution provider".into(),
+            Provider::QnnHtp => "ONNX Runtime, QNN execution provider, HTP backend (Qualcomm's x86-64 emulation here: real numerics, meaningless timings)".into(),
+        }
+    }
+
+    fn needs_output_ranges(&self) -> bool {
+        self.provider == Provider::QnnHtp
     }
 
     fn compile(&self, spec: &GraphSpec) -> Result<(Box<dyn CompiledGraph>, CompileReport)> {
         let t0 = Instant::now();
         spec.validate()?;
-        let model = linear_graph(spec).map_err(ort_err(format!("building graph {}", spec.name)))?;
-        let devices: Vec<_> = self.env.devices().filter(|d| d.ep().is_ok_and(|e| e == CPU_EP)).collect();
-        if devices.is_empty() {
-            return Err(Error::Runtime(format!("ONNX Runtime offers no {CPU_EP} device")));
+        let quantized_output = self.provider == Provider::QnnHtp;
+        if quantized_output && spec.output_scales.is_none() {
+            return Err(Error::Runtime(format!(
+                "graph {}: QNN needs the output ranges of the linears, which this calibration lacks: run `llm-npu calibrate` again",
+                spec.name
+            )));
         }
-        let threads = rayon::current_num_threads();
         let what = || format!("compiling graph {}", spec.name);
-        let builder = Session::builder(self.env).map_err(ort_err(what()))?;
-        let builder = builder.with_devices(devices, None).map_err(ort_err(what()))?;
-        let builder = builder.with_intra_threads(threads).map_err(ort_err(what()))?;
-        // Our own threads (attention, shadow work) share the cores: ONNX Runtime's workers must
-        // sleep between graphs instead of spinning.
-        let builder = builder.with_intra_op_spinning(false).map_err(ort_err(what()))?;
-        // Keeps MatMul + bias apart, so the quantized MatMul becomes an integer matmul instead of
-        // a float Gemm over weights dequantized on every run.
-        let builder = builder.with_disabled_optimizers("MatMulAddFusion").map_err(ort_err(what()))?;
-        let session = model.into_session(&builder).map_err(ort_err(what()))?;
+        let mut builder = self.session_builder(&what)?;
+        // Kept graphs are an optimization: an unwritable folder (a read-only model store) only
+        // means compiling every time.
+        let cache = self.cache_file(spec).filter(|file| file.is_file() || file.parent().is_some_and(|d| std::fs::create_dir_all(d).is_ok()));
+        let (session, from_cache) = match &cache {
+            Some(file) if file.is_file() => (stdout_to_stderr(|| builder.commit_from_file(file)).map_err(ort_err(format!("loading compiled graph {}", file.display())))?, true),
+            _ => {
+                let builder = match &cache {
+                    Some(file) => {
+                        let builder = builder.with_config_entry("ep.context_enable", "1").map_err(ort_err(what()))?;
+                        let builder = builder.with_config_entry("ep.context_embed_mode", "0").map_err(ort_err(what()))?;
+                        builder.with_config_entry("ep.context_file_path", file.to_string_lossy()).map_err(ort_err(what()))?
+                    }
+                    None => builder,
+                };
+                let model = linear_graph(spec, quantized_output).map_err(ort_err(format!("building graph {}", spec.name)))?;
+                (stdout_to_stderr(|| model.into_session(&builder)).map_err(ort_err(what()))?, false)
+            }
+        };
         let memory_bytes = spec.rows * spec.in_features() + spec.linears.iter().map(|l| l.in_features() * l.out_features()).sum::<usize>();
         let graph = OrtGraph { spec: spec.clone(), session: Mutex::new(session) };
-        Ok((Box::new(graph), CompileReport { time: t0.elapsed(), memory_bytes }))
+        Ok((Box::new(graph), CompileReport { time: t0.elapsed(), from_cache, memory_bytes }))
     }
 }
 
@@ -156,8 +336,9 @@ fn initializer<T: PrimitiveTensorElementType + Copy + std::fmt::Debug>(g: &mut G
     g.add_initializer(name, t, false)
 }
 
-/// The ONNX graph of `spec` (see the module comment).
-fn linear_graph(spec: &GraphSpec) -> ort::Result<Model> {
+/// The ONNX graph of `spec` (see the module comment); with `quantized_output` each W x is
+/// requantized to uint8 with its static output scale.
+fn linear_graph(spec: &GraphSpec, quantized_output: bool) -> ort::Result<Model> {
     let (rows, k) = (spec.rows, spec.in_features());
     let mut g = Graph::new()?;
     let mut inputs = vec![Outlet::new("x_q", tensor_type(TensorElementType::Uint8, &[rows, k]))];
@@ -183,8 +364,16 @@ fn linear_graph(spec: &GraphSpec) -> ort::Result<Model> {
         initializer(&mut g, &ws, &[n], &(0..n).map(|j| lin.scale(j)).collect::<Vec<f32>>())?;
         initializer(&mut g, &wz, &[n], &vec![0i8; n])?;
         g.add_node(Node::new("DequantizeLinear", ONNX_DOMAIN, format!("dq_w{i}"), [w.as_str(), ws.as_str(), wz.as_str()], [wd.as_str()], [Attribute::new("axis", 1i64)?])?)?;
-        // MatMul, then the bias, then the residual, each to the next name; the last one is y_i.
+        // MatMul, [the output's Q/DQ,] the bias, the residual, each to the next name; the last
+        // one is y_i.
         let mut steps: Vec<(&str, String)> = vec![("MatMul", wd.clone())];
+        if quantized_output {
+            let (os, oz) = (format!("y{i}_scale"), format!("y{i}_zp"));
+            initializer(&mut g, &os, &[], &[spec.output_scales.as_ref().expect("checked by compile")[i]])?;
+            initializer(&mut g, &oz, &[], &[128u8])?;
+            steps.push(("QuantizeLinear", format!("{os},{oz}")));
+            steps.push(("DequantizeLinear", format!("{os},{oz}")));
+        }
         if let Some(b) = &lin.bias {
             let bn = format!("b{i}");
             initializer(&mut g, &bn, &[n], b)?;
@@ -194,9 +383,10 @@ fn linear_graph(spec: &GraphSpec) -> ort::Result<Model> {
             steps.push(("Add", "residual".into()));
         }
         let mut current = "x".to_string();
-        for (s, (op, operand)) in steps.iter().enumerate() {
+        for (s, (op, operands)) in steps.iter().enumerate() {
             let out = if s + 1 == steps.len() { y.clone() } else { format!("t{i}_{s}") };
-            g.add_node(Node::new(*op, ONNX_DOMAIN, format!("{op}{i}_{s}"), [current.as_str(), operand.as_str()], [out.as_str()], [])?)?;
+            let inputs: Vec<&str> = std::iter::once(current.as_str()).chain(operands.split(',')).collect();
+            g.add_node(Node::new(*op, ONNX_DOMAIN, format!("{op}{i}_{s}"), inputs, [out.as_str()], [])?)?;
             current = out;
         }
     }

@@ -76,10 +76,15 @@ pub struct ModelArgs {
 #[derive(Args, Clone, Default, PartialEq)]
 pub struct NpuArgs {
     /// npu: what runs the accelerator graphs: ref (the CPU reference accelerator, our int8
-    /// kernels) or ort-cpu (ONNX Runtime's CPU execution provider; needs ORT_DYLIB_PATH, see
-    /// README "ONNX Runtime") [default: ref]
+    /// kernels), ort-cpu (ONNX Runtime's CPU execution provider) or qnn (Qualcomm's QNN HTP, the
+    /// Snapdragon NPU; emulated on x86-64); ort-cpu and qnn need ORT_DYLIB_PATH, see README
+    /// "ONNX Runtime" [default: ref]
     #[arg(long, value_name = "NAME")]
     pub accelerator: Option<String>,
+    /// npu: folder where the accelerator keeps compiled graphs between runs (qnn) [default:
+    /// llm-npu-graphs beside the model; an unwritable folder means compiling every run]
+    #[arg(long, value_name = "DIR")]
+    pub graph_cache: Option<PathBuf>,
     /// npu: calibration file from `llm-npu calibrate` [default: the one beside the model, else a
     /// quick calibration on random tokens]; with `inspect`, print what the npu backend makes of it
     #[arg(long)]
@@ -122,7 +127,7 @@ impl ModelArgs {
     /// The engine these flags ask for, with the backend given (eval and demo build several).
     pub fn engine_options_for(&self, backend: BackendArg) -> Result<EngineOptions> {
         if backend == BackendArg::F32 && self.npu != NpuArgs::default() {
-            bail!("--accelerator, --calibration, --per-tensor-weights, --no-smaller-chunks and the shadow options apply to --backend npu");
+            bail!("--accelerator, --graph-cache, --calibration, --per-tensor-weights, --no-smaller-chunks and the shadow options apply to --backend npu");
         }
         Ok(EngineOptions {
             backend: backend.into(),
@@ -142,6 +147,7 @@ impl NpuArgs {
         };
         Ok(NpuOptions {
             accelerator,
+            graph_cache: self.graph_cache.clone(),
             smaller_chunks: !self.no_smaller_chunks,
             weights: if self.per_tensor_weights { WeightGranularity::PerTensor } else { WeightGranularity::PerChannel },
             shadow: self.shadow()?,

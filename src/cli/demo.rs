@@ -25,6 +25,9 @@ pub struct DemoArgs {
     /// Timed repetitions
     #[arg(short = 'r', long, default_value_t = 3)]
     repetitions: usize,
+    /// What runs the npu backend's graphs: ref, ort-cpu or qnn (see `run --help`) [default: ref]
+    #[arg(long, value_name = "NAME")]
+    accelerator: Option<String>,
 }
 
 pub fn run(a: DemoArgs) -> Result<()> {
@@ -51,11 +54,11 @@ pub fn run(a: DemoArgs) -> Result<()> {
     };
     let loaded = report::load_model(&args)?;
     demo::ensure_calibration(&loaded.model, &dir, &Bar::default())?;
-    let no_shadow_args = ModelArgs { npu: NpuArgs { no_shadow: true, ..NpuArgs::default() }, ..args.clone() };
+    let npu_args = |no_shadow: bool| ModelArgs { npu: NpuArgs { no_shadow, accelerator: a.accelerator.clone(), ..NpuArgs::default() }, ..args.clone() };
     let engines = [
         ("f32 (CPU reference)", report::build_engine(&loaded, &args, BackendArg::F32)?),
-        ("npu, W8A8 without shadow (--no-shadow)", report::build_engine(&loaded, &no_shadow_args, BackendArg::Npu)?),
-        ("npu, W8A8 + shadow outliers (default)", report::build_engine(&loaded, &args, BackendArg::Npu)?),
+        ("npu, W8A8 without shadow (--no-shadow)", report::build_engine(&loaded, &npu_args(true), BackendArg::Npu)?),
+        ("npu, W8A8 + shadow outliers (default)", report::build_engine(&loaded, &npu_args(false), BackendArg::Npu)?),
     ];
     let m = &loaded.model;
     let n = a.n_prompt.min(m.config.max_seq_len);
@@ -82,8 +85,9 @@ pub fn run(a: DemoArgs) -> Result<()> {
         println!("| {label} | {:.1} ± {:.1} | {:.2} s | {accuracy} |", r.tokens_per_s, r.stddev, n as f64 / r.tokens_per_s);
     }
     println!();
-    println!("The npu backend here is the CPU reference accelerator: integer graphs on this machine's cores; the shadow");
-    println!("path computes the clipped activation outliers in float on the CPU at the same time.");
+    let accel = engines[2].1.as_npu().map(|npu| npu.accel.name()).unwrap_or_default();
+    println!("The npu backend's graphs ran on: {accel}. The shadow path computes the clipped activation");
+    println!("outliers in float on the CPU at the same time.");
     println!("Out-of-order subgraph execution: llm-npu bench -m MODEL --ablation (here the accelerator shares the CPU's");
     println!("cores, so it cannot add speed), and llm-npu simulate for a device with a real NPU.");
     println!("Run a real model: llm-npu run -m MODEL -p \"your prompt\" [--backend npu] (MODEL: HF folder, .gguf or llama2.c .bin)");

@@ -124,14 +124,18 @@ pub fn build_engine(loaded: &Arc<LoadedModel>, args: &ModelArgs, backend: Backen
 pub fn engine_report(engine: &dyn Engine, verbose: bool) {
     let (true, Some(n)) = (verbose, engine.as_npu()) else { return };
     let s = n.graph_stats();
+    let cached = if s.from_cache > 0 { format!(", {} of them loaded from kept compiled graphs", s.from_cache) } else { String::new() };
     eprintln!(
-        "npu: {} graphs compiled ({:.1} ms; largest workspace {:.1} MiB, shared), reused {} times; chunk sizes {:?}",
+        "npu: {} graphs compiled ({:.1} ms{cached}; largest workspace {:.1} MiB, shared), reused {} times; chunk sizes {:?}",
         s.compiled,
         s.compile_time.as_secs_f64() * 1e3,
         s.max_workspace_bytes as f64 / (1 << 20) as f64,
         s.reused,
         n.chunk_sizes
     );
+    let ms = |d: Option<std::time::Duration>| d.map_or("-".to_string(), |d| format!("{:.1} ms", d.as_secs_f64() * 1e3));
+    let shapes: Vec<String> = s.per_shape.iter().map(|((group, rows), (compiled, loaded))| format!("{} {rows} rows {} / {}", group.name(), ms(*compiled), ms(*loaded))).collect();
+    eprintln!("npu: per graph shape, first compile / first load of a kept graph: {}", shapes.join(", "));
     let work = n.shadow_work();
     let total = work.iter().fold(ShadowWork::default(), |mut a, &w| {
         a += w;

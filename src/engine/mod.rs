@@ -118,7 +118,7 @@ pub fn build(loaded: &Arc<LoadedModel>, opts: &EngineOptions, progress: &dyn Pro
         BackendKind::F32 => Ok(Box::new(F32Engine::new(loaded.clone(), opts.chunk_size))),
         BackendKind::Npu => {
             let (cal, source) = resolve_calibration(loaded, &opts.calibration, progress)?;
-            Ok(Box::new(NpuEngine::new(loaded.clone(), &cal, source, opts.chunk_size, opts.npu, progress)?))
+            Ok(Box::new(NpuEngine::new(loaded.clone(), &cal, source, opts.chunk_size, &opts.npu, progress)?))
         }
     }
 }

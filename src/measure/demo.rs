@@ -31,11 +31,11 @@ pub fn is_complete(dir: &Path) -> bool {
 /// them often, each time gathering a cold weight column (measured: 3x the cold outliers).
 pub const CALIBRATION_TOKENS: usize = 2048;
 
-/// The demo's calibration file beside its model: kept when it covers `CALIBRATION_TOKENS`, made
-/// again otherwise (an older demo calibrated on fewer). Returns true when it calibrated.
+/// The demo's calibration file beside its model: kept when it covers `CALIBRATION_TOKENS` and has
+/// output ranges, made again otherwise (an older demo's). Returns true when it calibrated.
 pub fn ensure_calibration(model: &Transformer, dir: &Path, progress: &dyn Progress) -> Result<bool> {
     let path = crate::quant::calibration::default_path(dir);
-    if Calibration::load(&path).is_ok_and(|c| c.tokens >= CALIBRATION_TOKENS) {
+    if Calibration::load(&path).is_ok_and(|c| c.tokens >= CALIBRATION_TOKENS && c.has_output_ranges()) {
         return Ok(false);
     }
     progress.note(&format!("calibrating the npu backend on {CALIBRATION_TOKENS} random tokens (once, about a minute)"));

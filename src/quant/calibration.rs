@@ -1,8 +1,11 @@
 //! Calibration: run the float model over representative tokens and record, per linear input,
 //! what the integer path needs. Max |x| and the 99.9th percentile choose the static activation
 //! scale; per-channel maxima and per-channel counts of elements beyond the p99.9 value are what
-//! shadow outlier execution and layer pruning build on. Saved as JSON beside the model.
+//! shadow outlier execution and layer pruning build on. The largest |W x| of every linear gives
+//! the static output scales of accelerators whose graphs emit 8-bit outputs (QNN's HTP). Saved as
+//! JSON beside the model.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
@@ -10,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use super::stats::ActivationStats;
+use crate::model::transformer::{FloatLinears, LinearExecutor};
 use crate::model::{ActivationObserver, LinearGroup, Logits, Transformer};
 use crate::util::Progress;
 
@@ -25,6 +29,10 @@ pub struct PointCalibration {
     pub channel_max: Vec<f32>,
     /// per channel: elements with |x| above `p999`
     pub outlier_counts: Vec<u32>,
+    /// per linear of the group, in output order: the largest |W x| (bias and residual not
+    /// included). Empty in files written before output ranges were recorded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub output_max: Vec<f32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -55,6 +63,32 @@ impl ActivationObserver for OutlierCounter {
     }
 }
 
+/// The float linears, recording the largest |W x| of every linear they run.
+struct OutputRanges<'m> {
+    model: &'m Transformer,
+    max: RefCell<HashMap<(usize, LinearGroup), Vec<f32>>>,
+}
+
+impl LinearExecutor for OutputRanges<'_> {
+    fn run(&self, layer: usize, group: LinearGroup, input: &[f32], m: usize, outputs: &mut [&mut [f32]]) -> Result<()> {
+        // A residual group adds into its output: W x is what changed.
+        let before = group.adds_to_residual().then(|| outputs[0].to_vec());
+        FloatLinears(self.model).run(layer, group, input, m, outputs)?;
+        let linears = self.model.layers[layer].linears(group);
+        let mut all = self.max.borrow_mut();
+        let maxes = all.entry((layer, group)).or_insert_with(|| vec![0.0; linears.len()]);
+        for ((out, lin), max) in outputs.iter().zip(&linears).zip(maxes.iter_mut()) {
+            let n = lin.out_features();
+            let bias = lin.bias.as_ref().map(|b| b.data());
+            for (i, &y) in out.iter().enumerate() {
+                let wx = y - before.as_ref().map_or(0.0, |b| b[i]) - bias.map_or(0.0, |b| b[i % n]);
+                *max = max.max(wx.abs());
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Calibration {
     /// Calibrates on `tokens`, run in windows of at most `window` tokens (progress: windows over
     /// both passes).
@@ -69,10 +103,12 @@ impl Calibration {
         let total = 2 * windows.len() as u64;
         progress.start("calibrating", "passes", total);
         let mut stats = ActivationStats::default();
+        let outputs = OutputRanges { model, max: RefCell::default() };
         for w in &windows {
-            model.forward_observed(w, &mut model.new_cache(w.len()), Logits::Last, Some(&mut stats))?;
+            model.hidden_states(&outputs, w, &mut model.new_cache(w.len()), Some(&mut stats))?;
             progress.step();
         }
+        let mut output_max = outputs.max.into_inner();
         let thresholds = stats.points.iter().map(|(k, ps)| (*k, ps.percentile(0.999))).collect();
         let mut counter = OutlierCounter { thresholds, counts: HashMap::new() };
         for w in &windows {
@@ -96,6 +132,7 @@ impl Calibration {
                 p999: counter.thresholds[&key],
                 channel_max: ps.channel_max.clone(),
                 outlier_counts: counter.counts.remove(&key).unwrap_or_default(),
+                output_max: output_max.remove(&key).unwrap_or_default(),
             })
             .collect();
         Ok(Calibration { version: FORMAT_VERSION, source, tokens: tokens.len(), points })
@@ -106,6 +143,11 @@ impl Calibration {
     pub fn on_random_tokens(model: &Transformer, n: usize, seed: u64, progress: &dyn Progress) -> Result<Self> {
         let tokens = crate::util::random_tokens(model.config.vocab_size, n, seed);
         Self::run(model, &tokens, 512, format!("random tokens, seed {seed}"), progress)
+    }
+
+    /// Whether the file records the output ranges of the linears (files before them do not).
+    pub fn has_output_ranges(&self) -> bool {
+        self.points.iter().all(|p| !p.output_max.is_empty())
     }
 
     pub fn save(&self, path: &Path) -> Result<()> {
@@ -136,6 +178,10 @@ impl Calibration {
                 let width = group.in_features(c);
                 if p.channel_max.len() != width || p.outlier_counts.len() != width {
                     return Err(Error::field(path, field(), format!("{} channels, the model has {width}: the calibration is for another model", p.channel_max.len())));
+                }
+                let outputs = group.out_features(c).len();
+                if !p.output_max.is_empty() && (p.output_max.len() != outputs || p.output_max.iter().any(|v| !v.is_finite() || *v < 0.0)) {
+                    return Err(Error::field(path, field(), format!("output ranges: {} values for {outputs} linears, or not finite", p.output_max.len())));
                 }
                 if !(p.max_abs.is_finite() && p.max_abs >= 1e-30 && p.p999.is_finite() && p.p999 >= 0.0) {
                     return Err(Error::field(path, field(), format!("unusable values (max {}, p99.9 {})", p.max_abs, p.p999)));

@@ -211,7 +211,7 @@ mod tests {
             channel_max[c] = v;
         }
         let outlier_counts = channel_max.iter().map(|&m| u32::from(m > p999)).collect();
-        PointCalibration { layer, point: p, max_abs: channel_max.iter().copied().fold(0.0, f32::max), p999, channel_max, outlier_counts }
+        PointCalibration { layer, point: p, max_abs: channel_max.iter().copied().fold(0.0, f32::max), p999, channel_max, outlier_counts, output_max: vec![] }
     }
 
     fn calibration(layers: &[Vec<PointCalibration>]) -> Calibration {

@@ -22,7 +22,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::Engine;
-use crate::accel::{self, Accelerator, CompiledGraph, GraphSpec};
+use crate::accel::{self, AccelContext, Accelerator, CompiledGraph, GraphSpec};
+use crate::kernels::quantize::scale_for;
 use crate::error::{Error, Result};
 use crate::kernels::int8_gemm::{best_kernel, Int8Kernel};
 use crate::model::transformer::LinearExecutor;
@@ -38,10 +39,13 @@ const MIN_CHUNK: usize = 32;
 /// The paper's chunk size, the default.
 pub const DEFAULT_CHUNK: usize = 256;
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct NpuOptions {
     /// Which accelerator runs the graphs, by its name in `accel::ACCELERATORS`.
     pub accelerator: &'static str,
+    /// Where an accelerator keeps compiled graphs between runs [default: a folder beside the
+    /// model, `llm-npu-graphs`].
+    pub graph_cache: Option<std::path::PathBuf>,
     /// Also compile halvings of the chunk size (down to 32) to pad less.
     pub smaller_chunks: bool,
     pub weights: WeightGranularity,
@@ -53,7 +57,7 @@ pub struct NpuOptions {
 
 impl Default for NpuOptions {
     fn default() -> Self {
-        NpuOptions { accelerator: "ref", smaller_chunks: true, weights: WeightGranularity::PerChannel, shadow: ShadowOptions::default(), executors: None }
+        NpuOptions { accelerator: "ref", graph_cache: None, smaller_chunks: true, weights: WeightGranularity::PerChannel, shadow: ShadowOptions::default(), executors: None }
     }
 }
 
@@ -65,6 +69,8 @@ struct NpuLayer {
     scales: [f32; 4],
     /// Per linear group, its shadow work (None: max scale, nothing clipped).
     shadow: [Option<ShadowPoint>; 4],
+    /// Per linear group, the static scales of its outputs, when calibration recorded them.
+    output_scales: [Option<Vec<f32>>; 4],
 }
 
 impl NpuLayer {
@@ -73,11 +79,15 @@ impl NpuLayer {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct GraphStats {
     pub compiled: usize,
     pub reused: usize,
     pub compile_time: Duration,
+    /// Graphs loaded from the accelerator's cache of compiled graphs (counted in `compiled`).
+    pub from_cache: usize,
+    /// First compile and first cached load per graph shape (group, rows).
+    pub per_shape: std::collections::BTreeMap<(LinearGroup, usize), (Option<Duration>, Option<Duration>)>,
     /// The largest workspace one graph needs (the accelerator shares one between graphs).
     pub max_workspace_bytes: usize,
 }
@@ -111,7 +121,7 @@ pub struct NpuEngine {
 impl NpuEngine {
     /// Quantizes the decoder's linear layers (progress: one step per layer) with the static
     /// scales of `cal` (already checked against the model; `calibration` says where it is from).
-    pub fn new(loaded: Arc<LoadedModel>, cal: &Calibration, calibration: String, chunk_size: Option<usize>, opts: NpuOptions, progress: &dyn Progress) -> Result<Self> {
+    pub fn new(loaded: Arc<LoadedModel>, cal: &Calibration, calibration: String, chunk_size: Option<usize>, opts: &NpuOptions, progress: &dyn Progress) -> Result<Self> {
         let t0 = Instant::now();
         let model = &loaded.model;
         let chunk_size = chunk_size.unwrap_or(DEFAULT_CHUNK);
@@ -119,6 +129,15 @@ impl NpuEngine {
             return Err(Error::Input("the chunk size must be at least 1".into()));
         }
         let shadow_plan = ShadowPlan::new(cal, &model.config, opts.shadow)?;
+        // Before quantizing: a missing runtime should not cost the user a minute first.
+        let cache_dir = opts.graph_cache.clone().unwrap_or_else(|| crate::util::beside_model_dir(&loaded.path, "graphs"));
+        let accel = accel::by_name(opts.accelerator, &AccelContext { cache_dir: Some(cache_dir) })?;
+        if accel.needs_output_ranges() && !cal.has_output_ranges() {
+            return Err(Error::Input(format!(
+                "{} needs the output ranges of the linear layers, which this calibration ({calibration}) lacks: run `llm-npu calibrate` again",
+                accel.name()
+            )));
+        }
         let mut layers = Vec::with_capacity(model.layers.len());
         let mut weight_bytes = 0;
         progress.start("quantizing", "layers", model.layers.len() as u64);
@@ -132,6 +151,10 @@ impl NpuEngine {
                         .collect()
                 }),
                 scales: LinearGroup::ALL.map(|g| plan.point(g).scale),
+                output_scales: LinearGroup::ALL.map(|g| {
+                    let max = &cal.point(i, g).expect("calibration checked against the model").output_max;
+                    (!max.is_empty()).then(|| max.iter().map(|&m| scale_for(m)).collect())
+                }),
                 shadow: LinearGroup::ALL.map(|g| {
                     let pp = plan.point(g);
                     let weights: Vec<&crate::tensor::Tensor> = l.linears(g).iter().map(|l| &l.weight).collect();
@@ -160,7 +183,7 @@ impl NpuEngine {
         Ok(NpuEngine {
             loaded,
             layers,
-            accel: accel::by_name(opts.accelerator)?,
+            accel,
             graphs: Mutex::new(HashMap::new()),
             stats: Mutex::new(GraphStats::default()),
             cpu_kernel: best_kernel(),
@@ -188,7 +211,7 @@ impl NpuEngine {
     }
 
     pub fn graph_stats(&self) -> GraphStats {
-        *self.stats.lock().unwrap()
+        self.stats.lock().unwrap().clone()
     }
 
     /// Records the timing of every accelerator graph of the prefills that follow.
@@ -257,6 +280,7 @@ impl NpuEngine {
             input_scale: l.scales[group.index()],
             linears: l.linears[group.index()].clone(),
             residual: group.adds_to_residual(),
+            output_scales: l.output_scales[group.index()].clone(),
         };
         let (g, report) = self.accel.compile(&spec)?;
         let g: Arc<dyn CompiledGraph> = Arc::from(g);
@@ -264,6 +288,10 @@ impl NpuEngine {
         let mut st = self.stats.lock().unwrap();
         st.compiled += 1;
         st.compile_time += report.time;
+        st.from_cache += usize::from(report.from_cache);
+        let shape = st.per_shape.entry((group, rows)).or_default();
+        let first = if report.from_cache { &mut shape.1 } else { &mut shape.0 };
+        first.get_or_insert(report.time);
         st.max_workspace_bytes = st.max_workspace_bytes.max(report.memory_bytes);
         Ok(g)
     }
