@@ -33,10 +33,10 @@ pub struct GraphSpec {
     pub input_scale: f32,
     pub linears: Vec<Arc<Int8Linear>>,
     pub residual: bool,
-    /// Per linear, the static scale of its output W x (max |W x| / 127 from calibration), for
-    /// accelerators whose graphs emit 8-bit outputs; None when the calibration has no output
-    /// ranges (files written before they were recorded).
-    pub output_scales: Option<Vec<f32>>,
+    /// Per linear and output channel, the largest |W x| seen in calibration, for accelerators
+    /// whose graphs emit 8-bit outputs; None when the calibration has no output ranges (files
+    /// written before they were recorded).
+    pub output_ranges: Option<Arc<Vec<Vec<f32>>>>,
 }
 
 impl GraphSpec {
@@ -92,7 +92,7 @@ pub trait Accelerator: Send + Sync {
 
     fn compile(&self, spec: &GraphSpec) -> Result<(Box<dyn CompiledGraph>, CompileReport)>;
 
-    /// Whether its graphs need `GraphSpec::output_scales` (8-bit graph outputs).
+    /// Whether its graphs need `GraphSpec::output_ranges` (8-bit graph outputs).
     fn needs_output_ranges(&self) -> bool {
         false
     }

@@ -5,7 +5,7 @@
 //! ```text
 //! x_q (uint8 [rows, k], zero point 128) -> DequantizeLinear(input scale)
 //! w_i (int8 [k, n_i]) -> DequantizeLinear(per-column scales, axis 1) -> MatMul
-//!     [qnn: -> QuantizeLinear / DequantizeLinear (uint8, static output scale)] -> + bias -> (+ residual) -> y_i
+//!     [qnn: -> QuantizeLinear / DequantizeLinear (uint8) -> x output ranges] -> + bias -> (+ residual) -> y_i
 //! ```
 //!
 //! The input is quantized here with the rounding of every int8 path of ours (round half to even,
@@ -18,8 +18,9 @@
 //!   accelerator's bit for bit.
 //! - `qnn`, Qualcomm's QNN execution provider with its HTP (Hexagon NPU) backend, CPU fallback
 //!   disabled so nothing silently runs elsewhere. HTP takes a quantized matmul only with a
-//!   quantized output, so each linear's output W x is requantized to uint8 with the static scale
-//!   calibration recorded (at most about half an output step of extra error). On x86-64 the HTP
+//!   quantized output, so each linear's output W x is requantized to uint8, per output channel
+//!   in effect: channel j is computed divided by its calibrated range (folded into the weight
+//!   scales) and multiplied back after the output's DequantizeLinear. On x86-64 the HTP
 //!   backend is Qualcomm's emulation: real numerics, meaningless timings. Compiled graphs are
 //!   kept as EP-context files in a folder beside the model and loaded instead of compiled on the
 //!   next run (the paper's "build once": 450 ms + 3.3 s per graph on a phone).
@@ -105,9 +106,8 @@ fn environment() -> Result<&'static Environment> {
 /// ("# LIBNATIVE: ...") on stdout when it loads; stdout carries the generated text. C's buffered
 /// output is flushed before stdout is restored, so the banner cannot leak out later.
 fn stdout_to_stderr<T>(f: impl FnOnce() -> T) -> T {
-    // SAFETY: plain descriptor calls; every descriptor opened here is closed, and stdout is
-    // restored even when `f` fails (it returns, it does not unwind across this frame's fds
-    // without restoring below: a panic would leave stdout on stderr, which loses no data).
+    // SAFETY: plain calls on file descriptors 1 and 2 and one duplicate, closed again. A panic
+    // inside `f` would leave stdout on stderr, which loses nothing.
     unsafe {
         let saved = libc::dup(1);
         if saved < 0 {
@@ -239,7 +239,7 @@ impl OrtAccelerator {
         let dir = self.cache_dir.as_ref()?;
         let mut h = std::collections::hash_map::DefaultHasher::new();
         (spec.rows, spec.input_scale.to_bits(), spec.residual).hash(&mut h);
-        spec.output_scales.as_ref().map(|s| s.iter().map(|v| v.to_bits()).collect::<Vec<_>>()).hash(&mut h);
+        spec.output_ranges.as_ref().map(|r| r.iter().flatten().map(|v| v.to_bits()).collect::<Vec<_>>()).hash(&mut h);
         for l in &spec.linears {
             l.int8_rows().hash(&mut h);
             (0..l.out_features()).map(|j| l.scale(j).to_bits()).collect::<Vec<_>>().hash(&mut h);
@@ -265,7 +265,7 @@ impl Accelerator for OrtAccelerator {
         let t0 = Instant::now();
         spec.validate()?;
         let quantized_output = self.provider == Provider::QnnHtp;
-        if quantized_output && spec.output_scales.is_none() {
+        if quantized_output && spec.output_ranges.is_none() {
             return Err(Error::Runtime(format!(
                 "graph {}: QNN needs the output ranges of the linears, which this calibration lacks: run `llm-npu calibrate` again",
                 spec.name
@@ -276,24 +276,33 @@ impl Accelerator for OrtAccelerator {
         // Kept graphs are an optimization: an unwritable folder (a read-only model store) only
         // means compiling every time.
         let cache = self.cache_file(spec).filter(|file| file.is_file() || file.parent().is_some_and(|d| std::fs::create_dir_all(d).is_ok()));
-        let (session, from_cache) = match &cache {
-            Some(file) if file.is_file() => (stdout_to_stderr(|| builder.commit_from_file(file)).map_err(ort_err(format!("loading compiled graph {}", file.display())))?, true),
-            _ => {
-                let builder = match &cache {
-                    Some(file) => {
-                        let builder = builder.with_config_entry("ep.context_enable", "1").map_err(ort_err(what()))?;
-                        let builder = builder.with_config_entry("ep.context_embed_mode", "0").map_err(ort_err(what()))?;
-                        builder.with_config_entry("ep.context_file_path", file.to_string_lossy()).map_err(ort_err(what()))?
-                    }
-                    None => builder,
-                };
-                let model = linear_graph(spec, quantized_output).map_err(ort_err(format!("building graph {}", spec.name)))?;
-                (stdout_to_stderr(|| model.into_session(&builder)).map_err(ort_err(what()))?, false)
+        if let Some(file) = cache.as_ref().filter(|f| f.is_file()) {
+            match stdout_to_stderr(|| builder.commit_from_file(file)) {
+                Ok(session) => return Ok(self.ready(spec, session, t0, true)),
+                // A kept graph that no longer loads (cut short, another QNN version) is compiled
+                // again and replaced.
+                Err(_) => {
+                    let _ = take_log();
+                    let _ = std::fs::remove_file(file);
+                }
             }
-        };
+        }
+        if let Some(file) = &cache {
+            builder = builder.with_config_entry("ep.context_enable", "1").map_err(ort_err(what()))?;
+            builder = builder.with_config_entry("ep.context_embed_mode", "0").map_err(ort_err(what()))?;
+            builder = builder.with_config_entry("ep.context_file_path", file.to_string_lossy()).map_err(ort_err(what()))?;
+        }
+        let model = linear_graph(spec, quantized_output).map_err(ort_err(format!("building graph {}", spec.name)))?;
+        let session = stdout_to_stderr(|| model.into_session(&builder)).map_err(ort_err(what()))?;
+        Ok(self.ready(spec, session, t0, false))
+    }
+}
+
+impl OrtAccelerator {
+    fn ready(&self, spec: &GraphSpec, session: Session, t0: Instant, from_cache: bool) -> (Box<dyn CompiledGraph>, CompileReport) {
         let memory_bytes = spec.rows * spec.in_features() + spec.linears.iter().map(|l| l.in_features() * l.out_features()).sum::<usize>();
         let graph = OrtGraph { spec: spec.clone(), session: Mutex::new(session) };
-        Ok((Box::new(graph), CompileReport { time: t0.elapsed(), from_cache, memory_bytes }))
+        (Box::new(graph), CompileReport { time: t0.elapsed(), from_cache, memory_bytes })
     }
 }
 
@@ -359,20 +368,30 @@ fn linear_graph(spec: &GraphSpec, quantized_output: bool) -> ort::Result<Model> 
                 w_kn[kk * n + j] = v;
             }
         }
+        // With an 8-bit output, each output channel j is computed divided by its calibrated range
+        // r_j (folded into its weight scale), so that every channel spans the output's 256 levels,
+        // and multiplied back by r_j after the output's DequantizeLinear: per-channel output
+        // quantization in the form QNN takes (it refuses per-channel scales on an activation).
+        let range: Vec<f32> = match (quantized_output, &spec.output_ranges) {
+            (true, Some(r)) => r[i].iter().map(|&m| if m > 0.0 && m.is_finite() { m } else { 1.0 }).collect(),
+            _ => vec![1.0; n],
+        };
         let (w, ws, wz, wd, y) = (format!("w{i}"), format!("w{i}_scale"), format!("w{i}_zp"), format!("w{i}_dq"), format!("y{i}"));
         initializer(&mut g, &w, &[k, n], &w_kn)?;
-        initializer(&mut g, &ws, &[n], &(0..n).map(|j| lin.scale(j)).collect::<Vec<f32>>())?;
+        initializer(&mut g, &ws, &[n], &(0..n).map(|j| lin.scale(j) / range[j]).collect::<Vec<f32>>())?;
         initializer(&mut g, &wz, &[n], &vec![0i8; n])?;
         g.add_node(Node::new("DequantizeLinear", ONNX_DOMAIN, format!("dq_w{i}"), [w.as_str(), ws.as_str(), wz.as_str()], [wd.as_str()], [Attribute::new("axis", 1i64)?])?)?;
         // MatMul, [the output's Q/DQ,] the bias, the residual, each to the next name; the last
         // one is y_i.
         let mut steps: Vec<(&str, String)> = vec![("MatMul", wd.clone())];
         if quantized_output {
-            let (os, oz) = (format!("y{i}_scale"), format!("y{i}_zp"));
-            initializer(&mut g, &os, &[], &[spec.output_scales.as_ref().expect("checked by compile")[i]])?;
+            let (os, oz, or) = (format!("y{i}_scale"), format!("y{i}_zp"), format!("y{i}_range"));
+            initializer(&mut g, &os, &[], &[1.0f32 / 127.0])?;
             initializer(&mut g, &oz, &[], &[128u8])?;
+            initializer(&mut g, &or, &[n], &range)?;
             steps.push(("QuantizeLinear", format!("{os},{oz}")));
             steps.push(("DequantizeLinear", format!("{os},{oz}")));
+            steps.push(("Mul", or));
         }
         if let Some(b) = &lin.bias {
             let bn = format!("b{i}");

@@ -29,10 +29,10 @@ pub struct PointCalibration {
     pub channel_max: Vec<f32>,
     /// per channel: elements with |x| above `p999`
     pub outlier_counts: Vec<u32>,
-    /// per linear of the group, in output order: the largest |W x| (bias and residual not
-    /// included). Empty in files written before output ranges were recorded.
+    /// per linear of the group, in output order, per output channel: the largest |W x| (bias
+    /// and residual not included). Empty in files written before output ranges were recorded.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub output_max: Vec<f32>,
+    pub output_max: Vec<Vec<f32>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -63,10 +63,10 @@ impl ActivationObserver for OutlierCounter {
     }
 }
 
-/// The float linears, recording the largest |W x| of every linear they run.
+/// The float linears, recording the largest |W x| of every output channel of every linear.
 struct OutputRanges<'m> {
     model: &'m Transformer,
-    max: RefCell<HashMap<(usize, LinearGroup), Vec<f32>>>,
+    max: RefCell<HashMap<(usize, LinearGroup), Vec<Vec<f32>>>>,
 }
 
 impl LinearExecutor for OutputRanges<'_> {
@@ -76,13 +76,13 @@ impl LinearExecutor for OutputRanges<'_> {
         FloatLinears(self.model).run(layer, group, input, m, outputs)?;
         let linears = self.model.layers[layer].linears(group);
         let mut all = self.max.borrow_mut();
-        let maxes = all.entry((layer, group)).or_insert_with(|| vec![0.0; linears.len()]);
+        let maxes = all.entry((layer, group)).or_insert_with(|| linears.iter().map(|l| vec![0.0; l.out_features()]).collect());
         for ((out, lin), max) in outputs.iter().zip(&linears).zip(maxes.iter_mut()) {
             let n = lin.out_features();
             let bias = lin.bias.as_ref().map(|b| b.data());
             for (i, &y) in out.iter().enumerate() {
                 let wx = y - before.as_ref().map_or(0.0, |b| b[i]) - bias.map_or(0.0, |b| b[i % n]);
-                *max = max.max(wx.abs());
+                max[i % n] = max[i % n].max(wx.abs());
             }
         }
         Ok(())
@@ -179,9 +179,10 @@ impl Calibration {
                 if p.channel_max.len() != width || p.outlier_counts.len() != width {
                     return Err(Error::field(path, field(), format!("{} channels, the model has {width}: the calibration is for another model", p.channel_max.len())));
                 }
-                let outputs = group.out_features(c).len();
-                if !p.output_max.is_empty() && (p.output_max.len() != outputs || p.output_max.iter().any(|v| !v.is_finite() || *v < 0.0)) {
-                    return Err(Error::field(path, field(), format!("output ranges: {} values for {outputs} linears, or not finite", p.output_max.len())));
+                let outputs = group.out_features(c);
+                let fits = p.output_max.len() == outputs.len() && p.output_max.iter().zip(&outputs).all(|(m, &n)| m.len() == n && m.iter().all(|v| v.is_finite() && *v >= 0.0));
+                if !p.output_max.is_empty() && !fits {
+                    return Err(Error::field(path, field(), format!("output ranges do not fit the group's {} linears of {outputs:?} channels, or are not finite", outputs.len())));
                 }
                 if !(p.max_abs.is_finite() && p.max_abs >= 1e-30 && p.p999.is_finite() && p.p999 >= 0.0) {
                     return Err(Error::field(path, field(), format!("unusable values (max {}, p99.9 {})", p.max_abs, p.p999)));

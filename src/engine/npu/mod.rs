@@ -23,7 +23,6 @@ use std::time::{Duration, Instant};
 
 use super::Engine;
 use crate::accel::{self, AccelContext, Accelerator, CompiledGraph, GraphSpec};
-use crate::kernels::quantize::scale_for;
 use crate::error::{Error, Result};
 use crate::kernels::int8_gemm::{best_kernel, Int8Kernel};
 use crate::model::transformer::LinearExecutor;
@@ -69,8 +68,8 @@ struct NpuLayer {
     scales: [f32; 4],
     /// Per linear group, its shadow work (None: max scale, nothing clipped).
     shadow: [Option<ShadowPoint>; 4],
-    /// Per linear group, the static scales of its outputs, when calibration recorded them.
-    output_scales: [Option<Vec<f32>>; 4],
+    /// Per linear group, its outputs' ranges, when calibration recorded them.
+    output_ranges: [Option<Arc<Vec<Vec<f32>>>>; 4],
 }
 
 impl NpuLayer {
@@ -151,9 +150,9 @@ impl NpuEngine {
                         .collect()
                 }),
                 scales: LinearGroup::ALL.map(|g| plan.point(g).scale),
-                output_scales: LinearGroup::ALL.map(|g| {
+                output_ranges: LinearGroup::ALL.map(|g| {
                     let max = &cal.point(i, g).expect("calibration checked against the model").output_max;
-                    (!max.is_empty()).then(|| max.iter().map(|&m| scale_for(m)).collect())
+                    (!max.is_empty()).then(|| Arc::new(max.clone()))
                 }),
                 shadow: LinearGroup::ALL.map(|g| {
                     let pp = plan.point(g);
@@ -280,7 +279,7 @@ impl NpuEngine {
             input_scale: l.scales[group.index()],
             linears: l.linears[group.index()].clone(),
             residual: group.adds_to_residual(),
-            output_scales: l.output_scales[group.index()].clone(),
+            output_ranges: l.output_ranges[group.index()].clone(),
         };
         let (g, report) = self.accel.compile(&spec)?;
         let g: Arc<dyn CompiledGraph> = Arc::from(g);
