@@ -323,3 +323,25 @@ fn a_missing_qnn_execution_provider_is_one_line() {
     let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
     assert!(lines.len() == 1 && lines[0].contains("/nonexistent/qnn") && lines[0].contains("pip install onnxruntime-qnn"), "{stderr}");
 }
+
+#[test]
+fn an_onnx_runtime_too_old_is_one_line() {
+    // `.ci/run` fetches ONNX Runtime 1.20 (before the Model Editor API) into LLM_NPU_OLD_ORT.
+    let Some(old) = std::env::var_os("LLM_NPU_OLD_ORT") else {
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "\n!!!!!!!! SKIPPED: LLM_NPU_OLD_ORT is not set; test `an_onnx_runtime_too_old_is_one_line` did not run !!!!!!!!\n");
+        return;
+    };
+    let m = fixtures().join("llama-gqa");
+    let out = out_path("old-ort");
+    let o = Command::new(env!("CARGO_BIN_EXE_llm-npu"))
+        .args(logits_args(m.to_str().unwrap(), "1,2", &out))
+        .args(["--backend", "npu", "--accelerator", "ort-cpu"])
+        .env("ORT_DYLIB_PATH", old)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert!(lines.len() == 1 && lines[0].contains("1.20.1") && lines[0].contains("1.22"), "{stderr}");
+}
