@@ -367,3 +367,39 @@ fn qnn_refuses_a_calibration_without_output_ranges() {
     let err = engine::build(&loaded, &options, &Silent).err().expect("refused").to_string();
     assert!(err.contains("output ranges") && err.contains("llm-npu calibrate"), "{err}");
 }
+
+#[test]
+fn openvino_accelerator_agrees_with_the_reference_and_an_absent_device_is_one_line() {
+    // OpenVINO's ONNX Runtime is a build of its own (PyPI onnxruntime-openvino), so it runs in
+    // the CLI's process, not this one: `.ci/run` names it in LLM_NPU_OPENVINO_ORT.
+    let Some(ov) = std::env::var_os("LLM_NPU_OPENVINO_ORT") else {
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "\n!!!!!!!! SKIPPED: LLM_NPU_OPENVINO_ORT is not set (pip install onnxruntime-openvino==1.24.1); test `openvino_accelerator_agrees_with_the_reference_and_an_absent_device_is_one_line` did not run !!!!!!!!\n");
+        return;
+    };
+    let logits = |name: &str, accelerator: &str, device: &str| {
+        let out = std::env::temp_dir().join(format!("llm-npu-ov-{name}-{accelerator}-{device}-{}.npy", std::process::id()));
+        let ids: Vec<String> = ids(name, "long_ids").iter().map(|t| t.to_string()).collect();
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_llm-npu"))
+            .args(["logits", "-m", fixture(name).to_str().unwrap(), "--token-ids", &ids.join(","), "--all-positions", "--backend", "npu", "--accelerator", accelerator, "--out", out.to_str().unwrap()])
+            .env("ORT_DYLIB_PATH", &ov)
+            .env("LLM_NPU_OPENVINO_DEVICE", device)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+        let result = o.status.success().then(|| llm_npu::npy::read_f32(&out).unwrap().1);
+        let _ = std::fs::remove_file(&out);
+        (result, o.status.code(), stderr)
+    };
+    for name in MODELS {
+        let (reference, openvino) = (logits(name, "ref", "CPU").0.unwrap(), logits(name, "openvino", "CPU"));
+        let openvino = openvino.0.unwrap_or_else(|| panic!("{name}: {}", openvino.2));
+        let d = common::max_abs_diff(&reference, &openvino);
+        eprintln!("{name}: max |openvino on CPU - ref| = {d:.2e}");
+        assert!(d <= 1e-4, "{name}: {d}");
+    }
+    // No Intel NPU here: the default device is refused in one line, exit 1.
+    let (none, code, stderr) = logits("llama-gqa", "openvino", "NPU");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert!(none.is_none() && code == Some(1) && errors.len() == 1 && errors[0].contains("NPU"), "{stderr}");
+}

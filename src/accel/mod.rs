@@ -114,6 +114,7 @@ pub static ACCELERATORS: &[(&str, Maker)] = &[
     ("ref", |_| Ok(Box::new(cpu::CpuAccelerator::default()))),
     ("ort-cpu", |_| Ok(Box::new(onnx::OrtAccelerator::cpu()?))),
     ("qnn", |cx| Ok(Box::new(onnx::OrtAccelerator::qnn(cx)?))),
+    ("openvino", |_| Ok(Box::new(onnx::OrtAccelerator::openvino()?))),
 ];
 
 /// The accelerator called `name` (see `ACCELERATORS`).

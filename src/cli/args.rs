@@ -76,8 +76,9 @@ pub struct ModelArgs {
 #[derive(Args, Clone, Default, PartialEq)]
 pub struct NpuArgs {
     /// npu: what runs the accelerator graphs: ref (the CPU reference accelerator, our int8
-    /// kernels), ort-cpu (ONNX Runtime's CPU execution provider) or qnn (Qualcomm's QNN HTP, the
-    /// Snapdragon NPU; emulated on x86-64); ort-cpu and qnn need ORT_DYLIB_PATH, see README
+    /// kernels), ort-cpu (ONNX Runtime's CPU execution provider), qnn (Qualcomm's QNN HTP, the
+    /// Snapdragon NPU; emulated on x86-64) or openvino (Intel's OpenVINO on
+    /// LLM_NPU_OPENVINO_DEVICE, default NPU); all but ref need ORT_DYLIB_PATH, see README
     /// "ONNX Runtime" [default: ref]
     #[arg(long, value_name = "NAME")]
     pub accelerator: Option<String>,
