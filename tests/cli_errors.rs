@@ -271,77 +271,63 @@ fn bad_executor_options_are_refused() {
     assert!(npu(&["--split", "2:2"]).contains("--scheduler"));
 }
 
+/// The one error line of `logits --backend npu --accelerator ACCEL` on the GQA fixture, with the
+/// environment variables `env` set (a None value removes it).
+fn accelerator_error(accelerator: &str, env: &[(&str, Option<&std::ffi::OsStr>)]) -> String {
+    let m = fixtures().join("llama-gqa");
+    let out = out_path(accelerator);
+    let mut c = Command::new(env!("CARGO_BIN_EXE_llm-npu"));
+    c.args(logits_args(m.to_str().unwrap(), "1,2", &out)).args(["--backend", "npu", "--accelerator", accelerator]);
+    for (k, v) in env {
+        match v {
+            Some(v) => c.env(k, v),
+            None => c.env_remove(k),
+        };
+    }
+    let o = c.output().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    lines[0].to_string()
+}
+
+/// The value of `var`, or None after a loud SKIPPED line (libtest captures eprintln!).
+fn env_or_skip(var: &str, test: &str) -> Option<std::ffi::OsString> {
+    let v = std::env::var_os(var);
+    if v.is_none() {
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "\n!!!!!!!! SKIPPED: {var} is not set (.ci/run sets it); test `{test}` did not run !!!!!!!!\n");
+    }
+    v
+}
+
 #[test]
 fn a_missing_onnx_runtime_or_unknown_accelerator_is_one_line() {
     let m = fixtures().join("llama-gqa");
-    let out = out_path("ort");
-    let mut args = logits_args(m.to_str().unwrap(), "1,2", &out);
-    args.extend(["--backend", "npu", "--accelerator", "ort-cpu"]);
-    let run = |dylib: Option<&str>| {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_llm-npu"));
-        c.args(&args).env_remove("ORT_DYLIB_PATH");
-        if let Some(d) = dylib {
-            c.env("ORT_DYLIB_PATH", d);
-        }
-        let o = c.output().unwrap();
-        let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
-        assert_eq!(o.status.code(), Some(1), "{stderr}");
-        assert!(!stderr.contains("panicked"), "{stderr}");
-        let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
-        assert_eq!(lines.len(), 1, "{stderr}");
-        lines[0].to_string()
-    };
-    let e = run(None);
+    let dylib = |p: &str| accelerator_error("ort-cpu", &[("ORT_DYLIB_PATH", Some(std::ffi::OsStr::new(p)))]);
+    let e = accelerator_error("ort-cpu", &[("ORT_DYLIB_PATH", None)]);
     assert!(e.contains("ORT_DYLIB_PATH") && e.contains("pip install onnxruntime"), "{e}");
-    let e = run(Some("/nonexistent/libonnxruntime.so"));
+    let e = dylib("/nonexistent/libonnxruntime.so");
     assert!(e.contains("/nonexistent/libonnxruntime.so"), "{e}");
     // A file that is not the library.
-    let e = run(Some(m.join("config.json").to_str().unwrap()));
+    let e = dylib(m.join("config.json").to_str().unwrap());
     assert!(e.contains("config.json") && e.contains("ONNX Runtime"), "{e}");
     assert!(npu_logits_error(&["--accelerator", "tpu"]).contains("--accelerator tpu"));
 }
 
 #[test]
 fn a_missing_qnn_execution_provider_is_one_line() {
-    let Some(dylib) = std::env::var_os("ORT_DYLIB_PATH") else {
-        // Straight to the stderr handle: libtest captures eprintln! of passing tests.
-        use std::io::Write;
-        let _ = writeln!(std::io::stderr(), "\n!!!!!!!! SKIPPED: ORT_DYLIB_PATH is not set; test `a_missing_qnn_execution_provider_is_one_line` did not run !!!!!!!!\n");
-        return;
-    };
-    let m = fixtures().join("llama-gqa");
-    let out = out_path("qnn");
-    let o = Command::new(env!("CARGO_BIN_EXE_llm-npu"))
-        .args(logits_args(m.to_str().unwrap(), "1,2", &out))
-        .args(["--backend", "npu", "--accelerator", "qnn"])
-        .env("ORT_DYLIB_PATH", dylib)
-        .env("LLM_NPU_QNN_DIR", "/nonexistent/qnn")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(1), "{stderr}");
-    let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
-    assert!(lines.len() == 1 && lines[0].contains("/nonexistent/qnn") && lines[0].contains("pip install onnxruntime-qnn"), "{stderr}");
+    let Some(dylib) = env_or_skip("ORT_DYLIB_PATH", "a_missing_qnn_execution_provider_is_one_line") else { return };
+    let e = accelerator_error("qnn", &[("ORT_DYLIB_PATH", Some(&dylib)), ("LLM_NPU_QNN_DIR", Some(std::ffi::OsStr::new("/nonexistent/qnn")))]);
+    assert!(e.contains("/nonexistent/qnn") && e.contains("pip install onnxruntime-qnn"), "{e}");
 }
 
 #[test]
 fn an_onnx_runtime_too_old_is_one_line() {
     // `.ci/run` fetches ONNX Runtime 1.20 (before the Model Editor API) into LLM_NPU_OLD_ORT.
-    let Some(old) = std::env::var_os("LLM_NPU_OLD_ORT") else {
-        use std::io::Write;
-        let _ = writeln!(std::io::stderr(), "\n!!!!!!!! SKIPPED: LLM_NPU_OLD_ORT is not set; test `an_onnx_runtime_too_old_is_one_line` did not run !!!!!!!!\n");
-        return;
-    };
-    let m = fixtures().join("llama-gqa");
-    let out = out_path("old-ort");
-    let o = Command::new(env!("CARGO_BIN_EXE_llm-npu"))
-        .args(logits_args(m.to_str().unwrap(), "1,2", &out))
-        .args(["--backend", "npu", "--accelerator", "ort-cpu"])
-        .env("ORT_DYLIB_PATH", old)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(1), "{stderr}");
-    let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
-    assert!(lines.len() == 1 && lines[0].contains("1.20.1") && lines[0].contains("1.22"), "{stderr}");
+    let Some(old) = env_or_skip("LLM_NPU_OLD_ORT", "an_onnx_runtime_too_old_is_one_line") else { return };
+    let e = accelerator_error("ort-cpu", &[("ORT_DYLIB_PATH", Some(&old))]);
+    assert!(e.contains("1.20.1") && e.contains("1.22"), "{e}");
 }
