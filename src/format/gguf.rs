@@ -110,15 +110,6 @@ fn ggml_type_name(t: u32) -> &'static str {
     NAMES.get(t as usize).copied().unwrap_or("unknown")
 }
 
-fn dtype_of(t: u32) -> Option<DType> {
-    match t {
-        0 => Some(DType::F32),
-        1 => Some(DType::F16),
-        8 => Some(DType::Q8_0),
-        30 => Some(DType::BF16),
-        _ => None,
-    }
-}
 
 /// A bounds-checked little-endian cursor; every read past the end is a "truncated" error.
 struct Cursor<'a> {
@@ -257,13 +248,17 @@ impl GgufFile {
         let mut infos = Vec::with_capacity(tensors.len());
         let mut by_name = HashMap::new();
         for (name, dims, ggml_type, rel_offset) in tensors {
-            let dtype = dtype_of(ggml_type);
+            let dtype = DType::from_ggml(ggml_type);
             // Every tensor may be converted to f32, so its element count must fit 4-byte elements.
             let n_elems = dims.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d)).filter(|n| n.checked_mul(4).is_some_and(|b| b <= isize::MAX as u64));
             let n_bytes = match (dtype, n_elems) {
-                (Some(dt), Some(n)) => dt.n_bytes(n as usize).ok_or_else(|| {
+                // Blocks run along the innermost dimension (ggml's ne0).
+                (Some(dt), Some(n)) if dims.first().is_some_and(|&d0| d0 % dt.block().0 as u64 == 0) => dt.n_bytes(n as usize).ok_or_else(|| {
                     Error::corrupt(path, format!("tensor '{name}': {n} elements do not fit {} blocks", dt.name()))
                 })? as u64,
+                (Some(dt), Some(_)) => {
+                    return Err(Error::corrupt(path, format!("tensor '{name}': rows of {} elements do not fit {} blocks of {}", dims.first().copied().unwrap_or(0), dt.name(), dt.block().0)))
+                }
                 (None, _) => 0, // size unknown for types we do not read; checked when requested
                 (_, None) => return Err(Error::corrupt(path, format!("tensor '{name}': dimensions overflow"))),
             };
@@ -297,7 +292,11 @@ impl GgufFile {
             Error::field(
                 &self.path,
                 format!("tensor '{name}'"),
-                format!("type {} is not supported (supported: F32, F16, BF16, Q8_0)", ggml_type_name(info.ggml_type)),
+                format!(
+                    "type {} is not supported (supported: {})",
+                    ggml_type_name(info.ggml_type),
+                    DType::ALL.iter().map(|d| d.name()).collect::<Vec<_>>().join(", ")
+                ),
             )
         })?;
         Ok(Tensor::from_mapped(&self.map, info.offset, info.shape(), dtype))

@@ -1,28 +1,94 @@
-//! On-disk element types and their conversion to f32.
+//! On-disk element types and their conversion to f32: plain floats and ggml's block-quantized
+//! types (the layouts of ggml-common.h). A quantized type stores weights in blocks along a row:
+//! `block()` gives (weights, bytes) per block, and `dequantize` decodes whole blocks.
 
 use half::{bf16, f16};
 
-/// Element types the readers understand. Quantized block types carry their block geometry.
+/// Element types the readers understand.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DType {
     F32,
     F16,
     BF16,
-    /// ggml Q8_0: blocks of 32 weights, one f16 scale then 32 i8 (34 bytes).
+    /// 32 weights: f16 scale d, 16 bytes of 4-bit q; w = d (q - 8).
+    Q4_0,
+    /// 32 weights: f16 d, f16 m, 16 bytes of 4-bit q; w = d q + m.
+    Q4_1,
+    /// 32 weights: f16 d, 32 high bits, 16 bytes of low nibbles; w = d (q - 16).
+    Q5_0,
+    /// 32 weights: f16 d, f16 m, 32 high bits, 16 bytes of low nibbles; w = d q + m.
+    Q5_1,
+    /// 32 weights: f16 d, 32 i8 q; w = d q.
     Q8_0,
+    /// 256 weights in 16 groups: 4-bit scales and mins, 2-bit q, f16 d and dmin.
+    Q2K,
+    /// 256 weights in 16 groups: 6-bit scales, 2-bit q plus a high-bit mask, f16 d.
+    Q3K,
+    /// 256 weights in 8 groups of 32: 6-bit scales and mins, 4-bit q, f16 d and dmin.
+    Q4K,
+    /// 256 weights in 8 groups of 32: 6-bit scales and mins, 5-bit q, f16 d and dmin.
+    Q5K,
+    /// 256 weights in 16 groups: i8 scales, 6-bit q, f16 d.
+    Q6K,
 }
 
-pub const Q8_0_BLOCK: usize = 32;
-const Q8_0_BYTES: usize = 2 + Q8_0_BLOCK;
+/// Weights per block of the legacy quantized types.
+pub const QK: usize = 32;
+/// Weights per block of the K-quants.
+pub const QK_K: usize = 256;
+pub const Q8_0_BLOCK: usize = QK;
 
 impl DType {
+    /// The ggml type id as GGUF stores it, and back.
+    pub fn from_ggml(t: u32) -> Option<DType> {
+        Some(match t {
+            0 => DType::F32,
+            1 => DType::F16,
+            2 => DType::Q4_0,
+            3 => DType::Q4_1,
+            6 => DType::Q5_0,
+            7 => DType::Q5_1,
+            8 => DType::Q8_0,
+            10 => DType::Q2K,
+            11 => DType::Q3K,
+            12 => DType::Q4K,
+            13 => DType::Q5K,
+            14 => DType::Q6K,
+            30 => DType::BF16,
+            _ => return None,
+        })
+    }
+
+    /// Every type this build reads, by name (for messages).
+    pub const ALL: [DType; 13] =
+        [DType::F32, DType::F16, DType::BF16, DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q8_0, DType::Q2K, DType::Q3K, DType::Q4K, DType::Q5K, DType::Q6K];
+
+    /// (weights, bytes) per block; plain floats are blocks of one.
+    pub fn block(self) -> (usize, usize) {
+        match self {
+            DType::F32 => (1, 4),
+            DType::F16 | DType::BF16 => (1, 2),
+            DType::Q4_0 => (QK, 18),
+            DType::Q4_1 => (QK, 20),
+            DType::Q5_0 => (QK, 22),
+            DType::Q5_1 => (QK, 24),
+            DType::Q8_0 => (QK, 34),
+            DType::Q2K => (QK_K, 84),
+            DType::Q3K => (QK_K, 110),
+            DType::Q4K => (QK_K, 144),
+            DType::Q5K => (QK_K, 176),
+            DType::Q6K => (QK_K, 210),
+        }
+    }
+
+    pub fn is_quantized(self) -> bool {
+        self.block().0 > 1
+    }
+
     /// Bytes needed for `n` elements, or None when `n` does not fit the block size.
     pub fn n_bytes(self, n: usize) -> Option<usize> {
-        match self {
-            DType::F32 => n.checked_mul(4),
-            DType::F16 | DType::BF16 => n.checked_mul(2),
-            DType::Q8_0 => (n % Q8_0_BLOCK == 0).then(|| (n / Q8_0_BLOCK).checked_mul(Q8_0_BYTES)).flatten(),
-        }
+        let (weights, bytes) = self.block();
+        (n % weights == 0).then(|| (n / weights).checked_mul(bytes)).flatten()
     }
 
     pub fn name(self) -> &'static str {
@@ -30,9 +96,22 @@ impl DType {
             DType::F32 => "F32",
             DType::F16 => "F16",
             DType::BF16 => "BF16",
+            DType::Q4_0 => "Q4_0",
+            DType::Q4_1 => "Q4_1",
+            DType::Q5_0 => "Q5_0",
+            DType::Q5_1 => "Q5_1",
             DType::Q8_0 => "Q8_0",
+            DType::Q2K => "Q2_K",
+            DType::Q3K => "Q3_K",
+            DType::Q4K => "Q4_K",
+            DType::Q5K => "Q5_K",
+            DType::Q6K => "Q6_K",
         }
     }
+}
+
+fn half(b: &[u8], at: usize) -> f32 {
+    f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
 }
 
 /// Converts `bytes` holding `out.len()` elements of `dtype` (little-endian) into f32.
@@ -54,14 +133,158 @@ pub fn to_f32(dtype: DType, bytes: &[u8], out: &mut [f32]) {
                 *o = bf16::from_le_bytes([b[0], b[1]]).to_f32();
             }
         }
-        DType::Q8_0 => {
-            for (o, b) in out.chunks_exact_mut(Q8_0_BLOCK).zip(bytes.chunks_exact(Q8_0_BYTES)) {
-                let d = f16::from_le_bytes([b[0], b[1]]).to_f32();
-                for (oi, &q) in o.iter_mut().zip(&b[2..]) {
-                    *oi = d * (q as i8) as f32;
+        _ => {
+            let (weights, size) = dtype.block();
+            for (o, b) in out.chunks_exact_mut(weights).zip(bytes.chunks_exact(size)) {
+                dequantize_block(dtype, b, o);
+            }
+        }
+    }
+}
+
+/// One block of a quantized type into `y` (its block's weights). The arithmetic and its order
+/// follow ggml's reference dequantizers, so results equal the gguf package's bit for bit.
+fn dequantize_block(dtype: DType, b: &[u8], y: &mut [f32]) {
+    match dtype {
+        DType::Q4_0 | DType::Q4_1 => {
+            let (d, min, qs) = if dtype == DType::Q4_0 { (half(b, 0), None, &b[2..18]) } else { (half(b, 0), Some(half(b, 2)), &b[4..20]) };
+            for (j, &q) in qs.iter().enumerate() {
+                let (lo, hi) = ((q & 0xF) as i32, (q >> 4) as i32);
+                match min {
+                    None => {
+                        y[j] = (lo - 8) as f32 * d;
+                        y[j + 16] = (hi - 8) as f32 * d;
+                    }
+                    Some(m) => {
+                        y[j] = lo as f32 * d + m;
+                        y[j + 16] = hi as f32 * d + m;
+                    }
                 }
             }
         }
+        DType::Q5_0 | DType::Q5_1 => {
+            let (d, min, at) = if dtype == DType::Q5_0 { (half(b, 0), None, 2) } else { (half(b, 0), Some(half(b, 2)), 4) };
+            let qh = u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+            for (j, &q) in b[at + 4..at + 20].iter().enumerate() {
+                let h0 = ((qh >> j) << 4) & 0x10;
+                let h1 = (qh >> (j + 12)) & 0x10;
+                let (lo, hi) = (((q & 0xF) as u32 | h0) as i32, ((q >> 4) as u32 | h1) as i32);
+                match min {
+                    None => {
+                        y[j] = (lo - 16) as f32 * d;
+                        y[j + 16] = (hi - 16) as f32 * d;
+                    }
+                    Some(m) => {
+                        y[j] = lo as f32 * d + m;
+                        y[j + 16] = hi as f32 * d + m;
+                    }
+                }
+            }
+        }
+        DType::Q8_0 => {
+            let d = half(b, 0);
+            for (o, &q) in y.iter_mut().zip(&b[2..34]) {
+                *o = d * (q as i8) as f32;
+            }
+        }
+        DType::Q2K => {
+            let (scales, qs, d, dmin) = (&b[0..16], &b[16..80], half(b, 80), half(b, 82));
+            let mut out = 0;
+            let mut is = 0;
+            for q in qs.chunks_exact(32) {
+                for shift in [0, 2, 4, 6] {
+                    for half_group in [&q[0..16], &q[16..32]] {
+                        let sc = scales[is];
+                        is += 1;
+                        let (dl, ml) = (d * (sc & 0xF) as f32, dmin * (sc >> 4) as f32);
+                        for &v in half_group {
+                            y[out] = dl * ((v >> shift) & 3) as f32 - ml;
+                            out += 1;
+                        }
+                    }
+                }
+            }
+        }
+        DType::Q3K => {
+            let (hmask, qs, d) = (&b[0..32], &b[32..96], half(b, 108));
+            let scales = q3k_scales(&b[96..108]);
+            let mut out = 0;
+            let mut is = 0;
+            let mut m = 1u8;
+            for q in qs.chunks_exact(32) {
+                for shift in [0, 2, 4, 6] {
+                    for l0 in [0, 16] {
+                        let dl = d * (scales[is] as i32 - 32) as f32;
+                        is += 1;
+                        for l in l0..l0 + 16 {
+                            let v = ((q[l] >> shift) & 3) as i32 - if hmask[l] & m != 0 { 0 } else { 4 };
+                            y[out] = dl * v as f32;
+                            out += 1;
+                        }
+                    }
+                    m <<= 1;
+                }
+            }
+        }
+        DType::Q4K | DType::Q5K => {
+            let (d, dmin, scales) = (half(b, 0), half(b, 2), &b[4..16]);
+            let (qh, qs) = if dtype == DType::Q5K { (Some(&b[16..48]), &b[48..176]) } else { (None, &b[16..144]) };
+            let mut out = 0;
+            for (g, q) in qs.chunks_exact(32).enumerate() {
+                for (part, nibble_shift) in [(0, 0), (1, 4)] {
+                    let (sc, mn) = k4_scale_min(2 * g + part, scales);
+                    let (dl, ml) = (d * sc as f32, dmin * mn as f32);
+                    let high_bit = 1u8 << (2 * g + part);
+                    for l in 0..32 {
+                        let mut v = (q[l] >> nibble_shift) & 0xF;
+                        if let Some(qh) = qh {
+                            v += if qh[l] & high_bit != 0 { 16 } else { 0 };
+                        }
+                        y[out] = dl * v as f32 - ml;
+                        out += 1;
+                    }
+                }
+            }
+        }
+        DType::Q6K => {
+            let (ql, qh, sc, d) = (&b[0..128], &b[128..192], &b[192..208], half(b, 208));
+            for n in 0..2 {
+                let (ql, qh, sc, y) = (&ql[64 * n..], &qh[32 * n..], &sc[8 * n..], &mut y[128 * n..]);
+                for l in 0..32 {
+                    let is = l / 16;
+                    let q1 = ((ql[l] & 0xF) | ((qh[l] & 3) << 4)) as i32 - 32;
+                    let q2 = ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) as i32 - 32;
+                    let q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i32 - 32;
+                    let q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i32 - 32;
+                    y[l] = d * (sc[is] as i8) as f32 * q1 as f32;
+                    y[l + 32] = d * (sc[is + 2] as i8) as f32 * q2 as f32;
+                    y[l + 64] = d * (sc[is + 4] as i8) as f32 * q3 as f32;
+                    y[l + 96] = d * (sc[is + 6] as i8) as f32 * q4 as f32;
+                }
+            }
+        }
+        DType::F32 | DType::F16 | DType::BF16 => unreachable!("not a block type"),
+    }
+}
+
+/// Q3_K's 16 6-bit scales, packed in 12 bytes (low 4 bits in the first 8 bytes, high 2 bits in
+/// the last 4).
+fn q3k_scales(packed: &[u8]) -> [u8; 16] {
+    let mut s = [0u8; 16];
+    for (i, v) in s.iter_mut().enumerate() {
+        let low = if i < 8 { packed[i] & 0xF } else { packed[i - 8] >> 4 };
+        let high = (packed[8 + i % 4] >> (2 * (i / 4))) & 3;
+        *v = low | (high << 4);
+    }
+    s
+}
+
+/// Q4_K / Q5_K: scale and min of group `j` (of 8), 6 bits each, packed in 12 bytes.
+fn k4_scale_min(j: usize, q: &[u8]) -> (u8, u8) {
+    if j < 4 {
+        (q[j] & 63, q[j + 4] & 63)
+    } else {
+        ((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
     }
 }
 
@@ -86,5 +309,28 @@ mod tests {
         assert!(q.iter().enumerate().all(|(i, &v)| v == 0.5 * (i as f32 - 16.0)));
         assert_eq!(DType::Q8_0.n_bytes(64), Some(68));
         assert_eq!(DType::Q8_0.n_bytes(33), None);
+        assert_eq!(DType::Q4K.n_bytes(512), Some(288));
+    }
+
+    #[test]
+    fn the_q3k_scale_unpacking_matches_ggmls_bit_twiddling() {
+        // ggml unpacks with 32-bit masks (kmask1 0x03030303, kmask2 0x0f0f0f0f); ours goes
+        // byte by byte. Same result for every bit pattern of one byte position at a time.
+        for pos in 0..12 {
+            for v in 0..=255u8 {
+                let mut packed = [0u8; 12];
+                packed[pos] = v;
+                let aux: Vec<u32> = packed.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+                let (k1, k2, tmp) = (0x0303_0303u32, 0x0f0f_0f0fu32, aux[2]);
+                let want = [
+                    (aux[0] & k2) | ((tmp & k1) << 4),
+                    (aux[1] & k2) | (((tmp >> 2) & k1) << 4),
+                    ((aux[0] >> 4) & k2) | (((tmp >> 4) & k1) << 4),
+                    ((aux[1] >> 4) & k2) | (((tmp >> 6) & k1) << 4),
+                ];
+                let want: Vec<u8> = want.iter().flat_map(|w| w.to_le_bytes()).collect();
+                assert_eq!(q3k_scales(&packed).to_vec(), want, "byte {pos} = {v:#x}");
+            }
+        }
     }
 }

@@ -1,8 +1,11 @@
-//! Float tensors as the model sees them: a row-major shape and f32 data that is either borrowed
-//! straight from a memory-mapped file (f32 on disk, aligned) or owned (converted from another dtype).
+//! Tensors as the model sees them: a row-major shape and data that is either f32 borrowed straight
+//! from a memory-mapped file (f32 on disk, aligned), owned f32, or another dtype kept as stored in
+//! the mapped file (F16, BF16, ggml's quantized blocks). An encoded tensor's type travels with
+//! it: kernels that read its blocks directly use `encoded()`, everything else may ask for f32
+//! with `data()`, which decodes it once (and keeps that copy: hot paths avoid it).
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use memmap2::Mmap;
 
@@ -14,13 +17,43 @@ use dtype::DType;
 enum Storage {
     Mapped { map: Arc<Mmap>, offset: usize, len: usize },
     Owned(Arc<Vec<f32>>),
+    /// `dtype` bytes at `map[offset..]`, decoded to f32 only when `data()` asks.
+    Encoded { map: Arc<Mmap>, offset: usize, dtype: DType, decoded: Arc<OnceLock<Vec<f32>>> },
 }
 
-/// An f32 tensor, row-major, outermost dimension first (the Hugging Face / PyTorch convention).
+/// A tensor, row-major, outermost dimension first (the Hugging Face / PyTorch convention).
 #[derive(Clone)]
 pub struct Tensor {
     shape: Vec<usize>,
     storage: Storage,
+}
+
+/// The stored bytes of an encoded 2-D (or 1-D) tensor, row by row.
+#[derive(Clone, Copy)]
+pub struct Encoded<'a> {
+    pub dtype: DType,
+    pub bytes: &'a [u8],
+    pub rows: usize,
+    pub cols: usize,
+}
+
+impl<'a> Encoded<'a> {
+    /// Bytes of one row (rows are whole blocks).
+    pub fn row_bytes(&self) -> usize {
+        self.dtype.n_bytes(self.cols).expect("rows are whole blocks (checked by the reader)")
+    }
+
+    pub fn row(&self, i: usize) -> &'a [u8] {
+        let rb = self.row_bytes();
+        &self.bytes[i * rb..(i + 1) * rb]
+    }
+
+    /// Decodes rows `r0..r0 + out.len() / cols` into `out`.
+    pub fn decode_rows(&self, r0: usize, out: &mut [f32]) {
+        let n = out.len() / self.cols;
+        let rb = self.row_bytes();
+        dtype::to_f32(self.dtype, &self.bytes[r0 * rb..(r0 + n) * rb], out);
+    }
 }
 
 impl Tensor {
@@ -29,14 +62,18 @@ impl Tensor {
         Tensor { shape, storage: Storage::Owned(Arc::new(data)) }
     }
 
-    /// Builds a tensor over `map[offset..offset + n_bytes]` holding `dtype` elements: zero-copy when
-    /// the bytes are f32 and 4-byte aligned, converted to an owned f32 buffer otherwise.
-    /// The caller has checked the byte range and that the size matches the shape.
+    /// Builds a tensor over `map[offset..offset + n_bytes]` holding `dtype` elements: zero-copy
+    /// when the bytes are f32 and 4-byte aligned (an unaligned f32 tensor is copied), kept as
+    /// stored for every other dtype. The caller has checked the byte range, that the size
+    /// matches the shape, and that rows are whole blocks.
     pub fn from_mapped(map: &Arc<Mmap>, offset: usize, shape: Vec<usize>, dtype: DType) -> Self {
         let n: usize = shape.iter().product();
         let n_bytes = dtype.n_bytes(n).expect("caller checked the size");
         let bytes = &map[offset..offset + n_bytes];
-        if dtype == DType::F32 && (bytes.as_ptr() as usize) % std::mem::align_of::<f32>() == 0 {
+        if dtype != DType::F32 {
+            return Tensor { shape, storage: Storage::Encoded { map: map.clone(), offset, dtype, decoded: Arc::default() } };
+        }
+        if (bytes.as_ptr() as usize) % std::mem::align_of::<f32>() == 0 {
             return Tensor { shape, storage: Storage::Mapped { map: map.clone(), offset, len: n } };
         }
         let mut data = vec![0f32; n];
@@ -58,9 +95,25 @@ impl Tensor {
 
     /// True when the data is read straight from the mapped file (no copy).
     pub fn is_mapped(&self) -> bool {
-        matches!(self.storage, Storage::Mapped { .. })
+        matches!(self.storage, Storage::Mapped { .. } | Storage::Encoded { .. })
     }
 
+    pub fn dtype(&self) -> DType {
+        match &self.storage {
+            Storage::Encoded { dtype, .. } => *dtype,
+            _ => DType::F32,
+        }
+    }
+
+    /// The stored bytes, when the tensor is not f32.
+    pub fn encoded(&self) -> Option<Encoded<'_>> {
+        let Storage::Encoded { map, offset, dtype, .. } = &self.storage else { return None };
+        let cols = *self.shape.last().unwrap_or(&1);
+        let n_bytes = dtype.n_bytes(self.len()).expect("checked at construction");
+        Some(Encoded { dtype: *dtype, bytes: &map[*offset..*offset + n_bytes], rows: self.len() / cols.max(1), cols })
+    }
+
+    /// The elements as f32. An encoded tensor is decoded on the first call and the copy kept.
     pub fn data(&self) -> &[f32] {
         match &self.storage {
             Storage::Mapped { map, offset, len } => {
@@ -71,19 +124,70 @@ impl Tensor {
                 unsafe { std::slice::from_raw_parts(bytes.as_ptr() as *const f32, *len) }
             }
             Storage::Owned(v) => v,
+            Storage::Encoded { decoded, .. } => decoded.get_or_init(|| {
+                let e = self.encoded().expect("encoded storage");
+                let mut v = vec![0f32; self.len()];
+                dtype::to_f32(e.dtype, e.bytes, &mut v);
+                v
+            }),
         }
     }
 
-    /// Row `i` of a 2-D tensor.
+    /// Row `i` of a 2-D tensor into `out`, decoding only that row of an encoded tensor.
+    pub fn copy_row(&self, i: usize, out: &mut [f32]) {
+        match self.encoded() {
+            Some(e) => e.decode_rows(i, out),
+            None => {
+                let cols = out.len();
+                out.copy_from_slice(&self.data()[i * cols..(i + 1) * cols]);
+            }
+        }
+    }
+
+    /// Columns `cols` of a 2-D [n, k] tensor, each as n contiguous values: `out[i][..]` = column
+    /// cols[i]. An encoded tensor decodes only the blocks holding those columns.
+    pub fn gather_columns(&self, cols: &[u32], out: &mut [f32]) {
+        let (n, k) = (self.shape[0], self.shape[1]);
+        let Some(e) = self.encoded() else {
+            let w = self.data();
+            for (&c, col) in cols.iter().zip(out.chunks_exact_mut(n)) {
+                for (j, v) in col.iter_mut().enumerate() {
+                    *v = w[j * k + c as usize];
+                }
+            }
+            return;
+        };
+        let (weights, size) = e.dtype.block();
+        let mut block = vec![0f32; weights];
+        for j in 0..n {
+            let row = e.row(j);
+            for (i, &c) in cols.iter().enumerate() {
+                let b = c as usize / weights;
+                dtype::to_f32(e.dtype, &row[b * size..(b + 1) * size], &mut block);
+                out[i * n + j] = block[c as usize % weights];
+            }
+        }
+    }
+
+    /// Row `i` of a 2-D f32 tensor (decodes an encoded tensor whole: see `copy_row`).
     pub fn row(&self, i: usize) -> &[f32] {
         let cols = *self.shape.last().unwrap_or(&1);
         &self.data()[i * cols..(i + 1) * cols]
     }
 
+    /// Bytes this tensor holds in memory: its stored bytes (mapped or owned), plus a decoded copy
+    /// if one was made.
+    pub fn memory_bytes(&self) -> usize {
+        match &self.storage {
+            Storage::Mapped { len, .. } => len * 4,
+            Storage::Owned(v) => v.len() * 4,
+            Storage::Encoded { dtype, decoded, .. } => dtype.n_bytes(self.len()).unwrap_or(0) + decoded.get().map_or(0, |v| v.len() * 4),
+        }
+    }
 }
 
 impl fmt::Debug for Tensor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Tensor{:?}{}", self.shape, if self.is_mapped() { " (mapped)" } else { "" })
+        write!(f, "Tensor{:?} {}{}", self.shape, self.dtype().name(), if self.is_mapped() { " (mapped)" } else { "" })
     }
 }
