@@ -93,18 +93,35 @@ fn corrupt_gguf_headers() {
     }
 }
 
-#[test]
-fn unsupported_tensor_type_in_gguf() {
-    // Retag the first tensor (token_embd, F32) as Q4_K: the reader must name the tensor and type.
+/// The GQA fixture's F32 GGUF with its first tensor (token_embd, [256, 32]) retagged as ggml type
+/// `ggml_type`, written to a temp file.
+fn gguf_with_embedding_type(tag: &str, ggml_type: u32) -> PathBuf {
     let mut bytes = std::fs::read(fixtures().join("gguf/llama-gqa-f32.gguf")).unwrap();
     let name = b"token_embd.weight";
     let at = bytes.windows(name.len()).position(|w| w == name).unwrap() + name.len();
     let type_at = at + 4 + 2 * 8; // n_dims (u32), two u64 dims, then the u32 type
-    bytes[type_at..type_at + 4].copy_from_slice(&12u32.to_le_bytes());
-    let p = tempdir("q4k").join("q4k.gguf");
+    bytes[type_at..type_at + 4].copy_from_slice(&ggml_type.to_le_bytes());
+    let p = tempdir(tag).join(format!("{tag}.gguf"));
     std::fs::write(&p, bytes).unwrap();
-    let e = expect_error(&logits_args(p.to_str().unwrap(), "1", &out_path("q4k")));
-    assert!(e.contains("token_embd.weight") && e.contains("Q4_K"), "{e}");
+    p
+}
+
+#[test]
+fn unsupported_tensor_type_in_gguf() {
+    // IQ2_XXS (16), MXFP4 (39): the reader must name the tensor and the type.
+    for (ggml_type, name) in [(16, "IQ2_XXS"), (35, "TQ2_0"), (39, "MXFP4"), (1000, "unknown")] {
+        let p = gguf_with_embedding_type(&format!("t{ggml_type}"), ggml_type);
+        let e = expect_error(&logits_args(p.to_str().unwrap(), "1", &out_path("unsupported")));
+        assert!(e.contains("token_embd.weight") && e.contains(name) && e.contains("not supported"), "{e}");
+    }
+}
+
+#[test]
+fn a_block_type_whose_rows_are_not_whole_blocks_is_refused() {
+    // Q4_K blocks hold 256 weights; the embedding's rows have 32.
+    let p = gguf_with_embedding_type("q4k-rows", 12);
+    let e = expect_error(&logits_args(p.to_str().unwrap(), "1", &out_path("q4k-rows")));
+    assert!(e.contains("token_embd.weight") && e.contains("Q4_K") && e.contains("blocks of 256"), "{e}");
 }
 
 #[test]

@@ -4,37 +4,63 @@
 use rayon::prelude::*;
 
 use super::{simd_level, SimdLevel};
+use crate::tensor::Encoded;
 
 /// Rows per parallel task: large enough to amortize scheduling, small enough to balance.
 const ROWS_PER_TASK: usize = 64;
 
+/// The rows of a weight matrix [n, k]: f32 in memory, or encoded blocks decoded row by row.
+#[derive(Clone, Copy)]
+pub enum WeightRows<'a> {
+    F32(&'a [f32]),
+    Encoded(Encoded<'a>),
+}
+
+impl<'a> WeightRows<'a> {
+    /// Row `r` as f32: borrowed, or decoded into `buf`.
+    #[inline]
+    fn row<'b>(&'b self, r: usize, k: usize, buf: &'b mut Vec<f32>) -> &'b [f32] {
+        match self {
+            WeightRows::F32(w) => &w[r * k..(r + 1) * k],
+            WeightRows::Encoded(e) => {
+                buf.resize(k, 0.0);
+                e.decode_rows(r, buf);
+                buf
+            }
+        }
+    }
+}
+
 /// With `accumulate`, y += W x instead of y = W x.
 pub fn matvec(w: &[f32], n: usize, k: usize, x: &[f32], y: &mut [f32], accumulate: bool) {
     assert_eq!(w.len(), n * k);
-    assert_eq!(x.len(), k);
-    assert_eq!(y.len(), n);
-    let level = simd_level();
-    y.par_chunks_mut(ROWS_PER_TASK).enumerate().for_each(|(t, ys)| {
-        let r0 = t * ROWS_PER_TASK;
-        for (i, yi) in ys.iter_mut().enumerate() {
-            let d = dot_with(level, &w[(r0 + i) * k..(r0 + i + 1) * k], x);
-            *yi = if accumulate { *yi + d } else { d };
-        }
-    });
+    matmul_few_rows(WeightRows::F32(w), n, k, x, 1, y, accumulate)
 }
 
 /// y[i, r] = dot(w[r, :], x[i, :]) for a few token rows (m small): each weight row is read once
-/// and used for every token, which is what matters when weights stream from memory.
-pub fn matmul_few_rows(w: &[f32], n: usize, k: usize, x: &[f32], m: usize, y: &mut [f32], accumulate: bool) {
-    assert_eq!(w.len(), n * k);
+/// (an encoded one decoded once) and used for every token, which is what matters when weights
+/// stream from memory.
+pub fn matmul_few_rows(w: WeightRows, n: usize, k: usize, x: &[f32], m: usize, y: &mut [f32], accumulate: bool) {
+    if let WeightRows::F32(w) = w {
+        assert_eq!(w.len(), n * k);
+    }
     assert_eq!(x.len(), m * k);
     assert_eq!(y.len(), m * n);
     let level = simd_level();
+    if m == 1 {
+        y.par_chunks_mut(ROWS_PER_TASK).enumerate().for_each_init(Vec::new, |buf, (t, ys)| {
+            for (i, yi) in ys.iter_mut().enumerate() {
+                let d = dot_with(level, w.row(t * ROWS_PER_TASK + i, k, buf), x);
+                *yi = if accumulate { *yi + d } else { d };
+            }
+        });
+        return;
+    }
     let mut yt = vec![0f32; n * m];
-    yt.par_chunks_mut(ROWS_PER_TASK * m).enumerate().for_each(|(t, ys)| {
+    yt.par_chunks_mut(ROWS_PER_TASK * m).enumerate().for_each_init(Vec::new, |buf, (t, ys)| {
         let r0 = t * ROWS_PER_TASK;
         for (j, yr) in ys.chunks_exact_mut(m).enumerate() {
-            let wr = &w[(r0 + j) * k..(r0 + j + 1) * k];
+            let wr = w.row(r0 + j, k, buf);
             for (i, out) in yr.iter_mut().enumerate() {
                 *out = dot_with(level, wr, &x[i * k..(i + 1) * k]);
             }

@@ -9,6 +9,10 @@ pub mod quantize;
 
 use std::sync::OnceLock;
 
+use rayon::prelude::*;
+
+use crate::tensor::Encoded;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum SimdLevel {
     Portable,
@@ -49,8 +53,39 @@ fn linear_into(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, y: &mut [f32]
     assert_eq!(y.len(), m * n);
     match m {
         1 => matvec::matvec(w, n, k, x, y, accumulate),
-        2..SMALL_BATCH => matvec::matmul_few_rows(w, n, k, x, m, y, accumulate),
+        2..SMALL_BATCH => matvec::matmul_few_rows(matvec::WeightRows::F32(w), n, k, x, m, y, accumulate),
         _ => gemm::gemm_nt(x, m, k, w, n, y, accumulate),
+    }
+}
+
+/// y[m, n] = x[m, k] . W^T (or y += that) for weights kept encoded (F16, BF16, ggml blocks):
+/// decode runs each weight row through the matrix-vector kernels as it is decoded; larger
+/// batches decode panels of `PANEL` rows into f32 and multiply them with the GEMM, so no f32
+/// copy of the whole matrix is ever made.
+pub fn linear_encoded(x: &[f32], m: usize, w: Encoded, y: &mut [f32], accumulate: bool) {
+    let (n, k) = (w.rows, w.cols);
+    assert_eq!(x.len(), m * k);
+    assert_eq!(y.len(), m * n);
+    if m < SMALL_BATCH {
+        return matvec::matmul_few_rows(matvec::WeightRows::Encoded(w), n, k, x, m, y, accumulate);
+    }
+    const PANEL: usize = 256;
+    let mut panel = vec![0f32; PANEL.min(n) * k];
+    let mut part = vec![0f32; m * PANEL.min(n)];
+    for r0 in (0..n).step_by(PANEL) {
+        let rows = PANEL.min(n - r0);
+        let panel = &mut panel[..rows * k];
+        panel.par_chunks_mut(k).enumerate().for_each(|(i, row)| w.decode_rows(r0 + i, row));
+        let part = &mut part[..m * rows];
+        gemm::gemm_nt(x, m, k, panel, rows, part, false);
+        for (yr, pr) in y.chunks_exact_mut(n).zip(part.chunks_exact(rows)) {
+            let out = &mut yr[r0..r0 + rows];
+            if accumulate {
+                out.iter_mut().zip(pr).for_each(|(o, &p)| *o += p);
+            } else {
+                out.copy_from_slice(pr);
+            }
+        }
     }
 }
 

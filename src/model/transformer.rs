@@ -33,16 +33,29 @@ impl Linear {
 
     /// y += x W^T (+ b): the output added to the residual stream in place.
     pub fn forward_accumulate(&self, x: &[f32], m: usize, y: &mut [f32]) {
-        kernels::linear_accumulate(x, m, self.in_features(), self.weight.data(), self.out_features(), y);
+        match self.weight.encoded() {
+            Some(e) => kernels::linear_encoded(x, m, e, y, true),
+            None => kernels::linear_accumulate(x, m, self.in_features(), self.weight.data(), self.out_features(), y),
+        }
         if let Some(b) = &self.bias {
             ops::add_bias(y, b.data());
         }
     }
 
-    /// Several layers on the same input, sharing the GEMM's packing of it.
+    /// Several layers on the same input, sharing the GEMM's packing of it (weights kept encoded
+    /// go through their own kernels, one by one).
     pub fn forward_many(layers: &[&Linear], x: &[f32], m: usize, outs: &mut [&mut [f32]]) {
-        let ws: Vec<(&[f32], usize)> = layers.iter().map(|l| (l.weight.data(), l.out_features())).collect();
-        kernels::linear_many(x, m, layers[0].in_features(), &ws, outs);
+        if layers.iter().any(|l| l.weight.encoded().is_some()) {
+            for (l, y) in layers.iter().zip(outs.iter_mut()) {
+                match l.weight.encoded() {
+                    Some(e) => kernels::linear_encoded(x, m, e, y, false),
+                    None => kernels::linear(x, m, l.in_features(), l.weight.data(), l.out_features(), y),
+                }
+            }
+        } else {
+            let ws: Vec<(&[f32], usize)> = layers.iter().map(|l| (l.weight.data(), l.out_features())).collect();
+            kernels::linear_many(x, m, layers[0].in_features(), &ws, outs);
+        }
         for (l, y) in layers.iter().zip(outs.iter_mut()) {
             if let Some(b) = &l.bias {
                 ops::add_bias(y, b.data());
@@ -264,7 +277,7 @@ impl Transformer {
             if t as usize >= self.config.vocab_size {
                 return Err(Error::Input(format!("token id {t} is out of range (vocabulary size {})", self.config.vocab_size)));
             }
-            row.copy_from_slice(self.embed_tokens.row(t as usize));
+            self.embed_tokens.copy_row(t as usize, row);
         }
         Ok(x)
     }
