@@ -13,6 +13,7 @@ use rayon::prelude::*;
 
 use crate::kernels::int8_gemm::{gemm_i8, gemm_packed_with, Epilogue, Int8Kernel, PackedI8Acts, PackedI8Weights, NR_I8};
 use crate::kernels::quantize::{quantize, quantize_value, scale_for};
+use crate::tensor::Tensor;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WeightGranularity {
@@ -36,14 +37,37 @@ pub struct Int8Linear {
 impl Int8Linear {
     /// Quantizes f32 weights [n, k] (PyTorch layout).
     pub fn new(w: &[f32], n: usize, k: usize, bias: Option<&[f32]>, granularity: WeightGranularity) -> Self {
+        Self::from_rows(n, k, &|r, out| out.copy_from_slice(&w[r * k..(r + 1) * k]), bias, granularity)
+    }
+
+    /// Quantizes a weight tensor [n, k] as stored: an encoded one (F16, BF16, ggml blocks) is
+    /// decoded row by row, never whole.
+    pub fn from_tensor(w: &Tensor, bias: Option<&[f32]>, granularity: WeightGranularity) -> Self {
+        let (n, k) = (w.shape()[0], w.shape()[1]);
+        match w.encoded() {
+            Some(e) => Self::from_rows(n, k, &|r, out| e.decode_rows(r, out), bias, granularity),
+            None => Self::new(w.data(), n, k, bias, granularity),
+        }
+    }
+
+    /// Quantizes the rows `row(r, out)` writes, in parallel, one row buffer per task.
+    fn from_rows(n: usize, k: usize, row: &(dyn Fn(usize, &mut [f32]) + Sync), bias: Option<&[f32]>, granularity: WeightGranularity) -> Self {
+        let row_max = |r: usize, buf: &mut Vec<f32>| {
+            buf.resize(k, 0.0);
+            row(r, buf);
+            buf.iter().fold(0f32, |m, v| m.max(v.abs()))
+        };
+        let maxima: Vec<f32> = (0..n).into_par_iter().map_init(Vec::new, |buf, r| row_max(r, buf)).collect();
         let scales: Vec<f32> = match granularity {
-            WeightGranularity::PerTensor => vec![scale_for(w.par_iter().fold(|| 0f32, |m, v| m.max(v.abs())).reduce(|| 0.0, f32::max))],
-            WeightGranularity::PerChannel => w.par_chunks(k).map(|row| scale_for(row.iter().fold(0f32, |m, v| m.max(v.abs())))).collect(),
+            WeightGranularity::PerTensor => vec![scale_for(maxima.iter().copied().fold(0f32, f32::max))],
+            WeightGranularity::PerChannel => maxima.iter().map(|&m| scale_for(m)).collect(),
         };
         let mut q = vec![0i8; n * k];
-        q.par_chunks_mut(k).zip(w.par_chunks(k)).enumerate().for_each(|(r, (qr, wr))| {
+        q.par_chunks_mut(k).enumerate().for_each_init(Vec::new, |buf, (r, qr)| {
+            buf.resize(k, 0.0);
+            row(r, buf);
             let inv = 1.0 / scales[if scales.len() == 1 { 0 } else { r }];
-            for (o, &v) in qr.iter_mut().zip(wr) {
+            for (o, &v) in qr.iter_mut().zip(buf.iter()) {
                 *o = quantize_value(v, inv);
             }
         });

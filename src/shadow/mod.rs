@@ -75,7 +75,7 @@ impl Outliers {
 
 /// The float weights of one linear layer that reads a shadowed input.
 struct ShadowWeights {
-    /// [n, k], PyTorch layout; memory-mapped (not copied) when the file holds f32.
+    /// [n, k], PyTorch layout; memory-mapped as stored (f32 or encoded), never copied.
     weight: Tensor,
     n: usize,
     k: usize,
@@ -87,18 +87,8 @@ impl ShadowWeights {
     fn new(weight: &Tensor, hot: &[u32]) -> Self {
         let (n, k) = (weight.shape()[0], weight.shape()[1]);
         let mut hot_columns = vec![0f32; hot.len() * n];
-        gather_columns(weight.data(), k, hot, &mut hot_columns);
+        weight.gather_columns(hot, &mut hot_columns);
         ShadowWeights { weight: weight.clone(), n, k, hot_columns }
-    }
-}
-
-/// out[i][..] = column cols[i] of w ([n, k]).
-fn gather_columns(w: &[f32], k: usize, cols: &[u32], out: &mut [f32]) {
-    let n = w.len() / k;
-    for (&c, col) in cols.iter().zip(out.chunks_exact_mut(n)) {
-        for (j, v) in col.iter_mut().enumerate() {
-            *v = w[j * k + c as usize];
-        }
     }
 }
 
@@ -244,7 +234,7 @@ impl ShadowPoint {
             .map(|lin| {
                 let n = lin.n;
                 let mut cold_columns = vec![0f32; cold.len() * n];
-                gather_columns(lin.weight.data(), lin.k, &cold, &mut cold_columns);
+                lin.weight.gather_columns(&cold, &mut cold_columns);
                 let column = |ch: u32| -> &[f32] {
                     match self.hot_slot[ch as usize] {
                         COLD => {

@@ -146,7 +146,7 @@ impl NpuEngine {
                 linears: LinearGroup::ALL.map(|g| {
                     l.linears(g)
                         .into_iter()
-                        .map(|lin| Arc::new(Int8Linear::new(lin.weight.data(), lin.out_features(), lin.in_features(), lin.bias.as_ref().map(|b| b.data()), opts.weights)))
+                        .map(|lin| Arc::new(Int8Linear::from_tensor(&lin.weight, lin.bias.as_ref().map(|b| b.data()), opts.weights)))
                         .collect()
                 }),
                 scales: LinearGroup::ALL.map(|g| plan.point(g).scale),
@@ -166,7 +166,7 @@ impl NpuEngine {
         }
         progress.finish();
         let head = &model.lm_head;
-        let lm_head = Int8Linear::new(head.weight.data(), head.out_features(), head.in_features(), None, WeightGranularity::PerChannel);
+        let lm_head = Int8Linear::from_tensor(&head.weight, None, WeightGranularity::PerChannel);
         weight_bytes += lm_head.weights.memory_bytes();
         // No chunk can hold more tokens than the context; a larger size would only pad.
         let chunk_size = chunk_size.min(model.config.max_seq_len);
