@@ -21,3 +21,74 @@ fn every_quantized_type_decodes_like_the_gguf_package() {
     }
     assert_eq!(checked.len(), 10, "{checked:?}");
 }
+
+/// mixed.gguf (every weight type, one per tensor) and its twin with every weight decoded to f32
+/// in memory.
+fn mixed_and_decoded_twin() -> (std::sync::Arc<llm_npu::model::LoadedModel>, std::sync::Arc<llm_npu::model::LoadedModel>) {
+    use llm_npu::model::{self, LoadOptions};
+    use llm_npu::tensor::Tensor;
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/quant/mixed.gguf");
+    let quantized = model::load(&path, &LoadOptions::default()).unwrap();
+    let mut twin = model::load(&path, &LoadOptions::default()).unwrap();
+    let decode = |t: &mut Tensor| *t = Tensor::from_vec(t.shape().to_vec(), t.data().to_vec());
+    decode(&mut twin.model.embed_tokens);
+    decode(&mut twin.model.lm_head.weight);
+    for layer in &mut twin.model.layers {
+        let (a, m) = (&mut layer.self_attn, &mut layer.mlp);
+        for lin in [&mut a.q_proj, &mut a.k_proj, &mut a.v_proj, &mut a.o_proj, &mut m.gate_proj, &mut m.up_proj, &mut m.down_proj] {
+            assert!(lin.weight.encoded().is_some(), "the fixture's linears are all encoded");
+            decode(&mut lin.weight);
+        }
+    }
+    assert!(quantized.model.embed_tokens.encoded().is_some() && twin.model.embed_tokens.encoded().is_none());
+    (std::sync::Arc::new(quantized), std::sync::Arc::new(twin))
+}
+
+fn tokens() -> Vec<u32> {
+    (0..40).map(|i| (i * 37 + 11) % 256).collect()
+}
+
+#[test]
+fn a_quantized_file_computes_what_its_decoded_f32_twin_does() {
+    // Prefill (decoded panels through the GEMM) and decode (rows decoded into the matrix-vector
+    // kernels), without any f32 copy of the quantized weights.
+    use llm_npu::model::Logits;
+    let (q, f) = mixed_and_decoded_twin();
+    let t = tokens();
+    let (mq, mf) = (&q.model, &f.model);
+    let prefill_q = mq.forward(&t, &mut mq.new_cache(t.len()), Logits::All).unwrap();
+    let prefill_f = mf.forward(&t, &mut mf.new_cache(t.len()), Logits::All).unwrap();
+    let scale = prefill_f.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let d = prefill_q.iter().zip(&prefill_f).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(d <= 1e-5 * scale.max(1.0), "prefill: {d} (logits up to {scale})");
+    let vocab = mq.config.vocab_size;
+    let mut cache = mq.new_cache(t.len());
+    for (i, &tok) in t.iter().enumerate() {
+        let l = mq.forward(&[tok], &mut cache, Logits::Last).unwrap();
+        let d = l.iter().zip(&prefill_f[i * vocab..(i + 1) * vocab]).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(d <= 1e-5 * scale.max(1.0), "decode position {i}: {d}");
+    }
+    for lin in [&mq.layers[0].self_attn.q_proj, &mq.layers[1].mlp.down_proj] {
+        assert!(lin.weight.memory_bytes() < lin.weight.len(), "no decoded copy was kept: {} bytes", lin.weight.memory_bytes());
+    }
+}
+
+#[test]
+fn the_npu_backend_quantizes_a_quantized_file_like_its_decoded_twin() {
+    use llm_npu::engine::{self, BackendKind, CalibrationSource, EngineOptions};
+    use llm_npu::model::Logits;
+    use llm_npu::quant::calibration::Calibration;
+    use llm_npu::util::Silent;
+    let (q, f) = mixed_and_decoded_twin();
+    let cal = std::sync::Arc::new(Calibration::on_random_tokens(&f.model, 256, 0, &Silent).unwrap());
+    let options = EngineOptions { backend: BackendKind::Npu, calibration: CalibrationSource::Given(cal), ..Default::default() };
+    let t = tokens();
+    let run = |m: &std::sync::Arc<llm_npu::model::LoadedModel>| {
+        let npu = engine::build(m, &options, &Silent).unwrap();
+        npu.forward(&t, &mut m.model.new_cache(t.len()), Logits::All).unwrap()
+    };
+    let (from_quantized, from_twin) = (run(&q), run(&f));
+    assert_eq!(from_quantized, from_twin, "int8 weights made from the stored blocks equal those made from f32");
+    let w = &q.model.layers[1].mlp.gate_proj.weight;
+    assert!(w.memory_bytes() < w.len(), "the npu backend kept no decoded copy: {} bytes", w.memory_bytes());
+}
