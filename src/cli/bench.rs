@@ -65,6 +65,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             let mut v = serde_json::to_value(&r)?;
             v["model"] = desc.clone().into();
             v["peak_rss_mib"] = bench::peak_rss_bytes().map_or(serde_json::Value::Null, |b| (b / (1 << 20)).into());
+            v["weight_mib"] = (m.weight_memory_bytes() / (1 << 20)).into();
             println!("{v}");
         }
         results.push(r);
@@ -73,7 +74,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     if !a.json {
         println!("| model | size | params | backend | threads | test | t/s |");
         println!("| --- | ---: | ---: | --- | ---: | ---: | ---: |");
-        let size = format!("{:.2} GiB", (m.num_parameters() * 4) as f64 / (1u64 << 30) as f64);
+        let size = format!("{:.2} GiB", m.weight_memory_bytes() as f64 / (1u64 << 30) as f64);
         for r in &results {
             println!("| {desc} | {size} | {} | {} | {} | {} | {:.2} ± {:.2} |", report::human_count(m.num_parameters()), r.backend, r.threads, r.test, r.tokens_per_s, r.stddev);
         }

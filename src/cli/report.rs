@@ -90,11 +90,12 @@ pub fn load_model(args: &ModelArgs) -> Result<Arc<LoadedModel>> {
     // Library errors already name the file and field.
     let loaded = engine::load_model(&args.model_options(), &Bar::default())?;
     eprintln!(
-        "loaded {} ({}, {} family, {} parameters) in {:.2} s",
+        "loaded {} ({}, {} family, {} parameters, {:.2} GiB of weights as stored) in {:.2} s",
         args.model.display(),
         loaded.format,
         loaded.model.config.family,
         human_count(loaded.model.num_parameters()),
+        loaded.model.weight_memory_bytes() as f64 / (1u64 << 30) as f64,
         t0.elapsed().as_secs_f64()
     );
     Ok(loaded)

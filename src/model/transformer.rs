@@ -265,6 +265,19 @@ impl Transformer {
         n
     }
 
+    /// Bytes the weights take in memory as held (a quantized file's blocks as stored, f32 as f32).
+    pub fn weight_memory_bytes(&self) -> usize {
+        let mut n = self.embed_tokens.memory_bytes() + self.norm.weight.memory_bytes();
+        if !self.config.tie_word_embeddings {
+            n += self.lm_head.weight.memory_bytes();
+        }
+        for layer in &self.layers {
+            n += LinearGroup::ALL.iter().flat_map(|&g| layer.linears(g)).map(|l| l.weight.memory_bytes() + l.bias.as_ref().map_or(0, |b| b.memory_bytes())).sum::<usize>();
+            n += layer.input_layernorm.weight.memory_bytes() + layer.post_attention_layernorm.weight.memory_bytes();
+        }
+        n
+    }
+
     pub fn new_cache(&self, capacity: usize) -> KvCache {
         KvCache::new(self.config.num_layers, self.config.num_kv_heads, self.config.head_dim, capacity)
     }
