@@ -24,7 +24,6 @@
 //!   backend is Qualcomm's emulation: real numerics, meaningless timings. Compiled graphs are
 //!   kept as EP-context files in a folder beside the model and loaded instead of compiled on the
 //!   next run (the paper's "build once": 450 ms + 3.3 s per graph on a phone).
-//!
 //! - `openvino`, Intel's OpenVINO execution provider, built into PyPI's `onnxruntime-openvino`
 //!   (point `ORT_DYLIB_PATH` at its library), on `LLM_NPU_OPENVINO_DEVICE` (default NPU, Intel's
 //!   NPU; CPU and GPU work too). CPU fallback disabled as for QNN.
@@ -56,8 +55,6 @@ const QNN_EP: &str = "QNNExecutionProvider";
 /// Measured on the three fixtures and stories260K (KL to the reference accelerator, summed):
 /// 1: 0.0336, 1.25: 0.0230, 1.5: 0.0231, 2: 0.0296 (README, "ONNX Runtime").
 const OUTPUT_HEADROOM: f32 = 1.5;
-/// The ONNX Runtime this code was written against (PyPI `onnxruntime`).
-pub const TESTED_VERSION: &str = "1.32.0";
 const INSTALL: &str = "python3 -m venv ~/.venv-ort && ~/.venv-ort/bin/pip install onnxruntime==1.32.0 onnxruntime-qnn==2.7.0, then ORT_DYLIB_PATH=$(echo ~/.venv-ort/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.*)";
 
 /// The path of the ONNX Runtime library, from `ORT_DYLIB_PATH`.
@@ -176,7 +173,8 @@ fn ort_err<T>(what: String) -> impl Fn(ort::Error<T>) -> Error {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Provider {
     Cpu,
-    QnnHtp,
+    /// QNN with its HTP backend library.
+    QnnHtp(PathBuf),
     /// OpenVINO on a device ("NPU", "CPU", "GPU").
     OpenVino(String),
 }
@@ -185,8 +183,6 @@ enum Provider {
 pub struct OrtAccelerator {
     env: &'static Environment,
     provider: Provider,
-    /// QNN: the HTP backend library.
-    htp: PathBuf,
     /// QNN: where compiled graphs are kept (EP-context files).
     cache_dir: Option<PathBuf>,
 }
@@ -201,7 +197,7 @@ impl OrtAccelerator {
     /// ONNX Runtime's CPU execution provider: a portable yardstick for our int8 kernels, on the
     /// same graphs an NPU execution provider takes.
     pub fn cpu() -> Result<Self> {
-        Ok(OrtAccelerator { env: environment()?, provider: Provider::Cpu, htp: PathBuf::new(), cache_dir: None })
+        Ok(OrtAccelerator { env: environment()?, provider: Provider::Cpu, cache_dir: None })
     }
 
     /// Qualcomm's QNN execution provider on its HTP backend (emulated on x86-64).
@@ -211,42 +207,21 @@ impl OrtAccelerator {
         if !env.devices().any(|d| d.ep().is_ok_and(|e| e == QNN_EP)) {
             return Err(Error::Runtime(format!("the QNN execution provider offers no device{}", take_log())));
         }
-        Ok(OrtAccelerator { env, provider: Provider::QnnHtp, htp, cache_dir: cx.cache_dir.clone() })
+        Ok(OrtAccelerator { env, provider: Provider::QnnHtp(htp), cache_dir: cx.cache_dir.clone() })
     }
 
     /// Intel's OpenVINO execution provider (the ONNX Runtime of PyPI's `onnxruntime-openvino`) on
     /// the device `LLM_NPU_OPENVINO_DEVICE` names [default: NPU, Intel's NPU].
     pub fn openvino() -> Result<Self> {
         let device = std::env::var("LLM_NPU_OPENVINO_DEVICE").unwrap_or_else(|_| "NPU".into());
-        Ok(OrtAccelerator { env: environment()?, provider: Provider::OpenVino(device), htp: PathBuf::new(), cache_dir: None })
+        Ok(OrtAccelerator { env: environment()?, provider: Provider::OpenVino(device), cache_dir: None })
     }
 
     fn session_builder(&self, what: &dyn Fn() -> String) -> Result<ort::session::builder::SessionBuilder> {
-        if let Provider::OpenVino(device) = &self.provider {
-            // A provider built into this ONNX Runtime (not a plugin with devices): appended by name.
-            let builder = Session::builder(self.env).map_err(ort_err(what()))?;
-            let builder = builder.with_config_entry("session.disable_cpu_ep_fallback", "1").map_err(ort_err(what()))?;
-            let mut ep = ort::ep::OpenVINO::default().with_device_type(device);
-            if device == "CPU" {
-                // Otherwise OpenVINO's CPU plugin computes in bf16 where the CPU has it (measured
-                // here: top-1 0.907 against the reference accelerator; with ACCURACY, 1e-6).
-                ep = ep.with_precision("ACCURACY");
-            }
-            let ep = ep.build().error_on_failure();
-            return builder.with_execution_providers([ep]).map_err(ort_err(what()));
-        }
-        let ep = match self.provider {
-            Provider::Cpu => CPU_EP,
-            _ => QNN_EP,
-        };
-        let devices: Vec<_> = self.env.devices().filter(|d| d.ep().is_ok_and(|e| e == ep)).collect();
-        if devices.is_empty() {
-            return Err(Error::Runtime(format!("ONNX Runtime offers no {ep} device")));
-        }
         let builder = Session::builder(self.env).map_err(ort_err(what()))?;
-        match self.provider {
+        match &self.provider {
             Provider::Cpu => {
-                let builder = builder.with_devices(devices, None).map_err(ort_err(what()))?;
+                let builder = builder.with_devices(self.devices(CPU_EP)?, None).map_err(ort_err(what()))?;
                 let builder = builder.with_intra_threads(rayon::current_num_threads()).map_err(ort_err(what()))?;
                 // Our own threads (attention, shadow work) share the cores: ONNX Runtime's workers
                 // must sleep between graphs instead of spinning.
@@ -255,13 +230,33 @@ impl OrtAccelerator {
                 // instead of a float Gemm over weights dequantized on every run.
                 builder.with_disabled_optimizers("MatMulAddFusion").map_err(ort_err(what()))
             }
-            Provider::QnnHtp | Provider::OpenVino(_) => {
+            Provider::QnnHtp(htp) => {
                 // Nothing may silently run on the CPU: a node HTP refuses is an error.
                 let builder = builder.with_config_entry("session.disable_cpu_ep_fallback", "1").map_err(ort_err(what()))?;
-                let options = vec![(format!("{QNN_EP}.backend_path"), self.htp.to_string_lossy().into_owned())];
-                builder.with_devices(devices, Some(&options)).map_err(ort_err(what()))
+                let options = vec![(format!("{QNN_EP}.backend_path"), htp.to_string_lossy().into_owned())];
+                builder.with_devices(self.devices(QNN_EP)?, Some(&options)).map_err(ort_err(what()))
+            }
+            Provider::OpenVino(device) => {
+                // Built into this ONNX Runtime (a provider, not a plugin with devices): by name.
+                let builder = builder.with_config_entry("session.disable_cpu_ep_fallback", "1").map_err(ort_err(what()))?;
+                let mut ep = ort::ep::OpenVINO::default().with_device_type(device);
+                if device == "CPU" {
+                    // Otherwise OpenVINO's CPU plugin computes in bf16 where the CPU has it
+                    // (measured here: top-1 0.907 against the reference; with ACCURACY, 1e-6).
+                    ep = ep.with_precision("ACCURACY");
+                }
+                builder.with_execution_providers([ep.build().error_on_failure()]).map_err(ort_err(what()))
             }
         }
+    }
+
+    /// The devices a plugin-style execution provider offers.
+    fn devices(&self, ep: &str) -> Result<Vec<ort::device::Device<'static>>> {
+        let devices: Vec<_> = self.env.devices().filter(|d| d.ep().is_ok_and(|e| e == ep)).collect();
+        if devices.is_empty() {
+            return Err(Error::Runtime(format!("ONNX Runtime offers no {ep} device{}", take_log())));
+        }
+        Ok(devices)
     }
 
     /// The EP-context file of a graph: named by its place and a hash of everything in it, so a
@@ -284,19 +279,19 @@ impl Accelerator for OrtAccelerator {
     fn name(&self) -> String {
         match &self.provider {
             Provider::Cpu => "ONNX Runtime, CPU execution provider".into(),
-            Provider::QnnHtp => "ONNX Runtime, QNN execution provider, HTP backend (Qualcomm's x86-64 emulation here: real numerics, meaningless timings)".into(),
+            Provider::QnnHtp(_) => "ONNX Runtime, QNN execution provider, HTP backend (Qualcomm's x86-64 emulation here: real numerics, meaningless timings)".into(),
             Provider::OpenVino(device) => format!("ONNX Runtime, OpenVINO execution provider on {device}"),
         }
     }
 
     fn needs_output_ranges(&self) -> bool {
-        self.provider == Provider::QnnHtp
+        matches!(self.provider, Provider::QnnHtp(_))
     }
 
     fn compile(&self, spec: &GraphSpec) -> Result<(Box<dyn CompiledGraph>, CompileReport)> {
         let t0 = Instant::now();
         spec.validate()?;
-        let quantized_output = self.provider == Provider::QnnHtp;
+        let quantized_output = matches!(self.provider, Provider::QnnHtp(_));
         if quantized_output && spec.output_ranges.is_none() {
             return Err(Error::Runtime(format!(
                 "graph {}: QNN needs the output ranges of the linears, which this calibration lacks: run `llm-npu calibrate` again",
