@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use llm_npu::tensor::dtype::{to_f32, DType};
+use llm_npu::tensor::dtype::{to_f32, to_f32_portable, DType};
 
 #[test]
 fn every_quantized_type_decodes_like_the_gguf_package() {
@@ -15,6 +15,9 @@ fn every_quantized_type_decodes_like_the_gguf_package() {
         assert_eq!(dtype.n_bytes(want.len()), Some(blocks.len()), "{}", dtype.name());
         let mut got = vec![0f32; want.len()];
         to_f32(dtype, &blocks, &mut got);
+        let mut portable = vec![0f32; want.len()];
+        to_f32_portable(dtype, &blocks, &mut portable);
+        assert!(got.iter().zip(&portable).all(|(a, b)| a.to_bits() == b.to_bits()), "{}: the SIMD build differs from the portable one", dtype.name());
         let differ = got.iter().zip(&want).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
         assert_eq!(differ, 0, "{}: {differ} of {} values differ; first: {:?}", dtype.name(), want.len(), got.iter().zip(&want).find(|(a, b)| a.to_bits() != b.to_bits()));
         checked.push(dtype.name());
