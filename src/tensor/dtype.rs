@@ -174,33 +174,27 @@ pub fn to_f32_portable(dtype: DType, bytes: &[u8], out: &mut [f32]) {
 #[inline(always)]
 fn dequantize_block(dtype: DType, b: &[u8], y: &mut [f32]) {
     match dtype {
-        DType::Q4_0 | DType::Q4_1 => {
-            let (d, min, qs) = if dtype == DType::Q4_0 { (half(b, 0), None, &b[2..18]) } else { (half(b, 0), Some(half(b, 2)), &b[4..20]) };
+        DType::Q4_0 | DType::Q4_1 | DType::Q5_0 | DType::Q5_1 => {
+            let u32_at = |at: usize| u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+            // (min, fifth bits, nibbles, offset): w = d (q - offset) or w = d q + min.
+            let (min, qh, qs, offset) = match dtype {
+                DType::Q4_0 => (None, None, &b[2..18], 8),
+                DType::Q4_1 => (Some(half(b, 2)), None, &b[4..20], 0),
+                DType::Q5_0 => (None, Some(u32_at(2)), &b[6..22], 16),
+                _ => (Some(half(b, 2)), Some(u32_at(4)), &b[8..24], 0),
+            };
+            let d = half(b, 0);
             for (j, &q) in qs.iter().enumerate() {
-                let (lo, hi) = ((q & 0xF) as i32, (q >> 4) as i32);
-                match min {
-                    None => {
-                        y[j] = (lo - 8) as f32 * d;
-                        y[j + 16] = (hi - 8) as f32 * d;
-                    }
-                    Some(m) => {
-                        y[j] = lo as f32 * d + m;
-                        y[j + 16] = hi as f32 * d + m;
-                    }
+                let (mut lo, mut hi) = ((q & 0xF) as u32, (q >> 4) as u32);
+                if let Some(qh) = qh {
+                    lo |= ((qh >> j) << 4) & 0x10;
+                    hi |= (qh >> (j + 12)) & 0x10;
                 }
-            }
-        }
-        DType::Q5_0 | DType::Q5_1 => {
-            let (d, min, at) = if dtype == DType::Q5_0 { (half(b, 0), None, 2) } else { (half(b, 0), Some(half(b, 2)), 4) };
-            let qh = u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
-            for (j, &q) in b[at + 4..at + 20].iter().enumerate() {
-                let h0 = ((qh >> j) << 4) & 0x10;
-                let h1 = (qh >> (j + 12)) & 0x10;
-                let (lo, hi) = (((q & 0xF) as u32 | h0) as i32, ((q >> 4) as u32 | h1) as i32);
+                let (lo, hi) = (lo as i32 - offset, hi as i32 - offset);
                 match min {
                     None => {
-                        y[j] = (lo - 16) as f32 * d;
-                        y[j + 16] = (hi - 16) as f32 * d;
+                        y[j] = lo as f32 * d;
+                        y[j + 16] = hi as f32 * d;
                     }
                     Some(m) => {
                         y[j] = lo as f32 * d + m;
