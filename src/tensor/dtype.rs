@@ -110,8 +110,11 @@ impl DType {
     }
 }
 
-fn half(b: &[u8], at: usize) -> f32 {
-    f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
+/// Every f16 as f32 (256 KiB), as ggml keeps it: a block's scales are looked up instead of
+/// converted one call at a time (a function call per block dominated decoding).
+fn f16_table() -> &'static [f32] {
+    static TABLE: std::sync::OnceLock<Vec<f32>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| (0..=u16::MAX).map(|bits| f16::from_bits(bits).to_f32()).collect())
 }
 
 /// Converts `bytes` holding `out.len()` elements of `dtype` (little-endian) into f32.
@@ -162,8 +165,10 @@ pub fn to_f32_portable(dtype: DType, bytes: &[u8], out: &mut [f32]) {
         }
         _ => {
             let (weights, size) = dtype.block();
+            let table = f16_table();
+            let half = |b: &[u8], at: usize| table[u16::from_le_bytes([b[at], b[at + 1]]) as usize];
             for (o, b) in out.chunks_exact_mut(weights).zip(bytes.chunks_exact(size)) {
-                dequantize_block(dtype, b, o);
+                dequantize_block(dtype, b, o, &half);
             }
         }
     }
@@ -172,7 +177,7 @@ pub fn to_f32_portable(dtype: DType, bytes: &[u8], out: &mut [f32]) {
 /// One block of a quantized type into `y` (its block's weights). The arithmetic and its order
 /// follow ggml's reference dequantizers, so results equal the gguf package's bit for bit.
 #[inline(always)]
-fn dequantize_block(dtype: DType, b: &[u8], y: &mut [f32]) {
+fn dequantize_block(dtype: DType, b: &[u8], y: &mut [f32], half: &impl Fn(&[u8], usize) -> f32) {
     match dtype {
         DType::Q4_0 | DType::Q4_1 | DType::Q5_0 | DType::Q5_1 => {
             let u32_at = |at: usize| u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
