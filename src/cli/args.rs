@@ -2,7 +2,6 @@
 //! checks live here: the library speaks of values, the CLI of flags.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, ValueEnum};
@@ -228,6 +227,3 @@ impl TokenSource {
         }
     }
 }
-
-/// A loaded model shared by the engines of one command.
-pub type Loaded = Arc<LoadedModel>;

@@ -5,7 +5,11 @@ use clap::Args;
 
 use llm_npu::measure::bench::{self, BenchResult, TestKind};
 
-use super::args::{BackendArg, Loaded, ModelArgs};
+use std::sync::Arc;
+
+use llm_npu::model::LoadedModel;
+
+use super::args::{BackendArg, ModelArgs};
 use super::report::{self, Bar, ScheduleOutputs};
 
 #[derive(Args)]
@@ -88,14 +92,18 @@ pub fn run(a: BenchArgs) -> Result<()> {
 
 /// `bench --ablation`: each step of the paper's ablation as an engine configuration, timed on the
 /// same prompt length.
-fn ablation(loaded: &Loaded, a: &BenchArgs, threads: usize) -> Result<()> {
+fn ablation(loaded: &Arc<LoadedModel>, a: &BenchArgs, threads: usize) -> Result<()> {
     if a.model.backend != BackendArg::F32 || a.model.chunk_size.is_some() || a.model.npu.no_shadow || a.model.npu.scheduler.is_some() || a.json {
         bail!("--ablation sets the backend, chunks, shadow and scheduler of each row itself; drop --backend, --chunk-size, --no-shadow, --scheduler and --json");
     }
     let n = *a.n_prompt.first().context("--ablation needs a prompt length (-p)")?;
     let base = a.model.engine_options_for(BackendArg::Npu)?;
     let rows = bench::run_ablation(loaded, n, &base, a.repetitions, threads, &Bar::default())?;
-    println!("\nablation, pp{n}, {} ({threads} threads; the accelerator is the CPU reference accelerator, sharing these cores):", report::model_description(loaded));
+    let accelerator = match base.npu.accelerator {
+        "ref" => "the accelerator is the CPU reference accelerator, sharing these cores".to_string(),
+        other => format!("accelerator {other}"),
+    };
+    println!("\nablation, pp{n}, {} ({threads} threads; {accelerator}):", report::model_description(loaded));
     println!("| configuration | pp{n} tokens/s | accelerator bubble rate (measured) |");
     println!("| --- | ---: | ---: |");
     for row in &rows {

@@ -19,7 +19,7 @@ pub enum WeightRows<'a> {
 impl<'a> WeightRows<'a> {
     /// Row `r` as f32: borrowed, or decoded into `buf`.
     #[inline]
-    fn row<'b>(&'b self, r: usize, k: usize, buf: &'b mut Vec<f32>) -> &'b [f32] {
+    pub fn row<'b>(&'b self, r: usize, k: usize, buf: &'b mut Vec<f32>) -> &'b [f32] {
         match self {
             WeightRows::F32(w) => &w[r * k..(r + 1) * k],
             WeightRows::Encoded(e) => {

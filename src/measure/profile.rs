@@ -1,7 +1,7 @@
 //! `llm-npu profile`: time the npu prefill's subgraphs on this machine and turn them into a
 //! device cost model (`prefill::profile::DeviceProfile`) for the simulator.
 
-use crate::engine::NpuEngine;
+use crate::engine::{Engine, NpuEngine};
 use crate::error::{Error, Result};
 use crate::model::Logits;
 use crate::prefill::profile::DeviceProfile;

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
+use crate::kernels::matvec::WeightRows;
 use crate::kernels::int8_gemm::{gemm_i8, gemm_packed_with, Epilogue, Int8Kernel, PackedI8Acts, PackedI8Weights, NR_I8};
 use crate::kernels::quantize::{quantize, quantize_value, scale_for};
 use crate::tensor::Tensor;
@@ -37,37 +38,30 @@ pub struct Int8Linear {
 impl Int8Linear {
     /// Quantizes f32 weights [n, k] (PyTorch layout).
     pub fn new(w: &[f32], n: usize, k: usize, bias: Option<&[f32]>, granularity: WeightGranularity) -> Self {
-        Self::from_rows(n, k, &|r, out| out.copy_from_slice(&w[r * k..(r + 1) * k]), bias, granularity)
+        Self::from_rows(WeightRows::F32(w), n, k, bias, granularity)
     }
 
     /// Quantizes a weight tensor [n, k] as stored: an encoded one (F16, BF16, ggml blocks) is
     /// decoded row by row, never whole.
     pub fn from_tensor(w: &Tensor, bias: Option<&[f32]>, granularity: WeightGranularity) -> Self {
-        let (n, k) = (w.shape()[0], w.shape()[1]);
-        match w.encoded() {
-            Some(e) => Self::from_rows(n, k, &|r, out| e.decode_rows(r, out), bias, granularity),
-            None => Self::new(w.data(), n, k, bias, granularity),
-        }
+        let rows = match w.encoded() {
+            Some(e) => WeightRows::Encoded(e),
+            None => WeightRows::F32(w.data()),
+        };
+        Self::from_rows(rows, w.shape()[0], w.shape()[1], bias, granularity)
     }
 
-    /// Quantizes the rows `row(r, out)` writes, in parallel, one row buffer per task.
-    fn from_rows(n: usize, k: usize, row: &(dyn Fn(usize, &mut [f32]) + Sync), bias: Option<&[f32]>, granularity: WeightGranularity) -> Self {
-        let row_max = |r: usize, buf: &mut Vec<f32>| {
-            buf.resize(k, 0.0);
-            row(r, buf);
-            buf.iter().fold(0f32, |m, v| m.max(v.abs()))
-        };
-        let maxima: Vec<f32> = (0..n).into_par_iter().map_init(Vec::new, |buf, r| row_max(r, buf)).collect();
+    /// Quantizes the rows in parallel (an encoded row decoded into one buffer per task).
+    fn from_rows(w: WeightRows, n: usize, k: usize, bias: Option<&[f32]>, granularity: WeightGranularity) -> Self {
+        let maxima: Vec<f32> = (0..n).into_par_iter().map_init(Vec::new, |buf, r| w.row(r, k, buf).iter().fold(0f32, |m, v| m.max(v.abs()))).collect();
         let scales: Vec<f32> = match granularity {
             WeightGranularity::PerTensor => vec![scale_for(maxima.iter().copied().fold(0f32, f32::max))],
             WeightGranularity::PerChannel => maxima.iter().map(|&m| scale_for(m)).collect(),
         };
         let mut q = vec![0i8; n * k];
         q.par_chunks_mut(k).enumerate().for_each_init(Vec::new, |buf, (r, qr)| {
-            buf.resize(k, 0.0);
-            row(r, buf);
             let inv = 1.0 / scales[if scales.len() == 1 { 0 } else { r }];
-            for (o, &v) in qr.iter_mut().zip(buf.iter()) {
+            for (o, &v) in qr.iter_mut().zip(w.row(r, k, buf)) {
                 *o = quantize_value(v, inv);
             }
         });

@@ -169,12 +169,6 @@ impl Tensor {
         }
     }
 
-    /// Row `i` of a 2-D f32 tensor (decodes an encoded tensor whole: see `copy_row`).
-    pub fn row(&self, i: usize) -> &[f32] {
-        let cols = *self.shape.last().unwrap_or(&1);
-        &self.data()[i * cols..(i + 1) * cols]
-    }
-
     /// Bytes this tensor holds in memory: its stored bytes (mapped or owned), plus a decoded copy
     /// if one was made.
     pub fn memory_bytes(&self) -> usize {

@@ -26,7 +26,7 @@ use crate::accel::{self, AccelContext, Accelerator, CompiledGraph, GraphSpec};
 use crate::error::{Error, Result};
 use crate::kernels::int8_gemm::{best_kernel, Int8Kernel};
 use crate::model::transformer::LinearExecutor;
-use crate::model::{KvCache, LinearGroup, LoadedModel, Logits, Transformer};
+use crate::model::{KvCache, LinearGroup, LoadedModel, Logits};
 use crate::prefill::profile::GroupTiming;
 use crate::quant::calibration::Calibration;
 use crate::quant::{w8a8, w8a8_dynamic, Int8Linear, WeightGranularity};
@@ -197,10 +197,6 @@ impl NpuEngine {
             profile: Mutex::new(None),
             executors,
         })
-    }
-
-    pub fn model(&self) -> &Transformer {
-        &self.loaded.model
     }
 
     /// Final norm (f32), then the int8 LM head on the CPU with a per-row dynamic activation scale.

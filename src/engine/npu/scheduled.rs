@@ -11,6 +11,7 @@
 use std::sync::Mutex;
 
 use super::{AccelChunk, NpuEngine};
+use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::model::{KvCache, Logits};
 use crate::prefill::dag::{Dag, Kind, Processor};
