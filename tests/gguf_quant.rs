@@ -53,8 +53,8 @@ fn tokens() -> Vec<u32> {
 
 #[test]
 fn a_quantized_file_computes_what_its_decoded_f32_twin_does() {
-    // Prefill (decoded panels through the GEMM) and decode (rows decoded into the matrix-vector
-    // kernels), without any f32 copy of the quantized weights.
+    // Prefill (decoded panels through the GEMM) and decode (integer block dot products), without
+    // any f32 copy of the quantized weights.
     use llm_npu::model::Logits;
     let (q, f) = mixed_and_decoded_twin();
     let t = tokens();
@@ -68,8 +68,13 @@ fn a_quantized_file_computes_what_its_decoded_f32_twin_does() {
     let mut cache = mq.new_cache(t.len());
     for (i, &tok) in t.iter().enumerate() {
         let l = mq.forward(&[tok], &mut cache, Logits::Last).unwrap();
-        let d = l.iter().zip(&prefill_f[i * vocab..(i + 1) * vocab]).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-        assert!(d <= 1e-5 * scale.max(1.0), "decode position {i}: {d}");
+        let want = &prefill_f[i * vocab..(i + 1) * vocab];
+        let d = l.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        let dot: f64 = l.iter().zip(want).map(|(&a, &b)| a as f64 * b as f64).sum();
+        let cos = dot / (l.iter().map(|&a| (a as f64).powi(2)).sum::<f64>().sqrt() * want.iter().map(|&b| (b as f64).powi(2)).sum::<f64>().sqrt());
+        // Decode quantizes each activation row to int8 (as llama.cpp does), so it matches the twin
+        // to that precision, not to float rounding (measured: cosine >= 0.99995, max diff 1.1%).
+        assert!(cos >= 0.9999 && d <= 0.02 * scale, "decode position {i}: max diff {d} of {scale}, cosine {cos}");
     }
     for lin in [&mq.layers[0].self_attn.q_proj, &mq.layers[1].mlp.down_proj] {
         assert!(lin.weight.memory_bytes() < lin.weight.len(), "no decoded copy was kept: {} bytes", lin.weight.memory_bytes());

@@ -5,6 +5,7 @@ pub mod gemm;
 pub mod int8_gemm;
 pub mod matvec;
 pub mod ops;
+pub mod qdot;
 pub mod quantize;
 
 use std::sync::OnceLock;
@@ -59,13 +60,17 @@ fn linear_into(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, y: &mut [f32]
 }
 
 /// y[m, n] = x[m, k] . W^T (or y += that) for weights kept encoded (F16, BF16, ggml blocks):
-/// decode runs each weight row through the matrix-vector kernels as it is decoded; larger
+/// decode reads ggml blocks through the integer dot products of `qdot` (activations quantized
+/// once per token) and F16 / BF16 rows decoded into the float matrix-vector kernel; larger
 /// batches decode panels of `PANEL` rows into f32 and multiply them with the GEMM, so no f32
 /// copy of the whole matrix is ever made.
 pub fn linear_encoded(x: &[f32], m: usize, w: Encoded, y: &mut [f32], accumulate: bool) {
     let (n, k) = (w.rows, w.cols);
     assert_eq!(x.len(), m * k);
     assert_eq!(y.len(), m * n);
+    if m < SMALL_BATCH && w.dtype.is_quantized() {
+        return qdot::matmul(w, x, m, y, accumulate);
+    }
     if m < SMALL_BATCH {
         return matvec::matmul_few_rows(matvec::WeightRows::Encoded(w), n, k, x, m, y, accumulate);
     }

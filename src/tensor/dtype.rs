@@ -178,120 +178,149 @@ pub fn to_f32_portable(dtype: DType, bytes: &[u8], out: &mut [f32]) {
 /// follow ggml's reference dequantizers, so results equal the gguf package's bit for bit.
 #[inline(always)]
 fn dequantize_block(dtype: DType, b: &[u8], y: &mut [f32], half: &impl Fn(&[u8], usize) -> f32) {
+    if dtype.block().0 == QK {
+        let blk = unpack_legacy(dtype, b, half);
+        match blk.min {
+            None => y.iter_mut().zip(&blk.q).for_each(|(y, &q)| *y = q as f32 * blk.d),
+            Some(m) => y.iter_mut().zip(&blk.q).for_each(|(y, &q)| *y = q as f32 * blk.d + m),
+        }
+    } else {
+        let blk = unpack_k(dtype, b, half);
+        for ((y, q), (&sc, &mn)) in y.chunks_exact_mut(16).zip(blk.q.chunks_exact(16)).zip(blk.scales.iter().zip(&blk.mins)) {
+            let (dl, ml) = (blk.d * sc as f32, blk.dmin * mn as f32);
+            y.iter_mut().zip(q).for_each(|(y, &q)| *y = dl * q as f32 - ml);
+        }
+    }
+}
+
+/// A legacy block (32 weights) as integers: w_i = d q_i, or d q_i + min.
+pub struct LegacyBlock {
+    pub d: f32,
+    pub min: Option<f32>,
+    /// With the type's offset applied (Q4_0: nibble - 8, Q5_0: 5 bits - 16).
+    pub q: [i8; QK],
+}
+
+/// A K-quant superblock (256 weights, 16 groups of 16) as integers:
+/// w_i = (d scales[g]) q_i - dmin mins[g], g = i / 16 (types without mins have 0 there).
+pub struct KBlock {
+    pub d: f32,
+    pub dmin: f32,
+    pub scales: [i32; 16],
+    pub mins: [i32; 16],
+    /// With the type's offset applied (Q3_K: 2 bits - 4 when the high bit is clear; Q6_K: 6 bits - 32).
+    pub q: [i8; QK_K],
+}
+
+/// Unpacks a Q4_0 / Q4_1 / Q5_0 / Q5_1 / Q8_0 block (the bit layouts of ggml-common.h).
+#[inline(always)]
+pub fn unpack_legacy(dtype: DType, b: &[u8], half: &impl Fn(&[u8], usize) -> f32) -> LegacyBlock {
+    let d = half(b, 0);
+    let mut q = [0i8; QK];
+    if dtype == DType::Q8_0 {
+        q.iter_mut().zip(&b[2..34]).for_each(|(q, &v)| *q = v as i8);
+        return LegacyBlock { d, min: None, q };
+    }
+    let u32_at = |at: usize| u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+    // (min, fifth bits, nibbles, offset): w = d (q - offset) or w = d q + min.
+    let (min, qh, qs, offset) = match dtype {
+        DType::Q4_0 => (None, None, &b[2..18], 8),
+        DType::Q4_1 => (Some(half(b, 2)), None, &b[4..20], 0),
+        DType::Q5_0 => (None, Some(u32_at(2)), &b[6..22], 16),
+        DType::Q5_1 => (Some(half(b, 2)), Some(u32_at(4)), &b[8..24], 0),
+        _ => unreachable!("not a legacy block type"),
+    };
+    for (j, &v) in qs.iter().enumerate() {
+        let (mut lo, mut hi) = ((v & 0xF) as u32, (v >> 4) as u32);
+        if let Some(qh) = qh {
+            lo |= ((qh >> j) << 4) & 0x10;
+            hi |= (qh >> (j + 12)) & 0x10;
+        }
+        q[j] = (lo as i32 - offset) as i8;
+        q[j + 16] = (hi as i32 - offset) as i8;
+    }
+    LegacyBlock { d, min, q }
+}
+
+/// Unpacks a Q2_K / Q3_K / Q4_K / Q5_K / Q6_K superblock (the bit layouts of ggml-common.h).
+#[inline(always)]
+pub fn unpack_k(dtype: DType, b: &[u8], half: &impl Fn(&[u8], usize) -> f32) -> KBlock {
+    let mut k = KBlock { d: 0.0, dmin: 0.0, scales: [0; 16], mins: [0; 16], q: [0; QK_K] };
     match dtype {
-        DType::Q4_0 | DType::Q4_1 | DType::Q5_0 | DType::Q5_1 => {
-            let u32_at = |at: usize| u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
-            // (min, fifth bits, nibbles, offset): w = d (q - offset) or w = d q + min.
-            let (min, qh, qs, offset) = match dtype {
-                DType::Q4_0 => (None, None, &b[2..18], 8),
-                DType::Q4_1 => (Some(half(b, 2)), None, &b[4..20], 0),
-                DType::Q5_0 => (None, Some(u32_at(2)), &b[6..22], 16),
-                _ => (Some(half(b, 2)), Some(u32_at(4)), &b[8..24], 0),
-            };
-            let d = half(b, 0);
-            for (j, &q) in qs.iter().enumerate() {
-                let (mut lo, mut hi) = ((q & 0xF) as u32, (q >> 4) as u32);
-                if let Some(qh) = qh {
-                    lo |= ((qh >> j) << 4) & 0x10;
-                    hi |= (qh >> (j + 12)) & 0x10;
-                }
-                let (lo, hi) = (lo as i32 - offset, hi as i32 - offset);
-                match min {
-                    None => {
-                        y[j] = lo as f32 * d;
-                        y[j + 16] = hi as f32 * d;
-                    }
-                    Some(m) => {
-                        y[j] = lo as f32 * d + m;
-                        y[j + 16] = hi as f32 * d + m;
-                    }
-                }
-            }
-        }
-        DType::Q8_0 => {
-            let d = half(b, 0);
-            for (o, &q) in y.iter_mut().zip(&b[2..34]) {
-                *o = d * (q as i8) as f32;
-            }
-        }
         DType::Q2K => {
-            let (scales, qs, d, dmin) = (&b[0..16], &b[16..80], half(b, 80), half(b, 82));
-            let mut out = 0;
-            let mut is = 0;
-            for q in qs.chunks_exact(32) {
-                for shift in [0, 2, 4, 6] {
-                    for half_group in [&q[0..16], &q[16..32]] {
-                        let sc = scales[is];
-                        is += 1;
-                        let (dl, ml) = (d * (sc & 0xF) as f32, dmin * (sc >> 4) as f32);
-                        for &v in half_group {
-                            y[out] = dl * ((v >> shift) & 3) as f32 - ml;
-                            out += 1;
-                        }
+            let (scales, qs) = (&b[0..16], &b[16..80]);
+            (k.d, k.dmin) = (half(b, 80), half(b, 82));
+            for (g, &sc) in scales.iter().enumerate() {
+                (k.scales[g], k.mins[g]) = ((sc & 0xF) as i32, (sc >> 4) as i32);
+            }
+            // Each 32-byte chunk holds 128 weights: four 2-bit planes of 32.
+            for (c, q) in qs.chunks_exact(32).enumerate() {
+                for (p, shift) in [0, 2, 4, 6].into_iter().enumerate() {
+                    for (l, &v) in q.iter().enumerate() {
+                        k.q[128 * c + 32 * p + l] = ((v >> shift) & 3) as i8;
                     }
                 }
             }
         }
         DType::Q3K => {
-            let (hmask, qs, d) = (&b[0..32], &b[32..96], half(b, 108));
-            let scales = q3k_scales(&b[96..108]);
-            let mut out = 0;
-            let mut is = 0;
-            let mut m = 1u8;
-            for q in qs.chunks_exact(32) {
-                for shift in [0, 2, 4, 6] {
-                    for l0 in [0, 16] {
-                        let dl = d * (scales[is] as i32 - 32) as f32;
-                        is += 1;
-                        for l in l0..l0 + 16 {
-                            let v = ((q[l] >> shift) & 3) as i32 - if hmask[l] & m != 0 { 0 } else { 4 };
-                            y[out] = dl * v as f32;
-                            out += 1;
-                        }
+            let (hmask, qs) = (&b[0..32], &b[32..96]);
+            k.d = half(b, 108);
+            for (g, &sc) in q3k_scales(&b[96..108]).iter().enumerate() {
+                k.scales[g] = sc as i32 - 32;
+            }
+            for (c, q) in qs.chunks_exact(32).enumerate() {
+                for (p, shift) in [0, 2, 4, 6].into_iter().enumerate() {
+                    let m = 1u8 << (4 * c + p);
+                    for (l, &v) in q.iter().enumerate() {
+                        k.q[128 * c + 32 * p + l] = ((v >> shift) & 3) as i8 - if hmask[l] & m != 0 { 0 } else { 4 };
                     }
-                    m <<= 1;
                 }
             }
         }
         DType::Q4K | DType::Q5K => {
-            let (d, dmin, scales) = (half(b, 0), half(b, 2), &b[4..16]);
+            (k.d, k.dmin) = (half(b, 0), half(b, 2));
+            for j in 0..8 {
+                let (sc, mn) = k4_scale_min(j, &b[4..16]);
+                (k.scales[2 * j], k.scales[2 * j + 1]) = (sc as i32, sc as i32);
+                (k.mins[2 * j], k.mins[2 * j + 1]) = (mn as i32, mn as i32);
+            }
             let (qh, qs) = if dtype == DType::Q5K { (Some(&b[16..48]), &b[48..176]) } else { (None, &b[16..144]) };
-            let mut out = 0;
-            for (g, q) in qs.chunks_exact(32).enumerate() {
-                for (part, nibble_shift) in [(0, 0), (1, 4)] {
-                    let (sc, mn) = k4_scale_min(2 * g + part, scales);
-                    let (dl, ml) = (d * sc as f32, dmin * mn as f32);
-                    let high_bit = 1u8 << (2 * g + part);
-                    let y = &mut y[out..out + 32];
-                    match qh {
-                        None => y.iter_mut().zip(q).for_each(|(y, &v)| *y = dl * ((v >> nibble_shift) & 0xF) as f32 - ml),
-                        Some(qh) => y.iter_mut().zip(q).zip(qh).for_each(|((y, &v), &h)| {
-                            *y = dl * (((v >> nibble_shift) & 0xF) + if h & high_bit != 0 { 16 } else { 0 }) as f32 - ml
-                        }),
+            // Each 32-byte chunk holds 64 weights: low nibbles, then high nibbles.
+            for (c, q) in qs.chunks_exact(32).enumerate() {
+                for (part, shift) in [(0, 0), (1, 4)] {
+                    let high_bit = 1u8 << (2 * c + part);
+                    for (l, &v) in q.iter().enumerate() {
+                        let fifth = qh.map_or(0, |qh| if qh[l] & high_bit != 0 { 16 } else { 0 });
+                        k.q[64 * c + 32 * part + l] = (((v >> shift) & 0xF) + fifth) as i8;
                     }
-                    out += 32;
                 }
             }
         }
         DType::Q6K => {
-            let (ql, qh, sc, d) = (&b[0..128], &b[128..192], &b[192..208], half(b, 208));
+            let (ql, qh, sc) = (&b[0..128], &b[128..192], &b[192..208]);
+            k.d = half(b, 208);
+            for (g, &s) in sc.iter().enumerate() {
+                k.scales[g] = s as i8 as i32;
+            }
             for n in 0..2 {
-                let (ql, qh, sc, y) = (&ql[64 * n..], &qh[32 * n..], &sc[8 * n..], &mut y[128 * n..]);
+                let (ql, qh, q) = (&ql[64 * n..], &qh[32 * n..], &mut k.q[128 * n..]);
                 for l in 0..32 {
-                    let is = l / 16;
-                    let q1 = ((ql[l] & 0xF) | ((qh[l] & 3) << 4)) as i32 - 32;
-                    let q2 = ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) as i32 - 32;
-                    let q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i32 - 32;
-                    let q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i32 - 32;
-                    y[l] = d * (sc[is] as i8) as f32 * q1 as f32;
-                    y[l + 32] = d * (sc[is + 2] as i8) as f32 * q2 as f32;
-                    y[l + 64] = d * (sc[is + 4] as i8) as f32 * q3 as f32;
-                    y[l + 96] = d * (sc[is + 6] as i8) as f32 * q4 as f32;
+                    q[l] = ((ql[l] & 0xF) | ((qh[l] & 3) << 4)) as i8 - 32;
+                    q[l + 32] = ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) as i8 - 32;
+                    q[l + 64] = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i8 - 32;
+                    q[l + 96] = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i8 - 32;
                 }
             }
         }
-        DType::F32 | DType::F16 | DType::BF16 => unreachable!("not a block type"),
+        _ => unreachable!("not a K-quant type"),
     }
+    k
+}
+
+/// The f16 at `b[at..at + 2]` as f32 (table lookup).
+#[inline(always)]
+pub fn f16_at(b: &[u8], at: usize) -> f32 {
+    f16_table()[u16::from_le_bytes([b[at], b[at + 1]]) as usize]
 }
 
 /// Q3_K's 16 6-bit scales, packed in 12 bytes (low 4 bits in the first 8 bytes, high 2 bits in

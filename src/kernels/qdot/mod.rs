@@ -1,0 +1,241 @@
+//! Decode with weights kept in ggml's blocks: the activation row is quantized to int8 once per
+//! token (per 32 values for the legacy types, per 256 with sums per 16 for the K-quants, as
+//! llama.cpp's q8_0 / q8_K do), and every weight row is a sum of integer block dot products,
+//! each scaled once in float.
+//!
+//! Exactness between the SIMD kernels and their portable twins is by construction: a block's
+//! integer sum is exact in any order, its float contribution is computed with the same operations
+//! in every kernel, and contributions are summed in the same order (block u into lane u % 16,
+//! then one fixed tree), so the kernels agree bit for bit and tests check that they do.
+
+mod portable;
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+
+use std::sync::OnceLock;
+
+use rayon::prelude::*;
+
+pub use portable::{block_dot_portable, row_dot_portable};
+
+use crate::tensor::dtype::{DType, QK, QK_K};
+use crate::tensor::Encoded;
+
+/// How an activation row is quantized for a weight type's dot product.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActFormat {
+    /// One scale per 32 values (Q4_0 .. Q8_0).
+    Q8x32,
+    /// One scale per 256 values (the K-quants).
+    Q8K,
+}
+
+impl ActFormat {
+    /// The format a weight type's dot product reads, None for types without one (plain floats).
+    pub fn for_weights(dtype: DType) -> Option<ActFormat> {
+        match dtype.block().0 {
+            QK => Some(ActFormat::Q8x32),
+            QK_K => Some(ActFormat::Q8K),
+            _ => None,
+        }
+    }
+
+    fn block(self) -> usize {
+        match self {
+            ActFormat::Q8x32 => QK,
+            ActFormat::Q8K => QK_K,
+        }
+    }
+}
+
+/// One activation row quantized to int8: x_i ~ d[i / block] * qs[i].
+pub struct QuantizedActs {
+    pub format: ActFormat,
+    pub qs: Vec<i8>,
+    /// Scale per block.
+    pub d: Vec<f32>,
+    /// Sum of qs per 16 values (for weight types with offsets or mins).
+    pub sums: Vec<i16>,
+}
+
+impl QuantizedActs {
+    /// Quantizes `x` (its length a multiple of the format's block) with one symmetric scale per
+    /// block: d = max|x| / 127, q = round(x / d).
+    pub fn new(format: ActFormat, x: &[f32]) -> Self {
+        let mut a = QuantizedActs { format, qs: vec![0; x.len()], d: vec![0.0; x.len() / format.block()], sums: vec![0; x.len() / 16] };
+        #[cfg(target_arch = "x86_64")]
+        if level() != QdotLevel::Portable {
+            // SAFETY: avx2 is present whenever the level is above portable.
+            unsafe { quantize_avx2(&mut a, x) };
+            return a;
+        }
+        quantize_portable(&mut a, x);
+        a
+    }
+
+    /// Sum of the int8 values of 32-value block `b`.
+    pub fn block_sum(&self, b: usize) -> i32 {
+        self.sums[2 * b] as i32 + self.sums[2 * b + 1] as i32
+    }
+}
+
+/// Same code built for AVX2, so the rounding loop vectorizes (the results are the same bits).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn quantize_avx2(a: &mut QuantizedActs, x: &[f32]) {
+    quantize_portable(a, x)
+}
+
+#[inline(always)]
+fn quantize_portable(a: &mut QuantizedActs, x: &[f32]) {
+    let block = a.format.block();
+    assert_eq!(x.len() % block, 0, "activation length {} is not a multiple of {block}", x.len());
+    for ((xs, qs), d) in x.chunks_exact(block).zip(a.qs.chunks_exact_mut(block)).zip(&mut a.d) {
+        let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
+        *d = amax / 127.0;
+        let id = if amax > 0.0 { 127.0 / amax } else { 0.0 };
+        for (q, &v) in qs.iter_mut().zip(xs) {
+            *q = nearest_int(v * id).clamp(-127, 127) as i8;
+        }
+    }
+    for (s, qs) in a.sums.iter_mut().zip(a.qs.chunks_exact(16)) {
+        *s = qs.iter().map(|&q| q as i16).sum();
+    }
+}
+
+/// Round to nearest (ties to even) for |v| < 2^22, as ggml's nearest_int: adding 1.5 * 2^23
+/// leaves the rounded integer in the low mantissa bits. Branch-free, so it vectorizes.
+#[inline(always)]
+fn nearest_int(v: f32) -> i32 {
+    let f = v + 12582912.0;
+    (f.to_bits() & 0x7f_ffff) as i32 - 0x40_0000
+}
+
+/// Per-block float contributions summed in one fixed order: block u goes to lane u % 16 (a
+/// 16-wide SIMD accumulator holds exactly these lanes), the lanes are added in one tree.
+#[derive(Default)]
+pub struct Lanes(pub [f32; 16]);
+
+impl Lanes {
+    #[inline(always)]
+    pub fn add(&mut self, block: usize, c: f32) {
+        self.0[block % 16] += c;
+    }
+
+    pub fn sum(mut self) -> f32 {
+        for w in [8, 4, 2, 1] {
+            for i in 0..w {
+                self.0[i] += self.0[i + w];
+            }
+        }
+        self.0[0]
+    }
+}
+
+/// Instruction sets the dot products have kernels for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum QdotLevel {
+    Portable,
+    Avx2,
+    Avx512Vnni,
+}
+
+impl QdotLevel {
+    /// Every level this CPU can run (for tests that compare them).
+    pub fn available() -> Vec<QdotLevel> {
+        let mut v = vec![QdotLevel::Portable];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                v.push(QdotLevel::Avx2);
+                if std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512bw")
+                    && std::arch::is_x86_feature_detected!("avx512vnni")
+                {
+                    v.push(QdotLevel::Avx512Vnni);
+                }
+            }
+        }
+        v
+    }
+}
+
+/// The best level here; `LLM_NPU_SIMD=portable` or `=avx2` caps it (testing, comparison).
+pub fn level() -> QdotLevel {
+    static LEVEL: OnceLock<QdotLevel> = OnceLock::new();
+    *LEVEL.get_or_init(|| {
+        let best = *QdotLevel::available().last().expect("portable is always there");
+        match std::env::var("LLM_NPU_SIMD").as_deref() {
+            Ok("portable") => QdotLevel::Portable,
+            Ok("avx2") => best.min(QdotLevel::Avx2),
+            _ => best,
+        }
+    })
+}
+
+/// dot(weight row `row` of type `dtype`, the quantized activation) with the kernel for `level`
+/// (which the caller has checked this CPU runs: `QdotLevel::available`).
+pub fn row_dot(level: QdotLevel, dtype: DType, row: &[u8], a: &QuantizedActs) -> f32 {
+    assert_eq!(Some(a.format), ActFormat::for_weights(dtype), "activation format for {}", dtype.name());
+    assert_eq!(dtype.n_bytes(a.qs.len()), Some(row.len()), "row and activation lengths differ");
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: the level's features are present (caller's contract, checked once by `level()`);
+    // the lengths were checked above.
+    unsafe {
+        match (level, dtype) {
+            (QdotLevel::Avx512Vnni, DType::Q8_0) => return avx512::q8_0(row, a),
+            (QdotLevel::Avx512Vnni, DType::Q4_0) => return avx512::q4_0(row, a),
+            (QdotLevel::Avx512Vnni, DType::Q4K) => return avx512::q4_k(row, a),
+            (QdotLevel::Avx512Vnni, DType::Q6K) => return avx512::q6_k(row, a),
+            (QdotLevel::Avx2, DType::Q8_0) => return avx2::q8_0(row, a),
+            (QdotLevel::Avx2, DType::Q4_0) => return avx2::q4_0(row, a),
+            (QdotLevel::Avx2, DType::Q4K) => return avx2::q4_k(row, a),
+            (QdotLevel::Avx2, DType::Q6K) => return avx2::q6_k(row, a),
+            (QdotLevel::Avx2 | QdotLevel::Avx512Vnni, _) => return avx2::portable_built_for_avx2(dtype, row, a),
+            (QdotLevel::Portable, _) => {}
+        }
+    }
+    row_dot_portable(dtype, row, a)
+}
+
+/// Rows per parallel task: large enough to amortize scheduling, small enough to balance.
+const ROWS_PER_TASK: usize = 32;
+
+/// y[i, r] = dot(w[r, :], x[i, :]) (or y += that) for a few token rows of x, with each token's
+/// activation quantized once and each weight row read once for all of them.
+pub fn matmul(w: Encoded, x: &[f32], m: usize, y: &mut [f32], accumulate: bool) {
+    let (n, k) = (w.rows, w.cols);
+    let format = ActFormat::for_weights(w.dtype).expect("a block-quantized weight");
+    assert_eq!(x.len(), m * k);
+    assert_eq!(y.len(), m * n);
+    let acts: Vec<QuantizedActs> = x.chunks_exact(k).map(|xr| QuantizedActs::new(format, xr)).collect();
+    let lvl = level();
+    let write = |out: &mut f32, d: f32| *out = if accumulate { *out + d } else { d };
+    if m == 1 {
+        y.par_chunks_mut(ROWS_PER_TASK).enumerate().for_each(|(t, ys)| {
+            for (i, out) in ys.iter_mut().enumerate() {
+                write(out, row_dot(lvl, w.dtype, w.row(t * ROWS_PER_TASK + i), &acts[0]));
+            }
+        });
+        return;
+    }
+    let mut yt = vec![0f32; n * m];
+    yt.par_chunks_mut(ROWS_PER_TASK * m).enumerate().for_each(|(t, ys)| {
+        for (j, yr) in ys.chunks_exact_mut(m).enumerate() {
+            let row = w.row(t * ROWS_PER_TASK + j);
+            for (out, a) in yr.iter_mut().zip(&acts) {
+                *out = row_dot(lvl, w.dtype, row, a);
+            }
+        }
+    });
+    for (r, col) in yt.chunks_exact(m).enumerate() {
+        for (i, &v) in col.iter().enumerate() {
+            write(&mut y[i * n + r], v);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
