@@ -4,6 +4,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use llm_npu::measure::bench::{self, BenchResult, TestKind};
+use llm_npu::measure::limits::{self, Limits};
 
 use std::sync::Arc;
 
@@ -62,6 +63,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
     }
     let engine = report::build_engine(&loaded, &a.model, a.model.backend)?;
     let desc = report::model_description(&loaded);
+    // Measured in the same run, so each speed can be read as a share of what this machine allows.
+    let limits = limits::measure();
+    bench::reset_peak_rss();
     let mut results: Vec<BenchResult> = Vec::new();
     for &t in &tests {
         let r = bench::run_test(engine.as_ref(), t, a.repetitions, threads, &t.name(), &Bar::default())?;
@@ -70,17 +74,26 @@ pub fn run(a: BenchArgs) -> Result<()> {
             v["model"] = desc.clone().into();
             v["peak_rss_mib"] = bench::peak_rss_bytes().map_or(serde_json::Value::Null, |b| (b / (1 << 20)).into());
             v["weight_mib"] = (m.weight_memory_bytes() / (1 << 20)).into();
+            v["limit_tokens_per_s"] = limit_for(&limits, &loaded, a.model.backend, t).0.into();
             println!("{v}");
         }
         results.push(r);
     }
     a.pictures.write_last(engine.as_ref(), &format!("{desc}: the last timed prefill (measured)"))?;
     if !a.json {
-        println!("| model | size | params | backend | threads | test | t/s |");
-        println!("| --- | ---: | ---: | --- | ---: | ---: | ---: |");
+        println!("| model | size | params | backend | threads | test | t/s | limit t/s | share |");
+        println!("| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |");
         let size = format!("{:.2} GiB", m.weight_memory_bytes() as f64 / (1u64 << 30) as f64);
-        for r in &results {
-            println!("| {desc} | {size} | {} | {} | {} | {} | {:.2} ± {:.2} |", report::human_count(m.num_parameters()), r.backend, r.threads, r.test, r.tokens_per_s, r.stddev);
+        for (r, &t) in results.iter().zip(&tests) {
+            let (limit, _) = limit_for(&limits, &loaded, a.model.backend, t);
+            let params = report::human_count(m.num_parameters());
+            println!("| {desc} | {size} | {params} | {} | {} | {} | {:.2} ± {:.2} | {limit:.0} | {:.0}% |", r.backend, r.threads, r.test, r.tokens_per_s, r.stddev, 100.0 * r.tokens_per_s / limit);
+        }
+        if let Some(&t) = tests.iter().find(|t| matches!(t, TestKind::Prompt(_))) {
+            eprintln!("limit for pp: {}", limit_for(&limits, &loaded, a.model.backend, t).1);
+        }
+        if let Some(&t) = tests.iter().find(|t| matches!(t, TestKind::Generate(_))) {
+            eprintln!("limit for tg: {}", limit_for(&limits, &loaded, a.model.backend, t).1);
         }
         report::engine_report(engine.as_ref(), a.model.verbose);
         if let Some(b) = bench::peak_rss_bytes() {
@@ -88,6 +101,22 @@ pub fn run(a: BenchArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A test's limit on this machine in tokens/s, and how it was computed.
+fn limit_for(l: &Limits, loaded: &LoadedModel, backend: BackendArg, test: TestKind) -> (f64, String) {
+    let m = &loaded.model;
+    match test {
+        TestKind::Prompt(_) => {
+            let (int8, peak, kind) = if backend == BackendArg::Npu { (true, l.int8_gops, "int8") } else { (false, l.f32_gflops, "f32") };
+            let ops = m.linear_ops_per_token();
+            (l.compute_bound_tokens_per_s(ops, int8), format!("{:.2} G {kind} ops of linears per token at the measured peak of {peak:.0} G/s ({})", ops / 1e9, if int8 { l.int8_kernel } else { l.f32_kernel }))
+        }
+        TestKind::Generate(_) => {
+            let bytes = m.decode_bytes_per_token() as f64;
+            (l.memory_bound_tokens_per_s(bytes), format!("{:.2} GB of weights read per token at the measured {:.1} GB/s", bytes / 1e9, l.read_gb_per_s))
+        }
+    }
 }
 
 /// `bench --ablation`: each step of the paper's ablation as an engine configuration, timed on the

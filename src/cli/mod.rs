@@ -7,6 +7,7 @@ mod calibrate;
 mod demo;
 mod eval;
 mod inspect;
+mod limits;
 mod logits;
 mod profile;
 mod report;
@@ -47,6 +48,9 @@ enum Command {
     /// Time the npu prefill's subgraphs on this machine and save them as a cost model for
     /// `simulate --profile FILE` (beside the model by default).
     Profile(profile::ProfileArgs),
+    /// Measure this machine's int8 and f32 compute peaks and memory read bandwidth (what `bench`
+    /// reports speeds against).
+    Limits(limits::LimitsArgs),
 }
 
 /// Parses the command line, runs the command, and turns an error into one line and exit code 1.
@@ -62,6 +66,7 @@ pub fn main() {
         Command::Calibrate(a) => calibrate::run(a),
         Command::Simulate(a) => simulate::run(a),
         Command::Profile(a) => profile::run(a),
+        Command::Limits(a) => limits::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

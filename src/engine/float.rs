@@ -27,9 +27,9 @@ impl Engine for F32Engine {
     }
     fn forward(&self, tokens: &[u32], cache: &mut KvCache, which: Logits) -> Result<Vec<f32>> {
         let model = &self.loaded.model;
-        match self.chunk {
+        super::on_pool(|| match self.chunk {
             Some(c) if tokens.len() > 1 => crate::prefill::prefill_chunked(model, tokens, cache, c, which),
             _ => model.forward(tokens, cache, which),
-        }
+        })
     }
 }

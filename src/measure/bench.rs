@@ -169,6 +169,12 @@ pub fn run_ablation(loaded: &std::sync::Arc<LoadedModel>, n: usize, base: &Engin
 }
 
 /// Peak resident memory of this process in bytes (Linux VmHWM), if known.
+/// Starts the peak-RSS count afresh (Linux: writing 5 to clear_refs resets VmHWM), so a buffer
+/// that was freed (the bandwidth measurement's) is not reported as the model's.
+pub fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
 pub fn peak_rss_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;

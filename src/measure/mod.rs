@@ -4,5 +4,6 @@
 pub mod bench;
 pub mod demo;
 pub mod eval;
+pub mod limits;
 pub mod profile;
 pub mod synth;

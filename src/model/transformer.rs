@@ -45,7 +45,11 @@ impl Linear {
     /// Several layers on the same input, sharing the GEMM's packing of it (weights kept encoded
     /// go through their own kernels, one by one).
     pub fn forward_many(layers: &[&Linear], x: &[f32], m: usize, outs: &mut [&mut [f32]]) {
-        if layers.iter().any(|l| l.weight.encoded().is_some()) {
+        let blocks: Vec<_> = layers.iter().filter_map(|l| l.weight.encoded()).filter(|e| e.dtype.is_quantized()).collect();
+        if m == 1 && blocks.len() == layers.len() {
+            // Decode from ggml blocks: one parallel loop over all their rows.
+            kernels::qdot::matvec_many(&blocks, x, outs);
+        } else if layers.iter().any(|l| l.weight.encoded().is_some()) {
             for (l, y) in layers.iter().zip(outs.iter_mut()) {
                 match l.weight.encoded() {
                     Some(e) => kernels::linear_encoded(x, m, e, y, false),
@@ -276,6 +280,20 @@ impl Transformer {
             n += layer.input_layernorm.weight.memory_bytes() + layer.post_attention_layernorm.weight.memory_bytes();
         }
         n
+    }
+
+    /// Operations (a multiply and an add each count) of the layers' linears per prompt token: the
+    /// work a prefill limit is computed from (attention and the one LM-head row are left out).
+    pub fn linear_ops_per_token(&self) -> f64 {
+        let weights: usize = self.layers.iter().flat_map(|l| LinearGroup::ALL.iter().flat_map(|&g| l.linears(g))).map(|l| l.weight.len()).sum();
+        2.0 * weights as f64
+    }
+
+    /// Weight bytes one decode step reads: everything but the embedding table (of which it reads a
+    /// row, unless the LM head shares it).
+    pub fn decode_bytes_per_token(&self) -> usize {
+        let table = if self.config.tie_word_embeddings { 0 } else { self.embed_tokens.memory_bytes() };
+        self.weight_memory_bytes() - table
     }
 
     pub fn new_cache(&self, capacity: usize) -> KvCache {

@@ -108,15 +108,18 @@ impl Weights {
         }
     }
 
-    /// "F32 x 12, F16 x 30" style count of on-disk dtypes.
+    /// "F16 x 30, F32 x 12" style count of on-disk dtypes, the type holding the most weights first.
     pub fn dtype_summary(&self) -> String {
-        let mut counts: Vec<(String, usize)> = Vec::new();
-        for (_, d, _) in self.tensor_list() {
-            match counts.iter_mut().find(|(n, _)| *n == d) {
-                Some((_, c)) => *c += 1,
-                None => counts.push((d, 1)),
+        // (dtype, tensors, elements), the type holding the most weights first.
+        let mut counts: Vec<(String, usize, usize)> = Vec::new();
+        for (_, d, shape) in self.tensor_list() {
+            let n: usize = shape.iter().product();
+            match counts.iter_mut().find(|(name, _, _)| *name == d) {
+                Some((_, c, e)) => (*c, *e) = (*c + 1, *e + n),
+                None => counts.push((d, 1, n)),
             }
         }
-        counts.iter().map(|(d, c)| format!("{d} x {c}")).collect::<Vec<_>>().join(", ")
+        counts.sort_by(|a, b| b.2.cmp(&a.2));
+        counts.iter().map(|(d, c, _)| format!("{d} x {c}")).collect::<Vec<_>>().join(", ")
     }
 }

@@ -295,8 +295,10 @@ impl NpuEngine {
     /// (decode) on the CPU. Returns logits like `Transformer::forward`.
     pub fn forward(&self, tokens: &[u32], cache: &mut KvCache, which: Logits) -> Result<Vec<f32>> {
         if tokens.len() == 1 {
-            let x = self.model().hidden_states(&CpuInt8 { npu: self }, tokens, cache, None)?;
-            return Ok(self.logits(&x, which));
+            return super::on_pool(|| {
+                let x = self.model().hidden_states(&CpuInt8 { npu: self }, tokens, cache, None)?;
+                Ok(self.logits(&x, which))
+            });
         }
         if let Some(ex) = &self.executors {
             return self.forward_scheduled(ex, tokens, cache, which);

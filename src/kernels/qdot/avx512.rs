@@ -1,4 +1,4 @@
-//! AVX-512 VNNI dot products (vpdpbusd / vpdpwssd) for the types most files hold: Q8_0 and Q4_0
+//! AVX-512 VNNI + VBMI dot products (vpdpbusd / vpdpwssd, vpermb) for the types most files hold: Q8_0 and Q4_0
 //! (16 blocks per step, their integer sums reduced exactly into one vector), Q4_K and Q6_K (one
 //! superblock per step). Results equal the portable twins bit for bit (see the module above).
 
@@ -42,7 +42,9 @@ unsafe fn block_scales(p: *const u8, stride: i32) -> __m512 {
 trait BlockPair {
     const DTYPE: DType;
     const OFFSET: i32;
-    unsafe fn dot(w: *const u8, x: *const i8) -> __m512i;
+    /// Reads at most `READ` bytes from `w`, or only the pair's own bytes when `near_end`.
+    const READ: usize;
+    unsafe fn dot(w: *const u8, x: *const i8, near_end: bool) -> __m512i;
 }
 
 /// The legacy-type driver, 16 blocks per step; the offset comes off as OFFSET * sum(a), exactly.
@@ -56,7 +58,8 @@ unsafe fn legacy_row<K: BlockPair>(row: &[u8], a: &QuantizedActs) -> f32 {
         let base = row.as_ptr().add(u0 * size);
         let mut v = [_mm512_setzero_si512(); 8];
         for (p, v) in v.iter_mut().enumerate() {
-            *v = K::dot(base.add(2 * p * size), a.qs.as_ptr().add(32 * (u0 + 2 * p)));
+            let at = (u0 + 2 * p) * size;
+            *v = K::dot(row.as_ptr().add(at), a.qs.as_ptr().add(32 * (u0 + 2 * p)), at + K::READ > row.len());
         }
         let unsigned_sums = reduce_block_sums(v);
         let act_sums = _mm512_madd_epi16(_mm512_loadu_si512(a.sums.as_ptr().add(2 * u0) as *const _), _mm512_set1_epi16(1));
@@ -77,8 +80,9 @@ struct Q8_0;
 impl BlockPair for Q8_0 {
     const DTYPE: DType = DType::Q8_0;
     const OFFSET: i32 = 128;
+    const READ: usize = 68;
     #[inline(always)]
-    unsafe fn dot(w: *const u8, x: *const i8) -> __m512i {
+    unsafe fn dot(w: *const u8, x: *const i8, _: bool) -> __m512i {
         // Signed weights made unsigned by +128 (xor of the sign bit).
         let w0 = _mm256_loadu_si256(w.add(2) as *const _);
         let w1 = _mm256_loadu_si256(w.add(34 + 2) as *const _);
@@ -92,23 +96,31 @@ struct Q4_0;
 impl BlockPair for Q4_0 {
     const DTYPE: DType = DType::Q4_0;
     const OFFSET: i32 = 8;
+    const READ: usize = 66;
     #[inline(always)]
-    unsafe fn dot(w: *const u8, x: *const i8) -> __m512i {
-        // A block's 16 bytes hold weights 0..16 in the low nibbles and 16..32 in the high ones.
-        let q = _mm256_set_m128i(_mm_loadu_si128(w.add(18 + 2) as *const _), _mm_loadu_si128(w.add(2) as *const _));
-        let z = _mm512_inserti64x4(_mm512_castsi256_si512(q), _mm256_srli_epi16(q, 4), 1);
-        // [b0 lo, b1 lo, b0 hi, b1 hi] -> [b0 lo, b0 hi, b1 lo, b1 hi]
-        let z = _mm512_and_si512(_mm512_shuffle_i64x2(z, z, 0b11_01_10_00), _mm512_set1_epi8(0x0F));
+    unsafe fn dot(w: *const u8, x: *const i8, near_end: bool) -> __m512i {
+        // One 64-byte load covers both blocks' nibbles (at 2..18 and 20..36); vpermb places each
+        // block's 16 bytes twice, the second copy shifted down 4 bits: low nibbles are weights
+        // 0..16 of a block, high ones 16..32. Near the row's end the load is masked to the 34
+        // bytes used, so it never touches memory past the row (masked loads are slow otherwise).
+        let idx = _mm512_set_epi8(
+            33, 32, 31, 30, 29, 28, 27, 26, 25, 24, 23, 22, 21, 20, 19, 18, 33, 32, 31, 30, 29, 28, 27, 26, 25, 24, 23, 22, 21, 20, 19, 18, 15, 14, 13, 12, 11, 10, 9, 8, 7, 6,
+            5, 4, 3, 2, 1, 0, 15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0,
+        );
+        let shift = _mm512_set_epi64(4, 4, 0, 0, 4, 4, 0, 0);
+        let bytes = if near_end { _mm512_maskz_loadu_epi8((1 << 34) - 1, w.add(2) as *const i8) } else { _mm512_loadu_si512(w.add(2) as *const _) };
+        let q = _mm512_permutexvar_epi8(idx, bytes);
+        let z = _mm512_and_si512(_mm512_srlv_epi64(q, shift), _mm512_set1_epi8(0x0F));
         _mm512_dpbusd_epi32(_mm512_setzero_si512(), z, _mm512_loadu_si512(x as *const _))
     }
 }
 
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,f16c")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vbmi,avx2,f16c")]
 pub unsafe fn q8_0(row: &[u8], a: &QuantizedActs) -> f32 {
     legacy_row::<Q8_0>(row, a)
 }
 
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,f16c")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vbmi,avx2,f16c")]
 pub unsafe fn q4_0(row: &[u8], a: &QuantizedActs) -> f32 {
     legacy_row::<Q4_0>(row, a)
 }
@@ -139,7 +151,7 @@ pub(super) fn q4k_scales_mins(packed: &[u8]) -> [u8; 16] {
     b
 }
 
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,f16c")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vbmi,avx2,f16c")]
 pub unsafe fn q4_k(row: &[u8], a: &QuantizedActs) -> f32 {
     let low = _mm512_set1_epi8(0x0F);
     // i16 lane j of chunk c's products belongs to group 2c (j < 16) or 2c + 1.
@@ -171,7 +183,7 @@ pub unsafe fn q4_k(row: &[u8], a: &QuantizedActs) -> f32 {
     lanes.sum()
 }
 
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,f16c")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vbmi,avx2,f16c")]
 pub unsafe fn q6_k(row: &[u8], a: &QuantizedActs) -> f32 {
     let low = _mm512_set1_epi8(0x0F);
     let high = _mm512_set1_epi8(0x30);

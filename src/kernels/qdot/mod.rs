@@ -139,6 +139,7 @@ impl Lanes {
 pub enum QdotLevel {
     Portable,
     Avx2,
+    /// AVX-512 with VNNI and VBMI (Zen 4 and later, Intel since Ice Lake).
     Avx512Vnni,
 }
 
@@ -153,6 +154,7 @@ impl QdotLevel {
                 if std::arch::is_x86_feature_detected!("avx512f")
                     && std::arch::is_x86_feature_detected!("avx512bw")
                     && std::arch::is_x86_feature_detected!("avx512vnni")
+                    && std::arch::is_x86_feature_detected!("avx512vbmi")
                 {
                     v.push(QdotLevel::Avx512Vnni);
                 }
@@ -206,12 +208,17 @@ const ROWS_PER_TASK: usize = 32;
 /// y[i, r] = dot(w[r, :], x[i, :]) (or y += that) for a few token rows of x, with each token's
 /// activation quantized once and each weight row read once for all of them.
 pub fn matmul(w: Encoded, x: &[f32], m: usize, y: &mut [f32], accumulate: bool) {
+    matmul_at(level(), w, x, m, y, accumulate)
+}
+
+/// `matmul` with the kernels of `lvl` (one of `QdotLevel::available()`: benchmarks compare them).
+pub fn matmul_at(lvl: QdotLevel, w: Encoded, x: &[f32], m: usize, y: &mut [f32], accumulate: bool) {
+    assert!(QdotLevel::available().contains(&lvl), "{lvl:?} is not available on this CPU");
     let (n, k) = (w.rows, w.cols);
     let format = ActFormat::for_weights(w.dtype).expect("a block-quantized weight");
     assert_eq!(x.len(), m * k);
     assert_eq!(y.len(), m * n);
     let acts: Vec<QuantizedActs> = x.chunks_exact(k).map(|xr| QuantizedActs::new(format, xr)).collect();
-    let lvl = level();
     let write = |out: &mut f32, d: f32| *out = if accumulate { *out + d } else { d };
     if m == 1 {
         y.par_chunks_mut(ROWS_PER_TASK).enumerate().for_each(|(t, ys)| {
@@ -235,6 +242,34 @@ pub fn matmul(w: Encoded, x: &[f32], m: usize, y: &mut [f32], accumulate: bool) 
             write(&mut y[i * n + r], v);
         }
     }
+}
+
+/// outs[i] = ws[i] . x for weights reading the same input row (q/k/v, gate/up): one parallel
+/// loop over all their rows, so the threads are handed work once instead of once per weight,
+/// and the input is quantized once per activation format.
+pub fn matvec_many(ws: &[Encoded], x: &[f32], outs: &mut [&mut [f32]]) {
+    assert_eq!(ws.len(), outs.len());
+    let mut acts: Vec<(ActFormat, QuantizedActs)> = Vec::new();
+    for w in ws {
+        let format = ActFormat::for_weights(w.dtype).expect("a block-quantized weight");
+        assert_eq!(x.len(), w.cols);
+        if !acts.iter().any(|(f, _)| *f == format) {
+            acts.push((format, QuantizedActs::new(format, x)));
+        }
+    }
+    let lvl = level();
+    let mut tasks: Vec<(Encoded, usize, &mut [f32])> = Vec::new();
+    for (w, y) in ws.iter().zip(outs.iter_mut()) {
+        assert_eq!(y.len(), w.rows);
+        tasks.extend(y.chunks_mut(ROWS_PER_TASK).enumerate().map(|(t, ys)| (*w, t * ROWS_PER_TASK, ys)));
+    }
+    tasks.into_par_iter().for_each(|(w, r0, ys)| {
+        let format = ActFormat::for_weights(w.dtype).expect("checked above");
+        let a = &acts.iter().find(|(f, _)| *f == format).expect("quantized above").1;
+        for (i, out) in ys.iter_mut().enumerate() {
+            *out = row_dot(lvl, w.dtype, w.row(r0 + i), a);
+        }
+    });
 }
 
 #[cfg(test)]

@@ -122,3 +122,22 @@ fn the_matrix_product_is_the_row_dots_for_one_and_several_tokens() {
         }
     }
 }
+
+#[test]
+fn several_weights_in_one_loop_equal_one_at_a_time() {
+    let mut rng = Rng::new(9);
+    let k = 512;
+    let types = [DType::Q4K, DType::Q8_0, DType::Q6K];
+    let rows = [40, 7, 33];
+    let bytes: Vec<Vec<u8>> = types.iter().zip(rows).map(|(&t, n)| random_row(t, n * k / t.block().0, &mut rng)).collect();
+    let ws: Vec<Encoded> = types.iter().zip(rows).zip(&bytes).map(|((&dtype, rows), b)| Encoded { dtype, bytes: b, rows, cols: k }).collect();
+    let x = random_acts(k, &mut rng);
+    let mut outs: Vec<Vec<f32>> = rows.iter().map(|&n| vec![0.0; n]).collect();
+    let mut refs: Vec<&mut [f32]> = outs.iter_mut().map(|v| v.as_mut_slice()).collect();
+    matvec_many(&ws, &x, &mut refs);
+    for (w, got) in ws.iter().zip(&outs) {
+        let mut want = vec![0f32; w.rows];
+        matmul(*w, &x, 1, &mut want, false);
+        assert_eq!(got, &want, "{}", w.dtype.name());
+    }
+}
