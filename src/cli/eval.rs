@@ -1,6 +1,6 @@
 //! `llm-npu eval`: perplexity, and the distance to a reference backend on the same tokens.
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use llm_npu::engine::BackendKind;
@@ -21,6 +21,10 @@ pub struct EvalArgs {
     /// Tokens per evaluation window [default: min(512, model context)]
     #[arg(long)]
     ctx: Option<usize>,
+    /// Cut windows as llama.cpp's perplexity tool does (full windows only, each starting with BOS,
+    /// only the second half scored), for numbers comparable with llama-perplexity -c CTX
+    #[arg(long)]
+    llama_cpp_windows: bool,
     /// Print one JSON object
     #[arg(long)]
     json: bool,
@@ -40,7 +44,13 @@ pub fn run(a: EvalArgs) -> Result<()> {
     if ctx < 2 {
         bail!("--ctx must be at least 2");
     }
-    let r = eval::evaluate(engine.as_ref(), reference.as_deref(), &tokens, ctx, &Bar::default())?;
+    let windows = if a.llama_cpp_windows {
+        let bos = loaded.tokenizer.as_ref().and_then(|t| t.bos_id()).context("--llama-cpp-windows needs the tokenizer's BOS token; this model's tokenizer has none")?;
+        eval::Windows::LlamaCpp { bos }
+    } else {
+        eval::Windows::All
+    };
+    let r = eval::evaluate(engine.as_ref(), reference.as_deref(), &tokens, ctx, windows, &Bar::default())?;
     report::engine_report(engine.as_ref(), a.model.verbose);
     if let Some(r) = &reference {
         report::engine_report(r.as_ref(), a.model.verbose);

@@ -46,10 +46,15 @@ pub struct EvalAccumulator {
 impl EvalAccumulator {
     /// `logits`/`ref_logits`: [tokens.len()][vocab] for one window; position i predicts tokens[i + 1].
     pub fn add_window(&mut self, tokens: &[u32], logits: &[f32], ref_logits: &[f32], vocab: usize) -> Result<()> {
+        self.add_window_from(tokens, logits, ref_logits, vocab, 0)
+    }
+
+    /// `add_window`, scoring only the predictions made at positions `first..`.
+    pub fn add_window_from(&mut self, tokens: &[u32], logits: &[f32], ref_logits: &[f32], vocab: usize, first: usize) -> Result<()> {
         if logits.len() != tokens.len() * vocab || ref_logits.len() != logits.len() {
             return Err(Error::Input(format!("logits of {} values do not match {} tokens x {vocab}", logits.len(), tokens.len())));
         }
-        for i in 0..tokens.len().saturating_sub(1) {
+        for i in first..tokens.len().saturating_sub(1) {
             let lp = log_softmax(&logits[i * vocab..(i + 1) * vocab]);
             let lq = log_softmax(&ref_logits[i * vocab..(i + 1) * vocab]);
             let next = tokens[i + 1] as usize;
@@ -86,23 +91,43 @@ impl EvalAccumulator {
     }
 }
 
-/// Scores `tokens` in non-overlapping windows of `ctx` tokens with `engine`, against `reference`
-/// on the same windows (None: against itself, for perplexity alone).
-pub fn evaluate(engine: &dyn Engine, reference: Option<&dyn Engine>, tokens: &[u32], ctx: usize, progress: &dyn Progress) -> Result<EvalReport> {
-    if ctx < 2 {
-        return Err(Error::Input(format!("an evaluation window needs at least 2 tokens, got {ctx}")));
+/// How the text is cut into windows and which predictions count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Windows {
+    /// Non-overlapping windows of ctx tokens (the last may be shorter), every prediction scored.
+    All,
+    /// As llama.cpp's perplexity tool: full windows only, each starting with BOS (the text's
+    /// token there is replaced), and only the predictions from the second half scored, so each
+    /// has at least ctx/2 tokens of context. Gives the same number as llama-perplexity -c ctx.
+    LlamaCpp { bos: u32 },
+}
+
+/// Scores `tokens` in windows of `ctx` tokens with `engine`, against `reference` on the same
+/// windows (None: against itself, for perplexity alone).
+pub fn evaluate(engine: &dyn Engine, reference: Option<&dyn Engine>, tokens: &[u32], ctx: usize, windows: Windows, progress: &dyn Progress) -> Result<EvalReport> {
+    if ctx < 2 || (matches!(windows, Windows::LlamaCpp { .. }) && ctx < 4) {
+        return Err(Error::Input(format!("an evaluation window needs at least {} tokens, got {ctx}", if windows == Windows::All { 2 } else { 4 })));
     }
     let m = engine.model();
-    let windows: Vec<&[u32]> = tokens.chunks(ctx).filter(|w| w.len() >= 2).collect();
-    progress.start("eval", "windows", windows.len() as u64);
+    let (list, first): (Vec<Vec<u32>>, usize) = match windows {
+        Windows::All => (tokens.chunks(ctx).filter(|w| w.len() >= 2).map(|w| w.to_vec()).collect(), 0),
+        Windows::LlamaCpp { bos } => {
+            let full: Vec<Vec<u32>> = tokens.chunks_exact(ctx).map(|w| [&[bos], &w[1..]].concat()).collect();
+            if full.is_empty() {
+                return Err(Error::Input(format!("llama.cpp-style windows need at least {ctx} tokens of text (one full window), got {}", tokens.len())));
+            }
+            (full, ctx / 2)
+        }
+    };
+    progress.start("eval", "windows", list.len() as u64);
     let mut acc = EvalAccumulator::default();
-    for w in windows {
+    for w in &list {
         let logits = engine.forward(w, &mut m.new_cache(w.len()), Logits::All)?;
         let ref_logits = match reference {
             Some(r) => r.forward(w, &mut m.new_cache(w.len()), Logits::All)?,
             None => logits.clone(),
         };
-        acc.add_window(w, &logits, &ref_logits, m.config.vocab_size)?;
+        acc.add_window_from(w, &logits, &ref_logits, m.config.vocab_size, first)?;
         progress.step();
     }
     progress.finish();

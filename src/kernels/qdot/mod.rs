@@ -164,11 +164,17 @@ impl QdotLevel {
     }
 }
 
+/// The best level this CPU runs (each level's features include the ones below it).
+fn best_level() -> QdotLevel {
+    static BEST: OnceLock<QdotLevel> = OnceLock::new();
+    *BEST.get_or_init(|| *QdotLevel::available().last().expect("portable is always there"))
+}
+
 /// The best level here; `LLM_NPU_SIMD=portable` or `=avx2` caps it (testing, comparison).
 pub fn level() -> QdotLevel {
     static LEVEL: OnceLock<QdotLevel> = OnceLock::new();
     *LEVEL.get_or_init(|| {
-        let best = *QdotLevel::available().last().expect("portable is always there");
+        let best = best_level();
         match std::env::var("LLM_NPU_SIMD").as_deref() {
             Ok("portable") => QdotLevel::Portable,
             Ok("avx2") => best.min(QdotLevel::Avx2),
@@ -180,11 +186,24 @@ pub fn level() -> QdotLevel {
 /// dot(weight row `row` of type `dtype`, the quantized activation) with the kernel for `level`
 /// (which the caller has checked this CPU runs: `QdotLevel::available`).
 pub fn row_dot(level: QdotLevel, dtype: DType, row: &[u8], a: &QuantizedActs) -> f32 {
+    check(dtype, row.len(), a);
+    // SAFETY: just checked.
+    unsafe { row_dot_checked(level, dtype, row, a) }
+}
+
+/// What the kernels rely on: the activation's format fits the weight type, and the row holds
+/// exactly the blocks of the activation's length.
+fn check(dtype: DType, row_bytes: usize, a: &QuantizedActs) {
     assert_eq!(Some(a.format), ActFormat::for_weights(dtype), "activation format for {}", dtype.name());
-    assert_eq!(dtype.n_bytes(a.qs.len()), Some(row.len()), "row and activation lengths differ");
+    assert_eq!(dtype.n_bytes(a.qs.len()), Some(row_bytes), "row and activation lengths differ");
+}
+
+/// `row_dot` without the checks, for loops that made them once per matrix.
+/// Safety: `check(dtype, row.len(), a)` holds and `level` is one of `QdotLevel::available()`.
+#[inline(always)]
+unsafe fn row_dot_checked(level: QdotLevel, dtype: DType, row: &[u8], a: &QuantizedActs) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: the level's features are present (caller's contract, checked once by `level()`);
-    // the lengths were checked above.
+    // SAFETY: the caller's contract.
     unsafe {
         match (level, dtype) {
             (QdotLevel::Avx512Vnni, DType::Q8_0) => return avx512::q8_0(row, a),
@@ -213,17 +232,21 @@ pub fn matmul(w: Encoded, x: &[f32], m: usize, y: &mut [f32], accumulate: bool) 
 
 /// `matmul` with the kernels of `lvl` (one of `QdotLevel::available()`: benchmarks compare them).
 pub fn matmul_at(lvl: QdotLevel, w: Encoded, x: &[f32], m: usize, y: &mut [f32], accumulate: bool) {
-    assert!(QdotLevel::available().contains(&lvl), "{lvl:?} is not available on this CPU");
+    assert!(lvl <= best_level(), "{lvl:?} is not available on this CPU");
     let (n, k) = (w.rows, w.cols);
     let format = ActFormat::for_weights(w.dtype).expect("a block-quantized weight");
     assert_eq!(x.len(), m * k);
     assert_eq!(y.len(), m * n);
     let acts: Vec<QuantizedActs> = x.chunks_exact(k).map(|xr| QuantizedActs::new(format, xr)).collect();
+    acts.iter().for_each(|a| check(w.dtype, w.row_bytes(), a));
+    assert_eq!(w.bytes.len(), n * w.row_bytes(), "weight bytes do not match its shape");
+    // SAFETY (row_dot_checked below): checked just above, and `lvl` at the top.
+    let dot = |row: &[u8], a: &QuantizedActs| unsafe { row_dot_checked(lvl, w.dtype, row, a) };
     let write = |out: &mut f32, d: f32| *out = if accumulate { *out + d } else { d };
     if m == 1 {
         y.par_chunks_mut(ROWS_PER_TASK).enumerate().for_each(|(t, ys)| {
             for (i, out) in ys.iter_mut().enumerate() {
-                write(out, row_dot(lvl, w.dtype, w.row(t * ROWS_PER_TASK + i), &acts[0]));
+                write(out, dot(w.row(t * ROWS_PER_TASK + i), &acts[0]));
             }
         });
         return;
@@ -233,7 +256,7 @@ pub fn matmul_at(lvl: QdotLevel, w: Encoded, x: &[f32], m: usize, y: &mut [f32],
         for (j, yr) in ys.chunks_exact_mut(m).enumerate() {
             let row = w.row(t * ROWS_PER_TASK + j);
             for (out, a) in yr.iter_mut().zip(&acts) {
-                *out = row_dot(lvl, w.dtype, row, a);
+                *out = dot(row, a);
             }
         }
     });
@@ -261,13 +284,17 @@ pub fn matvec_many(ws: &[Encoded], x: &[f32], outs: &mut [&mut [f32]]) {
     let mut tasks: Vec<(Encoded, usize, &mut [f32])> = Vec::new();
     for (w, y) in ws.iter().zip(outs.iter_mut()) {
         assert_eq!(y.len(), w.rows);
+        assert_eq!(w.bytes.len(), w.rows * w.row_bytes(), "weight bytes do not match its shape");
+        let format = ActFormat::for_weights(w.dtype).expect("checked above");
+        check(w.dtype, w.row_bytes(), &acts.iter().find(|(f, _)| *f == format).expect("quantized above").1);
         tasks.extend(y.chunks_mut(ROWS_PER_TASK).enumerate().map(|(t, ys)| (*w, t * ROWS_PER_TASK, ys)));
     }
     tasks.into_par_iter().for_each(|(w, r0, ys)| {
         let format = ActFormat::for_weights(w.dtype).expect("checked above");
         let a = &acts.iter().find(|(f, _)| *f == format).expect("quantized above").1;
         for (i, out) in ys.iter_mut().enumerate() {
-            *out = row_dot(lvl, w.dtype, w.row(r0 + i), a);
+            // SAFETY: checked above for every weight; `lvl` is `level()`.
+            *out = unsafe { row_dot_checked(lvl, w.dtype, w.row(r0 + i), a) };
         }
     });
 }
