@@ -51,10 +51,22 @@ fn tokens() -> Vec<u32> {
     (0..40).map(|i| (i * 37 + 11) % 256).collect()
 }
 
+/// Max |a - b| and cosine of two logit rows.
+fn distance(a: &[f32], b: &[f32]) -> (f32, f64) {
+    let d = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    let dot: f64 = a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum();
+    let norm = |v: &[f32]| v.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
+    (d, dot / (norm(a) * norm(b)))
+}
+
 #[test]
 fn a_quantized_file_computes_what_its_decoded_f32_twin_does() {
-    // Prefill (decoded panels through the GEMM) and decode (integer block dot products), without
-    // any f32 copy of the quantized weights.
+    // Prefill (the integer GEMM, or decoded panels through the float GEMM without AVX-512 VNNI)
+    // and decode (integer block dot products), without any f32 copy of the quantized weights.
+    // The integer products quantize each activation row to int8 (as llama.cpp does), so the
+    // logits match the twin's to that precision, not to float rounding; the kernels themselves
+    // are checked exactly against dequantize-then-dot in the library's tests. Measured here:
+    // cosine >= 0.99995, max difference 1.1% of the largest logit.
     use llm_npu::model::Logits;
     let (q, f) = mixed_and_decoded_twin();
     let t = tokens();
@@ -62,18 +74,13 @@ fn a_quantized_file_computes_what_its_decoded_f32_twin_does() {
     let prefill_q = mq.forward(&t, &mut mq.new_cache(t.len()), Logits::All).unwrap();
     let prefill_f = mf.forward(&t, &mut mf.new_cache(t.len()), Logits::All).unwrap();
     let scale = prefill_f.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let d = prefill_q.iter().zip(&prefill_f).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-    assert!(d <= 1e-5 * scale.max(1.0), "prefill: {d} (logits up to {scale})");
     let vocab = mq.config.vocab_size;
     let mut cache = mq.new_cache(t.len());
     for (i, &tok) in t.iter().enumerate() {
-        let l = mq.forward(&[tok], &mut cache, Logits::Last).unwrap();
         let want = &prefill_f[i * vocab..(i + 1) * vocab];
-        let d = l.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-        let dot: f64 = l.iter().zip(want).map(|(&a, &b)| a as f64 * b as f64).sum();
-        let cos = dot / (l.iter().map(|&a| (a as f64).powi(2)).sum::<f64>().sqrt() * want.iter().map(|&b| (b as f64).powi(2)).sum::<f64>().sqrt());
-        // Decode quantizes each activation row to int8 (as llama.cpp does), so it matches the twin
-        // to that precision, not to float rounding (measured: cosine >= 0.99995, max diff 1.1%).
+        let (d, cos) = distance(&prefill_q[i * vocab..(i + 1) * vocab], want);
+        assert!(cos >= 0.9999 && d <= 0.02 * scale, "prefill position {i}: max diff {d} of {scale}, cosine {cos}");
+        let (d, cos) = distance(&mq.forward(&[tok], &mut cache, Logits::Last).unwrap(), want);
         assert!(cos >= 0.9999 && d <= 0.02 * scale, "decode position {i}: max diff {d} of {scale}, cosine {cos}");
     }
     for lin in [&mq.layers[0].self_attn.q_proj, &mq.layers[1].mlp.down_proj] {

@@ -103,12 +103,21 @@ pub fn run(a: BenchArgs) -> Result<()> {
     Ok(())
 }
 
+fn n_prompt(t: TestKind) -> usize {
+    match t {
+        TestKind::Prompt(n) | TestKind::Generate(n) => n,
+    }
+}
+
 /// A test's limit on this machine in tokens/s, and how it was computed.
 fn limit_for(l: &Limits, loaded: &LoadedModel, backend: BackendArg, test: TestKind) -> (f64, String) {
     let m = &loaded.model;
     match test {
         TestKind::Prompt(_) => {
-            let (int8, peak, kind) = if backend == BackendArg::Npu { (true, l.int8_gops, "int8") } else { (false, l.f32_gflops, "f32") };
+            // The npu backend's linears are int8; so are the f32 backend's on ggml blocks, where
+            // the integer GEMM exists.
+            let int8 = backend == BackendArg::Npu || (m.linears_block_quantized() && llm_npu::kernels::quantized_products_for(n_prompt(test)));
+            let (peak, kind) = if int8 { (l.int8_gops, "int8") } else { (l.f32_gflops, "f32") };
             let ops = m.linear_ops_per_token();
             (l.compute_bound_tokens_per_s(ops, int8), format!("{:.2} G {kind} ops of linears per token at the measured peak of {peak:.0} G/s ({})", ops / 1e9, if int8 { l.int8_kernel } else { l.f32_kernel }))
         }

@@ -68,7 +68,7 @@ pub fn linear_encoded(x: &[f32], m: usize, w: Encoded, y: &mut [f32], accumulate
     let (n, k) = (w.rows, w.cols);
     assert_eq!(x.len(), m * k);
     assert_eq!(y.len(), m * n);
-    if m < SMALL_BATCH && w.dtype.is_quantized() {
+    if w.dtype.is_quantized() && quantized_products_for(m) {
         return qdot::matmul(w, x, m, y, accumulate);
     }
     if m < SMALL_BATCH {
@@ -92,6 +92,13 @@ pub fn linear_encoded(x: &[f32], m: usize, w: Encoded, y: &mut [f32], accumulate
             }
         }
     }
+}
+
+/// Whether ggml blocks times m token rows go through the integer products of `qdot` (activations
+/// quantized to int8, as llama.cpp does): always for a few tokens, and for many when the integer
+/// GEMM exists here; otherwise panels are decoded to f32 for the float GEMM.
+pub fn quantized_products_for(m: usize) -> bool {
+    m < SMALL_BATCH || qdot::has_gemm()
 }
 
 /// Several linear layers reading the same input (q/k/v, gate/up): the activations are packed for

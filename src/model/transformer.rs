@@ -46,9 +46,9 @@ impl Linear {
     /// go through their own kernels, one by one).
     pub fn forward_many(layers: &[&Linear], x: &[f32], m: usize, outs: &mut [&mut [f32]]) {
         let blocks: Vec<_> = layers.iter().filter_map(|l| l.weight.encoded()).filter(|e| e.dtype.is_quantized()).collect();
-        if m == 1 && blocks.len() == layers.len() {
-            // Decode from ggml blocks: one parallel loop over all their rows.
-            kernels::qdot::matvec_many(&blocks, x, outs);
+        if blocks.len() == layers.len() && kernels::quantized_products_for(m) {
+            // ggml blocks through the integer products: the input quantized once for all of them.
+            kernels::qdot::matmul_many(&blocks, x, m, outs);
         } else if layers.iter().any(|l| l.weight.encoded().is_some()) {
             for (l, y) in layers.iter().zip(outs.iter_mut()) {
                 match l.weight.encoded() {
@@ -287,6 +287,12 @@ impl Transformer {
     pub fn linear_ops_per_token(&self) -> f64 {
         let weights: usize = self.layers.iter().flat_map(|l| LinearGroup::ALL.iter().flat_map(|&g| l.linears(g))).map(|l| l.weight.len()).sum();
         2.0 * weights as f64
+    }
+
+    /// True when every linear of the layers is stored in ggml blocks (so their products run on
+    /// int8 activations, see `kernels::quantized_products_for`).
+    pub fn linears_block_quantized(&self) -> bool {
+        self.layers.iter().flat_map(|l| LinearGroup::ALL.iter().flat_map(|&g| l.linears(g))).all(|l| l.weight.dtype().is_quantized())
     }
 
     /// Weight bytes one decode step reads: everything but the embedding table (of which it reads a

@@ -13,6 +13,8 @@ mod portable;
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+#[cfg(target_arch = "x86_64")]
+mod gemm;
 
 use std::sync::OnceLock;
 
@@ -224,22 +226,47 @@ unsafe fn row_dot_checked(level: QdotLevel, dtype: DType, row: &[u8], a: &Quanti
 /// Rows per parallel task: large enough to amortize scheduling, small enough to balance.
 const ROWS_PER_TASK: usize = 32;
 
-/// y[i, r] = dot(w[r, :], x[i, :]) (or y += that) for a few token rows of x, with each token's
-/// activation quantized once and each weight row read once for all of them.
+/// Below this many tokens each weight row is dotted with each token (decode); from here on the
+/// integer GEMM runs, where there is one.
+const GEMM_MIN_TOKENS: usize = 4;
+
+/// Whether many-token products run as an integer GEMM here (AVX-512 VNNI); without it the caller
+/// is better off decoding panels to f32 for its float GEMM.
+pub fn has_gemm() -> bool {
+    level() == QdotLevel::Avx512Vnni
+}
+
+/// Each token row of x ([m, k]) quantized for `format`.
+fn quantize_rows(format: ActFormat, x: &[f32], k: usize) -> Vec<QuantizedActs> {
+    assert_eq!(x.len() % k, 0);
+    x.par_chunks(k).with_min_len(16).map(|xr| QuantizedActs::new(format, xr)).collect()
+}
+
+/// y[i, r] = dot(w[r, :], x[i, :]) (or y += that) for m token rows of x: the activations are
+/// quantized once; a few tokens take each weight row in turn, many go through the integer GEMM.
 pub fn matmul(w: Encoded, x: &[f32], m: usize, y: &mut [f32], accumulate: bool) {
     matmul_at(level(), w, x, m, y, accumulate)
 }
 
 /// `matmul` with the kernels of `lvl` (one of `QdotLevel::available()`: benchmarks compare them).
 pub fn matmul_at(lvl: QdotLevel, w: Encoded, x: &[f32], m: usize, y: &mut [f32], accumulate: bool) {
-    assert!(lvl <= best_level(), "{lvl:?} is not available on this CPU");
-    let (n, k) = (w.rows, w.cols);
     let format = ActFormat::for_weights(w.dtype).expect("a block-quantized weight");
-    assert_eq!(x.len(), m * k);
+    assert_eq!(x.len(), m * w.cols);
+    matmul_quantized(lvl, w, &quantize_rows(format, x, w.cols), y, accumulate)
+}
+
+/// `matmul` for activations already quantized (in `w`'s format).
+fn matmul_quantized(lvl: QdotLevel, w: Encoded, acts: &[QuantizedActs], y: &mut [f32], accumulate: bool) {
+    assert!(lvl <= best_level(), "{lvl:?} is not available on this CPU");
+    let (n, m) = (w.rows, acts.len());
     assert_eq!(y.len(), m * n);
-    let acts: Vec<QuantizedActs> = x.chunks_exact(k).map(|xr| QuantizedActs::new(format, xr)).collect();
     acts.iter().for_each(|a| check(w.dtype, w.row_bytes(), a));
     assert_eq!(w.bytes.len(), n * w.row_bytes(), "weight bytes do not match its shape");
+    #[cfg(target_arch = "x86_64")]
+    if lvl == QdotLevel::Avx512Vnni && m >= GEMM_MIN_TOKENS {
+        // SAFETY: the level's features are present and the formats and shapes were checked.
+        return unsafe { gemm::matmul(w, acts, y, accumulate) };
+    }
     // SAFETY (row_dot_checked below): checked just above, and `lvl` at the top.
     let dot = |row: &[u8], a: &QuantizedActs| unsafe { row_dot_checked(lvl, w.dtype, row, a) };
     let write = |out: &mut f32, d: f32| *out = if accumulate { *out + d } else { d };
@@ -255,7 +282,7 @@ pub fn matmul_at(lvl: QdotLevel, w: Encoded, x: &[f32], m: usize, y: &mut [f32],
     yt.par_chunks_mut(ROWS_PER_TASK * m).enumerate().for_each(|(t, ys)| {
         for (j, yr) in ys.chunks_exact_mut(m).enumerate() {
             let row = w.row(t * ROWS_PER_TASK + j);
-            for (out, a) in yr.iter_mut().zip(&acts) {
+            for (out, a) in yr.iter_mut().zip(acts) {
                 *out = dot(row, a);
             }
         }
@@ -267,31 +294,36 @@ pub fn matmul_at(lvl: QdotLevel, w: Encoded, x: &[f32], m: usize, y: &mut [f32],
     }
 }
 
-/// outs[i] = ws[i] . x for weights reading the same input row (q/k/v, gate/up): one parallel
-/// loop over all their rows, so the threads are handed work once instead of once per weight,
-/// and the input is quantized once per activation format.
-pub fn matvec_many(ws: &[Encoded], x: &[f32], outs: &mut [&mut [f32]]) {
+/// outs[i] = x . ws[i]^T for weights reading the same input (q/k/v, gate/up): the input is
+/// quantized once per activation format. One token runs as one parallel loop over all the
+/// weights' rows (the threads are handed work once, not once per weight).
+pub fn matmul_many(ws: &[Encoded], x: &[f32], m: usize, outs: &mut [&mut [f32]]) {
     assert_eq!(ws.len(), outs.len());
-    let mut acts: Vec<(ActFormat, QuantizedActs)> = Vec::new();
+    let mut acts: Vec<(ActFormat, Vec<QuantizedActs>)> = Vec::new();
     for w in ws {
         let format = ActFormat::for_weights(w.dtype).expect("a block-quantized weight");
-        assert_eq!(x.len(), w.cols);
+        assert_eq!(x.len(), m * w.cols);
         if !acts.iter().any(|(f, _)| *f == format) {
-            acts.push((format, QuantizedActs::new(format, x)));
+            acts.push((format, quantize_rows(format, x, w.cols)));
         }
     }
+    let acts_for = |w: &Encoded| &acts.iter().find(|(f, _)| Some(*f) == ActFormat::for_weights(w.dtype)).expect("quantized above").1;
     let lvl = level();
+    if m > 1 {
+        for (w, y) in ws.iter().zip(outs.iter_mut()) {
+            matmul_quantized(lvl, *w, acts_for(w), y, false);
+        }
+        return;
+    }
     let mut tasks: Vec<(Encoded, usize, &mut [f32])> = Vec::new();
     for (w, y) in ws.iter().zip(outs.iter_mut()) {
         assert_eq!(y.len(), w.rows);
         assert_eq!(w.bytes.len(), w.rows * w.row_bytes(), "weight bytes do not match its shape");
-        let format = ActFormat::for_weights(w.dtype).expect("checked above");
-        check(w.dtype, w.row_bytes(), &acts.iter().find(|(f, _)| *f == format).expect("quantized above").1);
+        check(w.dtype, w.row_bytes(), &acts_for(w)[0]);
         tasks.extend(y.chunks_mut(ROWS_PER_TASK).enumerate().map(|(t, ys)| (*w, t * ROWS_PER_TASK, ys)));
     }
     tasks.into_par_iter().for_each(|(w, r0, ys)| {
-        let format = ActFormat::for_weights(w.dtype).expect("checked above");
-        let a = &acts.iter().find(|(f, _)| *f == format).expect("quantized above").1;
+        let a = &acts_for(&w)[0];
         for (i, out) in ys.iter_mut().enumerate() {
             // SAFETY: checked above for every weight; `lvl` is `level()`.
             *out = unsafe { row_dot_checked(lvl, w.dtype, w.row(r0 + i), a) };

@@ -134,10 +134,34 @@ fn several_weights_in_one_loop_equal_one_at_a_time() {
     let x = random_acts(k, &mut rng);
     let mut outs: Vec<Vec<f32>> = rows.iter().map(|&n| vec![0.0; n]).collect();
     let mut refs: Vec<&mut [f32]> = outs.iter_mut().map(|v| v.as_mut_slice()).collect();
-    matvec_many(&ws, &x, &mut refs);
+    matmul_many(&ws, &x, 1, &mut refs);
     for (w, got) in ws.iter().zip(&outs) {
         let mut want = vec![0f32; w.rows];
         matmul(*w, &x, 1, &mut want, false);
         assert_eq!(got, &want, "{}", w.dtype.name());
+    }
+}
+
+#[test]
+fn the_integer_gemm_equals_the_portable_dot_for_every_row_and_token() {
+    let mut rng = Rng::new(13);
+    for dtype in block_types() {
+        let k = 2 * dtype.block().0.max(256);
+        // Rows not a multiple of the 16-row panel, tokens not a multiple of the 4-token pass.
+        let (n, m) = (37, 11);
+        let bytes = random_row(dtype, n * k / dtype.block().0, &mut rng);
+        let w = Encoded { dtype, bytes: &bytes, rows: n, cols: k };
+        let x = random_acts(m * k, &mut rng);
+        for &lvl in &QdotLevel::available() {
+            let mut y = vec![0.5f32; m * n];
+            matmul_at(lvl, w, &x, m, &mut y, true);
+            for i in 0..m {
+                let a = QuantizedActs::new(ActFormat::for_weights(dtype).unwrap(), &x[i * k..(i + 1) * k]);
+                for r in 0..n {
+                    let want = 0.5 + row_dot_portable(dtype, w.row(r), &a);
+                    assert_eq!(y[i * n + r].to_bits(), want.to_bits(), "{} {lvl:?} token {i} row {r}: {} vs {want}", dtype.name(), y[i * n + r]);
+                }
+            }
+        }
     }
 }
