@@ -81,6 +81,19 @@ impl DType {
         }
     }
 
+    /// What a block type's stored unsigned value exceeds the signed weight value by (the
+    /// Q8_0 byte counts as unsigned + 128): w = d (q - offset) [...].
+    pub fn offset(self) -> i32 {
+        match self {
+            DType::Q4_0 => 8,
+            DType::Q5_0 => 16,
+            DType::Q8_0 => 128,
+            DType::Q3K => 4,
+            DType::Q6K => 32,
+            _ => 0,
+        }
+    }
+
     pub fn is_quantized(self) -> bool {
         self.block().0 > 1
     }
@@ -178,74 +191,85 @@ pub fn to_f32_portable(dtype: DType, bytes: &[u8], out: &mut [f32]) {
 /// follow ggml's reference dequantizers, so results equal the gguf package's bit for bit.
 #[inline(always)]
 fn dequantize_block(dtype: DType, b: &[u8], y: &mut [f32], half: &impl Fn(&[u8], usize) -> f32) {
+    let off = dtype.offset();
     if dtype.block().0 == QK {
         let blk = unpack_legacy(dtype, b, half);
         match blk.min {
-            None => y.iter_mut().zip(&blk.q).for_each(|(y, &q)| *y = q as f32 * blk.d),
-            Some(m) => y.iter_mut().zip(&blk.q).for_each(|(y, &q)| *y = q as f32 * blk.d + m),
+            None => y.iter_mut().zip(&blk.q).for_each(|(y, &q)| *y = (q as i32 - off) as f32 * blk.d),
+            Some(m) => y.iter_mut().zip(&blk.q).for_each(|(y, &q)| *y = (q as i32 - off) as f32 * blk.d + m),
         }
     } else {
-        let blk = unpack_k(dtype, b, half);
+        let mut blk = KBlock::default();
+        unpack_k(dtype, b, half, &mut blk);
         for ((y, q), (&sc, &mn)) in y.chunks_exact_mut(16).zip(blk.q.chunks_exact(16)).zip(blk.scales.iter().zip(&blk.mins)) {
             let (dl, ml) = (blk.d * sc as f32, blk.dmin * mn as f32);
-            y.iter_mut().zip(q).for_each(|(y, &q)| *y = dl * q as f32 - ml);
+            y.iter_mut().zip(q).for_each(|(y, &q)| *y = dl * (q as i32 - off) as f32 - ml);
         }
     }
 }
 
-/// A legacy block (32 weights) as integers: w_i = d q_i, or d q_i + min.
+/// A legacy block (32 weights) as integers: w_i = d (q_i - offset), or d (q_i - offset) + min,
+/// with the type's `DType::offset`.
 pub struct LegacyBlock {
     pub d: f32,
     pub min: Option<f32>,
-    /// With the type's offset applied (Q4_0: nibble - 8, Q5_0: 5 bits - 16).
-    pub q: [i8; QK],
+    /// The stored unsigned values (Q8_0's signed bytes made unsigned by + 128).
+    pub q: [u8; QK],
 }
 
 /// A K-quant superblock (256 weights, 16 groups of 16) as integers:
-/// w_i = (d scales[g]) q_i - dmin mins[g], g = i / 16 (types without mins have 0 there).
+/// w_i = (d scales[g]) (q_i - offset) - dmin mins[g], g = i / 16 (types without mins have 0 there).
 pub struct KBlock {
     pub d: f32,
     pub dmin: f32,
     pub scales: [i32; 16],
     pub mins: [i32; 16],
-    /// With the type's offset applied (Q3_K: 2 bits - 4 when the high bit is clear; Q6_K: 6 bits - 32).
-    pub q: [i8; QK_K],
+    /// The stored unsigned values (Q3_K: 2 bits + 4 when the high bit is set).
+    pub q: [u8; QK_K],
 }
 
 /// Unpacks a Q4_0 / Q4_1 / Q5_0 / Q5_1 / Q8_0 block (the bit layouts of ggml-common.h).
 #[inline(always)]
 pub fn unpack_legacy(dtype: DType, b: &[u8], half: &impl Fn(&[u8], usize) -> f32) -> LegacyBlock {
     let d = half(b, 0);
-    let mut q = [0i8; QK];
+    let mut q = [0u8; QK];
     if dtype == DType::Q8_0 {
-        q.iter_mut().zip(&b[2..34]).for_each(|(q, &v)| *q = v as i8);
+        q.iter_mut().zip(&b[2..34]).for_each(|(q, &v)| *q = v ^ 0x80);
         return LegacyBlock { d, min: None, q };
     }
     let u32_at = |at: usize| u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
-    // (min, fifth bits, nibbles, offset): w = d (q - offset) or w = d q + min.
-    let (min, qh, qs, offset) = match dtype {
-        DType::Q4_0 => (None, None, &b[2..18], 8),
-        DType::Q4_1 => (Some(half(b, 2)), None, &b[4..20], 0),
-        DType::Q5_0 => (None, Some(u32_at(2)), &b[6..22], 16),
-        DType::Q5_1 => (Some(half(b, 2)), Some(u32_at(4)), &b[8..24], 0),
+    // (min, fifth bits, nibbles)
+    let (min, qh, qs) = match dtype {
+        DType::Q4_0 => (None, None, &b[2..18]),
+        DType::Q4_1 => (Some(half(b, 2)), None, &b[4..20]),
+        DType::Q5_0 => (None, Some(u32_at(2)), &b[6..22]),
+        DType::Q5_1 => (Some(half(b, 2)), Some(u32_at(4)), &b[8..24]),
         _ => unreachable!("not a legacy block type"),
     };
     for (j, &v) in qs.iter().enumerate() {
-        let (mut lo, mut hi) = ((v & 0xF) as u32, (v >> 4) as u32);
-        if let Some(qh) = qh {
-            lo |= ((qh >> j) << 4) & 0x10;
-            hi |= (qh >> (j + 12)) & 0x10;
+        (q[j], q[j + 16]) = (v & 0xF, v >> 4);
+    }
+    if let Some(qh) = qh {
+        for j in 0..16 {
+            q[j] |= (((qh >> j) << 4) & 0x10) as u8;
+            q[j + 16] |= ((qh >> (j + 12)) & 0x10) as u8;
         }
-        q[j] = (lo as i32 - offset) as i8;
-        q[j + 16] = (hi as i32 - offset) as i8;
     }
     LegacyBlock { d, min, q }
 }
 
-/// Unpacks a Q2_K / Q3_K / Q4_K / Q5_K / Q6_K superblock (the bit layouts of ggml-common.h).
+impl Default for KBlock {
+    fn default() -> Self {
+        KBlock { d: 0.0, dmin: 0.0, scales: [0; 16], mins: [0; 16], q: [0; QK_K] }
+    }
+}
+
+/// Unpacks a Q2_K / Q3_K / Q4_K / Q5_K / Q6_K superblock (the bit layouts of ggml-common.h)
+/// into `k` (every field is written; filled in place, as a returned 400-byte struct was copied).
 #[inline(always)]
-pub fn unpack_k(dtype: DType, b: &[u8], half: &impl Fn(&[u8], usize) -> f32) -> KBlock {
-    let mut k = KBlock { d: 0.0, dmin: 0.0, scales: [0; 16], mins: [0; 16], q: [0; QK_K] };
+pub fn unpack_k(dtype: DType, b: &[u8], half: &impl Fn(&[u8], usize) -> f32, k: &mut KBlock) {
+    (k.d, k.dmin) = (0.0, 0.0);
+    k.mins = [0; 16];
     match dtype {
         DType::Q2K => {
             let (scales, qs) = (&b[0..16], &b[16..80]);
@@ -257,7 +281,7 @@ pub fn unpack_k(dtype: DType, b: &[u8], half: &impl Fn(&[u8], usize) -> f32) -> 
             for (c, q) in qs.chunks_exact(32).enumerate() {
                 for (p, shift) in [0, 2, 4, 6].into_iter().enumerate() {
                     for (l, &v) in q.iter().enumerate() {
-                        k.q[128 * c + 32 * p + l] = ((v >> shift) & 3) as i8;
+                        k.q[128 * c + 32 * p + l] = (v >> shift) & 3;
                     }
                 }
             }
@@ -272,7 +296,7 @@ pub fn unpack_k(dtype: DType, b: &[u8], half: &impl Fn(&[u8], usize) -> f32) -> 
                 for (p, shift) in [0, 2, 4, 6].into_iter().enumerate() {
                     let m = 1u8 << (4 * c + p);
                     for (l, &v) in q.iter().enumerate() {
-                        k.q[128 * c + 32 * p + l] = ((v >> shift) & 3) as i8 - if hmask[l] & m != 0 { 0 } else { 4 };
+                        k.q[128 * c + 32 * p + l] = ((v >> shift) & 3) | if hmask[l] & m != 0 { 4 } else { 0 };
                     }
                 }
             }
@@ -284,14 +308,18 @@ pub fn unpack_k(dtype: DType, b: &[u8], half: &impl Fn(&[u8], usize) -> f32) -> 
                 (k.scales[2 * j], k.scales[2 * j + 1]) = (sc as i32, sc as i32);
                 (k.mins[2 * j], k.mins[2 * j + 1]) = (mn as i32, mn as i32);
             }
-            let (qh, qs) = if dtype == DType::Q5K { (Some(&b[16..48]), &b[48..176]) } else { (None, &b[16..144]) };
+            let qs = if dtype == DType::Q5K { &b[48..176] } else { &b[16..144] };
             // Each 32-byte chunk holds 64 weights: low nibbles, then high nibbles.
             for (c, q) in qs.chunks_exact(32).enumerate() {
-                for (part, shift) in [(0, 0), (1, 4)] {
-                    let high_bit = 1u8 << (2 * c + part);
-                    for (l, &v) in q.iter().enumerate() {
-                        let fifth = qh.map_or(0, |qh| if qh[l] & high_bit != 0 { 16 } else { 0 });
-                        k.q[64 * c + 32 * part + l] = (((v >> shift) & 0xF) + fifth) as i8;
+                for (l, &v) in q.iter().enumerate() {
+                    (k.q[64 * c + l], k.q[64 * c + 32 + l]) = (v & 0xF, v >> 4);
+                }
+            }
+            if dtype == DType::Q5K {
+                // The fifth bits: bit j of qh[l] belongs to weight 32 j + l.
+                for (l, &h) in b[16..48].iter().enumerate() {
+                    for j in 0..8 {
+                        k.q[32 * j + l] |= ((h >> j) & 1) << 4;
                     }
                 }
             }
@@ -305,16 +333,15 @@ pub fn unpack_k(dtype: DType, b: &[u8], half: &impl Fn(&[u8], usize) -> f32) -> 
             for n in 0..2 {
                 let (ql, qh, q) = (&ql[64 * n..], &qh[32 * n..], &mut k.q[128 * n..]);
                 for l in 0..32 {
-                    q[l] = ((ql[l] & 0xF) | ((qh[l] & 3) << 4)) as i8 - 32;
-                    q[l + 32] = ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) as i8 - 32;
-                    q[l + 64] = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i8 - 32;
-                    q[l + 96] = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i8 - 32;
+                    q[l] = (ql[l] & 0xF) | ((qh[l] & 3) << 4);
+                    q[l + 32] = (ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4);
+                    q[l + 64] = (ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4);
+                    q[l + 96] = (ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4);
                 }
             }
         }
         _ => unreachable!("not a K-quant type"),
     }
-    k
 }
 
 /// The f16 at `b[at..at + 2]` as f32 (table lookup).

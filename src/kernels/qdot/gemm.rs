@@ -11,7 +11,7 @@ use std::arch::x86_64::*;
 use rayon::prelude::*;
 
 use super::QuantizedActs;
-use crate::tensor::dtype::{f16_at, unpack_k, unpack_legacy, DType, QK};
+use crate::tensor::dtype::{f16_at, unpack_k, unpack_legacy, DType, KBlock, QK};
 use crate::tensor::Encoded;
 
 /// Rows per panel: one per 32-bit lane of a 512-bit vector.
@@ -25,7 +25,8 @@ struct Layout {
     /// Weights per unit (a legacy block or a K-quant superblock) and per scale group.
     unit: usize,
     group: usize,
-    /// Added to the signed weight to make it unsigned for vpdpbusd (taken off as offset * sum(a)).
+    /// What the stored unsigned value exceeds the weight by (`DType::offset`; taken off as
+    /// offset * sum(a)).
     offset: i32,
     /// K-quants: integer scales per group and `(da d) isum - (da dmin) imin`; legacy types:
     /// `isum (d da) [+ min (da sum(a))]`.
@@ -35,18 +36,15 @@ struct Layout {
 }
 
 fn layout(dtype: DType) -> Layout {
-    let k = |group, offset, mins| Layout { unit: 256, group, offset, k_quant: true, mins };
-    let legacy = |offset, mins| Layout { unit: QK, group: QK, offset, k_quant: false, mins };
+    let offset = dtype.offset();
+    let k = |group, mins| Layout { unit: 256, group, offset, k_quant: true, mins };
+    let legacy = |mins| Layout { unit: QK, group: QK, offset, k_quant: false, mins };
     match dtype {
-        DType::Q4_0 => legacy(8, false),
-        DType::Q4_1 => legacy(0, true),
-        DType::Q5_0 => legacy(16, false),
-        DType::Q5_1 => legacy(0, true),
-        DType::Q8_0 => legacy(128, false),
-        DType::Q2K => k(16, 0, true),
-        DType::Q3K => k(16, 4, false),
-        DType::Q4K | DType::Q5K => k(32, 0, true),
-        DType::Q6K => k(16, 32, false),
+        DType::Q4_0 | DType::Q5_0 | DType::Q8_0 => legacy(false),
+        DType::Q4_1 | DType::Q5_1 => legacy(true),
+        DType::Q2K => k(16, true),
+        DType::Q3K | DType::Q6K => k(16, false),
+        DType::Q4K | DType::Q5K => k(32, true),
         _ => unreachable!("not a block type"),
     }
 }
@@ -67,21 +65,20 @@ impl Panel {
         let (units, groups) = (k / lay.unit, k / lay.group);
         let mut p = Panel { q: vec![0; k * ROWS], scales: vec![0; groups * ROWS], mins: vec![0; groups * ROWS], d: vec![0.0; units * ROWS], dmin: vec![0.0; units * ROWS] };
         let size = w.dtype.block().1;
+        let mut blk = KBlock::default();
         for row in 0..ROWS.min(w.rows - r0) {
             let bytes = w.row(r0 + row);
-            // Weights i0..i0 + len, 4 at a time, made unsigned, into this row's lane.
-            let mut put = |i0: usize, q: &[i8]| {
-                for (j, four) in q.chunks_exact(4).enumerate() {
-                    let at = (i0 / 4 + j) * 4 * ROWS + row * 4;
-                    for (o, &v) in p.q[at..at + 4].iter_mut().zip(four) {
-                        *o = (v as i32 + lay.offset) as u8;
-                    }
+            // Stored values of unit u, 4 at a time, into this row's lane of the panel.
+            let mut put = |u: usize, q: &[u8]| {
+                let lanes = p.q[u * lay.unit * ROWS..(u + 1) * lay.unit * ROWS].chunks_exact_mut(4 * ROWS);
+                for (dst, four) in lanes.zip(q.chunks_exact(4)) {
+                    dst[row * 4..row * 4 + 4].copy_from_slice(four);
                 }
             };
             for (u, b) in bytes.chunks_exact(size).enumerate() {
                 if lay.k_quant {
-                    let blk = unpack_k(w.dtype, b, &f16_at);
-                    put(u * lay.unit, &blk.q);
+                    unpack_k(w.dtype, b, &f16_at, &mut blk);
+                    put(u, &blk.q);
                     let per = lay.group / 16;
                     for g in 0..lay.unit / lay.group {
                         p.scales[(u * lay.unit / lay.group + g) * ROWS + row] = blk.scales[g * per];
@@ -89,10 +86,10 @@ impl Panel {
                     }
                     (p.d[u * ROWS + row], p.dmin[u * ROWS + row]) = (blk.d, blk.dmin);
                 } else {
-                    let blk = unpack_legacy(w.dtype, b, &f16_at);
-                    put(u * lay.unit, &blk.q);
+                    let legacy = unpack_legacy(w.dtype, b, &f16_at);
+                    put(u, &legacy.q);
                     p.scales[u * ROWS + row] = 1;
-                    (p.d[u * ROWS + row], p.dmin[u * ROWS + row]) = (blk.d, blk.min.unwrap_or(0.0));
+                    (p.d[u * ROWS + row], p.dmin[u * ROWS + row]) = (legacy.d, legacy.min.unwrap_or(0.0));
                 }
             }
         }

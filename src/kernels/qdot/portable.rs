@@ -3,7 +3,7 @@
 //! must give exactly these results.
 
 use super::{Lanes, QuantizedActs};
-use crate::tensor::dtype::{f16_at, unpack_k, unpack_legacy, DType, QK, QK_K};
+use crate::tensor::dtype::{f16_at, unpack_k, unpack_legacy, DType, KBlock, QK, QK_K};
 
 /// dot(weight row, activation): the sum of `block_dot_portable` over the row's blocks.
 #[inline(always)]
@@ -27,19 +27,22 @@ pub fn block_dot_portable(dtype: DType, b: &[u8], a: &QuantizedActs, u: usize) -
     if dtype.block().0 == QK {
         let w = unpack_legacy(dtype, b, &f16_at);
         let qa = &a.qs[QK * u..QK * (u + 1)];
-        let isum: i32 = w.q.iter().zip(qa).map(|(&q, &x)| q as i32 * x as i32).sum();
+        let off = dtype.offset();
+        let isum: i32 = w.q.iter().zip(qa).map(|(&q, &x)| (q as i32 - off) * x as i32).sum();
         let c = isum as f32 * (w.d * da);
         match w.min {
             None => c,
             Some(m) => c + m * (da * a.block_sum(u) as f32),
         }
     } else {
-        let w = unpack_k(dtype, b, &f16_at);
+        let mut w = KBlock::default();
+        unpack_k(dtype, b, &f16_at, &mut w);
         let qa = &a.qs[QK_K * u..QK_K * (u + 1)];
         let sums = &a.sums[16 * u..16 * (u + 1)];
         let (mut isum, mut imin) = (0i32, 0i32);
+        let off = dtype.offset();
         for (g, (q, x)) in w.q.chunks_exact(16).zip(qa.chunks_exact(16)).enumerate() {
-            let dot: i32 = q.iter().zip(x).map(|(&q, &x)| q as i32 * x as i32).sum();
+            let dot: i32 = q.iter().zip(x).map(|(&q, &x)| (q as i32 - off) * x as i32).sum();
             isum += w.scales[g] * dot;
             imin += w.mins[g] * sums[g] as i32;
         }
