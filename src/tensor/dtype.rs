@@ -344,6 +344,72 @@ pub fn unpack_k(dtype: DType, b: &[u8], half: &impl Fn(&[u8], usize) -> f32, k: 
     }
 }
 
+/// Weight `i` of one block, equal to element `i` of the whole block's decoding (the same float
+/// operations), reading only the bits it needs: shadow execution wants single columns of a
+/// quantized matrix, and a K-quant block holds 256 weights. (Tests compare it with `to_f32` on
+/// every position of every type.)
+pub fn dequantize_one(dtype: DType, b: &[u8], i: usize) -> f32 {
+    let half = f16_at;
+    let bit = |byte: u8, at: usize| (byte >> at) & 1;
+    match dtype {
+        DType::F32 | DType::F16 | DType::BF16 => {
+            let mut v = [0f32];
+            let size = dtype.block().1;
+            to_f32_portable(dtype, &b[i * size..(i + 1) * size], &mut v);
+            v[0]
+        }
+        DType::Q8_0 => (((b[2 + i] ^ 0x80) as i32) - 128) as f32 * half(b, 0),
+        DType::Q4_0 | DType::Q4_1 | DType::Q5_0 | DType::Q5_1 => {
+            let (j, high) = (i % 16, i >= 16);
+            let (min, qh, qs) = match dtype {
+                DType::Q4_0 => (None, None, &b[2..18]),
+                DType::Q4_1 => (Some(half(b, 2)), None, &b[4..20]),
+                DType::Q5_0 => (None, Some(&b[2..6]), &b[6..22]),
+                _ => (Some(half(b, 2)), Some(&b[4..8]), &b[8..24]),
+            };
+            let mut q = if high { qs[j] >> 4 } else { qs[j] & 0xF };
+            if let Some(qh) = qh {
+                q |= bit(qh[i / 8], i % 8) << 4;
+            }
+            let v = (q as i32 - dtype.offset()) as f32 * half(b, 0);
+            min.map_or(v, |m| v + m)
+        }
+        _ => {
+            // K-quants: (d scale) (q - offset) - dmin min of the weight's group of 16.
+            let (g, c, l) = (i / 16, i / 128, i % 32);
+            let (q, sc, mn, d, dmin) = match dtype {
+                DType::Q2K => {
+                    let sc = b[g];
+                    ((b[16 + 32 * c + l] >> (2 * ((i % 128) / 32))) & 3, (sc & 0xF) as i32, (sc >> 4) as i32, half(b, 80), half(b, 82))
+                }
+                DType::Q3K => {
+                    let p = (i % 128) / 32;
+                    let q = ((b[32 + 32 * c + l] >> (2 * p)) & 3) | (bit(b[l], 4 * c + p) << 2);
+                    (q, q3k_scales(&b[96..108])[g] as i32 - 32, 0, half(b, 108), 0.0)
+                }
+                DType::Q4K | DType::Q5K => {
+                    let (chunk, part) = (i / 64, (i % 64) / 32);
+                    let qs = if dtype == DType::Q5K { &b[48..176] } else { &b[16..144] };
+                    let mut q = (qs[32 * chunk + l] >> (4 * part)) & 0xF;
+                    if dtype == DType::Q5K {
+                        q |= bit(b[16 + l], i / 32) << 4;
+                    }
+                    let (sc, mn) = k4_scale_min(i / 32, &b[4..16]);
+                    (q, sc as i32, mn as i32, half(b, 0), half(b, 2))
+                }
+                DType::Q6K => {
+                    let (n, quarter) = (i / 128, (i % 128) / 32);
+                    let low = (b[64 * n + l + 32 * (quarter % 2)] >> (4 * (quarter / 2))) & 0xF;
+                    let high = (b[128 + 32 * n + l] >> (2 * quarter)) & 3;
+                    (low | (high << 4), b[192 + g] as i8 as i32, 0, half(b, 208), 0.0)
+                }
+                _ => unreachable!("every block type is matched"),
+            };
+            (d * sc as f32) * (q as i32 - dtype.offset()) as f32 - dmin * mn as f32
+        }
+    }
+}
+
 /// The f16 at `b[at..at + 2]` as f32 (table lookup).
 #[inline(always)]
 pub fn f16_at(b: &[u8], at: usize) -> f32 {
@@ -393,6 +459,36 @@ mod tests {
         assert_eq!(DType::Q8_0.n_bytes(64), Some(68));
         assert_eq!(DType::Q8_0.n_bytes(33), None);
         assert_eq!(DType::Q4K.n_bytes(512), Some(288));
+    }
+
+    #[test]
+    fn one_weight_decodes_like_its_whole_block() {
+        let mut rng = crate::util::Rng::new(17);
+        for dtype in DType::ALL {
+            let (weights, size) = dtype.block();
+            for _ in 0..20 {
+                let mut b: Vec<u8> = (0..size).map(|_| rng.next_u64() as u8).collect();
+                // Sane f16 scales where the layout has them (random bits could be NaN).
+                for at in [0usize, 2, 80, 82, 108, 208].into_iter().filter(|&at| at + 2 <= size && (dtype.is_quantized() || at == 0)) {
+                    let keep = match dtype {
+                        DType::Q2K => at >= 80,
+                        DType::Q3K => at == 108,
+                        DType::Q6K => at == 208,
+                        DType::Q4K | DType::Q5K | DType::Q4_1 | DType::Q5_1 => at <= 2,
+                        _ => at == 0,
+                    };
+                    if keep {
+                        b[at..at + 2].copy_from_slice(&f16::from_f32(0.01 + rng.next_f32()).to_le_bytes());
+                    }
+                }
+                let mut all = vec![0f32; weights];
+                to_f32_portable(dtype, &b, &mut all);
+                for (i, &want) in all.iter().enumerate() {
+                    let got = dequantize_one(dtype, &b, i);
+                    assert!(got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()), "{} weight {i}: {got} vs {want}", dtype.name());
+                }
+            }
+        }
     }
 
     #[test]

@@ -157,14 +157,13 @@ impl Tensor {
             }
             return;
         };
+        // Only the wanted weights are decoded, each from the bits it needs.
         let (weights, size) = e.dtype.block();
-        let mut block = vec![0f32; weights];
         for j in 0..n {
             let row = e.row(j);
             for (i, &c) in cols.iter().enumerate() {
                 let b = c as usize / weights;
-                dtype::to_f32(e.dtype, &row[b * size..(b + 1) * size], &mut block);
-                out[i * n + j] = block[c as usize % weights];
+                out[i * n + j] = dtype::dequantize_one(e.dtype, &row[b * size..(b + 1) * size], c as usize % weights);
             }
         }
     }
