@@ -34,6 +34,7 @@ pub mod accel;
 pub mod shadow;
 pub mod prefill;
 
+pub mod chat;
 pub mod generate;
 pub mod sampling;
 
