@@ -84,6 +84,12 @@ impl ChatTemplate {
     }
 }
 
+/// The token ids of a conversation rendered with `template` (its text already holds the special
+/// tokens it needs, so none are added, as transformers' apply_chat_template does).
+pub fn prompt_tokens(template: &ChatTemplate, tokenizer: &crate::tokenizer::Tokenizer, input: &ChatInput) -> Result<Vec<u32>> {
+    tokenizer.encode(&template.render(input)?, false)
+}
+
 /// A minijinja error in one line: what the template raised, or what went wrong and where.
 fn describe(e: &minijinja::Error) -> String {
     match (e.kind(), e.detail()) {

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::engine::Engine;
-use crate::model::Logits;
+use crate::model::{KvCache, Logits};
 use crate::sampling::{Sampler, SamplingParams};
 
 #[derive(Debug, Clone)]
@@ -27,11 +27,14 @@ pub struct GenerationStats {
     pub decode_time: Duration,
     /// True when generation stopped because the context was full.
     pub hit_context_limit: bool,
+    /// Prompt tokens whose keys and values came from the cache (a `Session`'s earlier turns).
+    pub cached_tokens: usize,
 }
 
 impl GenerationStats {
+    /// Prompt tokens computed (not cached) per second.
     pub fn prefill_tokens_per_s(&self) -> f64 {
-        self.prompt_tokens as f64 / self.prefill_time.as_secs_f64().max(1e-9)
+        (self.prompt_tokens - self.cached_tokens) as f64 / self.prefill_time.as_secs_f64().max(1e-9)
     }
     /// Decode speed over the tokens after the first (the first comes from the prefill logits).
     pub fn decode_tokens_per_s(&self) -> f64 {
@@ -40,47 +43,110 @@ impl GenerationStats {
 }
 
 /// Generates up to `max_new_tokens` after `prompt`, calling `on_token` with each one.
-pub fn generate(backend: &dyn Engine, prompt: &[u32], opts: &GenerateOptions, mut on_token: impl FnMut(u32) -> Result<()>) -> Result<GenerationStats> {
-    let model = backend.model();
-    let ctx = model.config.max_seq_len;
+pub fn generate(backend: &dyn Engine, prompt: &[u32], opts: &GenerateOptions, on_token: impl FnMut(u32) -> Result<()>) -> Result<GenerationStats> {
+    let ctx = backend.model().config.max_seq_len;
+    check_prompt(prompt, ctx)?;
+    let capacity = prompt.len().saturating_add(opts.max_new_tokens).min(ctx);
+    let mut session = Session { cache: backend.model().new_cache(capacity), tokens: Vec::new() };
+    session.continue_with(backend, prompt, opts, on_token)
+}
+
+fn check_prompt(prompt: &[u32], ctx: usize) -> Result<()> {
     if prompt.is_empty() {
         return Err(Error::Input("the prompt has no tokens (and the model defines no BOS token to start from)".into()));
     }
     if prompt.len() > ctx {
         return Err(Error::Input(format!("the prompt has {} tokens, more than the model's context of {ctx}", prompt.len())));
     }
-    let capacity = prompt.len().saturating_add(opts.max_new_tokens).min(ctx);
-    let mut cache = model.new_cache(capacity);
-    let mut sampler = Sampler::new(opts.sampling);
-    let mut stats = GenerationStats { prompt_tokens: prompt.len(), ..Default::default() };
-    if opts.max_new_tokens == 0 {
-        return Ok(stats);
+    Ok(())
+}
+
+/// A conversation kept in a KV cache: each turn passes the whole token sequence so far (the
+/// chat template rendered again), and only what follows the longest prefix the cache already
+/// holds is prefilled. The cache holds the model's full context.
+pub struct Session {
+    cache: KvCache,
+    /// The tokens whose keys and values the cache holds, in order.
+    tokens: Vec<u32>,
+}
+
+impl Session {
+    pub fn new(backend: &dyn Engine) -> Session {
+        let m = backend.model();
+        Session { cache: m.new_cache(m.config.max_seq_len), tokens: Vec::new() }
     }
 
-    let t0 = Instant::now();
-    let mut logits = backend.forward(prompt, &mut cache, Logits::Last)?;
-    stats.prefill_time = t0.elapsed();
-
-    let t1 = Instant::now();
-    loop {
-        if let Some(limit) = opts.vocab_limit.filter(|&l| l < logits.len()) {
-            logits[limit..].fill(f32::NEG_INFINITY);
-        }
-        let next = sampler.sample(&logits);
-        if opts.stop_tokens.contains(&next) {
-            break;
-        }
-        stats.generated_tokens += 1;
-        on_token(next)?;
-        if stats.generated_tokens >= opts.max_new_tokens {
-            break;
-        }
-        if cache.len() >= capacity {
-            stats.hit_context_limit = true;
-            break;
-        }
-        logits = backend.forward(&[next], &mut cache, Logits::Last)?;
+    /// Tokens held (prompt and replies so far).
+    pub fn len(&self) -> usize {
+        self.tokens.len()
     }
-    stats.decode_time = t1.elapsed();
-    Ok(stats)
+
+    pub fn is_empty(&self) -> bool {
+        self.tokens.is_empty()
+    }
+
+    /// Forgets the conversation.
+    pub fn clear(&mut self) {
+        self.tokens.clear();
+        self.cache.truncate(0);
+    }
+
+    /// Generates after `prompt`, reusing the cached prefix it shares with what the session holds.
+    /// `stats.cached_tokens` says how many prompt tokens were not recomputed. When `on_token`
+    /// returns an error (e.g. the user interrupted), generation stops there with that error and
+    /// the session keeps everything computed so far.
+    pub fn generate(&mut self, backend: &dyn Engine, prompt: &[u32], opts: &GenerateOptions, on_token: impl FnMut(u32) -> Result<()>) -> Result<GenerationStats> {
+        check_prompt(prompt, self.cache.capacity())?;
+        // At least the prompt's last token is run again: its logits start the reply.
+        let shared = self.tokens.iter().zip(prompt).take_while(|(a, b)| a == b).count().min(prompt.len() - 1);
+        self.tokens.truncate(shared);
+        self.cache.truncate(shared);
+        let mut stats = self.continue_with(backend, &prompt[shared..], opts, on_token)?;
+        stats.prompt_tokens = prompt.len();
+        stats.cached_tokens = shared;
+        Ok(stats)
+    }
+
+    /// Runs `new` after what the cache holds, then samples up to `max_new_tokens`.
+    fn continue_with(&mut self, backend: &dyn Engine, new: &[u32], opts: &GenerateOptions, mut on_token: impl FnMut(u32) -> Result<()>) -> Result<GenerationStats> {
+        let capacity = self.cache.capacity();
+        if self.tokens.len() + new.len() > capacity {
+            return Err(Error::Input(format!("{} tokens exceed the context of {capacity}", self.tokens.len() + new.len())));
+        }
+        let mut sampler = Sampler::new(opts.sampling);
+        let mut stats = GenerationStats { prompt_tokens: new.len(), ..Default::default() };
+        if opts.max_new_tokens == 0 {
+            return Ok(stats);
+        }
+        let t0 = Instant::now();
+        let mut logits = backend.forward(new, &mut self.cache, Logits::Last)?;
+        self.tokens.extend_from_slice(new);
+        stats.prefill_time = t0.elapsed();
+
+        let t1 = Instant::now();
+        loop {
+            if let Some(limit) = opts.vocab_limit.filter(|&l| l < logits.len()) {
+                logits[limit..].fill(f32::NEG_INFINITY);
+            }
+            let next = sampler.sample(&logits);
+            if opts.stop_tokens.contains(&next) {
+                break;
+            }
+            stats.generated_tokens += 1;
+            // (The last token shown is not run through the model: a session's next turn
+            // computes it with its prompt.)
+            on_token(next)?;
+            if stats.generated_tokens >= opts.max_new_tokens {
+                break;
+            }
+            if self.cache.len() >= capacity {
+                stats.hit_context_limit = true;
+                break;
+            }
+            logits = backend.forward(&[next], &mut self.cache, Logits::Last)?;
+            self.tokens.push(next);
+        }
+        stats.decode_time = t1.elapsed();
+        Ok(stats)
+    }
 }

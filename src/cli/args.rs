@@ -227,3 +227,70 @@ impl TokenSource {
         }
     }
 }
+
+/// Sampling flags of the commands that generate text.
+#[derive(Args, Clone)]
+pub struct SamplingArgs {
+    /// Maximum number of tokens to generate (per reply in chat)
+    #[arg(short = 'n', long, default_value_t = 128)]
+    pub n_predict: usize,
+    /// Sampling temperature; 0 is greedy
+    #[arg(long, default_value_t = 0.8)]
+    pub temp: f32,
+    /// Nucleus sampling: keep the smallest set of tokens with this much probability (1 = off)
+    #[arg(long, default_value_t = 0.95)]
+    pub top_p: f32,
+    /// Keep only the k most likely tokens (0 = off)
+    #[arg(long, default_value_t = 40)]
+    pub top_k: usize,
+    /// Random seed for sampling
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+}
+
+impl SamplingArgs {
+    /// Generation options with the model's stop tokens (EOS and end-of-turn tokens).
+    pub fn generate_options(&self, loaded: &LoadedModel) -> Result<llm_npu::generate::GenerateOptions> {
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            bail!("--top-p must be in (0, 1], got {}", self.top_p);
+        }
+        if !self.temp.is_finite() || self.temp < 0.0 {
+            bail!("--temp must be a non-negative number, got {}", self.temp);
+        }
+        let tok = loaded.tokenizer.as_ref();
+        let mut stop_tokens = loaded.model.config.eos_token_ids.clone();
+        stop_tokens.extend(tok.map(|t| t.eos_ids()).unwrap_or_default());
+        Ok(llm_npu::generate::GenerateOptions {
+            max_new_tokens: self.n_predict,
+            sampling: llm_npu::sampling::SamplingParams { temperature: self.temp, top_k: self.top_k, top_p: self.top_p, seed: self.seed },
+            stop_tokens,
+            vocab_limit: tok.map(|t| t.vocab_size()),
+        })
+    }
+}
+
+/// The chat template and system message of `run --chat` and `chat`.
+#[derive(Args, Clone, Default)]
+pub struct ChatArgs {
+    /// System message opening the conversation
+    #[arg(long)]
+    pub system: Option<String>,
+    /// Jinja chat template file to use instead of the model's own
+    #[arg(long, value_name = "FILE")]
+    pub chat_template: Option<PathBuf>,
+}
+
+impl ChatArgs {
+    pub fn template(&self, loaded: &LoadedModel) -> Result<llm_npu::chat::ChatTemplate> {
+        let source = match &self.chat_template {
+            Some(p) => Some(std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?),
+            None => None,
+        };
+        Ok(loaded.chat_template(source.as_deref())?)
+    }
+
+    /// The conversation's opening: the system message, if any.
+    pub fn opening(&self) -> Vec<serde_json::Value> {
+        self.system.iter().map(|s| serde_json::json!({"role": "system", "content": s})).collect()
+    }
+}

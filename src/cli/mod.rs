@@ -4,6 +4,7 @@
 mod args;
 mod bench;
 mod calibrate;
+mod chat;
 mod demo;
 mod eval;
 mod inspect;
@@ -28,6 +29,9 @@ struct Cli {
 enum Command {
     /// Generate text from a prompt; the text goes to stdout as it is produced, timings to stderr.
     Run(run::RunArgs),
+    /// Talk to an instruction-tuned model in its chat template; the conversation stays in the KV
+    /// cache, so each turn prefills only its new tokens.
+    Chat(chat::ChatCmdArgs),
     /// Write the logits for given token ids to a NumPy .npy file.
     Logits(logits::LogitsArgs),
     /// Describe a model file: architecture, shapes, dtypes, parameter count, tokenizer.
@@ -57,6 +61,7 @@ enum Command {
 pub fn main() {
     let result = match Cli::parse().command {
         Command::Run(a) => run::run(a),
+        Command::Chat(a) => chat::run(a),
         Command::Logits(a) => logits::run(a),
         Command::Inspect(a) => inspect::run(a),
         Command::Bench(a) => bench::run(a),

@@ -269,3 +269,59 @@ impl ScheduleOutputs {
         self.write(&dag, title, &[("measured", &schedule)])
     }
 }
+
+/// Prints generated tokens to stdout as text, each as soon as it is decodable, and keeps the
+/// text (a chat's reply goes back into the conversation).
+pub struct StreamPrinter<'a> {
+    stream: llm_npu::tokenizer::StreamDecoder<'a>,
+    out: std::io::StdoutLock<'static>,
+    pub text: String,
+}
+
+impl<'a> StreamPrinter<'a> {
+    /// `context`: ids before the generated ones (the prompt), so the first word keeps its space.
+    pub fn new(tok: &'a llm_npu::tokenizer::Tokenizer, context: &[u32]) -> Result<Self> {
+        let mut stream = tok.stream();
+        for &id in context {
+            stream.push(id)?;
+        }
+        Ok(StreamPrinter { stream, out: std::io::stdout().lock(), text: String::new() })
+    }
+
+    pub fn push(&mut self, id: u32) -> llm_npu::Result<()> {
+        if let Some(t) = self.stream.push(id)? {
+            self.write(&t)?;
+        }
+        Ok(())
+    }
+
+    /// Flushes what the decoder still holds and ends the line.
+    pub fn finish(mut self) -> Result<String> {
+        use std::io::Write;
+        if let Some(rest) = self.stream.finish() {
+            self.write(&rest)?;
+        }
+        writeln!(self.out)?;
+        self.out.flush()?;
+        Ok(self.text)
+    }
+
+    fn write(&mut self, t: &str) -> llm_npu::Result<()> {
+        use std::io::Write;
+        self.text.push_str(t);
+        self.out.write_all(t.as_bytes()).and_then(|_| self.out.flush()).map_err(|e| llm_npu::Error::Input(format!("writing to stdout: {e}")))
+    }
+}
+
+/// "prompt: N tokens in T ms (R tokens/s) | generated: ..." for a finished generation.
+pub fn generation_summary(s: &llm_npu::generate::GenerationStats) -> String {
+    let cached = if s.cached_tokens > 0 { format!(", {} from the cache", s.cached_tokens) } else { String::new() };
+    format!(
+        "prompt: {} tokens{cached} in {:.1} ms ({:.1} tokens/s) | generated: {} tokens, {:.1} tokens/s",
+        s.prompt_tokens,
+        s.prefill_time.as_secs_f64() * 1e3,
+        s.prefill_tokens_per_s(),
+        s.generated_tokens,
+        s.decode_tokens_per_s()
+    )
+}

@@ -74,6 +74,11 @@ impl KvCache {
         }
     }
 
+    /// Forgets every position from `len` on (a conversation going back to a shared prefix).
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+
     /// Marks `n` more positions as filled (after every layer appended them).
     pub fn advance(&mut self, n: usize) {
         self.len += n;

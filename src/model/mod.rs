@@ -45,6 +45,54 @@ pub struct LoadedModel {
     pub model: Transformer,
     pub tokenizer: Option<Tokenizer>,
     pub weights: Weights,
+    /// The model's Jinja chat template, when it ships one (see `chat_template_source`).
+    pub chat_template: Option<String>,
+}
+
+impl LoadedModel {
+    /// The chat template ready to render (the model's own, or `source` instead), with the
+    /// tokenizer's BOS and EOS strings.
+    pub fn chat_template(&self, source: Option<&str>) -> Result<crate::chat::ChatTemplate> {
+        let source = source.or(self.chat_template.as_deref()).ok_or_else(|| {
+            Error::Input(format!(
+                "{} has no chat template (none in tokenizer_config.json, chat_template.jinja or the GGUF's tokenizer.chat_template); pass one with --chat-template FILE",
+                self.path.display()
+            ))
+        })?;
+        let tok = self.tokenizer.as_ref().ok_or_else(|| Error::Input("chat needs the model's tokenizer; pass --tokenizer".into()))?;
+        let piece = |id: Option<u32>| id.and_then(|i| tok.id_to_piece(i)).unwrap_or_default();
+        crate::chat::ChatTemplate::new(source, &piece(tok.bos_id()), &piece(tok.eos_ids().first().copied()))
+    }
+}
+
+/// Where a model keeps its chat template: chat_template.jinja or tokenizer_config.json's
+/// `chat_template` (a string, or a list of named templates of which "default" is used) in a
+/// Hugging Face folder; `tokenizer.chat_template` in a GGUF file.
+fn chat_template_source(path: &Path, weights: &Weights) -> Result<Option<String>> {
+    if let Weights::Gguf(file) = weights {
+        return Ok(file.get("tokenizer.chat_template").and_then(|v| v.as_str()).map(str::to_owned));
+    }
+    if !path.is_dir() {
+        return Ok(None);
+    }
+    let jinja = path.join("chat_template.jinja");
+    if jinja.is_file() {
+        return std::fs::read_to_string(&jinja).map(Some).map_err(|e| Error::io(&jinja, e));
+    }
+    let config = path.join("tokenizer_config.json");
+    if !config.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&config).map_err(|e| Error::io(&config, e))?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Corrupt { path: config.clone(), msg: e.to_string() })?;
+    Ok(match &v["chat_template"] {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Array(list) => {
+            let named = |name: &str| list.iter().find(|t| t["name"] == name).and_then(|t| t["template"].as_str());
+            named("default").or_else(|| list.first().and_then(|t| t["template"].as_str())).map(str::to_owned)
+        }
+        _ => None,
+    })
 }
 
 pub struct LoadOptions<'a> {
@@ -91,7 +139,8 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<LoadedModel> {
             )));
         }
     }
-    Ok(LoadedModel { path: path.to_path_buf(), format: weights.format_name(), model, tokenizer, weights })
+    let chat_template = chat_template_source(path, &weights)?;
+    Ok(LoadedModel { path: path.to_path_buf(), format: weights.format_name(), model, tokenizer, weights, chat_template })
 }
 
 fn has_magic(path: &Path, magic: &[u8]) -> Result<bool> {
