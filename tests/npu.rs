@@ -63,6 +63,25 @@ fn mean_cosine(a: &[f32], b: &[f32], vocab: usize) -> f64 {
 }
 
 #[test]
+fn npu_handles_each_family_between_its_graphs() {
+    // Qwen3's q/k norms and Gemma's GeGLU, (1 + w) norms and embedding scale run on the CPU
+    // between the accelerator graphs; calibration and shadow see the linears' real inputs.
+    for name in ["families/qwen3-qknorm", "families/gemma-geglu-mqa"] {
+        let loaded = load(name);
+        let m = &loaded.model;
+        let cal = calibration_with_output_ranges(&loaded);
+        let options = EngineOptions { backend: BackendKind::Npu, calibration: CalibrationSource::Given(cal), chunk_size: Some(64), ..Default::default() };
+        let npu = engine::build(&loaded, &options, &Silent).unwrap();
+        let tokens = ids(name, "long_ids");
+        let q = npu.forward(&tokens, &mut m.new_cache(tokens.len()), Logits::All).unwrap();
+        let (_, reference) = llm_npu::npy::read_f32(&fixture(name).join("ref_logits_long.npy")).unwrap();
+        let cos = mean_cosine(&q, &reference, m.config.vocab_size);
+        eprintln!("{name}: mean cosine(npu, HF float) over 300 positions = {cos:.5}");
+        assert!(cos >= 0.99, "{name}: cosine {cos}");
+    }
+}
+
+#[test]
 fn npu_logits_stay_close_to_float_on_the_fixtures() {
     for name in MODELS {
         let loaded = load(name);

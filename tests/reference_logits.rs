@@ -12,6 +12,9 @@ use llm_npu::npy;
 use llm_npu::sampling::SamplingParams;
 
 const MODELS: [&str; 3] = ["llama-gqa", "llama-mha-tied-llama3rope", "qwen2-bias-tied"];
+/// Later families (tools/oracle/gen_family_fixtures.py): tests/fixtures/families/NAME (HF
+/// folder) and NAME.gguf beside it (same weights, llama.cpp's names and metadata).
+const FAMILIES: [&str; 2] = ["families/qwen3-qknorm", "families/gemma-geglu-mqa"];
 const TOL: f32 = 1e-4;
 
 fn fixtures() -> PathBuf {
@@ -42,7 +45,7 @@ fn all_logits(path: &Path, tokens: &[u32]) -> Vec<f32> {
 
 #[test]
 fn hf_folders_match_transformers_logits_at_every_position() {
-    for name in MODELS {
+    for name in MODELS.into_iter().chain(FAMILIES) {
         let r = reference(name);
         for input in ["short", "long"] {
             let tokens = ids(&r, &format!("{input}_ids"));
@@ -72,7 +75,7 @@ fn legacy_config_layout_gives_the_same_logits() {
 
 #[test]
 fn greedy_continuation_matches_transformers_generate() {
-    for name in MODELS {
+    for name in MODELS.into_iter().chain(FAMILIES) {
         let r = reference(name);
         let loaded = model::load(&fixtures().join(name), &LoadOptions::default()).unwrap();
         let want = ids(&r, "greedy_new_tokens");
@@ -90,6 +93,21 @@ fn greedy_continuation_matches_transformers_generate() {
         })
         .unwrap();
         assert_eq!(got, want, "{name}: greedy tokens differ from transformers");
+    }
+}
+
+#[test]
+fn each_familys_gguf_file_computes_what_its_hf_folder_does() {
+    // Qwen3's q/k norm tensors under llama.cpp's names; Gemma's norms stored as 1 + w.
+    for name in FAMILIES {
+        let r = reference(name);
+        let gguf = fixtures().join(format!("{name}.gguf"));
+        for input in ["short", "long"] {
+            let tokens = ids(&r, &format!("{input}_ids"));
+            let d = max_abs_diff(&all_logits(&gguf, &tokens), &fixtures().join(name).join(format!("ref_logits_{input}.npy")), tokens.len());
+            eprintln!("{name}.gguf {input}: max |logit - HF| = {d:.2e}");
+            assert!(d <= TOL, "{name}.gguf {input}: {d}");
+        }
     }
 }
 

@@ -65,25 +65,52 @@ pub fn exp_fast(x: f32) -> f32 {
 
 /// gate <- silu(gate) * up (SwiGLU).
 pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
+    glu(Activation::Silu, gate, up)
+}
+
+/// The activation of a gated MLP's gate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// x sigmoid(x): SwiGLU (Llama, Qwen, Mistral, Phi-3).
+    Silu,
+    /// GELU, tanh approximation (PyTorch's `gelu_pytorch_tanh`): GeGLU (Gemma).
+    GeluTanh,
+}
+
+/// gate = act(gate) * up, elementwise.
+pub fn glu(act: Activation, gate: &mut [f32], up: &[f32]) {
     let level = super::simd_level();
     gate.par_chunks_mut(PAR_MIN_ELEMS).zip(up.par_chunks(PAR_MIN_ELEMS)).for_each(|(g, u)| match level {
         // SAFETY: Avx512 is only selected when the CPU has avx512f.
         #[cfg(target_arch = "x86_64")]
-        super::SimdLevel::Avx512 => unsafe { silu_mul_avx512(g, u) },
-        _ => silu_mul_generic(g, u),
+        super::SimdLevel::Avx512 => unsafe { glu_avx512(act, g, u) },
+        _ => glu_generic(act, g, u),
     });
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn silu_mul_avx512(gate: &mut [f32], up: &[f32]) {
-    silu_mul_generic(gate, up)
+unsafe fn glu_avx512(act: Activation, gate: &mut [f32], up: &[f32]) {
+    glu_generic(act, gate, up)
 }
 
 #[inline(always)]
-fn silu_mul_generic(gate: &mut [f32], up: &[f32]) {
-    for (g, &u) in gate.iter_mut().zip(up) {
-        *g = *g / (1.0 + exp_fast(-*g)) * u;
+fn glu_generic(act: Activation, gate: &mut [f32], up: &[f32]) {
+    match act {
+        Activation::Silu => {
+            for (g, &u) in gate.iter_mut().zip(up) {
+                *g = *g / (1.0 + exp_fast(-*g)) * u;
+            }
+        }
+        Activation::GeluTanh => {
+            // 0.5 x (1 + tanh(z)) = x sigmoid(2 z), z = sqrt(2 / pi) (x + 0.044715 x^3).
+            const K: f32 = 0.797_884_6; // sqrt(2 / pi)
+            for (g, &u) in gate.iter_mut().zip(up) {
+                let x = *g;
+                let z2 = 2.0 * K * (x + 0.044715 * x * x * x);
+                *g = x / (1.0 + exp_fast(-z2)) * u;
+            }
+        }
     }
 }
 
@@ -524,13 +551,25 @@ mod tests {
             }
         }
         }
-        let mut g1: Vec<f32> = (0..1000).map(|i| val(i) * 20.0).collect();
-        let mut g2 = g1.clone();
-        let up: Vec<f32> = (0..1000).map(|i| val(i + 5)).collect();
-        unsafe { silu_mul_avx512(&mut g1, &up) };
-        silu_mul_generic(&mut g2, &up);
-        for (x, y) in g1.iter().zip(&g2) {
-            assert!((x - y).abs() <= 1e-6 * (1.0 + y.abs()), "{x} vs {y}");
+        for act in [Activation::Silu, Activation::GeluTanh] {
+            let mut g1: Vec<f32> = (0..1000).map(|i| val(i) * 20.0).collect();
+            let mut g2 = g1.clone();
+            let up: Vec<f32> = (0..1000).map(|i| val(i + 5)).collect();
+            unsafe { glu_avx512(act, &mut g1, &up) };
+            glu_generic(act, &mut g2, &up);
+            for (x, y) in g1.iter().zip(&g2) {
+                assert!((x - y).abs() <= 1e-6 * (1.0 + y.abs()), "{act:?}: {x} vs {y}");
+            }
+        }
+        // GeLU's tanh form against its definition (f64).
+        let mut g: Vec<f32> = (-80..80).map(|i| i as f32 / 10.0).collect();
+        let want: Vec<f64> = g.iter().map(|&x| {
+            let x = x as f64;
+            0.5 * x * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x)).tanh())
+        }).collect();
+        glu(Activation::GeluTanh, &mut g, &vec![1.0; 160]);
+        for (x, y) in g.iter().zip(&want) {
+            assert!((*x as f64 - y).abs() <= 1e-5 * (1.0 + y.abs()), "{x} vs {y}");
         }
     }
 

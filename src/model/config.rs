@@ -7,7 +7,7 @@ use serde_json::Value as Json;
 
 use crate::error::{Error, Result};
 use crate::format::gguf::{GgufFile, Value};
-use crate::kernels::ops::RopeStyle;
+use crate::kernels::ops::{Activation, RopeStyle};
 
 /// Llama 3 style frequency-dependent RoPE scaling (`rope_type: "llama3"`).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -81,6 +81,28 @@ pub struct ModelConfig {
     pub qkv_bias: bool,
     pub bos_token_id: Option<u32>,
     pub eos_token_ids: Vec<u32>,
+    /// What differs between families, as data: the forward pass is shared.
+    pub features: Features,
+}
+
+/// Architecture features a family switches on; the defaults are Llama's.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Features {
+    /// RMSNorm over each head of q and k (weights [head_dim]) before RoPE (Qwen3, Gemma 3).
+    pub qk_norm: bool,
+    /// Added to every RMSNorm weight (Gemma's Hugging Face weights hold w for a norm that scales
+    /// by 1 + w; llama.cpp's GGUF stores 1 + w, so 0 there).
+    pub norm_weight_offset: f32,
+    /// Embeddings multiplied by this before the first layer (Gemma: sqrt(hidden_size)).
+    pub embed_scale: Option<f32>,
+    /// The gated MLP's activation (SwiGLU or GeGLU).
+    pub activation: Activation,
+}
+
+impl Default for Features {
+    fn default() -> Self {
+        Features { qk_norm: false, norm_weight_offset: 0.0, embed_scale: None, activation: Activation::Silu }
+    }
 }
 
 impl ModelConfig {
@@ -177,6 +199,13 @@ impl HfConfig {
         match self.get(key) {
             None => Ok(None),
             Some(v) => v.as_f64().map(|f| Some(f as f32)).ok_or_else(|| Error::field(&self.path, key, format!("expected a number, found {v}"))),
+        }
+    }
+
+    pub fn opt_str(&self, key: &str) -> Result<Option<&str>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => v.as_str().map(Some).ok_or_else(|| Error::field(&self.path, key, format!("expected a string, found {v}"))),
         }
     }
 
@@ -324,6 +353,7 @@ impl GgufMeta<'_> {
             qkv_bias,
             bos_token_id: self.token_id("tokenizer.ggml.bos_token_id"),
             eos_token_ids: eos,
+            features: Features::default(),
         })
     }
 }
@@ -359,5 +389,6 @@ pub fn hf_common(c: &HfConfig, family: &'static str, default_theta: f32, qkv_bia
         qkv_bias,
         bos_token_id: c.token_ids("bos_token_id")?.first().copied(),
         eos_token_ids: c.token_ids("eos_token_id")?,
+        features: Features::default(),
     })
 }

@@ -4,8 +4,10 @@
 pub mod config;
 pub mod kv_cache;
 pub mod linear_group;
+pub mod gemma;
 pub mod llama;
 pub mod qwen2;
+pub mod qwen3;
 pub mod transformer;
 pub mod weights;
 
@@ -32,7 +34,7 @@ pub struct Family {
     pub from_gguf: fn(&GgufMeta) -> Result<ModelConfig>,
 }
 
-pub static FAMILIES: &[&Family] = &[&llama::FAMILY, &qwen2::FAMILY];
+pub static FAMILIES: &[&Family] = &[&llama::FAMILY, &qwen2::FAMILY, &qwen3::FAMILY, &gemma::FAMILY];
 
 fn supported(f: impl Fn(&Family) -> &'static [&'static str]) -> String {
     FAMILIES.iter().flat_map(|fam| f(fam).iter().copied()).collect::<Vec<_>>().join(", ")
@@ -228,6 +230,7 @@ fn open_llama2c(path: &Path) -> Result<(ModelConfig, Weights, Option<Tokenizer>)
         qkv_bias: false,
         bos_token_id: Some(1),
         eos_token_ids: vec![2],
+        features: Default::default(),
     };
     Ok((config, Weights::Llama2c(file), None))
 }

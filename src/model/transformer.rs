@@ -84,6 +84,8 @@ pub struct Attention {
     pub k_proj: Linear,
     pub v_proj: Linear,
     pub o_proj: Linear,
+    /// Per-head RMSNorms of q and k (`Features::qk_norm`).
+    pub qk_norm: Option<(RmsNorm, RmsNorm)>,
 }
 
 pub struct Mlp {
@@ -208,36 +210,47 @@ impl Loader<'_> {
         Ok(Linear { weight, bias })
     }
 
-    fn norm(&self, name: &str, dim: usize, eps: f32) -> Result<RmsNorm> {
-        Ok(RmsNorm { weight: self.tensor(name, &[dim])?, eps })
+    /// An RMSNorm's weights, plus `offset` when the family stores w for a norm scaling by
+    /// offset + w (added once here, in f32, as the reference computes it).
+    fn norm(&self, name: &str, dim: usize, eps: f32, offset: f32) -> Result<RmsNorm> {
+        let weight = self.tensor(name, &[dim])?;
+        if offset == 0.0 {
+            return Ok(RmsNorm { weight, eps });
+        }
+        Ok(RmsNorm { weight: Tensor::from_vec(vec![dim], weight.data().iter().map(|w| w + offset).collect()), eps })
     }
 }
 
 impl Transformer {
     /// Number of tensors `load` reads (for progress reporting).
     pub fn tensor_count(c: &ModelConfig) -> usize {
-        3 + c.num_layers * (9 + if c.qkv_bias { 3 } else { 0 }) + usize::from(!c.tie_word_embeddings)
+        3 + c.num_layers * (9 + if c.qkv_bias { 3 } else { 0 } + if c.features.qk_norm { 2 } else { 0 }) + usize::from(!c.tie_word_embeddings)
     }
 
     pub fn load(config: ModelConfig, weights: &Weights, progress: &dyn Progress) -> Result<Self> {
         config.validate(weights.path())?;
         let c = &config;
         let l = Loader { weights, progress };
-        let (d, eps) = (c.hidden_size, c.rms_norm_eps);
+        let (d, eps, off) = (c.hidden_size, c.rms_norm_eps, c.features.norm_weight_offset);
         let embed_tokens = l.tensor("model.embed_tokens.weight", &[c.vocab_size, d])?;
         // No preallocation from the config: an absurd layer count must fail on a missing tensor.
         let mut layers = Vec::new();
         for i in 0..c.num_layers {
             let p = format!("model.layers.{i}");
+            let qk_norm = match c.features.qk_norm {
+                true => Some((l.norm(&format!("{p}.self_attn.q_norm.weight"), c.head_dim, eps, off)?, l.norm(&format!("{p}.self_attn.k_norm.weight"), c.head_dim, eps, off)?)),
+                false => None,
+            };
             layers.push(DecoderLayer {
-                input_layernorm: l.norm(&format!("{p}.input_layernorm.weight"), d, eps)?,
+                input_layernorm: l.norm(&format!("{p}.input_layernorm.weight"), d, eps, off)?,
                 self_attn: Attention {
                     q_proj: l.linear(&format!("{p}.self_attn.q_proj"), c.q_dim(), d, c.qkv_bias)?,
                     k_proj: l.linear(&format!("{p}.self_attn.k_proj"), c.kv_dim(), d, c.qkv_bias)?,
                     v_proj: l.linear(&format!("{p}.self_attn.v_proj"), c.kv_dim(), d, c.qkv_bias)?,
                     o_proj: l.linear(&format!("{p}.self_attn.o_proj"), d, c.q_dim(), false)?,
+                    qk_norm,
                 },
-                post_attention_layernorm: l.norm(&format!("{p}.post_attention_layernorm.weight"), d, eps)?,
+                post_attention_layernorm: l.norm(&format!("{p}.post_attention_layernorm.weight"), d, eps, off)?,
                 mlp: Mlp {
                     gate_proj: l.linear(&format!("{p}.mlp.gate_proj"), c.intermediate_size, d, false)?,
                     up_proj: l.linear(&format!("{p}.mlp.up_proj"), c.intermediate_size, d, false)?,
@@ -245,7 +258,7 @@ impl Transformer {
                 },
             });
         }
-        let norm = l.norm("model.norm.weight", d, eps)?;
+        let norm = l.norm("model.norm.weight", d, eps, off)?;
         let lm_head = if c.tie_word_embeddings {
             Linear { weight: embed_tokens.clone(), bias: None }
         } else {
@@ -315,6 +328,9 @@ impl Transformer {
                 return Err(Error::Input(format!("token id {t} is out of range (vocabulary size {})", self.config.vocab_size)));
             }
             self.embed_tokens.copy_row(t as usize, row);
+            if let Some(scale) = self.config.features.embed_scale {
+                row.iter_mut().for_each(|v| *v *= scale);
+            }
         }
         Ok(x)
     }
@@ -427,6 +443,17 @@ impl Transformer {
         let c = &self.config;
         let hd = c.head_dim;
         let Scratch { q, k, v, attn, .. } = &mut st.scratch;
+        if let Some((qn, kn)) = &self.layers[li].self_attn.qk_norm {
+            // Each head's vector is normalized on its own: rows of head_dim.
+            for (x, norm) in [(&mut *q, qn), (&mut *k, kn)] {
+                let normed = {
+                    let mut out = vec![0f32; x.len()];
+                    norm.forward(x, &mut out);
+                    out
+                };
+                x.copy_from_slice(&normed);
+            }
+        }
         ops::apply_rope(q, hd, c.rope.style, &st.cos, &st.sin, hd / 2);
         ops::apply_rope(k, hd, c.rope.style, &st.cos, &st.sin, hd / 2);
         cache.append(li, st.pos0, k, v);
@@ -449,7 +476,7 @@ impl Transformer {
             o.observe(li, LinearGroup::GateUp, h, c.hidden_size);
         }
         exec.run(li, LinearGroup::GateUp, h, st.m, &mut [gate, up])?;
-        ops::silu_mul(gate, up);
+        ops::glu(c.features.activation, gate, up);
         if let Some(o) = observer {
             o.observe(li, LinearGroup::Down, gate, c.intermediate_size);
         }

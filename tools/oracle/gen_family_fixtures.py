@@ -1,0 +1,130 @@
+#!/usr/bin/env python3
+"""Tiny random models of the families added after the first fixtures (tests/fixtures/families/):
+each as a Hugging Face folder with transformers' logits for a 40- and a 300-token input and a
+24-token greedy continuation, and the same weights as GGUF (llama.cpp's tensor names and
+metadata for the architecture, written with the gguf package). Same pinned versions and the same
+weight re-initialization as gen_fixtures.py (which this reuses; it leaves the older fixtures
+alone). Vocabulary 128 keeps the files small.
+
+    pip install -r tools/oracle/requirements.txt && python tools/oracle/gen_family_fixtures.py
+"""
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import gguf
+from transformers import GemmaConfig, GemmaForCausalLM, Qwen3Config, Qwen3ForCausalLM
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import gen_fixtures as base  # noqa: E402
+
+OUT = base.REPO / "tests" / "fixtures" / "families"
+VOCAB = 128
+SEEDS = {"qwen3-qknorm": 2001, "gemma-geglu-mqa": 2002}
+
+
+def make(name):
+    kw = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+              max_position_embeddings=512, bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    if name == "qwen3-qknorm":
+        # head_dim 16 != hidden / heads: q/k norms act per head of 16
+        cfg = Qwen3Config(**kw, num_key_value_heads=2, head_dim=16, rms_norm_eps=1e-6, tie_word_embeddings=False,
+                          rope_theta=1000000.0, attention_bias=False, use_sliding_window=False, hidden_act="silu")
+        cls = Qwen3ForCausalLM
+    elif name == "gemma-geglu-mqa":
+        cfg = GemmaConfig(**kw, num_key_value_heads=1, head_dim=16, rms_norm_eps=1e-6, rope_theta=10000.0,
+                          hidden_act="gelu_pytorch_tanh", hidden_activation="gelu_pytorch_tanh")
+        cls = GemmaForCausalLM
+    else:
+        raise ValueError(name)
+    seed = SEEDS[name]
+    torch.manual_seed(seed)
+    cfg._attn_implementation = "eager"
+    model = cls(cfg).to(torch.float32).eval()
+    g = torch.Generator().manual_seed(seed + 50_000)
+    with torch.no_grad():
+        for pname, p in model.named_parameters():
+            if pname.endswith("norm.weight") or pname.endswith("layernorm.weight"):
+                # Gemma applies norms as (1 + w): small w around 0 keeps the same scale.
+                p.copy_((0.0 if name.startswith("gemma") else 1.0) + 0.1 * torch.randn(p.shape, generator=g))
+            elif pname.endswith(".weight"):
+                p.copy_(0.2 * torch.randn(p.shape, generator=g))
+            else:
+                raise RuntimeError(f"unexpected parameter {pname}")
+    return model, cfg
+
+
+# HF name suffix -> GGUF name (llama.cpp's tensor names)
+PER_LAYER = {"input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
+             "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output", "self_attn.q_norm": "attn_q_norm",
+             "self_attn.k_norm": "attn_k_norm", "post_attention_layernorm": "ffn_norm", "mlp.gate_proj": "ffn_gate",
+             "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
+
+
+def write_gguf(path, model, cfg, arch):
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_name(f"{path.stem} tiny random (llm-npu oracle)")
+    w.add_context_length(cfg.max_position_embeddings)
+    w.add_embedding_length(cfg.hidden_size)
+    w.add_block_count(cfg.num_hidden_layers)
+    w.add_feed_forward_length(cfg.intermediate_size)
+    w.add_head_count(cfg.num_attention_heads)
+    w.add_head_count_kv(cfg.num_key_value_heads)
+    w.add_key_length(cfg.head_dim)
+    w.add_value_length(cfg.head_dim)
+    w.add_rope_freq_base(float(cfg.rope_parameters["rope_theta"]))
+    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    gemma = arch == "gemma"
+    for k, v in model.state_dict().items():
+        v = v.to(torch.float32).numpy()
+        if gemma and k.endswith("norm.weight"):
+            v = v + 1.0  # llama.cpp's converter stores Gemma's norms as (1 + w)
+        if k == "model.embed_tokens.weight":
+            name = "token_embd.weight"
+        elif k == "model.norm.weight":
+            name = "output_norm.weight"
+        elif k == "lm_head.weight":
+            if cfg.tie_word_embeddings:
+                continue
+            name = "output.weight"
+        else:
+            parts = k.split(".")  # model.layers.N.<sub>.weight
+            name = f"blk.{parts[2]}.{PER_LAYER['.'.join(parts[3:-1])]}.weight"
+        w.add_tensor(name, np.ascontiguousarray(v))
+    w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
+
+
+def main():
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    if OUT.exists():
+        shutil.rmtree(OUT)
+    OUT.mkdir(parents=True)
+    g_in = torch.Generator().manual_seed(base.INPUT_SEED + 7)
+    short_ids = torch.randint(0, VOCAB, (base.N_SHORT,), generator=g_in).tolist()
+    long_ids = torch.randint(0, VOCAB, (base.N_LONG,), generator=g_in).tolist()
+    for name, arch in [("qwen3-qknorm", "qwen3"), ("gemma-geglu-mqa", "gemma")]:
+        model, cfg = make(name)
+        d = OUT / name
+        for k in ("eos_token_id", "pad_token_id", "bos_token_id"):
+            setattr(model.generation_config, k, None)
+        model.save_pretrained(d, safe_serialization=True)
+        ls, ll = base.all_logits(model, short_ids), base.all_logits(model, long_ids)
+        base.save_npy(d / "ref_logits_short.npy", ls)
+        base.save_npy(d / "ref_logits_long.npy", ll)
+        greedy = base.greedy(model, short_ids[:8])
+        assert greedy == base.greedy_manual(model, short_ids[:8])
+        base.write_json(d / "ref.json", {"model": name, "short_ids": short_ids, "long_ids": long_ids,
+                                          "greedy_prompt": short_ids[:8], "greedy_new_tokens": greedy})
+        write_gguf(OUT / f"{name}.gguf", model, cfg, arch)
+        print(name, "logit std", float(ls.std()), float(ll.std()), "files", sorted(p.name for p in d.iterdir()))
+    total = sum(p.stat().st_size for p in OUT.rglob("*") if p.is_file())
+    print("wrote", OUT, total, "bytes")
+
+
+if __name__ == "__main__":
+    main()
