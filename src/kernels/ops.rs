@@ -191,11 +191,14 @@ pub struct AttnShape {
     pub pos0: usize,
     /// Positions per KV head in the cache buffers: a multiple of 16, >= pos0 + tokens.
     pub kv_stride: usize,
+    /// Sliding-window attention: a query at position p sees keys p + 1 - window ..= p only.
+    pub window: Option<usize>,
 }
 
 /// Causal grouped-query attention of `q` ([tokens][n_heads * head_dim]) over the cache into `out`:
 /// `k_cache` is [n_kv_heads][head_dim][kv_stride] (transposed), `v_cache` [n_kv_heads][kv_stride]
-/// [head_dim], both valid up to pos0 + tokens. Query token t sees keys 0..=pos0 + t.
+/// [head_dim], both valid up to pos0 + tokens. Query token t sees keys 0..=pos0 + t (the last
+/// `window` of them with a sliding window).
 /// Threads split the query tokens.
 pub fn causal_attention(q: &[f32], k_cache: &[f32], v_cache: &[f32], s: AttnShape, out: &mut [f32]) {
     let row = s.n_heads * s.head_dim;
@@ -240,9 +243,10 @@ fn attend_row<const FMA: bool>(q: &[f32], k_cache: &[f32], v_cache: &[f32], s: A
     debug_assert_eq!(stride % LANES, 0);
     let group = s.n_heads / s.n_kv_heads;
     let n_keys = s.pos0 + t + 1;
+    let first = s.window.map_or(0, |w| n_keys.saturating_sub(w));
     let padded = n_keys.next_multiple_of(LANES);
     scores.resize(HEADS_PER_TILE * padded, 0.0);
-    let g = Group { hd, stride, n_keys, padded, scale: 1.0 / (hd as f32).sqrt() };
+    let g = Group { hd, stride, n_keys, first, padded, scale: 1.0 / (hd as f32).sqrt() };
     for kvh in 0..s.n_kv_heads {
         let kt = &k_cache[kvh * hd * stride..(kvh + 1) * hd * stride];
         let vh = &v_cache[kvh * stride * hd..(kvh * stride + n_keys) * hd];
@@ -267,6 +271,9 @@ struct Group {
     hd: usize,
     stride: usize,
     n_keys: usize,
+    /// First key in the window: earlier ones get probability 0 (their scores are computed with
+    /// the others' and dropped; multiplying a value by 0 adds exactly nothing).
+    first: usize,
     /// n_keys rounded up to whole 16-key blocks: the row length of the score buffer
     padded: usize,
     scale: f32,
@@ -289,7 +296,8 @@ impl Group {
             jb += 1;
         }
         for i in 0..H {
-            softmax(&mut scores[i * padded..i * padded + self.n_keys]);
+            softmax(&mut scores[i * padded + self.first..i * padded + self.n_keys]);
+            scores[i * padded..i * padded + self.first].fill(0.0);
         }
         let dim_blocks = hd / LANES;
         let mut db = 0;
@@ -509,10 +517,11 @@ mod tests {
         let (hd, st) = (s.head_dim, s.kv_stride);
         let group = s.n_heads / s.n_kv_heads;
         let n = s.pos0 + t + 1;
+        let first = s.window.map_or(0, |w| n.saturating_sub(w));
         let mut out = vec![0f32; s.n_heads * hd];
         for h in 0..s.n_heads {
             let kvh = h / group;
-            let sc: Vec<f64> = (0..n).map(|j| (0..hd).map(|d| q[h * hd + d] as f64 * k[(kvh * hd + d) * st + j] as f64).sum::<f64>() / (hd as f64).sqrt()).collect();
+            let sc: Vec<f64> = (0..n).map(|j| if j < first { f64::NEG_INFINITY } else { (0..hd).map(|d| q[h * hd + d] as f64 * k[(kvh * hd + d) * st + j] as f64).sum::<f64>() / (hd as f64).sqrt() }).collect();
             let mx = sc.iter().copied().fold(f64::NEG_INFINITY, f64::max);
             let e: Vec<f64> = sc.iter().map(|x| (x - mx).exp()).collect();
             let z: f64 = e.iter().sum();
@@ -531,8 +540,9 @@ mod tests {
         }
         let val = |i: usize| ((i * 7919 % 1000) as f32 / 500.0) - 1.0;
         // Groups of 2 (one head at a time) and 5 (a tile of four plus one), head_dim with a tail.
-        for (n_heads, n_kv_heads, hd) in [(4, 2, 24), (10, 2, 72), (8, 8, 16)] {
-        let s = AttnShape { n_heads, n_kv_heads, head_dim: hd, pos0: 3, kv_stride: 48 };
+        // And sliding windows shorter than, equal to and within a key block of the keys seen.
+        for ((n_heads, n_kv_heads, hd), window) in [((4, 2, 24), None), ((10, 2, 72), None), ((8, 8, 16), None), ((4, 2, 24), Some(5)), ((10, 2, 72), Some(17)), ((8, 8, 16), Some(1))] {
+        let s = AttnShape { n_heads, n_kv_heads, head_dim: hd, pos0: 3, kv_stride: 48, window };
         let k: Vec<f32> = (0..n_kv_heads * 48 * hd).map(val).collect();
         let v: Vec<f32> = (0..n_kv_heads * 48 * hd).map(|i| val(i + 13)).collect();
         let q: Vec<f32> = (0..n_heads * hd).map(|i| val(i + 101)).collect();

@@ -97,11 +97,13 @@ pub struct Features {
     pub embed_scale: Option<f32>,
     /// The gated MLP's activation (SwiGLU or GeGLU).
     pub activation: Activation,
+    /// Attention sees only the last this many positions (Mistral's `sliding_window`).
+    pub sliding_window: Option<usize>,
 }
 
 impl Default for Features {
     fn default() -> Self {
-        Features { qk_norm: false, norm_weight_offset: 0.0, embed_scale: None, activation: Activation::Silu }
+        Features { qk_norm: false, norm_weight_offset: 0.0, embed_scale: None, activation: Activation::Silu, sliding_window: None }
     }
 }
 
@@ -366,12 +368,15 @@ pub fn hf_common(c: &HfConfig, family: &'static str, default_theta: f32, qkv_bia
         Some(d) => d,
         None => hidden_size.checked_div(num_heads).unwrap_or(0),
     };
-    let mut max_seq_len = c.opt_usize("max_position_embeddings")?.unwrap_or(2048);
-    // Sliding-window attention is not implemented: stay within one window, where it is exact.
-    if c.opt_bool("use_sliding_window")?.unwrap_or(true) {
-        if let Some(w) = c.opt_usize("sliding_window")? {
-            max_seq_len = max_seq_len.min(w);
-        }
+    let max_seq_len = c.opt_usize("max_position_embeddings")?.unwrap_or(2048);
+    // Mistral-style configs give `sliding_window` (null when off); Qwen2 ones switch it with
+    // `use_sliding_window` (false on released models).
+    let sliding_window = match c.opt_bool("use_sliding_window")?.unwrap_or(true) {
+        true => c.opt_usize("sliding_window")?,
+        false => None,
+    };
+    if sliding_window == Some(0) {
+        return Err(Error::field(&c.path, "sliding_window", "must be positive"));
     }
     Ok(ModelConfig {
         family,
@@ -389,6 +394,6 @@ pub fn hf_common(c: &HfConfig, family: &'static str, default_theta: f32, qkv_bia
         qkv_bias,
         bos_token_id: c.token_ids("bos_token_id")?.first().copied(),
         eos_token_ids: c.token_ids("eos_token_id")?,
-        features: Features::default(),
+        features: Features { sliding_window, ..Features::default() },
     })
 }

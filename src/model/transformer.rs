@@ -458,7 +458,8 @@ impl Transformer {
         ops::apply_rope(k, hd, c.rope.style, &st.cos, &st.sin, hd / 2);
         cache.append(li, st.pos0, k, v);
         let (kc, vc) = cache.layer(li);
-        let shape = ops::AttnShape { n_heads: c.num_heads, n_kv_heads: c.num_kv_heads, head_dim: hd, pos0: st.pos0, kv_stride: cache.stride() };
+        let window = c.features.sliding_window;
+        let shape = ops::AttnShape { n_heads: c.num_heads, n_kv_heads: c.num_kv_heads, head_dim: hd, pos0: st.pos0, kv_stride: cache.stride(), window };
         ops::causal_attention(q, kc, vc, shape, attn);
         if let Some(o) = observer {
             o.observe(li, LinearGroup::O, attn, c.q_dim());

@@ -16,14 +16,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import gguf
-from transformers import GemmaConfig, GemmaForCausalLM, Qwen3Config, Qwen3ForCausalLM
+from transformers import GemmaConfig, GemmaForCausalLM, MistralConfig, MistralForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import gen_fixtures as base  # noqa: E402
 
 OUT = base.REPO / "tests" / "fixtures" / "families"
 VOCAB = 128
-SEEDS = {"qwen3-qknorm": 2001, "gemma-geglu-mqa": 2002}
+SEEDS = {"qwen3-qknorm": 2001, "gemma-geglu-mqa": 2002, "mistral-window16": 2003}
 
 
 def make(name):
@@ -38,6 +38,11 @@ def make(name):
         cfg = GemmaConfig(**kw, num_key_value_heads=1, head_dim=16, rms_norm_eps=1e-6, rope_theta=10000.0,
                           hidden_act="gelu_pytorch_tanh", hidden_activation="gelu_pytorch_tanh")
         cls = GemmaForCausalLM
+    elif name == "mistral-window16":
+        # A 16-token sliding window: the 300-token input spans it 19 times.
+        cfg = MistralConfig(**kw, num_key_value_heads=2, rms_norm_eps=1e-5, rope_theta=10000.0, sliding_window=16,
+                            tie_word_embeddings=False, hidden_act="silu")
+        cls = MistralForCausalLM
     else:
         raise ValueError(name)
     seed = SEEDS[name]
@@ -107,7 +112,7 @@ def main():
     g_in = torch.Generator().manual_seed(base.INPUT_SEED + 7)
     short_ids = torch.randint(0, VOCAB, (base.N_SHORT,), generator=g_in).tolist()
     long_ids = torch.randint(0, VOCAB, (base.N_LONG,), generator=g_in).tolist()
-    for name, arch in [("qwen3-qknorm", "qwen3"), ("gemma-geglu-mqa", "gemma")]:
+    for name, arch in [("qwen3-qknorm", "qwen3"), ("gemma-geglu-mqa", "gemma"), ("mistral-window16", None)]:
         model, cfg = make(name)
         d = OUT / name
         for k in ("eos_token_id", "pad_token_id", "bos_token_id"):
@@ -120,7 +125,8 @@ def main():
         assert greedy == base.greedy_manual(model, short_ids[:8])
         base.write_json(d / "ref.json", {"model": name, "short_ids": short_ids, "long_ids": long_ids,
                                           "greedy_prompt": short_ids[:8], "greedy_new_tokens": greedy})
-        write_gguf(OUT / f"{name}.gguf", model, cfg, arch)
+        if arch:  # (llama.cpp's GGUF has no sliding window for Mistral-style llama files)
+            write_gguf(OUT / f"{name}.gguf", model, cfg, arch)
         print(name, "logit std", float(ls.std()), float(ll.std()), "files", sorted(p.name for p in d.iterdir()))
     total = sum(p.stat().st_size for p in OUT.rglob("*") if p.is_file())
     print("wrote", OUT, total, "bytes")
