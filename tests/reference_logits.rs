@@ -14,8 +14,10 @@ use llm_npu::sampling::SamplingParams;
 const MODELS: [&str; 3] = ["llama-gqa", "llama-mha-tied-llama3rope", "qwen2-bias-tied"];
 /// Later families (tools/oracle/gen_family_fixtures.py): tests/fixtures/families/NAME (HF
 /// folder) and, for the first two, NAME.gguf beside it (same weights, llama.cpp's names and
-/// metadata). The Mistral one has a 16-token sliding window; its 300-token input spans 19.
-const FAMILIES: [&str; 3] = ["families/qwen3-qknorm", "families/gemma-geglu-mqa", "families/mistral-window16"];
+/// metadata). The Mistral one has a 16-token sliding window; its 300-token input spans 19. The
+/// Phi-3 one fuses q/k/v and gate/up and uses LongRoPE with an original context of 64: the
+/// 40-token input takes the short factors, the 300-token one the long ones.
+const FAMILIES: [&str; 4] = ["families/qwen3-qknorm", "families/gemma-geglu-mqa", "families/mistral-window16", "families/phi3-fused-longrope"];
 const TOL: f32 = 1e-4;
 
 fn fixtures() -> PathBuf {
@@ -217,8 +219,9 @@ fn sharded_safetensors_give_the_same_logits() {
 
 #[test]
 fn chunked_f32_prefill_reproduces_the_unchunked_logits() {
-    // Chunking is a pure refactoring of the float path: every position, any chunk size.
-    for name in MODELS {
+    // Chunking is a pure refactoring of the float path: every position, any chunk size (the
+    // sliding window and LongRoPE's whole-pass choice of frequencies included).
+    for name in MODELS.into_iter().chain(FAMILIES) {
         let path = fixtures().join(name);
         let tokens = ids(&reference(name), "long_ids");
         let whole = all_logits(&path, &tokens);
@@ -227,7 +230,10 @@ fn chunked_f32_prefill_reproduces_the_unchunked_logits() {
             let mut cache = loaded.model.new_cache(tokens.len());
             let chunked = llm_npu::prefill::prefill_chunked(&loaded.model, &tokens, &mut cache, chunk, Logits::All).unwrap();
             let d = common::max_abs_diff(&chunked, &whole);
-            assert!(d <= 1e-5, "{name} chunk {chunk}: {d}");
+            eprintln!("{name} chunk {chunk}: {d:.2e}");
+            // Chunks under 8 tokens take the matrix-vector path: float rounding only (Phi-3's
+            // LongRoPE attention factor scales q.k by 1.5, hence up to 1.5e-5 there); 64 is exact.
+            assert!(d <= 2e-5, "{name} chunk {chunk}: {d}");
             let mut cache = loaded.model.new_cache(tokens.len());
             let last = llm_npu::prefill::prefill_chunked(&loaded.model, &tokens, &mut cache, chunk, Logits::Last).unwrap();
             let vocab = loaded.model.config.vocab_size;

@@ -18,6 +18,17 @@ pub struct Llama3Scaling {
     pub original_max_position_embeddings: f32,
 }
 
+/// LongRoPE (Phi-3, `rope_type: "longrope"`): per-frequency divisors, the short ones while a
+/// forward pass stays within the original context and the long ones beyond it, and cos/sin
+/// scaled by `attention_factor`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LongRope {
+    pub short_factor: Vec<f32>,
+    pub long_factor: Vec<f32>,
+    pub original_max_position_embeddings: usize,
+    pub attention_factor: f32,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct RopeConfig {
     pub theta: f32,
@@ -27,12 +38,18 @@ pub struct RopeConfig {
     pub freq_factors: Option<Vec<f32>>,
     /// Linear position interpolation (`rope_type: "linear"`): every frequency divided by this.
     pub linear_factor: Option<f32>,
+    pub longrope: Option<LongRope>,
 }
 
 impl RopeConfig {
-    /// Inverse frequencies for `half` rotated pairs, computed in f32 like Hugging Face does.
-    pub fn inv_freq(&self, head_dim: usize) -> Vec<f32> {
+    /// Inverse frequencies for `half` rotated pairs, computed in f32 like Hugging Face does;
+    /// `long`: LongRoPE's set for passes beyond the original context.
+    pub fn inv_freq(&self, head_dim: usize, long: bool) -> Vec<f32> {
         let half = head_dim / 2;
+        if let Some(l) = &self.longrope {
+            let ext = if long { &l.long_factor } else { &l.short_factor };
+            return (0..half).map(|i| 1.0 / (ext[i] * self.theta.powf((2 * i) as f32 / head_dim as f32))).collect();
+        }
         let mut inv: Vec<f32> =
             (0..half).map(|i| 1.0 / self.theta.powf((2 * i) as f32 / head_dim as f32)).collect();
         if let Some(s) = self.llama3 {
@@ -137,6 +154,12 @@ impl ModelConfig {
         if self.head_dim == 0 || self.head_dim % 2 != 0 {
             return bad("head_dim", format!("{} must be positive and even", self.head_dim));
         }
+        if let Some(l) = &self.rope.longrope {
+            let half = self.head_dim / 2;
+            if l.short_factor.len() != half || l.long_factor.len() != half {
+                return bad("rope_parameters", format!("short_factor and long_factor need {half} values (head_dim / 2), got {} and {}", l.short_factor.len(), l.long_factor.len()));
+            }
+        }
         if !(self.rope.theta > 0.0) {
             return bad("rope_theta", format!("{} must be positive", self.rope.theta));
         }
@@ -150,9 +173,9 @@ mod tests {
 
     #[test]
     fn linear_rope_scaling_divides_every_frequency() {
-        let base = RopeConfig { theta: 10000.0, style: RopeStyle::Neox, llama3: None, freq_factors: None, linear_factor: None };
+        let base = RopeConfig { theta: 10000.0, style: RopeStyle::Neox, llama3: None, freq_factors: None, linear_factor: None, longrope: None };
         let linear = RopeConfig { linear_factor: Some(4.0), ..base.clone() };
-        for (a, b) in base.inv_freq(64).iter().zip(linear.inv_freq(64)) {
+        for (a, b) in base.inv_freq(64, false).iter().zip(linear.inv_freq(64, false)) {
             assert_eq!(a / 4.0, b);
         }
     }
@@ -239,6 +262,7 @@ impl HfConfig {
         };
         let mut llama3 = None;
         let mut linear_factor = None;
+        let mut longrope = None;
         if let Some(p) = params {
             let kind = p.get("rope_type").or_else(|| p.get("type")).and_then(Json::as_str).unwrap_or("default");
             let num = |k: &str| {
@@ -255,12 +279,41 @@ impl HfConfig {
                         original_max_position_embeddings: num("original_max_position_embeddings")?,
                     })
                 }
+                "longrope" | "su" => {
+                    let list = |k: &str| -> Result<Vec<f32>> {
+                        let bad = || Error::field(&self.path, format!("{key}.{k}"), "missing or not a list of numbers");
+                        p.get(k).and_then(Json::as_array).ok_or_else(bad)?.iter().map(|v| v.as_f64().map(|f| f as f32).ok_or_else(bad)).collect()
+                    };
+                    let original = match p.get("original_max_position_embeddings").and_then(Json::as_u64) {
+                        Some(o) => o as usize,
+                        None => self.usize("original_max_position_embeddings")?,
+                    };
+                    if original == 0 {
+                        return Err(Error::field(&self.path, "original_max_position_embeddings", "must be positive"));
+                    }
+                    // transformers: the ratio of the context lengths unless `factor` is given; the
+                    // attention factor sqrt(1 + ln(factor) / ln(original)) unless given.
+                    let factor = match p.get("factor").and_then(Json::as_f64) {
+                        Some(f) => f,
+                        None => self.usize("max_position_embeddings")? as f64 / original as f64,
+                    };
+                    let attention_factor = match p.get("attention_factor").and_then(Json::as_f64) {
+                        Some(a) => a,
+                        None if factor <= 1.0 => 1.0,
+                        None => (1.0 + factor.ln() / (original as f64).ln()).sqrt(),
+                    };
+                    let (short_factor, long_factor) = (list("short_factor")?, list("long_factor")?);
+                    if p.get("partial_rotary_factor").and_then(Json::as_f64).is_some_and(|f| f != 1.0) {
+                        return Err(Error::field(&self.path, format!("{key}.partial_rotary_factor"), "partial rotary embeddings are not supported"));
+                    }
+                    longrope = Some(LongRope { short_factor, long_factor, original_max_position_embeddings: original, attention_factor: attention_factor as f32 });
+                }
                 other => {
-                    return Err(Error::field(&self.path, format!("{key}.rope_type"), format!("'{other}' is not supported (supported: default, linear, llama3)")))
+                    return Err(Error::field(&self.path, format!("{key}.rope_type"), format!("'{other}' is not supported (supported: default, linear, llama3, longrope)")))
                 }
             }
         }
-        Ok(RopeConfig { theta, style, llama3, freq_factors: None, linear_factor })
+        Ok(RopeConfig { theta, style, llama3, freq_factors: None, linear_factor, longrope })
     }
 }
 
@@ -349,7 +402,7 @@ impl GgufMeta<'_> {
             head_dim,
             vocab_size,
             rms_norm_eps: self.opt_f32("attention.layer_norm_rms_epsilon")?.unwrap_or(1e-5),
-            rope: RopeConfig { theta: self.opt_f32("rope.freq_base")?.unwrap_or(10000.0), style, llama3: None, freq_factors, linear_factor: self.rope_linear_factor()? },
+            rope: RopeConfig { theta: self.opt_f32("rope.freq_base")?.unwrap_or(10000.0), style, llama3: None, freq_factors, linear_factor: self.rope_linear_factor()?, longrope: None },
             max_seq_len: self.opt_usize("context_length")?.unwrap_or(2048),
             tie_word_embeddings: self.file.tensor_info("output.weight").is_none(),
             qkv_bias,

@@ -6,6 +6,7 @@ pub mod kv_cache;
 pub mod linear_group;
 pub mod gemma;
 pub mod llama;
+pub mod phi3;
 pub mod qwen2;
 pub mod qwen3;
 pub mod transformer;
@@ -34,7 +35,7 @@ pub struct Family {
     pub from_gguf: fn(&GgufMeta) -> Result<ModelConfig>,
 }
 
-pub static FAMILIES: &[&Family] = &[&llama::FAMILY, &qwen2::FAMILY, &qwen3::FAMILY, &gemma::FAMILY];
+pub static FAMILIES: &[&Family] = &[&llama::FAMILY, &qwen2::FAMILY, &qwen3::FAMILY, &gemma::FAMILY, &phi3::FAMILY];
 
 fn supported(f: impl Fn(&Family) -> &'static [&'static str]) -> String {
     FAMILIES.iter().flat_map(|fam| f(fam).iter().copied()).collect::<Vec<_>>().join(", ")
@@ -224,7 +225,7 @@ fn open_llama2c(path: &Path) -> Result<(ModelConfig, Weights, Option<Tokenizer>)
         head_dim: h.dim / h.n_heads,
         vocab_size: h.vocab_size,
         rms_norm_eps: 1e-5,
-        rope: RopeConfig { theta: 10000.0, style: crate::kernels::ops::RopeStyle::Interleaved, llama3: None, freq_factors: None, linear_factor: None },
+        rope: RopeConfig { theta: 10000.0, style: crate::kernels::ops::RopeStyle::Interleaved, llama3: None, freq_factors: None, linear_factor: None, longrope: None },
         max_seq_len: h.seq_len,
         tie_word_embeddings: h.shared_classifier,
         qkv_bias: false,

@@ -186,6 +186,8 @@ pub struct Transformer {
     pub norm: RmsNorm,
     pub lm_head: Linear,
     inv_freq: Vec<f32>,
+    /// LongRoPE: the frequencies for passes that reach beyond the original context.
+    inv_freq_long: Option<Vec<f32>>,
 }
 
 /// Loads tensors by their Hugging Face names and checks each shape against the config.
@@ -208,6 +210,29 @@ impl Loader<'_> {
         let weight = self.tensor(&format!("{prefix}.weight"), &[out, inp])?;
         let bias = if bias { Some(self.tensor(&format!("{prefix}.bias"), &[out])?) } else { None };
         Ok(Linear { weight, bias })
+    }
+
+    /// Linears stored separately (`names`) or as one with their rows stacked (`fused`, e.g.
+    /// Phi-3's qkv_proj and gate_up_proj): a fused weight is split into row ranges of the same
+    /// stored tensor (no copy), so everything downstream sees separate linears.
+    fn linears_maybe_fused<const N: usize>(&self, prefix: &str, names: [&str; N], fused: &str, outs: [usize; N], inp: usize, bias: bool) -> Result<[Linear; N]> {
+        let fused_name = format!("{prefix}.{fused}.weight");
+        if self.weights.contains(&format!("{prefix}.{}.weight", names[0])) || !self.weights.contains(&fused_name) {
+            let mut v = Vec::with_capacity(N);
+            for (name, out) in names.iter().zip(outs) {
+                v.push(self.linear(&format!("{prefix}.{name}"), out, inp, bias)?);
+            }
+            return Ok(v.try_into().unwrap_or_else(|_| unreachable!("N linears")));
+        }
+        if bias {
+            return Err(Error::field(self.weights.path(), format!("tensor '{fused_name}'"), "fused projections with biases are not supported"));
+        }
+        let weight = self.tensor(&fused_name, &[outs.iter().sum(), inp])?;
+        let mut start = 0;
+        Ok(outs.map(|out| {
+            start += out;
+            Linear { weight: weight.rows(start - out, start), bias: None }
+        }))
     }
 
     /// An RMSNorm's weights, plus `offset` when the family stores w for a norm scaling by
@@ -241,21 +266,13 @@ impl Transformer {
                 true => Some((l.norm(&format!("{p}.self_attn.q_norm.weight"), c.head_dim, eps, off)?, l.norm(&format!("{p}.self_attn.k_norm.weight"), c.head_dim, eps, off)?)),
                 false => None,
             };
+            let [q_proj, k_proj, v_proj] = l.linears_maybe_fused(&p, ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"], "self_attn.qkv_proj", [c.q_dim(), c.kv_dim(), c.kv_dim()], d, c.qkv_bias)?;
+            let [gate_proj, up_proj] = l.linears_maybe_fused(&p, ["mlp.gate_proj", "mlp.up_proj"], "mlp.gate_up_proj", [c.intermediate_size; 2], d, false)?;
             layers.push(DecoderLayer {
                 input_layernorm: l.norm(&format!("{p}.input_layernorm.weight"), d, eps, off)?,
-                self_attn: Attention {
-                    q_proj: l.linear(&format!("{p}.self_attn.q_proj"), c.q_dim(), d, c.qkv_bias)?,
-                    k_proj: l.linear(&format!("{p}.self_attn.k_proj"), c.kv_dim(), d, c.qkv_bias)?,
-                    v_proj: l.linear(&format!("{p}.self_attn.v_proj"), c.kv_dim(), d, c.qkv_bias)?,
-                    o_proj: l.linear(&format!("{p}.self_attn.o_proj"), d, c.q_dim(), false)?,
-                    qk_norm,
-                },
+                self_attn: Attention { q_proj, k_proj, v_proj, o_proj: l.linear(&format!("{p}.self_attn.o_proj"), d, c.q_dim(), false)?, qk_norm },
                 post_attention_layernorm: l.norm(&format!("{p}.post_attention_layernorm.weight"), d, eps, off)?,
-                mlp: Mlp {
-                    gate_proj: l.linear(&format!("{p}.mlp.gate_proj"), c.intermediate_size, d, false)?,
-                    up_proj: l.linear(&format!("{p}.mlp.up_proj"), c.intermediate_size, d, false)?,
-                    down_proj: l.linear(&format!("{p}.mlp.down_proj"), d, c.intermediate_size, false)?,
-                },
+                mlp: Mlp { gate_proj, up_proj, down_proj: l.linear(&format!("{p}.mlp.down_proj"), d, c.intermediate_size, false)? },
             });
         }
         let norm = l.norm("model.norm.weight", d, eps, off)?;
@@ -264,8 +281,9 @@ impl Transformer {
         } else {
             l.linear("lm_head", c.vocab_size, d, false)?
         };
-        let inv_freq = c.rope.inv_freq(c.head_dim);
-        Ok(Transformer { config, embed_tokens, layers, norm, lm_head, inv_freq })
+        let inv_freq = c.rope.inv_freq(c.head_dim, false);
+        let inv_freq_long = c.rope.longrope.as_ref().map(|_| c.rope.inv_freq(c.head_dim, true));
+        Ok(Transformer { config, embed_tokens, layers, norm, lm_head, inv_freq, inv_freq_long })
     }
 
     /// Parameter count (tied embeddings counted once).
@@ -336,15 +354,24 @@ impl Transformer {
     }
 
     /// RoPE cos/sin for positions pos0..pos0+m, [m][head_dim/2], angles in f32 as Hugging Face does.
-    fn rope_tables(&self, pos0: usize, m: usize) -> (Vec<f32>, Vec<f32>) {
-        let half = self.inv_freq.len();
+    /// (LongRoPE, as transformers does: the long frequencies for a pass whose last position is
+    /// beyond the original context, cos/sin scaled by the attention factor.)
+    /// `pass_end`: the position after the last token of the whole forward pass (a chunked
+    /// prefill's chunks all take the frequencies of the whole prompt).
+    fn rope_tables(&self, pos0: usize, m: usize, pass_end: usize) -> (Vec<f32>, Vec<f32>) {
+        let (freqs, scale) = match (&self.config.rope.longrope, &self.inv_freq_long) {
+            (Some(l), Some(long)) if pass_end.max(pos0 + m) > l.original_max_position_embeddings => (long, l.attention_factor),
+            (Some(l), _) => (&self.inv_freq, l.attention_factor),
+            _ => (&self.inv_freq, 1.0),
+        };
+        let half = freqs.len();
         let mut cos = Vec::with_capacity(m * half);
         let mut sin = Vec::with_capacity(m * half);
         for p in pos0..pos0 + m {
-            for &f in &self.inv_freq {
+            for &f in freqs {
                 let angle = (p as f32 * f) as f64;
-                cos.push(angle.cos() as f32);
-                sin.push(angle.sin() as f32);
+                cos.push(angle.cos() as f32 * scale);
+                sin.push(angle.sin() as f32 * scale);
             }
         }
         (cos, sin)
@@ -389,9 +416,16 @@ impl Transformer {
     }
 
     /// The decoder layers: hidden states [tokens][hidden] after the last layer (before the final norm).
-    pub fn hidden_states(&self, exec: &dyn LinearExecutor, tokens: &[u32], cache: &mut KvCache, mut observer: Option<&mut dyn ActivationObserver>) -> Result<Vec<f32>> {
+    pub fn hidden_states(&self, exec: &dyn LinearExecutor, tokens: &[u32], cache: &mut KvCache, observer: Option<&mut dyn ActivationObserver>) -> Result<Vec<f32>> {
+        let pass_end = cache.len() + tokens.len();
+        self.hidden_states_in_pass(exec, tokens, cache, observer, pass_end)
+    }
+
+    /// `hidden_states` for one chunk of a forward pass that ends at position `pass_end` (a
+    /// chunked prefill): position-dependent choices (LongRoPE's frequencies) follow the pass.
+    pub fn hidden_states_in_pass(&self, exec: &dyn LinearExecutor, tokens: &[u32], cache: &mut KvCache, mut observer: Option<&mut dyn ActivationObserver>, pass_end: usize) -> Result<Vec<f32>> {
         let scratch = std::mem::take(&mut cache.scratch);
-        let mut chunk = self.start_chunk(tokens, cache.len(), cache.capacity(), scratch)?;
+        let mut chunk = self.start_chunk(tokens, cache.len(), cache.capacity(), pass_end, scratch)?;
         for layer in 0..self.layers.len() {
             self.layer_qkv(exec, layer, &mut chunk, observer.as_deref_mut())?;
             self.layer_attention(layer, &mut chunk, cache, observer.as_deref_mut());
@@ -405,7 +439,7 @@ impl Transformer {
     /// A chunk of `tokens` at positions pos0.. entering the layers: its embeddings, RoPE tables
     /// and working buffers. The three `layer_*` steps then take it through each layer; the
     /// prefill scheduler runs them as separate subgraphs.
-    pub(crate) fn start_chunk(&self, tokens: &[u32], pos0: usize, capacity: usize, mut scratch: Scratch) -> Result<ChunkState> {
+    pub(crate) fn start_chunk(&self, tokens: &[u32], pos0: usize, capacity: usize, pass_end: usize, mut scratch: Scratch) -> Result<ChunkState> {
         let c = &self.config;
         let m = tokens.len();
         if m == 0 {
@@ -415,7 +449,7 @@ impl Transformer {
             return Err(Error::Input(format!("{} tokens exceed the context of {capacity} (the cache holds {pos0}, {m} more requested)", pos0 + m)));
         }
         let x = self.embed(tokens)?;
-        let (cos, sin) = self.rope_tables(pos0, m);
+        let (cos, sin) = self.rope_tables(pos0, m, pass_end);
         let s = &mut scratch;
         s.h.resize(m * c.hidden_size, 0.0);
         s.q.resize(m * c.q_dim(), 0.0);

@@ -35,6 +35,7 @@ pub fn gguf_name(hf: &str) -> Option<String> {
         "self_attn.k_proj" => "attn_k",
         "self_attn.v_proj" => "attn_v",
         "self_attn.o_proj" => "attn_output",
+        "self_attn.qkv_proj" => "attn_qkv",
         "self_attn.q_norm" => "attn_q_norm",
         "self_attn.k_norm" => "attn_k_norm",
         "post_attention_layernorm" => "ffn_norm",
@@ -60,6 +61,15 @@ impl Weights {
             Weights::Safetensors { .. } => "Hugging Face safetensors",
             Weights::Gguf(_) => "GGUF",
             Weights::Llama2c(_) => "llama2.c checkpoint",
+        }
+    }
+
+    /// True when the file holds a tensor of this Hugging Face name.
+    pub fn contains(&self, hf_name: &str) -> bool {
+        match self {
+            Weights::Safetensors { model, .. } => model.contains(hf_name),
+            Weights::Gguf(g) => g.tensor_info(&gguf_name(hf_name).unwrap_or_else(|| hf_name.to_string())).is_some(),
+            Weights::Llama2c(f) => f.contains(hf_name),
         }
     }
 

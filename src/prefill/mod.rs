@@ -23,11 +23,12 @@ pub fn prefill_chunked(model: &Transformer, tokens: &[u32], cache: &mut KvCache,
     }
     let mut out = Vec::new();
     let n_chunks = tokens.len().div_ceil(chunk);
+    let pass_end = cache.len() + tokens.len();
     for (i, c) in tokens.chunks(chunk).enumerate() {
-        match which.for_chunk(i, n_chunks) {
-            Some(w) => out.extend(model.forward(c, cache, w)?),
-            // Earlier chunks only fill the cache; their logits are not needed.
-            None => model.forward_hidden(c, cache)?,
+        let x = model.hidden_states_in_pass(&crate::model::transformer::FloatLinears(model), c, cache, None, pass_end)?;
+        // Earlier chunks only fill the cache; their logits are not needed.
+        if let Some(w) = which.for_chunk(i, n_chunks) {
+            out.extend(model.logits(&x, w));
         }
     }
     Ok(out)

@@ -133,6 +133,23 @@ impl Tensor {
         }
     }
 
+    /// Rows start..end of a 2-D tensor, sharing the storage (a mapped or encoded tensor is not
+    /// copied; an owned one is).
+    pub fn rows(&self, start: usize, end: usize) -> Tensor {
+        assert!(self.shape.len() == 2 && start <= end && end <= self.shape[0], "rows {start}..{end} of {:?}", self.shape);
+        let cols = self.shape[1];
+        let shape = vec![end - start, cols];
+        let storage = match &self.storage {
+            Storage::Mapped { map, offset, .. } => Storage::Mapped { map: map.clone(), offset: offset + start * cols * 4, len: (end - start) * cols },
+            Storage::Owned(v) => Storage::Owned(Arc::new(v[start * cols..end * cols].to_vec())),
+            Storage::Encoded { map, offset, dtype, .. } => {
+                let row_bytes = dtype.n_bytes(cols).expect("rows are whole blocks (checked by the reader)");
+                Storage::Encoded { map: map.clone(), offset: offset + start * row_bytes, dtype: *dtype, decoded: Arc::default() }
+            }
+        };
+        Tensor { shape, storage }
+    }
+
     /// Row `i` of a 2-D tensor into `out`, decoding only that row of an encoded tensor.
     pub fn copy_row(&self, i: usize, out: &mut [f32]) {
         match self.encoded() {

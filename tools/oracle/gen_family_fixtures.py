@@ -16,14 +16,15 @@ from pathlib import Path
 import numpy as np
 import torch
 import gguf
-from transformers import GemmaConfig, GemmaForCausalLM, MistralConfig, MistralForCausalLM, Qwen3Config, Qwen3ForCausalLM
+from transformers import (GemmaConfig, GemmaForCausalLM, MistralConfig, MistralForCausalLM, Phi3Config, Phi3ForCausalLM,
+                          Qwen3Config, Qwen3ForCausalLM)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import gen_fixtures as base  # noqa: E402
 
 OUT = base.REPO / "tests" / "fixtures" / "families"
 VOCAB = 128
-SEEDS = {"qwen3-qknorm": 2001, "gemma-geglu-mqa": 2002, "mistral-window16": 2003}
+SEEDS = {"qwen3-qknorm": 2001, "gemma-geglu-mqa": 2002, "mistral-window16": 2003, "phi3-fused-longrope": 2004}
 
 
 def make(name):
@@ -43,6 +44,17 @@ def make(name):
         cfg = MistralConfig(**kw, num_key_value_heads=2, rms_norm_eps=1e-5, rope_theta=10000.0, sliding_window=16,
                             tie_word_embeddings=False, hidden_act="silu")
         cls = MistralForCausalLM
+    elif name == "phi3-fused-longrope":
+        # Fused qkv_proj / gate_up_proj; LongRoPE with an original context of 64, so the 40-token
+        # input uses the short factors and the 300-token one the long factors.
+        half = 4  # head_dim 8
+        kw["max_position_embeddings"] = 512
+        cfg = Phi3Config(**kw, num_key_value_heads=2, rms_norm_eps=1e-5, tie_word_embeddings=False,
+                         original_max_position_embeddings=64, hidden_act="silu",
+                         rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0,
+                                          "short_factor": [1.0 + 0.1 * i for i in range(half)],
+                                          "long_factor": [1.0 + 2.0 * i for i in range(half)]})
+        cls = Phi3ForCausalLM
     else:
         raise ValueError(name)
     seed = SEEDS[name]
@@ -112,7 +124,7 @@ def main():
     g_in = torch.Generator().manual_seed(base.INPUT_SEED + 7)
     short_ids = torch.randint(0, VOCAB, (base.N_SHORT,), generator=g_in).tolist()
     long_ids = torch.randint(0, VOCAB, (base.N_LONG,), generator=g_in).tolist()
-    for name, arch in [("qwen3-qknorm", "qwen3"), ("gemma-geglu-mqa", "gemma"), ("mistral-window16", None)]:
+    for name, arch in [("qwen3-qknorm", "qwen3"), ("gemma-geglu-mqa", "gemma"), ("mistral-window16", None), ("phi3-fused-longrope", None)]:
         model, cfg = make(name)
         d = OUT / name
         for k in ("eos_token_id", "pad_token_id", "bos_token_id"):

@@ -306,10 +306,11 @@ impl NpuEngine {
         let mut out = Vec::new();
         let mut at = 0;
         let plan = self.plan_chunks(tokens.len());
+        let pass_end = cache.len() + tokens.len();
         for (i, &(real, rows)) in plan.iter().enumerate() {
             let chunk = &tokens[at..at + real];
             at += real;
-            let x = self.model().hidden_states(&AccelChunk { npu: self, rows, chunk: i }, chunk, cache, None)?;
+            let x = self.model().hidden_states_in_pass(&AccelChunk { npu: self, rows, chunk: i }, chunk, cache, None, pass_end)?;
             if let Some(w) = which.for_chunk(i, plan.len()) {
                 out.extend(self.logits(&x, w));
             }

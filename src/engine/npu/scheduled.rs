@@ -106,7 +106,7 @@ impl NpuEngine {
                 let (dag, dispatcher, shared_cache, fail) = (&dag, &dispatcher, &shared_cache, &fail);
                 s.spawn(move || {
                     let exec = AccelChunk { npu: self, rows, chunk: c };
-                    let mut st = match model.start_chunk(chunk_tokens, chunk_pos, capacity, Default::default()) {
+                    let mut st = match model.start_chunk(chunk_tokens, chunk_pos, capacity, pos0 + tokens.len(), Default::default()) {
                         Ok(st) => st,
                         Err(e) => return fail(e),
                     };
