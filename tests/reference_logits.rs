@@ -17,7 +17,9 @@ const MODELS: [&str; 3] = ["llama-gqa", "llama-mha-tied-llama3rope", "qwen2-bias
 /// metadata). The Mistral one has a 16-token sliding window; its 300-token input spans 19. The
 /// Phi-3 one fuses q/k/v and gate/up and uses LongRoPE with an original context of 64: the
 /// 40-token input takes the short factors, the 300-token one the long ones.
-const FAMILIES: [&str; 4] = ["families/qwen3-qknorm", "families/gemma-geglu-mqa", "families/mistral-window16", "families/phi3-fused-longrope"];
+/// The Gemma 2 one soft-caps scores (2.0) and logits (3.0) and alternates a 16-token window
+/// with global layers.
+const FAMILIES: [&str; 5] = ["families/qwen3-qknorm", "families/gemma-geglu-mqa", "families/mistral-window16", "families/phi3-fused-longrope", "families/gemma2-softcap-window"];
 const TOL: f32 = 1e-4;
 
 fn fixtures() -> PathBuf {

@@ -193,6 +193,10 @@ pub struct AttnShape {
     pub kv_stride: usize,
     /// Sliding-window attention: a query at position p sees keys p + 1 - window ..= p only.
     pub window: Option<usize>,
+    /// Scores are q.k times this (usually 1 / sqrt(head_dim)).
+    pub scale: f32,
+    /// Scores soft-capped as cap * tanh(s / cap) before the softmax.
+    pub softcap: Option<f32>,
 }
 
 /// Causal grouped-query attention of `q` ([tokens][n_heads * head_dim]) over the cache into `out`:
@@ -246,7 +250,7 @@ fn attend_row<const FMA: bool>(q: &[f32], k_cache: &[f32], v_cache: &[f32], s: A
     let first = s.window.map_or(0, |w| n_keys.saturating_sub(w));
     let padded = n_keys.next_multiple_of(LANES);
     scores.resize(HEADS_PER_TILE * padded, 0.0);
-    let g = Group { hd, stride, n_keys, first, padded, scale: 1.0 / (hd as f32).sqrt() };
+    let g = Group { hd, stride, n_keys, first, padded, scale: s.scale, softcap: s.softcap };
     for kvh in 0..s.n_kv_heads {
         let kt = &k_cache[kvh * hd * stride..(kvh + 1) * hd * stride];
         let vh = &v_cache[kvh * stride * hd..(kvh * stride + n_keys) * hd];
@@ -277,6 +281,7 @@ struct Group {
     /// n_keys rounded up to whole 16-key blocks: the row length of the score buffer
     padded: usize,
     scale: f32,
+    softcap: Option<f32>,
 }
 
 impl Group {
@@ -296,6 +301,9 @@ impl Group {
             jb += 1;
         }
         for i in 0..H {
+            if let Some(cap) = self.softcap {
+                scores[i * padded + self.first..i * padded + self.n_keys].iter_mut().for_each(|s| *s = (*s / cap).tanh() * cap);
+            }
             softmax(&mut scores[i * padded + self.first..i * padded + self.n_keys]);
             scores[i * padded..i * padded + self.first].fill(0.0);
         }
@@ -521,7 +529,8 @@ mod tests {
         let mut out = vec![0f32; s.n_heads * hd];
         for h in 0..s.n_heads {
             let kvh = h / group;
-            let sc: Vec<f64> = (0..n).map(|j| if j < first { f64::NEG_INFINITY } else { (0..hd).map(|d| q[h * hd + d] as f64 * k[(kvh * hd + d) * st + j] as f64).sum::<f64>() / (hd as f64).sqrt() }).collect();
+            let cap = |x: f64| s.softcap.map_or(x, |c| (x / c as f64).tanh() * c as f64);
+            let sc: Vec<f64> = (0..n).map(|j| if j < first { f64::NEG_INFINITY } else { cap( (0..hd).map(|d| q[h * hd + d] as f64 * k[(kvh * hd + d) * st + j] as f64).sum::<f64>() * s.scale as f64) }).collect();
             let mx = sc.iter().copied().fold(f64::NEG_INFINITY, f64::max);
             let e: Vec<f64> = sc.iter().map(|x| (x - mx).exp()).collect();
             let z: f64 = e.iter().sum();
@@ -542,7 +551,7 @@ mod tests {
         // Groups of 2 (one head at a time) and 5 (a tile of four plus one), head_dim with a tail.
         // And sliding windows shorter than, equal to and within a key block of the keys seen.
         for ((n_heads, n_kv_heads, hd), window) in [((4, 2, 24), None), ((10, 2, 72), None), ((8, 8, 16), None), ((4, 2, 24), Some(5)), ((10, 2, 72), Some(17)), ((8, 8, 16), Some(1))] {
-        let s = AttnShape { n_heads, n_kv_heads, head_dim: hd, pos0: 3, kv_stride: 48, window };
+        let s = AttnShape { n_heads, n_kv_heads, head_dim: hd, pos0: 3, kv_stride: 48, window, scale: 1.0 / (hd as f32).sqrt(), softcap: window.map(|_| 1.5) };
         let k: Vec<f32> = (0..n_kv_heads * 48 * hd).map(val).collect();
         let v: Vec<f32> = (0..n_kv_heads * 48 * hd).map(|i| val(i + 13)).collect();
         let q: Vec<f32> = (0..n_heads * hd).map(|i| val(i + 101)).collect();

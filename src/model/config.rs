@@ -114,13 +114,45 @@ pub struct Features {
     pub embed_scale: Option<f32>,
     /// The gated MLP's activation (SwiGLU or GeGLU).
     pub activation: Activation,
-    /// Attention sees only the last this many positions (Mistral's `sliding_window`).
+    /// Attention sees only the last this many positions (Mistral's `sliding_window`)...
     pub sliding_window: Option<usize>,
+    /// ...in the layers marked true here (Gemma 2/3 alternate local and global layers); None: all.
+    pub window_layers: Option<Vec<bool>>,
+    /// Attention scores scaled by this instead of 1 / sqrt(head_dim) (Gemma 2:
+    /// query_pre_attn_scalar^-0.5).
+    pub attn_scale: Option<f32>,
+    /// Scores soft-capped as cap * tanh(s / cap) before the softmax (Gemma 2).
+    pub attn_softcap: Option<f32>,
+    /// Logits soft-capped the same way (Gemma 2).
+    pub final_softcap: Option<f32>,
+    /// RMSNorms after attention and after the MLP too, before each adds to the residual
+    /// (Gemma 2/3: `post_attention_layernorm`, `pre_feedforward_layernorm` before the MLP,
+    /// `post_feedforward_layernorm`).
+    pub sandwich_norms: bool,
+}
+
+impl Features {
+    /// The attention window of layer `layer`, if it has one.
+    pub fn window(&self, layer: usize) -> Option<usize> {
+        let local = self.window_layers.as_ref().is_none_or(|l| l.get(layer).copied().unwrap_or(false));
+        self.sliding_window.filter(|_| local)
+    }
 }
 
 impl Default for Features {
     fn default() -> Self {
-        Features { qk_norm: false, norm_weight_offset: 0.0, embed_scale: None, activation: Activation::Silu, sliding_window: None }
+        Features {
+            qk_norm: false,
+            norm_weight_offset: 0.0,
+            embed_scale: None,
+            activation: Activation::Silu,
+            sliding_window: None,
+            window_layers: None,
+            attn_scale: None,
+            attn_softcap: None,
+            final_softcap: None,
+            sandwich_norms: false,
+        }
     }
 }
 
@@ -232,6 +264,12 @@ impl HfConfig {
             None => Ok(None),
             Some(v) => v.as_str().map(Some).ok_or_else(|| Error::field(&self.path, key, format!("expected a string, found {v}"))),
         }
+    }
+
+    pub fn opt_str_list(&self, key: &str) -> Result<Option<Vec<String>>> {
+        let Some(v) = self.get(key) else { return Ok(None) };
+        let bad = || Error::field(&self.path, key, format!("expected a list of strings, found {v}"));
+        v.as_array().ok_or_else(bad)?.iter().map(|s| s.as_str().map(str::to_owned).ok_or_else(bad)).collect::<Result<Vec<_>>>().map(Some)
     }
 
     pub fn opt_bool(&self, key: &str) -> Result<Option<bool>> {

@@ -16,7 +16,8 @@ pub static FAMILY: Family = Family {
     from_gguf,
 };
 
-fn with_features(mut c: ModelConfig, norm_weight_offset: f32) -> ModelConfig {
+/// What every Gemma generation shares (Gemma 2 and 3 add theirs).
+pub(super) fn with_features(mut c: ModelConfig, norm_weight_offset: f32) -> ModelConfig {
     let f = &mut c.features;
     f.activation = Activation::GeluTanh;
     f.norm_weight_offset = norm_weight_offset;
@@ -27,12 +28,18 @@ fn with_features(mut c: ModelConfig, norm_weight_offset: f32) -> ModelConfig {
 }
 
 fn from_hf(c: &HfConfig) -> Result<ModelConfig> {
+    check_activation(c)?;
+    hf_common(c, FAMILY.name, 10000.0, false).map(|m| with_features(m, 1.0))
+}
+
+/// Gemma's MLP activation is the tanh GELU; refuse anything else rather than compute it wrong.
+pub(super) fn check_activation(c: &HfConfig) -> Result<()> {
     // transformers reads `hidden_activation` (older configs: `hidden_act`); both name the tanh GELU.
     let act = c.opt_str("hidden_activation")?.or(c.opt_str("hidden_act")?).unwrap_or("gelu_pytorch_tanh");
     if !matches!(act, "gelu_pytorch_tanh" | "gelu") {
         return Err(Error::field(&c.path, "hidden_activation", format!("'{act}' is not supported (gelu_pytorch_tanh)")));
     }
-    hf_common(c, FAMILY.name, 10000.0, false).map(|m| with_features(m, 1.0))
+    Ok(())
 }
 
 fn from_gguf(m: &GgufMeta) -> Result<ModelConfig> {

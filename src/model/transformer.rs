@@ -97,8 +97,12 @@ pub struct Mlp {
 pub struct DecoderLayer {
     pub input_layernorm: RmsNorm,
     pub self_attn: Attention,
+    /// The norm before the MLP (Hugging Face calls it post_attention_layernorm in Llama-style
+    /// models, pre_feedforward_layernorm where `Features::sandwich_norms`).
     pub post_attention_layernorm: RmsNorm,
     pub mlp: Mlp,
+    /// With `Features::sandwich_norms`: the norms of the attention's and the MLP's outputs.
+    pub output_norms: Option<(RmsNorm, RmsNorm)>,
 }
 
 /// Sees every linear-layer input during a forward pass (activation statistics, calibration) and
@@ -249,7 +253,8 @@ impl Loader<'_> {
 impl Transformer {
     /// Number of tensors `load` reads (for progress reporting).
     pub fn tensor_count(c: &ModelConfig) -> usize {
-        3 + c.num_layers * (9 + if c.qkv_bias { 3 } else { 0 } + if c.features.qk_norm { 2 } else { 0 }) + usize::from(!c.tie_word_embeddings)
+        let per_layer = 9 + if c.qkv_bias { 3 } else { 0 } + if c.features.qk_norm { 2 } else { 0 } + if c.features.sandwich_norms { 2 } else { 0 };
+        3 + c.num_layers * per_layer + usize::from(!c.tie_word_embeddings)
     }
 
     pub fn load(config: ModelConfig, weights: &Weights, progress: &dyn Progress) -> Result<Self> {
@@ -268,11 +273,19 @@ impl Transformer {
             };
             let [q_proj, k_proj, v_proj] = l.linears_maybe_fused(&p, ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"], "self_attn.qkv_proj", [c.q_dim(), c.kv_dim(), c.kv_dim()], d, c.qkv_bias)?;
             let [gate_proj, up_proj] = l.linears_maybe_fused(&p, ["mlp.gate_proj", "mlp.up_proj"], "mlp.gate_up_proj", [c.intermediate_size; 2], d, false)?;
+            let (ffn_norm, output_norms) = match c.features.sandwich_norms {
+                false => (l.norm(&format!("{p}.post_attention_layernorm.weight"), d, eps, off)?, None),
+                true => (
+                    l.norm(&format!("{p}.pre_feedforward_layernorm.weight"), d, eps, off)?,
+                    Some((l.norm(&format!("{p}.post_attention_layernorm.weight"), d, eps, off)?, l.norm(&format!("{p}.post_feedforward_layernorm.weight"), d, eps, off)?)),
+                ),
+            };
             layers.push(DecoderLayer {
                 input_layernorm: l.norm(&format!("{p}.input_layernorm.weight"), d, eps, off)?,
                 self_attn: Attention { q_proj, k_proj, v_proj, o_proj: l.linear(&format!("{p}.self_attn.o_proj"), d, c.q_dim(), false)?, qk_norm },
-                post_attention_layernorm: l.norm(&format!("{p}.post_attention_layernorm.weight"), d, eps, off)?,
+                post_attention_layernorm: ffn_norm,
                 mlp: Mlp { gate_proj, up_proj, down_proj: l.linear(&format!("{p}.mlp.down_proj"), d, c.intermediate_size, false)? },
+                output_norms,
             });
         }
         let norm = l.norm("model.norm.weight", d, eps, off)?;
@@ -400,7 +413,15 @@ impl Transformer {
         let n = normed.len() / self.config.hidden_size;
         let mut logits = vec![0f32; n * self.config.vocab_size];
         self.lm_head.forward(&normed, n, &mut logits);
+        self.cap_logits(&mut logits);
         logits
+    }
+
+    /// Gemma 2's final soft-capping, cap * tanh(logit / cap) (nothing for other families).
+    pub fn cap_logits(&self, logits: &mut [f32]) {
+        if let Some(cap) = self.config.features.final_softcap {
+            logits.iter_mut().for_each(|l| *l = (*l / cap).tanh() * cap);
+        }
     }
 
     /// The final norm of the rows of the hidden states `which` asks for: what the LM head reads.
@@ -492,8 +513,9 @@ impl Transformer {
         ops::apply_rope(k, hd, c.rope.style, &st.cos, &st.sin, hd / 2);
         cache.append(li, st.pos0, k, v);
         let (kc, vc) = cache.layer(li);
-        let window = c.features.sliding_window;
-        let shape = ops::AttnShape { n_heads: c.num_heads, n_kv_heads: c.num_kv_heads, head_dim: hd, pos0: st.pos0, kv_stride: cache.stride(), window };
+        let f = &c.features;
+        let scale = f.attn_scale.unwrap_or(1.0 / (hd as f32).sqrt());
+        let shape = ops::AttnShape { n_heads: c.num_heads, n_kv_heads: c.num_kv_heads, head_dim: hd, pos0: st.pos0, kv_stride: cache.stride(), window: f.window(li), scale, softcap: f.attn_softcap };
         ops::causal_attention(q, kc, vc, shape, attn);
         if let Some(o) = observer {
             o.observe(li, LinearGroup::O, attn, c.q_dim());
@@ -505,8 +527,9 @@ impl Transformer {
     pub fn layer_o_ffn<'o>(&self, exec: &dyn LinearExecutor, li: usize, st: &mut ChunkState, mut observer: Option<&mut (dyn ActivationObserver + 'o)>) -> Result<()> {
         let c = &self.config;
         let Scratch { h, attn, gate, up, .. } = &mut st.scratch;
-        exec.run(li, LinearGroup::O, attn, st.m, &mut [&mut st.x])?;
-        self.layers[li].post_attention_layernorm.forward(&st.x, h);
+        let layer = &self.layers[li];
+        self.into_residual(exec, li, LinearGroup::O, attn, st.m, &mut st.x, layer.output_norms.as_ref().map(|n| &n.0))?;
+        layer.post_attention_layernorm.forward(&st.x, h);
         if let Some(o) = observer.as_deref_mut() {
             o.observe(li, LinearGroup::GateUp, h, c.hidden_size);
         }
@@ -515,6 +538,19 @@ impl Transformer {
         if let Some(o) = observer {
             o.observe(li, LinearGroup::Down, gate, c.intermediate_size);
         }
-        exec.run(li, LinearGroup::Down, gate, st.m, &mut [&mut st.x])
+        self.into_residual(exec, li, LinearGroup::Down, gate, st.m, &mut st.x, layer.output_norms.as_ref().map(|n| &n.1))
+    }
+
+    /// x += group(input), or x += norm(group(input)) with an output norm: the executor adds
+    /// into a zeroed buffer then (exactly the product), so no executor needs to know.
+    #[allow(clippy::too_many_arguments)]
+    fn into_residual(&self, exec: &dyn LinearExecutor, li: usize, group: LinearGroup, input: &[f32], m: usize, x: &mut [f32], norm: Option<&RmsNorm>) -> Result<()> {
+        let Some(norm) = norm else { return exec.run(li, group, input, m, &mut [x]) };
+        let mut y = vec![0f32; x.len()];
+        exec.run(li, group, input, m, &mut [&mut y])?;
+        let mut normed = vec![0f32; x.len()];
+        norm.forward(&y, &mut normed);
+        x.iter_mut().zip(&normed).for_each(|(x, n)| *x += n);
+        Ok(())
     }
 }

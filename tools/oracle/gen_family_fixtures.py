@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import gguf
-from transformers import (GemmaConfig, GemmaForCausalLM, MistralConfig, MistralForCausalLM, Phi3Config, Phi3ForCausalLM,
+from transformers import (Gemma2Config, Gemma2ForCausalLM, GemmaConfig, GemmaForCausalLM, MistralConfig, MistralForCausalLM, Phi3Config, Phi3ForCausalLM,
                           Qwen3Config, Qwen3ForCausalLM)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -24,7 +24,7 @@ import gen_fixtures as base  # noqa: E402
 
 OUT = base.REPO / "tests" / "fixtures" / "families"
 VOCAB = 128
-SEEDS = {"qwen3-qknorm": 2001, "gemma-geglu-mqa": 2002, "mistral-window16": 2003, "phi3-fused-longrope": 2004}
+SEEDS = {"qwen3-qknorm": 2001, "gemma-geglu-mqa": 2002, "mistral-window16": 2003, "phi3-fused-longrope": 2004, "gemma2-softcap-window": 2005}
 
 
 def make(name):
@@ -55,6 +55,14 @@ def make(name):
                                           "short_factor": [1.0 + 0.1 * i for i in range(half)],
                                           "long_factor": [1.0 + 2.0 * i for i in range(half)]})
         cls = Phi3ForCausalLM
+    elif name == "gemma2-softcap-window":
+        # Soft-capping low enough to bend this model's scores and logits; query scaling from
+        # query_pre_attn_scalar != head_dim; layers alternate a 16-token window and global.
+        cfg = Gemma2Config(**kw, num_key_value_heads=2, head_dim=16, rms_norm_eps=1e-6, rope_theta=10000.0,
+                           hidden_activation="gelu_pytorch_tanh", query_pre_attn_scalar=24, sliding_window=16,
+                           attn_logit_softcapping=2.0, final_logit_softcapping=3.0,
+                           layer_types=["sliding_attention", "full_attention"])
+        cls = Gemma2ForCausalLM
     else:
         raise ValueError(name)
     seed = SEEDS[name]
@@ -124,7 +132,7 @@ def main():
     g_in = torch.Generator().manual_seed(base.INPUT_SEED + 7)
     short_ids = torch.randint(0, VOCAB, (base.N_SHORT,), generator=g_in).tolist()
     long_ids = torch.randint(0, VOCAB, (base.N_LONG,), generator=g_in).tolist()
-    for name, arch in [("qwen3-qknorm", "qwen3"), ("gemma-geglu-mqa", "gemma"), ("mistral-window16", None), ("phi3-fused-longrope", None)]:
+    for name, arch in [("qwen3-qknorm", "qwen3"), ("gemma-geglu-mqa", "gemma"), ("mistral-window16", None), ("phi3-fused-longrope", None), ("gemma2-softcap-window", None)]:
         model, cfg = make(name)
         d = OUT / name
         for k in ("eos_token_id", "pad_token_id", "bos_token_id"):

@@ -199,10 +199,13 @@ impl NpuEngine {
         })
     }
 
-    /// Final norm (f32), then the int8 LM head on the CPU with a per-row dynamic activation scale.
+    /// Final norm (f32), then the int8 LM head on the CPU with a per-row dynamic activation
+    /// scale (and the family's logit soft-capping).
     fn logits(&self, x: &[f32], which: Logits) -> Vec<f32> {
         let normed = self.model().final_norm(x, which);
-        w8a8_dynamic(self.cpu_kernel, &normed, normed.len() / self.model().config.hidden_size, &self.lm_head)
+        let mut logits = w8a8_dynamic(self.cpu_kernel, &normed, normed.len() / self.model().config.hidden_size, &self.lm_head);
+        self.model().cap_logits(&mut logits);
+        logits
     }
 
     pub fn graph_stats(&self) -> GraphStats {
