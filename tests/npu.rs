@@ -67,7 +67,7 @@ fn npu_handles_each_family_between_its_graphs() {
     // Qwen3's q/k norms, Gemma's GeGLU, (1 + w) norms and embedding scale, Mistral's sliding
     // window run on the CPU between the accelerator graphs (chunks of 64 over 300 tokens, so
     // the window crosses chunk boundaries); calibration and shadow see the linears' real inputs.
-    for name in ["families/qwen3-qknorm", "families/gemma-geglu-mqa", "families/mistral-window16", "families/phi3-fused-longrope", "families/gemma2-softcap-window"] {
+    for name in ["families/qwen3-qknorm", "families/gemma-geglu-mqa", "families/mistral-window16", "families/phi3-fused-longrope", "families/gemma2-softcap-window", "families/gemma3-local-global"] {
         let loaded = load(name);
         let m = &loaded.model;
         let cal = calibration_with_output_ranges(&loaded);

@@ -18,8 +18,9 @@ const MODELS: [&str; 3] = ["llama-gqa", "llama-mha-tied-llama3rope", "qwen2-bias
 /// Phi-3 one fuses q/k/v and gate/up and uses LongRoPE with an original context of 64: the
 /// 40-token input takes the short factors, the 300-token one the long ones.
 /// The Gemma 2 one soft-caps scores (2.0) and logits (3.0) and alternates a 16-token window
-/// with global layers.
-const FAMILIES: [&str; 5] = ["families/qwen3-qknorm", "families/gemma-geglu-mqa", "families/mistral-window16", "families/phi3-fused-longrope", "families/gemma2-softcap-window"];
+/// with global layers; the Gemma 3 one has two local layers (window 16, RoPE base 1e4) and a global
+/// one (base 1e6, linear scaling 4) with q/k norms.
+const FAMILIES: [&str; 6] = ["families/qwen3-qknorm", "families/gemma-geglu-mqa", "families/mistral-window16", "families/phi3-fused-longrope", "families/gemma2-softcap-window", "families/gemma3-local-global"];
 const TOL: f32 = 1e-4;
 
 fn fixtures() -> PathBuf {
@@ -76,6 +77,27 @@ fn legacy_config_layout_gives_the_same_logits() {
         assert!(d <= TOL, "{name} legacy config: {d}");
         std::fs::remove_dir_all(dir).ok();
     }
+}
+
+#[test]
+fn gemma3s_older_config_layout_gives_the_same_logits() {
+    // Hub configs of Gemma 3 predate per-layer-type rope_parameters: rope_theta and rope_scaling
+    // for the global layers, rope_local_base_freq for the local ones.
+    let name = "families/gemma3-local-global";
+    let src = fixtures().join(name);
+    let dir = tempdir("gemma3-legacy");
+    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    let o = cfg.as_object_mut().unwrap();
+    o.remove("rope_parameters");
+    o.insert("rope_theta".into(), 1_000_000.0.into());
+    o.insert("rope_scaling".into(), serde_json::json!({"rope_type": "linear", "factor": 4.0}));
+    o.insert("rope_local_base_freq".into(), 10000.0.into());
+    std::fs::write(dir.join("config.json"), serde_json::to_string(&cfg).unwrap()).unwrap();
+    std::fs::copy(src.join("model.safetensors"), dir.join("model.safetensors")).unwrap();
+    let tokens = ids(&reference(name), "short_ids");
+    let d = max_abs_diff(&all_logits(&dir, &tokens), &src.join("ref_logits_short.npy"), tokens.len());
+    assert!(d <= TOL, "{d}");
+    std::fs::remove_dir_all(dir).ok();
 }
 
 #[test]

@@ -129,13 +129,19 @@ pub struct Features {
     /// (Gemma 2/3: `post_attention_layernorm`, `pre_feedforward_layernorm` before the MLP,
     /// `post_feedforward_layernorm`).
     pub sandwich_norms: bool,
+    /// The RoPE of the local (sliding-window) layers, where it differs (Gemma 3).
+    pub local_rope: Option<RopeConfig>,
 }
 
 impl Features {
     /// The attention window of layer `layer`, if it has one.
     pub fn window(&self, layer: usize) -> Option<usize> {
-        let local = self.window_layers.as_ref().is_none_or(|l| l.get(layer).copied().unwrap_or(false));
-        self.sliding_window.filter(|_| local)
+        self.sliding_window.filter(|_| self.is_local(layer))
+    }
+
+    /// True for a local (sliding-window) layer of a model that alternates them with global ones.
+    pub fn is_local(&self, layer: usize) -> bool {
+        self.window_layers.as_ref().is_none_or(|l| l.get(layer).copied().unwrap_or(false))
     }
 }
 
@@ -152,6 +158,7 @@ impl Default for Features {
             attn_softcap: None,
             final_softcap: None,
             sandwich_norms: false,
+            local_rope: None,
         }
     }
 }
@@ -291,9 +298,27 @@ impl HfConfig {
 
     /// RoPE settings from either layout: transformers 5 `rope_parameters {rope_theta, rope_type, ...}`
     /// or the older top-level `rope_theta` + `rope_scaling {rope_type | type, ...}`.
+    /// The RoPE of the model, or of its global layers where layers differ (transformers 5 writes
+    /// `rope_parameters` per layer type then: {"full_attention": {...}, "sliding_attention": {...}}).
     pub fn rope(&self, default_theta: f32, style: RopeStyle) -> Result<RopeConfig> {
         let params = self.get("rope_parameters").or_else(|| self.get("rope_scaling"));
         let key = if self.get("rope_parameters").is_some() { "rope_parameters" } else { "rope_scaling" };
+        match params.and_then(|p| p.get("full_attention")) {
+            Some(full) => self.rope_from(Some(full), "rope_parameters.full_attention", default_theta, style),
+            None => self.rope_from(params, key, default_theta, style),
+        }
+    }
+
+    /// The RoPE of the sliding-window (local) layers where it differs from the global one
+    /// (Gemma 3): `rope_parameters.sliding_attention`, or the older `rope_local_base_freq`.
+    pub fn local_rope(&self, style: RopeStyle) -> Result<Option<RopeConfig>> {
+        if let Some(local) = self.get("rope_parameters").and_then(|p| p.get("sliding_attention")) {
+            return self.rope_from(Some(local), "rope_parameters.sliding_attention", 10000.0, style).map(Some);
+        }
+        Ok(self.opt_f32("rope_local_base_freq")?.map(|theta| RopeConfig { theta, style, llama3: None, freq_factors: None, linear_factor: None, longrope: None }))
+    }
+
+    fn rope_from(&self, params: Option<&Json>, key: &str, default_theta: f32, style: RopeStyle) -> Result<RopeConfig> {
         let theta = match params.and_then(|p| p.get("rope_theta")).and_then(Json::as_f64) {
             Some(t) => t as f32,
             None => self.opt_f32("rope_theta")?.unwrap_or(default_theta),

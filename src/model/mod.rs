@@ -6,6 +6,7 @@ pub mod kv_cache;
 pub mod linear_group;
 pub mod gemma;
 pub mod gemma2;
+pub mod gemma3;
 pub mod llama;
 pub mod phi3;
 pub mod qwen2;
@@ -36,7 +37,7 @@ pub struct Family {
     pub from_gguf: fn(&GgufMeta) -> Result<ModelConfig>,
 }
 
-pub static FAMILIES: &[&Family] = &[&llama::FAMILY, &qwen2::FAMILY, &qwen3::FAMILY, &gemma::FAMILY, &gemma2::FAMILY, &phi3::FAMILY];
+pub static FAMILIES: &[&Family] = &[&llama::FAMILY, &qwen2::FAMILY, &qwen3::FAMILY, &gemma::FAMILY, &gemma2::FAMILY, &gemma3::FAMILY, &phi3::FAMILY];
 
 fn supported(f: impl Fn(&Family) -> &'static [&'static str]) -> String {
     FAMILIES.iter().flat_map(|fam| f(fam).iter().copied()).collect::<Vec<_>>().join(", ")

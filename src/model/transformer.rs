@@ -160,6 +160,8 @@ pub struct ChunkState {
     pub m: usize,
     cos: Vec<f32>,
     sin: Vec<f32>,
+    /// RoPE tables of the local layers, where they differ (`Features::local_rope`).
+    local_rope: Option<(Vec<f32>, Vec<f32>)>,
     scratch: Scratch,
 }
 
@@ -192,6 +194,24 @@ pub struct Transformer {
     inv_freq: Vec<f32>,
     /// LongRoPE: the frequencies for passes that reach beyond the original context.
     inv_freq_long: Option<Vec<f32>>,
+    /// The local layers' frequencies, where they differ (Gemma 3).
+    inv_freq_local: Option<Vec<f32>>,
+}
+
+/// cos/sin of positions pos0..pos0+m for `freqs`, [m][freqs.len()], scaled by `scale`; angles in
+/// f32 as Hugging Face computes them.
+fn rope_tables_of(freqs: &[f32], scale: f32, pos0: usize, m: usize) -> (Vec<f32>, Vec<f32>) {
+    let half = freqs.len();
+    let mut cos = Vec::with_capacity(m * half);
+    let mut sin = Vec::with_capacity(m * half);
+    for p in pos0..pos0 + m {
+        for &f in freqs {
+            let angle = (p as f32 * f) as f64;
+            cos.push(angle.cos() as f32 * scale);
+            sin.push(angle.sin() as f32 * scale);
+        }
+    }
+    (cos, sin)
 }
 
 /// Loads tensors by their Hugging Face names and checks each shape against the config.
@@ -296,7 +316,8 @@ impl Transformer {
         };
         let inv_freq = c.rope.inv_freq(c.head_dim, false);
         let inv_freq_long = c.rope.longrope.as_ref().map(|_| c.rope.inv_freq(c.head_dim, true));
-        Ok(Transformer { config, embed_tokens, layers, norm, lm_head, inv_freq, inv_freq_long })
+        let inv_freq_local = c.features.local_rope.as_ref().map(|r| r.inv_freq(c.head_dim, false));
+        Ok(Transformer { config, embed_tokens, layers, norm, lm_head, inv_freq, inv_freq_long, inv_freq_local })
     }
 
     /// Parameter count (tied embeddings counted once).
@@ -377,17 +398,7 @@ impl Transformer {
             (Some(l), _) => (&self.inv_freq, l.attention_factor),
             _ => (&self.inv_freq, 1.0),
         };
-        let half = freqs.len();
-        let mut cos = Vec::with_capacity(m * half);
-        let mut sin = Vec::with_capacity(m * half);
-        for p in pos0..pos0 + m {
-            for &f in freqs {
-                let angle = (p as f32 * f) as f64;
-                cos.push(angle.cos() as f32 * scale);
-                sin.push(angle.sin() as f32 * scale);
-            }
-        }
-        (cos, sin)
+        rope_tables_of(freqs, scale, pos0, m)
     }
 
     /// Runs `tokens` (appended after what the cache holds) and returns logits: [vocab] for
@@ -471,6 +482,7 @@ impl Transformer {
         }
         let x = self.embed(tokens)?;
         let (cos, sin) = self.rope_tables(pos0, m, pass_end);
+        let local_rope = self.inv_freq_local.as_ref().map(|f| rope_tables_of(f, 1.0, pos0, m));
         let s = &mut scratch;
         s.h.resize(m * c.hidden_size, 0.0);
         s.q.resize(m * c.q_dim(), 0.0);
@@ -479,7 +491,7 @@ impl Transformer {
         s.attn.resize(m * c.q_dim(), 0.0);
         s.gate.resize(m * c.intermediate_size, 0.0);
         s.up.resize(m * c.intermediate_size, 0.0);
-        Ok(ChunkState { x, pos0, m, cos, sin, scratch })
+        Ok(ChunkState { x, pos0, m, cos, sin, local_rope, scratch })
     }
 
     /// input_layernorm, then q/k/v.
@@ -509,8 +521,12 @@ impl Transformer {
                 x.copy_from_slice(&normed);
             }
         }
-        ops::apply_rope(q, hd, c.rope.style, &st.cos, &st.sin, hd / 2);
-        ops::apply_rope(k, hd, c.rope.style, &st.cos, &st.sin, hd / 2);
+        let (cos, sin) = match &st.local_rope {
+            Some((cos, sin)) if c.features.is_local(li) => (cos, sin),
+            _ => (&st.cos, &st.sin),
+        };
+        ops::apply_rope(q, hd, c.rope.style, cos, sin, hd / 2);
+        ops::apply_rope(k, hd, c.rope.style, cos, sin, hd / 2);
         cache.append(li, st.pos0, k, v);
         let (kc, vc) = cache.layer(li);
         let f = &c.features;

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import gguf
-from transformers import (Gemma2Config, Gemma2ForCausalLM, GemmaConfig, GemmaForCausalLM, MistralConfig, MistralForCausalLM, Phi3Config, Phi3ForCausalLM,
+from transformers import (Gemma2Config, Gemma2ForCausalLM, Gemma3ForCausalLM, Gemma3TextConfig, GemmaConfig, GemmaForCausalLM, MistralConfig, MistralForCausalLM, Phi3Config, Phi3ForCausalLM,
                           Qwen3Config, Qwen3ForCausalLM)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -24,7 +24,7 @@ import gen_fixtures as base  # noqa: E402
 
 OUT = base.REPO / "tests" / "fixtures" / "families"
 VOCAB = 128
-SEEDS = {"qwen3-qknorm": 2001, "gemma-geglu-mqa": 2002, "mistral-window16": 2003, "phi3-fused-longrope": 2004, "gemma2-softcap-window": 2005}
+SEEDS = {"qwen3-qknorm": 2001, "gemma-geglu-mqa": 2002, "mistral-window16": 2003, "phi3-fused-longrope": 2004, "gemma2-softcap-window": 2005, "gemma3-local-global": 2006}
 
 
 def make(name):
@@ -63,6 +63,17 @@ def make(name):
                            attn_logit_softcapping=2.0, final_logit_softcapping=3.0,
                            layer_types=["sliding_attention", "full_attention"])
         cls = Gemma2ForCausalLM
+    elif name == "gemma3-local-global":
+        # Two local layers (16-token window, RoPE base 1e4) then a global one (base 1e6, linear
+        # scaling 4); q/k norms; query scaling from query_pre_attn_scalar.
+        # (Smaller than the others: three layers, two heads, to keep the fixtures under 5 MB.)
+        kw.update(num_hidden_layers=3, num_attention_heads=2, intermediate_size=32)
+        cfg = Gemma3TextConfig(**kw, num_key_value_heads=1, head_dim=16, rms_norm_eps=1e-6, hidden_activation="gelu_pytorch_tanh",
+                               query_pre_attn_scalar=24, sliding_window=16,
+                               layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+                               rope_parameters={"full_attention": {"rope_type": "linear", "factor": 4.0, "rope_theta": 1000000.0},
+                                                "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}})
+        cls = Gemma3ForCausalLM
     else:
         raise ValueError(name)
     seed = SEEDS[name]
@@ -132,7 +143,7 @@ def main():
     g_in = torch.Generator().manual_seed(base.INPUT_SEED + 7)
     short_ids = torch.randint(0, VOCAB, (base.N_SHORT,), generator=g_in).tolist()
     long_ids = torch.randint(0, VOCAB, (base.N_LONG,), generator=g_in).tolist()
-    for name, arch in [("qwen3-qknorm", "qwen3"), ("gemma-geglu-mqa", "gemma"), ("mistral-window16", None), ("phi3-fused-longrope", None), ("gemma2-softcap-window", None)]:
+    for name, arch in [("qwen3-qknorm", "qwen3"), ("gemma-geglu-mqa", "gemma"), ("mistral-window16", None), ("phi3-fused-longrope", None), ("gemma2-softcap-window", None), ("gemma3-local-global", None)]:
         model, cfg = make(name)
         d = OUT / name
         for k in ("eos_token_id", "pad_token_id", "bos_token_id"):
