@@ -47,8 +47,8 @@ pub fn generate(backend: &dyn Engine, prompt: &[u32], opts: &GenerateOptions, on
     let ctx = backend.model().config.max_seq_len;
     check_prompt(prompt, ctx)?;
     let capacity = prompt.len().saturating_add(opts.max_new_tokens).min(ctx);
-    let mut session = Session { cache: backend.model().new_cache(capacity), tokens: Vec::new() };
-    session.continue_with(backend, prompt, opts, on_token)
+    let mut session = Session { cache: backend.model().new_cache(capacity), tokens: Vec::new(), last: None };
+    session.continue_with(backend, prompt, 0, opts, on_token)
 }
 
 fn check_prompt(prompt: &[u32], ctx: usize) -> Result<()> {
@@ -68,12 +68,19 @@ pub struct Session {
     cache: KvCache,
     /// The tokens whose keys and values the cache holds, in order.
     tokens: Vec<u32>,
+    /// The stats of the last generation, also when its callback stopped it.
+    last: Option<GenerationStats>,
 }
 
 impl Session {
     pub fn new(backend: &dyn Engine) -> Session {
         let m = backend.model();
-        Session { cache: m.new_cache(m.config.max_seq_len), tokens: Vec::new() }
+        Session { cache: m.new_cache(m.config.max_seq_len), tokens: Vec::new(), last: None }
+    }
+
+    /// The stats of the last generation, including one its callback stopped with an error.
+    pub fn last_stats(&self) -> Option<GenerationStats> {
+        self.last.clone()
     }
 
     /// Tokens held (prompt and replies so far).
@@ -101,20 +108,19 @@ impl Session {
         let shared = self.tokens.iter().zip(prompt).take_while(|(a, b)| a == b).count().min(prompt.len() - 1);
         self.tokens.truncate(shared);
         self.cache.truncate(shared);
-        let mut stats = self.continue_with(backend, &prompt[shared..], opts, on_token)?;
-        stats.prompt_tokens = prompt.len();
-        stats.cached_tokens = shared;
-        Ok(stats)
+        self.continue_with(backend, &prompt[shared..], shared, opts, on_token)
     }
 
-    /// Runs `new` after what the cache holds, then samples up to `max_new_tokens`.
-    fn continue_with(&mut self, backend: &dyn Engine, new: &[u32], opts: &GenerateOptions, mut on_token: impl FnMut(u32) -> Result<()>) -> Result<GenerationStats> {
+    /// Runs `new` after what the cache holds (`cached` tokens of the prompt), then samples up to
+    /// `max_new_tokens`.
+    fn continue_with(&mut self, backend: &dyn Engine, new: &[u32], cached: usize, opts: &GenerateOptions, mut on_token: impl FnMut(u32) -> Result<()>) -> Result<GenerationStats> {
         let capacity = self.cache.capacity();
         if self.tokens.len() + new.len() > capacity {
             return Err(Error::Input(format!("{} tokens exceed the context of {capacity}", self.tokens.len() + new.len())));
         }
         let mut sampler = Sampler::new(opts.sampling);
-        let mut stats = GenerationStats { prompt_tokens: new.len(), ..Default::default() };
+        let mut stats = GenerationStats { prompt_tokens: cached + new.len(), cached_tokens: cached, ..Default::default() };
+        self.last = None;
         if opts.max_new_tokens == 0 {
             return Ok(stats);
         }
@@ -135,7 +141,11 @@ impl Session {
             stats.generated_tokens += 1;
             // (The last token shown is not run through the model: a session's next turn
             // computes it with its prompt.)
-            on_token(next)?;
+            if let Err(e) = on_token(next) {
+                stats.decode_time = t1.elapsed();
+                self.last = Some(stats);
+                return Err(e);
+            }
             if stats.generated_tokens >= opts.max_new_tokens {
                 break;
             }
@@ -147,6 +157,7 @@ impl Session {
             self.tokens.push(next);
         }
         stats.decode_time = t1.elapsed();
+        self.last = Some(stats.clone());
         Ok(stats)
     }
 }

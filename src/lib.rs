@@ -41,5 +41,6 @@ pub mod sampling;
 pub mod kernels;
 pub mod measure;
 pub mod npy;
+pub mod server;
 
 pub use error::{Error, Result};

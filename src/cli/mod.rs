@@ -13,6 +13,7 @@ mod logits;
 mod profile;
 mod report;
 mod run;
+mod serve;
 mod simulate;
 mod synth;
 
@@ -32,6 +33,8 @@ enum Command {
     /// Talk to an instruction-tuned model in its chat template; the conversation stays in the KV
     /// cache, so each turn prefills only its new tokens.
     Chat(chat::ChatCmdArgs),
+    /// Serve the model over an OpenAI-compatible HTTP API on this machine.
+    Serve(serve::ServeArgs),
     /// Write the logits for given token ids to a NumPy .npy file.
     Logits(logits::LogitsArgs),
     /// Describe a model file: architecture, shapes, dtypes, parameter count, tokenizer.
@@ -62,6 +65,7 @@ pub fn main() {
     let result = match Cli::parse().command {
         Command::Run(a) => run::run(a),
         Command::Chat(a) => chat::run(a),
+        Command::Serve(a) => serve::run(a),
         Command::Logits(a) => logits::run(a),
         Command::Inspect(a) => inspect::run(a),
         Command::Bench(a) => bench::run(a),

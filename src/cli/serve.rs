@@ -1,0 +1,68 @@
+//! `llm-npu serve`: the OpenAI-compatible local server (the library's `server::serve`).
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+
+use llm_npu::server::{self, ServerOptions};
+
+use super::args::ModelArgs;
+use super::report::{self, Bar};
+
+#[derive(Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Address to listen on; anything but loopback needs --api-key
+    #[arg(long, default_value = "127.0.0.1")]
+    host: IpAddr,
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Require `Authorization: Bearer KEY` on every request
+    #[arg(long)]
+    api_key: Option<String>,
+    /// Requests that may wait behind the running one; more are answered 503
+    #[arg(long, default_value_t = 16)]
+    max_waiting: usize,
+    /// Largest request body in MB (413 beyond)
+    #[arg(long, default_value_t = 8)]
+    max_body_mb: usize,
+    /// Seconds a client has to send a request's headers (the connection is closed after)
+    #[arg(long, default_value_t = 10)]
+    header_timeout: u64,
+    /// Jinja chat template file to use instead of the model's own
+    #[arg(long, value_name = "FILE")]
+    chat_template: Option<std::path::PathBuf>,
+}
+
+pub fn run(a: ServeArgs) -> Result<()> {
+    if !a.host.is_loopback() && a.api_key.is_none() {
+        bail!("listening on {} (not loopback) needs --api-key", a.host);
+    }
+    if a.max_waiting == 0 || a.max_body_mb == 0 || a.header_timeout == 0 {
+        bail!("--max-waiting, --max-body-mb and --header-timeout must be at least 1");
+    }
+    llm_npu::engine::init_threads(a.model.threads)?;
+    let loaded = report::load_model(&a.model)?;
+    let model_id = a.model.model.file_stem().or(a.model.model.file_name()).map_or("model".into(), |s| s.to_string_lossy().into_owned());
+    let opts = ServerOptions {
+        addr: SocketAddr::new(a.host, a.port),
+        api_key: a.api_key.clone(),
+        max_waiting: a.max_waiting,
+        max_body_bytes: a.max_body_mb << 20,
+        header_timeout: Duration::from_secs(a.header_timeout),
+        model_id: model_id.clone(),
+        chat_template: match &a.chat_template {
+            Some(p) => Some(std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?),
+            None => None,
+        },
+    };
+    let engine_opts = a.model.engine_options_for(a.model.backend)?;
+    server::serve(loaded, engine_opts, opts, &Bar::default(), |addr| {
+        eprintln!("serving '{model_id}' on http://{addr} (OpenAI API: /v1/chat/completions, /v1/completions, /v1/models; /health); Ctrl-C stops");
+    })?;
+    eprintln!("stopped");
+    Ok(())
+}

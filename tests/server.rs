@@ -1,0 +1,172 @@
+//! `llm-npu serve` over real sockets: the official openai Python client (tests/support/
+//! openai_client.py, when LLM_NPU_OPENAI_PYTHON names a Python that has it; `.ci/run` installs
+//! it), raw HTTP for bad input (each gets its error and the server keeps serving), the prompt
+//! cache, and a clean exit on SIGINT.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(args: &[&str]) -> Option<Server> {
+    let models = common::shared_models("llm-npu serve")?;
+    let template = std::env::temp_dir().join(format!("llm-npu-serve-{}.jinja", std::process::id()));
+    std::fs::write(&template, "{% for m in messages %}{{ m.content }}{% if m.role != 'user' %} {% endif %}{% endfor %}").unwrap();
+    let model = models.join("stories260K-gguf/tinyllamas-stories-260k-f32.gguf");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_llm-npu"));
+    cmd.args(["serve", "-m", model.to_str().unwrap(), "--port", "0", "--header-timeout", "1", "--chat-template", template.to_str().unwrap()]).args(args);
+    let mut child = cmd.stderr(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines.next().expect("the server printed its address").unwrap();
+        if let Some(rest) = line.split("on http://").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    // Keep draining stderr so the server never blocks on it.
+    std::thread::spawn(move || for _ in lines {});
+    Some(Server { child, addr })
+}
+
+/// One HTTP/1.1 request; (status, body).
+fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_string();
+    (status, body)
+}
+
+fn assert_serving(addr: &str) {
+    assert_eq!(http(addr, "GET", "/health", "").0, 200, "the server still serves");
+}
+
+const MODEL: &str = "tinyllamas-stories-260k-f32";
+
+#[test]
+fn bad_requests_get_openai_errors_and_the_server_keeps_serving() {
+    let Some(server) = start(&[]) else { return };
+    let a = &server.addr;
+    let req = |fields: &str| format!("{{\"model\": \"{MODEL}\", {fields}}}");
+    let long_prompt = "Once upon a time ".repeat(200);
+    for (what, body, status, expect) in [
+        ("malformed JSON", "{\"model\": ".to_string(), 400, "not valid JSON"),
+        ("not an object", "[1, 2]".to_string(), 400, "JSON object"),
+        ("wrong type", req("\"prompt\": \"hi\", \"max_tokens\": \"ten\""), 400, "max_tokens"),
+        ("prompt not a string", req("\"prompt\": 42"), 400, "prompt"),
+        ("unknown model", "{\"model\": \"gpt-9\", \"prompt\": \"hi\"}".to_string(), 404, "model_not_found"),
+        ("prompt longer than the context", req(&format!("\"prompt\": \"{long_prompt}\"")), 400, "context_length_exceeded"),
+        ("max_tokens 0", req("\"prompt\": \"hi\", \"max_tokens\": 0"), 400, "at least 1"),
+        ("max_tokens huge", req("\"prompt\": \"hi\", \"max_tokens\": 1000000000"), 400, "context_length_exceeded"),
+        ("n = 2", req("\"prompt\": \"hi\", \"n\": 2"), 400, "n = 1"),
+        ("temperature out of range", req("\"prompt\": \"hi\", \"temperature\": 9"), 400, "temperature"),
+    ] {
+        let (got, text) = http(a, "POST", "/v1/completions", &body);
+        assert_eq!(got, status, "{what}: {text}");
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{what}: not JSON ({e}): {text}"));
+        assert!(v["error"]["message"].is_string() && v["error"]["type"].is_string(), "{what}: {v}");
+        assert!(text.contains(expect), "{what}: {text}");
+        assert_serving(a);
+    }
+    // A 100 MB body is refused from its Content-Length, before it is sent.
+    let mut s = TcpStream::connect(a).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 104857600\r\n\r\n{{\"model\"").unwrap();
+    let mut buf = [0u8; 2048];
+    let n = s.read(&mut buf).unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]);
+    assert!(head.starts_with("HTTP/1.1 413") && head.contains("request_too_large"), "{head}");
+    assert_serving(a);
+    // Headers sent one byte a second: the connection is closed after the header timeout (1 s).
+    let t0 = Instant::now();
+    let mut s = TcpStream::connect(a).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut closed = false;
+    for b in b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n" {
+        if s.write_all(&[*b]).is_err() {
+            closed = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(400));
+        if t0.elapsed() > Duration::from_secs(5) {
+            break;
+        }
+    }
+    let mut rest = Vec::new();
+    let read = s.read_to_end(&mut rest);
+    assert!(closed || matches!(read, Ok(0)) || read.is_err() || !rest.is_empty(), "the slow connection was not closed");
+    assert!(t0.elapsed() < Duration::from_secs(8), "the slow connection was held {:?}", t0.elapsed());
+    assert_serving(a);
+    // Endpoints that do not exist, and chat messages that are not a conversation.
+    assert_eq!(http(a, "GET", "/v2/nothing", "").0, 404);
+    let (status, text) = http(a, "POST", "/v1/chat/completions", &format!("{{\"model\": \"{MODEL}\", \"messages\": \"hi\"}}"));
+    assert!(status == 400 && text.contains("messages"), "{text}");
+}
+
+#[test]
+fn completions_stream_and_reuse_the_prompt_cache() {
+    let Some(server) = start(&[]) else { return };
+    let a = &server.addr;
+    let body = format!("{{\"model\": \"{MODEL}\", \"prompt\": \"Once upon a time\", \"max_tokens\": 8, \"temperature\": 0}}");
+    let (status, first) = http(a, "POST", "/v1/completions", &body);
+    assert_eq!(status, 200, "{first}");
+    let first: serde_json::Value = serde_json::from_str(&first).unwrap();
+    let (_, again) = http(a, "POST", "/v1/completions", &body);
+    let again: serde_json::Value = serde_json::from_str(&again).unwrap();
+    assert_eq!(first["choices"][0]["text"], again["choices"][0]["text"], "greedy is deterministic");
+    let prompt_tokens = again["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert_eq!(again["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64(), Some(prompt_tokens - 1), "{again}");
+    let (status, sse) = http(a, "POST", "/v1/completions", &body.replace("\"temperature\": 0", "\"temperature\": 0, \"stream\": true"));
+    assert_eq!(status, 200);
+    let events: Vec<&str> = sse.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
+    assert_eq!(events.last(), Some(&"[DONE]"), "{sse}");
+    let text: String = events[..events.len() - 1].iter().map(|e| serde_json::from_str::<serde_json::Value>(e).unwrap()["choices"][0]["text"].as_str().unwrap().to_string()).collect();
+    assert_eq!(text, first["choices"][0]["text"].as_str().unwrap(), "streamed text = the whole text");
+}
+
+#[test]
+fn the_official_openai_client_works_against_it() {
+    let Some(python) = std::env::var_os("LLM_NPU_OPENAI_PYTHON") else {
+        let _ = writeln!(std::io::stderr(), "\n!!!!!!!! SKIPPED: LLM_NPU_OPENAI_PYTHON is not set (a python with `pip install openai`; .ci/run sets it); test `the_official_openai_client_works_against_it` did not run !!!!!!!!\n");
+        return;
+    };
+    let Some(server) = start(&[]) else { return };
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/openai_client.py");
+    let out = Command::new(python).arg(script).arg(format!("http://{}/v1", server.addr)).arg(MODEL).output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && stdout.contains("all checks passed"), "{stdout}\n{stderr}");
+}
+
+#[test]
+fn sigint_stops_the_server_cleanly() {
+    let Some(mut server) = start(&[]) else { return };
+    assert_serving(&server.addr);
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(server.child.id() as i32, libc::SIGINT) };
+    let t0 = Instant::now();
+    loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            assert!(status.success(), "{status}");
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "the server did not exit after SIGINT");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
