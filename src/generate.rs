@@ -92,6 +92,16 @@ impl Session {
         self.tokens.is_empty()
     }
 
+    /// How many leading tokens of `prompt` this session holds already.
+    pub fn shared_prefix(&self, prompt: &[u32]) -> usize {
+        self.tokens.iter().zip(prompt).take_while(|(a, b)| a == b).count()
+    }
+
+    /// Bytes its KV cache takes.
+    pub fn memory_bytes(&self) -> usize {
+        self.cache.memory_bytes()
+    }
+
     /// Forgets the conversation.
     pub fn clear(&mut self) {
         self.tokens.clear();
@@ -105,7 +115,7 @@ impl Session {
     pub fn generate(&mut self, backend: &dyn Engine, prompt: &[u32], opts: &GenerateOptions, on_token: impl FnMut(u32) -> Result<()>) -> Result<GenerationStats> {
         check_prompt(prompt, self.cache.capacity())?;
         // At least the prompt's last token is run again: its logits start the reply.
-        let shared = self.tokens.iter().zip(prompt).take_while(|(a, b)| a == b).count().min(prompt.len() - 1);
+        let shared = self.shared_prefix(prompt).min(prompt.len() - 1);
         self.tokens.truncate(shared);
         self.cache.truncate(shared);
         self.continue_with(backend, &prompt[shared..], shared, opts, on_token)

@@ -142,6 +142,26 @@ fn completions_stream_and_reuse_the_prompt_cache() {
 }
 
 #[test]
+fn two_documents_stay_cached_in_two_slots_and_the_least_recent_goes_first() {
+    let cached = |a: &str, prompt: &str| {
+        let body = format!("{{\"model\": \"{MODEL}\", \"prompt\": \"{prompt}\", \"max_tokens\": 4, \"temperature\": 0}}");
+        let (status, text) = http(a, "POST", "/v1/completions", &body);
+        assert_eq!(status, 200, "{text}");
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        (v["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap(), v["usage"]["prompt_tokens"].as_u64().unwrap())
+    };
+    let (doc_a, doc_b) = ("Once upon a time there was a girl named Lily", "The big dog ran to the green park with Tom");
+    for (slots, a_again_cached) in [("2", true), ("1", false)] {
+        let Some(server) = start(&["--cache-slots", slots]) else { return };
+        let a = &server.addr;
+        assert_eq!(cached(a, doc_a).0, 0);
+        assert!(cached(a, doc_b).0 <= 1, "only BOS in common");
+        let (c, n) = cached(a, doc_a);
+        assert_eq!(c == n - 1, a_again_cached, "{slots} slot(s): document A again had {c} of {n} tokens cached");
+    }
+}
+
+#[test]
 fn the_official_openai_client_works_against_it() {
     let Some(python) = std::env::var_os("LLM_NPU_OPENAI_PYTHON") else {
         let _ = writeln!(std::io::stderr(), "\n!!!!!!!! SKIPPED: LLM_NPU_OPENAI_PYTHON is not set (a python with `pip install openai`; .ci/run sets it); test `the_official_openai_client_works_against_it` did not run !!!!!!!!\n");

@@ -32,6 +32,10 @@ pub struct ServeArgs {
     /// Seconds a client has to send a request's headers (the connection is closed after)
     #[arg(long, default_value_t = 10)]
     header_timeout: u64,
+    /// Prompt-cache states kept, each a KV cache of the model's whole context; a request reuses
+    /// the one sharing the longest prefix with it; the least recently used is replaced
+    #[arg(long, default_value_t = 2)]
+    cache_slots: usize,
     /// Jinja chat template file to use instead of the model's own
     #[arg(long, value_name = "FILE")]
     chat_template: Option<std::path::PathBuf>,
@@ -41,8 +45,8 @@ pub fn run(a: ServeArgs) -> Result<()> {
     if !a.host.is_loopback() && a.api_key.is_none() {
         bail!("listening on {} (not loopback) needs --api-key", a.host);
     }
-    if a.max_waiting == 0 || a.max_body_mb == 0 || a.header_timeout == 0 {
-        bail!("--max-waiting, --max-body-mb and --header-timeout must be at least 1");
+    if a.max_waiting == 0 || a.max_body_mb == 0 || a.header_timeout == 0 || a.cache_slots == 0 {
+        bail!("--max-waiting, --max-body-mb, --header-timeout and --cache-slots must be at least 1");
     }
     llm_npu::engine::init_threads(a.model.threads)?;
     let loaded = report::load_model(&a.model)?;
@@ -54,6 +58,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
         max_body_bytes: a.max_body_mb << 20,
         header_timeout: Duration::from_secs(a.header_timeout),
         model_id: model_id.clone(),
+        cache_slots: a.cache_slots,
         chat_template: match &a.chat_template {
             Some(p) => Some(std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?),
             None => None,

@@ -74,6 +74,11 @@ impl KvCache {
         }
     }
 
+    /// Bytes of the key and value buffers.
+    pub fn memory_bytes(&self) -> usize {
+        self.k.iter().chain(&self.v).map(|b| b.len() * 4).sum()
+    }
+
     /// Forgets every position from `len` on (a conversation going back to a shared prefix).
     pub fn truncate(&mut self, len: usize) {
         self.len = self.len.min(len);

@@ -3,8 +3,8 @@
 //! `GET /health`, on axum over hyper.
 //!
 //! Design (the reasons are in README "Server"): one inference thread runs requests one at a time
-//! on the engine the library builds; its KV cache is the prompt cache, so a request sharing a
-//! prefix with the previous one prefills only the rest. Requests wait in a bounded queue (503
+//! on the engine the library builds; it keeps a few KV caches as the prompt cache, so a request
+//! sharing a prefix with an earlier one prefills only the rest. Requests wait in a bounded queue (503
 //! when full). A client that goes away stops its generation at the next token. Bodies are size
 //! limited, request headers must arrive within a time limit, and SIGINT/SIGTERM ends in-flight
 //! streams with an error chunk before the server exits.
@@ -51,6 +51,9 @@ pub struct ServerOptions {
     pub model_id: String,
     /// A Jinja chat template to use instead of the model's own.
     pub chat_template: Option<String>,
+    /// Prompt-cache states kept (KV caches of the model's full context each), evicted least
+    /// recently used.
+    pub cache_slots: usize,
 }
 
 struct AppState {
@@ -81,7 +84,8 @@ pub fn serve(loaded: Arc<LoadedModel>, engine_opts: EngineOptions, opts: ServerO
     std::thread::scope(|s| {
         let (flag, tok) = (shutdown.clone(), loaded.tokenizer.as_ref().expect("checked above"));
         let engine = engine.as_ref();
-        s.spawn(move || worker::run(engine, tok, jobs_rx, flag));
+        let slots = opts.cache_slots.max(1);
+        s.spawn(move || worker::run(engine, tok, jobs_rx, flag, slots));
         let result = runtime.block_on(accept_loop(state, shutdown.clone(), ready));
         // Ends the worker: the last sender goes with the state (dropped in accept_loop).
         shutdown.store(true, Ordering::SeqCst);

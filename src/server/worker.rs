@@ -31,12 +31,32 @@ pub enum Event {
 }
 
 /// Runs jobs until the queue closes. `shutdown` set: running generations stop at the next token.
-pub fn run(engine: &dyn Engine, tok: &Tokenizer, jobs: std::sync::mpsc::Receiver<Job>, shutdown: Arc<AtomicBool>) {
-    let mut session = Session::new(engine);
-    for job in jobs {
-        let result = run_job(engine, tok, &mut session, &job, &shutdown);
+/// `cache_slots` KV caches are kept (each a full context): a job runs in the one holding the
+/// longest prefix of its prompt, or, when none shares any, in the least recently used.
+pub fn run(engine: &dyn Engine, tok: &Tokenizer, jobs: std::sync::mpsc::Receiver<Job>, shutdown: Arc<AtomicBool>, cache_slots: usize) {
+    let mut slots: Vec<(Session, u64)> = Vec::new();
+    for (clock, job) in (1u64..).zip(jobs) {
+        let i = pick_slot(&slots, &job.prompt, cache_slots).unwrap_or_else(|| {
+            slots.push((Session::new(engine), 0));
+            slots.len() - 1
+        });
+        slots[i].1 = clock;
+        let result = run_job(engine, tok, &mut slots[i].0, &job, &shutdown);
         // The handler may be gone already; nothing to do then.
         let _ = job.events.blocking_send(result);
+    }
+}
+
+/// The slot for `prompt`: the one sharing its longest prefix, if that is at least half of the
+/// prompt or of what the slot holds (every prompt shares a BOS; a different document should not
+/// wipe a cached one); else a new slot while fewer than `max` exist (None); else the least
+/// recently used.
+fn pick_slot(slots: &[(Session, u64)], prompt: &[u32], max: usize) -> Option<usize> {
+    let best = slots.iter().enumerate().map(|(i, (s, _))| (s.shared_prefix(prompt), i)).max();
+    match best {
+        Some((shared, i)) if shared > 0 && 2 * shared >= prompt.len().min(slots[i].0.len()) => Some(i),
+        _ if slots.len() < max => None,
+        _ => slots.iter().enumerate().min_by_key(|(_, (_, used))| *used).map(|(i, _)| i),
     }
 }
 
