@@ -6,7 +6,7 @@
 //! text model is not read). (llama.cpp's "gemma3" GGUF is not read yet.)
 
 use super::config::{hf_common, GgufMeta, HfConfig, ModelConfig};
-use super::{gemma, Family};
+use super::{gemma, gemma2, Family};
 use crate::error::{Error, Result};
 use crate::kernels::ops::RopeStyle;
 
@@ -24,18 +24,10 @@ fn from_hf(c: &HfConfig) -> Result<ModelConfig> {
         return Err(Error::field(&c.path, "use_bidirectional_attention", "bidirectional attention (an encoder) is not supported"));
     }
     let mut m = gemma::with_features(hf_common(c, FAMILY.name, 1_000_000.0, false)?, 1.0);
-    let f = &mut m.features;
-    f.qk_norm = true;
-    f.sandwich_norms = true;
-    f.attn_scale = c.opt_f32("query_pre_attn_scalar")?.map(|q| (q as f64).powf(-0.5) as f32);
-    f.attn_softcap = c.opt_f32("attn_logit_softcapping")?;
-    f.final_softcap = c.opt_f32("final_logit_softcapping")?;
-    f.local_rope = c.local_rope(RopeStyle::Neox)?;
-    f.window_layers = Some(match c.opt_str_list("layer_types")? {
-        Some(types) => types.iter().map(|t| t == "sliding_attention").collect(),
-        // transformers' default for Gemma 3: every sixth layer global.
-        None => (0..m.num_layers).map(|i| (i + 1) % 6 != 0).collect(),
-    });
+    // transformers' default for Gemma 3: every sixth layer global.
+    gemma2::layer_features(c, &mut m, |i| (i + 1) % 6 != 0)?;
+    m.features.qk_norm = true;
+    m.features.local_rope = c.local_rope(RopeStyle::Neox)?;
     Ok(m)
 }
 
