@@ -119,13 +119,22 @@ async fn accept_loop(state: Arc<AppState>, shutdown: Arc<AtomicBool>, ready: imp
         tokio::select! {
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
-                let service = hyper_util::service::TowerToHyperService::new(app.clone());
+                let Some((stream, raw)) = with_raw_handle(stream) else { continue };
+                // Set when the connection's first request reaches the router (its headers are in).
+                let started = Arc::new(AtomicBool::new(false));
+                let flag = started.clone();
+                let app = app.clone().layer(axum::middleware::from_fn(move |req: Request, next: axum::middleware::Next| {
+                    flag.store(true, Ordering::SeqCst);
+                    next.run(req)
+                }));
+                let service = hyper_util::service::TowerToHyperService::new(app);
                 let open = open.clone();
                 open.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(request_timeout(raw, started, header_timeout));
                 tokio::spawn(async move {
                     let conn = hyper::server::conn::http1::Builder::new()
                         .timer(hyper_util::rt::TokioTimer::new())
-                        .header_read_timeout(header_timeout)
+                        .header_read_timeout(header_timeout + Duration::from_millis(500))
                         .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
                     let _ = conn.await;
                     open.fetch_sub(1, Ordering::SeqCst);
@@ -143,6 +152,32 @@ async fn accept_loop(state: Arc<AppState>, shutdown: Arc<AtomicBool>, ready: imp
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Ok(())
+}
+
+/// The accepted stream for hyper, and a second handle to the same socket for `request_timeout`.
+fn with_raw_handle(stream: tokio::net::TcpStream) -> Option<(tokio::net::TcpStream, std::net::TcpStream)> {
+    let std_stream = stream.into_std().ok()?;
+    let raw = std_stream.try_clone().ok()?;
+    std_stream.set_nonblocking(true).ok()?;
+    Some((tokio::net::TcpStream::from_std(std_stream).ok()?, raw))
+}
+
+/// When a connection's first request has not arrived whole within `timeout` (a client sending
+/// its headers slowly), answers 408 in OpenAI's error shape and closes the socket. (hyper's own
+/// header timeout, a little later, would close it without a word.)
+async fn request_timeout(raw: std::net::TcpStream, started: Arc<AtomicBool>, timeout: Duration) {
+    tokio::time::sleep(timeout).await;
+    if started.load(Ordering::SeqCst) {
+        return;
+    }
+    let body = ApiError::new(StatusCode::REQUEST_TIMEOUT, "invalid_request_error", Some("request_timeout"), format!("the request headers did not arrive within {} s", timeout.as_secs_f32())).body().to_string();
+    let response = format!("HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+    let _ = tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let _ = (&raw).write_all(response.as_bytes());
+        let _ = raw.shutdown(std::net::Shutdown::Both);
+    })
+    .await;
 }
 
 async fn stop_signal() {
