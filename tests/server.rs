@@ -183,6 +183,47 @@ fn a_full_queue_is_answered_503_and_the_rest_are_served() {
 }
 
 #[test]
+fn a_client_that_disconnects_mid_stream_stops_its_generation() {
+    let Some(server) = start(&[]) else { return };
+    let a = &server.addr;
+    let body = format!("{{\"model\": \"{MODEL}\", \"prompt\": \"Once upon a time\", \"max_tokens\": 500, \"temperature\": 0.9, \"stream\": true}}");
+    let mut s = TcpStream::connect(a).unwrap();
+    write!(s, "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+    let mut first = [0u8; 512];
+    let n = s.read(&mut first).unwrap();
+    assert!(String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200"));
+    drop(s);
+    // The worker notices at its next sends and counts the job as disconnected, not completed.
+    let t0 = Instant::now();
+    loop {
+        let (_, health) = http(a, "GET", "/health", "");
+        let v: serde_json::Value = serde_json::from_str(&health).unwrap();
+        if v["requests"]["disconnected"] == 1 {
+            assert_eq!(v["requests"]["completed"], 0, "{v}");
+            break;
+        }
+        assert!(v["requests"]["completed"] == 0 && t0.elapsed() < Duration::from_secs(10), "the generation ran on after the client left: {v}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn with_an_api_key_only_bearer_requests_get_in() {
+    let Some(server) = start(&["--api-key", "s3cret"]) else { return };
+    let a = &server.addr;
+    let (status, text) = http(a, "GET", "/v1/models", "");
+    assert!(status == 401 && text.contains("invalid_api_key"), "{status} {text}");
+    let mut s = TcpStream::connect(a).unwrap();
+    write!(s, "GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\nConnection: close\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200") && out.contains(MODEL), "{out}");
+    // Without a key the server refuses to listen beyond loopback.
+    let out = Command::new(env!("CARGO_BIN_EXE_llm-npu")).args(["serve", "-m", "unused", "--host", "0.0.0.0"]).output().unwrap();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("needs --api-key"));
+}
+
+#[test]
 fn the_official_openai_client_works_against_it() {
     let Some(python) = std::env::var_os("LLM_NPU_OPENAI_PYTHON") else {
         let _ = writeln!(std::io::stderr(), "\n!!!!!!!! SKIPPED: LLM_NPU_OPENAI_PYTHON is not set (a python with `pip install openai`; .ci/run sets it); test `the_official_openai_client_works_against_it` did not run !!!!!!!!\n");

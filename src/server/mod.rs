@@ -64,6 +64,7 @@ struct AppState {
     template_error: Option<String>,
     jobs: std::sync::mpsc::SyncSender<Job>,
     next_id: AtomicU64,
+    counters: Arc<worker::Counters>,
 }
 
 /// Builds the engine, listens on `opts.addr` and serves until SIGINT or SIGTERM. `ready` is
@@ -79,13 +80,14 @@ pub fn serve(loaded: Arc<LoadedModel>, engine_opts: EngineOptions, opts: ServerO
     };
     let (jobs_tx, jobs_rx) = std::sync::mpsc::sync_channel::<Job>(opts.max_waiting);
     let shutdown = Arc::new(AtomicBool::new(false));
-    let state = Arc::new(AppState { opts: opts.clone(), loaded: loaded.clone(), template, template_error, jobs: jobs_tx, next_id: AtomicU64::new(1) });
+    let counters = Arc::new(worker::Counters::default());
+    let state = Arc::new(AppState { opts: opts.clone(), loaded: loaded.clone(), template, template_error, jobs: jobs_tx, next_id: AtomicU64::new(1), counters: counters.clone() });
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_io().enable_time().build().map_err(|e| Error::Runtime(format!("starting the server runtime: {e}")))?;
     std::thread::scope(|s| {
         let (flag, tok) = (shutdown.clone(), loaded.tokenizer.as_ref().expect("checked above"));
         let engine = engine.as_ref();
         let slots = opts.cache_slots.max(1);
-        s.spawn(move || worker::run(engine, tok, jobs_rx, flag, slots));
+        s.spawn(move || worker::run(engine, tok, jobs_rx, flag, slots, &counters));
         let result = runtime.block_on(accept_loop(state, shutdown.clone(), ready));
         // Ends the worker: the last sender goes with the state (dropped in accept_loop).
         shutdown.store(true, Ordering::SeqCst);
@@ -96,7 +98,7 @@ pub fn serve(loaded: Arc<LoadedModel>, engine_opts: EngineOptions, opts: ServerO
 fn router(state: Arc<AppState>) -> Router {
     let limit = state.opts.max_body_bytes;
     Router::new()
-        .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/health", get(health))
         .route("/v1/models", get(models))
         .route("/v1/completions", post(completions))
         .route("/v1/chat/completions", post(chat_completions))
@@ -186,6 +188,13 @@ async fn stop_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
     }
+}
+
+/// Liveness, and what the inference thread has done.
+async fn health(State(state): State<Arc<AppState>>) -> Json<Value> {
+    let c = &state.counters;
+    let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    Json(json!({"status": "ok", "requests": {"completed": n(&c.completed), "disconnected": n(&c.disconnected), "failed": n(&c.failed)}}))
 }
 
 fn authorize(state: &AppState, headers: &HeaderMap) -> std::result::Result<(), ApiError> {

@@ -4,7 +4,7 @@
 //! handler is gone (the client disconnected) or the server shuts down, generation stops at the
 //! next token.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
@@ -30,10 +30,19 @@ pub enum Event {
     Failed(String),
 }
 
+/// What the inference thread has done, for `/health`.
+#[derive(Default)]
+pub struct Counters {
+    pub completed: AtomicU64,
+    /// Stopped because the client went away.
+    pub disconnected: AtomicU64,
+    pub failed: AtomicU64,
+}
+
 /// Runs jobs until the queue closes. `shutdown` set: running generations stop at the next token.
 /// `cache_slots` KV caches are kept (each a full context): a job runs in the one holding the
 /// longest prefix of its prompt, or, when none shares any, in the least recently used.
-pub fn run(engine: &dyn Engine, tok: &Tokenizer, jobs: std::sync::mpsc::Receiver<Job>, shutdown: Arc<AtomicBool>, cache_slots: usize) {
+pub fn run(engine: &dyn Engine, tok: &Tokenizer, jobs: std::sync::mpsc::Receiver<Job>, shutdown: Arc<AtomicBool>, cache_slots: usize, counters: &Counters) {
     let mut slots: Vec<(Session, u64)> = Vec::new();
     for (clock, job) in (1u64..).zip(jobs) {
         let i = pick_slot(&slots, &job.prompt, cache_slots).unwrap_or_else(|| {
@@ -41,7 +50,13 @@ pub fn run(engine: &dyn Engine, tok: &Tokenizer, jobs: std::sync::mpsc::Receiver
             slots.len() - 1
         });
         slots[i].1 = clock;
-        let result = run_job(engine, tok, &mut slots[i].0, &job, &shutdown);
+        let (result, disconnected) = run_job(engine, tok, &mut slots[i].0, &job, &shutdown);
+        let counter = match (&result, disconnected) {
+            (_, true) => &counters.disconnected,
+            (Event::Failed(_), _) => &counters.failed,
+            _ => &counters.completed,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
         // The handler may be gone already; nothing to do then.
         let _ = job.events.blocking_send(result);
     }
@@ -60,11 +75,12 @@ fn pick_slot(slots: &[(Session, u64)], prompt: &[u32], max: usize) -> Option<usi
     }
 }
 
-fn run_job(engine: &dyn Engine, tok: &Tokenizer, session: &mut Session, job: &Job, shutdown: &AtomicBool) -> Event {
+/// The job's last event, and whether its client went away before the end.
+fn run_job(engine: &dyn Engine, tok: &Tokenizer, session: &mut Session, job: &Job, shutdown: &AtomicBool) -> (Event, bool) {
     let mut stream = tok.stream();
     for &id in &job.prompt {
         if let Err(e) = stream.push(id) {
-            return Event::Failed(e.to_string());
+            return (Event::Failed(e.to_string()), false);
         }
     }
     let mut text = StopFilter::new(&job.stop);
@@ -86,7 +102,8 @@ fn run_job(engine: &dyn Engine, tok: &Tokenizer, session: &mut Session, job: &Jo
         }
         Ok(())
     });
-    match (result, stopped_by) {
+    let disconnected = stopped_by == Some("disconnected");
+    let event = match (result, stopped_by) {
         (Ok(stats), _) => {
             let rest = text.finish(stream.finish().unwrap_or_default());
             if !rest.is_empty() {
@@ -98,7 +115,8 @@ fn run_job(engine: &dyn Engine, tok: &Tokenizer, session: &mut Session, job: &Jo
         (Err(_), Some("stop")) => Event::Done { stats: session.last_stats().unwrap_or_default(), finish_reason: "stop" },
         (Err(_), Some("shutdown")) => Event::Failed("the server is shutting down".into()),
         (Err(e), _) => Event::Failed(e.to_string()),
-    }
+    };
+    (event, disconnected)
 }
 
 /// Holds back text that could be the start of a stop string, and cuts the text at the first
