@@ -110,7 +110,8 @@ fn generation_blocks_as_plain(source: &str) -> String {
     while let Some(at) = rest.find("{%") {
         out.push_str(&rest[..at]);
         let tag = &rest[at..];
-        let Some(end) = tag.find("%}") else { break };
+        // The closing "%}" after the opening "{%" ("{%}" must not close itself).
+        let Some(end) = tag[2..].find("%}").map(|i| i + 2) else { break };
         let inner = &tag[2..end];
         let word = inner.trim_matches(|c: char| c == '-' || c == '+' || c.is_whitespace());
         let replacement = match word {
@@ -310,6 +311,10 @@ mod tests {
     fn generation_blocks_keep_their_whitespace_control() {
         assert_eq!(generation_blocks_as_plain("a {%- generation -%} b {% endgeneration %}c"), "a {%- if true -%} b {% endif %}c");
         assert_eq!(generation_blocks_as_plain("{% if x %}{{ y }}{% endif %}"), "{% if x %}{{ y }}{% endif %}");
+        // Found by the chat_template fuzz target: "{%}" closed itself and the slice panicked.
+        assert_eq!(generation_blocks_as_plain("a {%} b %} c"), "a {%} b %} c");
+        assert_eq!(generation_blocks_as_plain("{%"), "{%");
+        assert!(ChatTemplate::new("{{ x }}{%}", "", "").is_err());
     }
 
     #[test]

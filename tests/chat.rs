@@ -165,3 +165,13 @@ fn run_chat_renders_the_template_and_refuses_what_does_not_fit() {
     let (_, stderr, code) = llm_npu_cmd(&["run", "-m", m, "--chat", "--chat-template", bad.to_str().unwrap(), "-p", "hi"], "");
     assert!(code == Some(1) && stderr.lines().filter(|l| l.starts_with("error: chat template")).count() == 1, "{stderr}");
 }
+
+#[test]
+fn a_template_the_fuzzer_found_is_an_error_not_a_panic() {
+    // tests/fixtures/regressions/chat-template-open-close-overlap.jinja: a "{%}" made the
+    // rewrite of {% generation %} blocks slice out of bounds.
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/regressions/chat-template-open-close-overlap.jinja");
+    let source = String::from_utf8_lossy(&std::fs::read(path).unwrap()).into_owned();
+    let e = ChatTemplate::new(&source, "<s>", "</s>").err().expect("the template does not compile");
+    assert!(e.to_string().starts_with("chat template:") && !e.to_string().contains('\n'), "{e}");
+}

@@ -93,6 +93,65 @@ fn corrupt_gguf_headers() {
     }
 }
 
+#[test]
+fn fuzzer_findings_are_one_line_errors() {
+    // tests/fixtures/regressions: inputs the fuzz targets (fuzz/) found to crash us, each now a
+    // one-line error. tokenizer-json-broken-decoder.json: the tokenizers crate panicked on it.
+    let dir = fixtures().join("regressions");
+    let tok = dir.join("tokenizer-json-broken-decoder.json");
+    let e = expect_error(&["run", "-m", fixtures().join("llama-gqa").to_str().unwrap(), "--tokenizer", tok.to_str().unwrap(), "-p", "hi"]);
+    assert!(e.contains("not a usable tokenizer.json"), "{e}");
+}
+
+/// A GGUF v3 header claiming `tensors` tensors and `kvs` metadata entries, then `rest`.
+fn gguf_header(tensors: u64, kvs: u64, rest: &[u8]) -> Vec<u8> {
+    [&b"GGUF"[..], &3u32.to_le_bytes(), &tensors.to_le_bytes(), &kvs.to_le_bytes(), rest].concat()
+}
+
+fn gguf_string(s: &str) -> Vec<u8> {
+    [&(s.len() as u64).to_le_bytes()[..], s.as_bytes()].concat()
+}
+
+#[test]
+fn absurd_sizes_in_a_gguf_file_are_refused_before_anything_is_allocated() {
+    // 2^40 tensors, 2^40 metadata entries, a 4 GB string, a 1 TB tensor, each in a file of a
+    // few dozen bytes: a one-line error at once (the test's time and memory show nothing was
+    // allocated for them: each run takes milliseconds).
+    let dir = tempdir("absurd");
+    let arch = [gguf_string("general.architecture"), 8u32.to_le_bytes().to_vec(), gguf_string("llama")].concat();
+    let huge_string = [gguf_string("general.architecture"), 8u32.to_le_bytes().to_vec(), (4u64 << 30).to_le_bytes().to_vec(), b"llama".to_vec()].concat();
+    let dims = [(1u64 << 20).to_le_bytes(), (1u64 << 18).to_le_bytes()].concat();
+    let tensor = [gguf_string("token_embd.weight"), 2u32.to_le_bytes().to_vec(), dims, 0u32.to_le_bytes().to_vec(), 0u64.to_le_bytes().to_vec()].concat();
+    let cases = [
+        ("tensors.gguf", gguf_header(1 << 40, 0, &[0; 64]), "impossible counts: 1099511627776 tensors"),
+        ("metadata.gguf", gguf_header(0, 1 << 40, &[0; 64]), "1099511627776 metadata entries"),
+        ("string.gguf", gguf_header(0, 1, &huge_string), "needs 4294967296 bytes"),
+        ("tensor.gguf", gguf_header(1, 1, &[arch, tensor, vec![0; 64]].concat()), "+1099511627776 bytes) lies past the end"),
+    ];
+    for (name, bytes, want) in cases {
+        let p = dir.join(name);
+        std::fs::write(&p, bytes).unwrap();
+        let t0 = std::time::Instant::now();
+        let e = expect_error(&["inspect", "-m", p.to_str().unwrap()]);
+        assert!(e.contains(want), "{name}: {e}");
+        assert!(t0.elapsed() < std::time::Duration::from_secs(5), "{name} took {:?}", t0.elapsed());
+    }
+    // safetensors: a header said to be 2^40 bytes long, a tensor said to span 1 TB.
+    let tensor = br#"{"model.embed_tokens.weight": {"dtype": "F32", "shape": [1048576, 262144], "data_offsets": [0, 1099511627776]}}"#;
+    let cases: [(&str, Vec<u8>, &str); 2] = [
+        ("header", [&(1u64 << 40).to_le_bytes()[..], b"{}"].concat(), "header too large"),
+        ("tensor", [&(tensor.len() as u64).to_le_bytes()[..], tensor, &[0; 16]].concat(), "not fully covered"),
+    ];
+    for (name, bytes, want) in cases {
+        let d = dir.join(format!("st-{name}"));
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::copy(fixtures().join("llama-gqa/config.json"), d.join("config.json")).unwrap();
+        std::fs::write(d.join("model.safetensors"), bytes).unwrap();
+        let e = expect_error(&["inspect", "-m", d.to_str().unwrap()]);
+        assert!(e.contains(want), "safetensors {name}: {e}");
+    }
+}
+
 /// The GQA fixture's F32 GGUF with its first tensor (token_embd, [256, 32]) retagged as ggml type
 /// `ggml_type`, written to a temp file.
 fn gguf_with_embedding_type(tag: &str, ggml_type: u32) -> PathBuf {

@@ -47,7 +47,10 @@ fn ids_of(v: &Json) -> Vec<u32> {
 impl HfTokenizer {
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let tok: tokenizers::Tokenizer = text.parse().map_err(|e| Error::corrupt(path, format!("not a usable tokenizer.json: {e}")))?;
+        // The tokenizers crate panics on some malformed files (e.g. a broken "decoder"); that is
+        // an error in the file, reported as one.
+        let parsed = crate::util::catch_panic(|| text.parse::<tokenizers::Tokenizer>()).map_err(|e| Error::corrupt(path, format!("not a usable tokenizer.json: {}", e.lines().next().unwrap_or(""))))?;
+        let tok = parsed.map_err(|e| Error::corrupt(path, format!("not a usable tokenizer.json: {e}")))?;
 
         let vocab = tok.get_vocab(true);
         let vocab_size = vocab.values().map(|&id| id as usize + 1).max().unwrap_or(0);
