@@ -4,7 +4,6 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(o) = llm_npu::server::api::parse_object(data) {
-        let _ = llm_npu::server::api::common(&o, "max_tokens");
-        let _ = llm_npu::server::api::common(&o, "max_completion_tokens");
+        let _ = llm_npu::server::api::common(&o);
     }
 });

@@ -257,14 +257,11 @@ impl SamplingArgs {
         if !self.temp.is_finite() || self.temp < 0.0 {
             bail!("--temp must be a non-negative number, got {}", self.temp);
         }
-        let tok = loaded.tokenizer.as_ref();
-        let mut stop_tokens = loaded.model.config.eos_token_ids.clone();
-        stop_tokens.extend(tok.map(|t| t.eos_ids()).unwrap_or_default());
         Ok(llm_npu::generate::GenerateOptions {
             max_new_tokens: self.n_predict,
             sampling: llm_npu::sampling::SamplingParams { temperature: self.temp, top_k: self.top_k, top_p: self.top_p, seed: self.seed },
-            stop_tokens,
-            vocab_limit: tok.map(|t| t.vocab_size()),
+            stop_tokens: loaded.stop_tokens(),
+            vocab_limit: loaded.tokenizer.as_ref().map(|t| t.vocab_size()),
         })
     }
 }

@@ -55,6 +55,14 @@ pub struct LoadedModel {
 }
 
 impl LoadedModel {
+    /// Every token id that ends generation: the config's EOS ids, then the tokenizer's EOS and
+    /// end-of-turn tokens.
+    pub fn stop_tokens(&self) -> Vec<u32> {
+        let mut ids = self.model.config.eos_token_ids.clone();
+        ids.extend(self.tokenizer.iter().flat_map(|t| t.eos_ids()));
+        ids
+    }
+
     /// The chat template ready to render (the model's own, or `source` instead), with the
     /// tokenizer's BOS and EOS strings.
     pub fn chat_template(&self, source: Option<&str>) -> Result<crate::chat::ChatTemplate> {

@@ -70,12 +70,17 @@ fn integer(o: &serde_json::Map<String, Value>, key: &'static str) -> Result<Opti
     }
 }
 
-pub fn common(o: &serde_json::Map<String, Value>, max_tokens_key: &'static str) -> Result<Common, ApiError> {
-    let max_tokens = match integer(o, max_tokens_key)?.or(if max_tokens_key == "max_completion_tokens" { None } else { integer(o, "max_completion_tokens")? }) {
-        Some(n) if n < 1 => return Err(ApiError::invalid(max_tokens_key, format!("'{max_tokens_key}' must be at least 1, got {n}"))),
-        Some(n) => Some(usize::try_from(n).unwrap_or(usize::MAX)),
-        None => None,
-    };
+/// The fields both endpoints take; the token limit as `max_completion_tokens` (OpenAI's current
+/// name) or `max_tokens`.
+pub fn common(o: &serde_json::Map<String, Value>) -> Result<Common, ApiError> {
+    let mut max_tokens = None;
+    for key in ["max_completion_tokens", "max_tokens"] {
+        match integer(o, key)? {
+            Some(n) if n < 1 => return Err(ApiError::invalid(key, format!("'{key}' must be at least 1, got {n}"))),
+            Some(n) if max_tokens.is_none() => max_tokens = Some(usize::try_from(n).unwrap_or(usize::MAX)),
+            _ => {}
+        }
+    }
     let temperature = number(o, "temperature")?.unwrap_or(1.0);
     if !(0.0..=2.0).contains(&temperature) {
         return Err(ApiError::invalid("temperature", format!("'temperature' must be between 0 and 2, got {temperature}")));

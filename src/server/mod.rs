@@ -246,8 +246,7 @@ async fn handle(state: Arc<AppState>, req: Request, chat: bool) -> std::result::
         Some(Value::String(m)) => return Err(ApiError::new(StatusCode::NOT_FOUND, "invalid_request_error", Some("model_not_found"), format!("model '{m}' does not exist; this server has '{}'", state.opts.model_id))),
         _ => return Err(ApiError::invalid("model", "'model' (a string) is required")),
     }
-    let common = api::common(&o, if chat { "max_completion_tokens" } else { "max_tokens" })?;
-    let common = if chat && common.max_tokens.is_none() { api::common(&o, "max_tokens")? } else { common };
+    let common = api::common(&o)?;
     let tok = state.loaded.tokenizer.as_ref().expect("checked at start");
     let prompt = if chat {
         let template = state.template.as_ref().ok_or_else(|| ApiError::invalid("messages", state.template_error.clone().unwrap_or_default()))?;
@@ -273,9 +272,7 @@ async fn handle(state: Arc<AppState>, req: Request, chat: bool) -> std::result::
     if max_tokens > remaining {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", Some("context_length_exceeded"), format!("{} prompt tokens + {max_tokens} to generate exceed this model's context of {context}", prompt.len())));
     }
-    let cfg = &state.loaded.model.config;
-    let mut stop_tokens = cfg.eos_token_ids.clone();
-    stop_tokens.extend(tok.eos_ids());
+    let stop_tokens = state.loaded.stop_tokens();
     let sampling = SamplingParams { temperature: common.temperature, top_k: 0, top_p: common.top_p, seed: common.seed.unwrap_or_else(|| SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)) };
     let opts = GenerateOptions { max_new_tokens: max_tokens, sampling, stop_tokens, vocab_limit: Some(tok.vocab_size()) };
     let (events, mut rx) = mpsc::channel(64);
