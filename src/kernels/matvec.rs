@@ -45,30 +45,49 @@ pub fn matmul_few_rows(w: WeightRows, n: usize, k: usize, x: &[f32], m: usize, y
         assert_eq!(w.len(), n * k);
     }
     assert_eq!(x.len(), m * k);
-    assert_eq!(y.len(), m * n);
     let level = simd_level();
+    rows_for_tokens(n, m, y, accumulate, ROWS_PER_TASK, Vec::new, |buf, r, out| {
+        let wr = w.row(r, k, buf);
+        for (o, xi) in out.iter_mut().zip(x.chunks_exact(k)) {
+            *o = dot_with(level, wr, xi);
+        }
+    });
+}
+
+/// y[i, r] (or y += that) for `m` tokens and `n` output rows, in parallel over blocks of
+/// `rows_per_task` rows: `row(state, r, out)` fills out[i] for every token i from weight row r
+/// (`state` is per task: a decode buffer, say), so each weight row is read once for all tokens.
+/// One token writes y directly; several go through a buffer in row order, scattered after.
+pub(crate) fn rows_for_tokens<S>(
+    n: usize,
+    m: usize,
+    y: &mut [f32],
+    accumulate: bool,
+    rows_per_task: usize,
+    init: impl Fn() -> S + Sync + Send,
+    row: impl Fn(&mut S, usize, &mut [f32]) + Sync + Send,
+) {
+    assert_eq!(y.len(), m * n);
+    let write = |out: &mut f32, v: f32| *out = if accumulate { *out + v } else { v };
     if m == 1 {
-        y.par_chunks_mut(ROWS_PER_TASK).enumerate().for_each_init(Vec::new, |buf, (t, ys)| {
-            for (i, yi) in ys.iter_mut().enumerate() {
-                let d = dot_with(level, w.row(t * ROWS_PER_TASK + i, k, buf), x);
-                *yi = if accumulate { *yi + d } else { d };
+        y.par_chunks_mut(rows_per_task).enumerate().for_each_init(init, |state, (t, ys)| {
+            for (i, out) in ys.iter_mut().enumerate() {
+                let mut v = [0f32];
+                row(state, t * rows_per_task + i, &mut v);
+                write(out, v[0]);
             }
         });
         return;
     }
     let mut yt = vec![0f32; n * m];
-    yt.par_chunks_mut(ROWS_PER_TASK * m).enumerate().for_each_init(Vec::new, |buf, (t, ys)| {
-        let r0 = t * ROWS_PER_TASK;
+    yt.par_chunks_mut(rows_per_task * m).enumerate().for_each_init(init, |state, (t, ys)| {
         for (j, yr) in ys.chunks_exact_mut(m).enumerate() {
-            let wr = w.row(r0 + j, k, buf);
-            for (i, out) in yr.iter_mut().enumerate() {
-                *out = dot_with(level, wr, &x[i * k..(i + 1) * k]);
-            }
+            row(state, t * rows_per_task + j, yr);
         }
     });
     for (r, col) in yt.chunks_exact(m).enumerate() {
         for (i, &v) in col.iter().enumerate() {
-            y[i * n + r] = if accumulate { y[i * n + r] + v } else { v };
+            write(&mut y[i * n + r], v);
         }
     }
 }

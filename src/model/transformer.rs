@@ -511,14 +511,12 @@ impl Transformer {
         let hd = c.head_dim;
         let Scratch { q, k, v, attn, .. } = &mut st.scratch;
         if let Some((qn, kn)) = &self.layers[li].self_attn.qk_norm {
-            // Each head's vector is normalized on its own: rows of head_dim.
+            // Each head's vector is normalized on its own (rows of head_dim), through `attn`,
+            // which attention only writes below.
             for (x, norm) in [(&mut *q, qn), (&mut *k, kn)] {
-                let normed = {
-                    let mut out = vec![0f32; x.len()];
-                    norm.forward(x, &mut out);
-                    out
-                };
-                x.copy_from_slice(&normed);
+                let tmp = &mut attn[..x.len()];
+                norm.forward(x, tmp);
+                x.copy_from_slice(tmp);
             }
         }
         let (cos, sin) = match &st.local_rope {

@@ -267,31 +267,13 @@ fn matmul_quantized(lvl: QdotLevel, w: Encoded, acts: &[QuantizedActs], y: &mut 
         // SAFETY: the level's features are present and the formats and shapes were checked.
         return unsafe { gemm::matmul(w, acts, y, accumulate) };
     }
-    // SAFETY (row_dot_checked below): checked just above, and `lvl` at the top.
-    let dot = |row: &[u8], a: &QuantizedActs| unsafe { row_dot_checked(lvl, w.dtype, row, a) };
-    let write = |out: &mut f32, d: f32| *out = if accumulate { *out + d } else { d };
-    if m == 1 {
-        y.par_chunks_mut(ROWS_PER_TASK).enumerate().for_each(|(t, ys)| {
-            for (i, out) in ys.iter_mut().enumerate() {
-                write(out, dot(w.row(t * ROWS_PER_TASK + i), &acts[0]));
-            }
-        });
-        return;
-    }
-    let mut yt = vec![0f32; n * m];
-    yt.par_chunks_mut(ROWS_PER_TASK * m).enumerate().for_each(|(t, ys)| {
-        for (j, yr) in ys.chunks_exact_mut(m).enumerate() {
-            let row = w.row(t * ROWS_PER_TASK + j);
-            for (out, a) in yr.iter_mut().zip(acts) {
-                *out = dot(row, a);
-            }
+    super::matvec::rows_for_tokens(n, m, y, accumulate, ROWS_PER_TASK, || (), |_, r, out| {
+        let row = w.row(r);
+        for (o, a) in out.iter_mut().zip(acts) {
+            // SAFETY: checked above, and `lvl` at the top.
+            *o = unsafe { row_dot_checked(lvl, w.dtype, row, a) };
         }
     });
-    for (r, col) in yt.chunks_exact(m).enumerate() {
-        for (i, &v) in col.iter().enumerate() {
-            write(&mut y[i * n + r], v);
-        }
-    }
 }
 
 /// outs[i] = x . ws[i]^T for weights reading the same input (q/k/v, gate/up): the input is
