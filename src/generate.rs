@@ -63,7 +63,8 @@ fn check_prompt(prompt: &[u32], ctx: usize) -> Result<()> {
 
 /// A conversation kept in a KV cache: each turn passes the whole token sequence so far (the
 /// chat template rendered again), and only what follows the longest prefix the cache already
-/// holds is prefilled. The cache holds the model's full context.
+/// holds is prefilled. The cache takes the model's full context (sliding-window layers hold
+/// only their window).
 pub struct Session {
     cache: KvCache,
     /// The tokens whose keys and values the cache holds, in order.
@@ -75,7 +76,12 @@ pub struct Session {
 impl Session {
     pub fn new(backend: &dyn Engine) -> Session {
         let m = backend.model();
-        Session { cache: m.new_cache(m.config.max_seq_len), tokens: Vec::new(), last: None }
+        Session::with_cache(m.new_cache(m.config.max_seq_len))
+    }
+
+    /// A session over a cache of the caller's making (an empty one).
+    pub fn with_cache(cache: KvCache) -> Session {
+        Session { cache, tokens: Vec::new(), last: None }
     }
 
     /// The stats of the last generation, including one its callback stopped with an error.
@@ -92,9 +98,13 @@ impl Session {
         self.tokens.is_empty()
     }
 
-    /// How many leading tokens of `prompt` this session holds already.
+    /// How many leading tokens of `prompt` a `generate` with it would not recompute: the prefix
+    /// it shares with what the session holds, except the prompt's last token (always run again:
+    /// its logits start the reply), and 0 when a sliding-window layer has dropped keys that
+    /// the next position needs.
     pub fn shared_prefix(&self, prompt: &[u32]) -> usize {
-        self.tokens.iter().zip(prompt).take_while(|(a, b)| a == b).count()
+        let shared = self.tokens.iter().zip(prompt).take_while(|(a, b)| a == b).count();
+        self.cache.resumable(shared.min(prompt.len().saturating_sub(1)))
     }
 
     /// Bytes its KV cache takes.
@@ -114,10 +124,8 @@ impl Session {
     /// the session keeps everything computed so far.
     pub fn generate(&mut self, backend: &dyn Engine, prompt: &[u32], opts: &GenerateOptions, on_token: impl FnMut(u32) -> Result<()>) -> Result<GenerationStats> {
         check_prompt(prompt, self.cache.capacity())?;
-        // At least the prompt's last token is run again: its logits start the reply.
-        let shared = self.shared_prefix(prompt).min(prompt.len() - 1);
+        let shared = self.cache.truncate(self.shared_prefix(prompt));
         self.tokens.truncate(shared);
-        self.cache.truncate(shared);
         self.continue_with(backend, &prompt[shared..], shared, opts, on_token)
     }
 

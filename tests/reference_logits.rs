@@ -266,3 +266,66 @@ fn chunked_f32_prefill_reproduces_the_unchunked_logits() {
         }
     }
 }
+
+#[test]
+fn windowed_layers_keep_only_their_window_and_give_the_same_logits() {
+    // Sliding-window layers hold window - 1 + room positions and move the live ones to the
+    // front when a chunk does not fit (chunks bigger than the room grow the buffers): the logits
+    // of the 300-token input (19 windows) still match transformers at every position.
+    for name in ["families/mistral-window16", "families/gemma2-softcap-window", "families/gemma3-local-global"] {
+        let path = fixtures().join(name);
+        let tokens = ids(&reference(name), "long_ids");
+        let loaded = model::load(&path, &LoadOptions::default()).unwrap();
+        let full_bytes = {
+            let c = &loaded.model.config;
+            c.num_layers * 2 * c.kv_dim() * tokens.len().next_multiple_of(16) * 4
+        };
+        for (room, chunk) in [(1, 1), (8, 7), (8, 64), (40, 33)] {
+            let mut cache = loaded.model.new_cache_with_room(tokens.len(), room);
+            let logits = llm_npu::prefill::prefill_chunked(&loaded.model, &tokens, &mut cache, chunk, Logits::All).unwrap();
+            let d = max_abs_diff(&logits, &path.join("ref_logits_long.npy"), tokens.len());
+            eprintln!("{name} room {room} chunk {chunk}: {d:.2e}, cache {} of {full_bytes} bytes", cache.memory_bytes());
+            assert!(d <= TOL, "{name} room {room} chunk {chunk}: {d}");
+            if name.contains("mistral") {
+                // Every layer is windowed: 16 - 1 + max(room, chunk) positions, rounded to 16.
+                assert!(cache.memory_bytes() * 3 <= full_bytes, "{} of {full_bytes}", cache.memory_bytes());
+            }
+        }
+    }
+}
+
+#[test]
+fn a_session_resumes_only_where_the_window_still_holds_what_it_needs() {
+    use llm_npu::generate::Session;
+    let name = "families/mistral-window16";
+    let loaded = std::sync::Arc::new(model::load(&fixtures().join(name), &LoadOptions::default()).unwrap());
+    let engine = llm_npu::engine::F32Engine::new(loaded.clone(), None);
+    let tokens = ids(&reference(name), "long_ids");
+    let opts = GenerateOptions { max_new_tokens: 4, sampling: SamplingParams { temperature: 0.0, ..Default::default() }, stop_tokens: vec![], vocab_limit: None };
+    let reply = |session: &mut Session, prompt: &[u32]| {
+        let mut got = Vec::new();
+        let stats = session.generate(&engine, prompt, &opts, |t| {
+            got.push(t);
+            Ok(())
+        });
+        (got, stats.unwrap().cached_tokens)
+    };
+    // A window of 16 and room for 32 more: the cache's front moves every 32 tokens.
+    let new_session = || Session::with_cache(loaded.model.new_cache_with_room(loaded.model.config.max_seq_len, 32));
+    let mut session = new_session();
+    let (first, _) = reply(&mut session, &tokens);
+    let mut longer = tokens.clone();
+    longer.extend(&first);
+    longer.extend(&tokens[..100]);
+    // Extending the conversation reuses everything held.
+    let (second, cached) = reply(&mut session, &longer);
+    assert_eq!(cached, tokens.len() + first.len() - 1);
+    assert_eq!(second, reply(&mut new_session(), &longer).0);
+    // Going back to the first 100 tokens: the window's front has moved past them, so nothing
+    // is reused, and the reply is what a fresh session gives.
+    let back = &tokens[..100];
+    let (again, cached) = reply(&mut session, back);
+    assert_eq!(cached, 0);
+    let (fresh, _) = reply(&mut new_session(), back);
+    assert_eq!(again, fresh);
+}

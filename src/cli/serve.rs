@@ -65,8 +65,8 @@ pub fn run(a: ServeArgs) -> Result<()> {
         },
     };
     let engine_opts = a.model.engine_options_for(a.model.backend)?;
-    let c = &loaded.model.config;
-    let slot_mib = (c.num_layers * 2 * c.kv_dim() * c.max_seq_len.next_multiple_of(16) * 4) as f64 / (1 << 20) as f64;
+    // (An unused cache's buffers are zeroed pages the OS has not handed out yet: free to size.)
+    let slot_mib = loaded.model.new_cache(loaded.model.config.max_seq_len).memory_bytes() as f64 / (1 << 20) as f64;
     let cache = format!("prompt cache: up to {} KV caches of {slot_mib:.1} MiB", a.cache_slots);
     server::serve(loaded, engine_opts, opts, &Bar::default(), |addr| {
         eprintln!("serving '{model_id}' on http://{addr} (OpenAI API: /v1/chat/completions, /v1/completions, /v1/models; /health); {cache}; Ctrl-C stops");

@@ -189,8 +189,11 @@ pub struct AttnShape {
     pub head_dim: usize,
     /// Position of the first query token (number of cached tokens before this batch).
     pub pos0: usize,
-    /// Positions per KV head in the cache buffers: a multiple of 16, >= pos0 + tokens.
+    /// Slots per KV head in the cache buffers: a multiple of 16, >= pos0 + tokens - kv_base.
     pub kv_stride: usize,
+    /// The position held in slot 0 (a windowed layer's cache drops what no query sees); every
+    /// position a query of this batch sees is held.
+    pub kv_base: usize,
     /// Sliding-window attention: a query at position p sees keys p + 1 - window ..= p only.
     pub window: Option<usize>,
     /// Scores are q.k times this (usually 1 / sqrt(head_dim)).
@@ -201,8 +204,8 @@ pub struct AttnShape {
 
 /// Causal grouped-query attention of `q` ([tokens][n_heads * head_dim]) over the cache into `out`:
 /// `k_cache` is [n_kv_heads][head_dim][kv_stride] (transposed), `v_cache` [n_kv_heads][kv_stride]
-/// [head_dim], both valid up to pos0 + tokens. Query token t sees keys 0..=pos0 + t (the last
-/// `window` of them with a sliding window).
+/// [head_dim], slot i holding position kv_base + i, valid up to pos0 + tokens. Query token t sees
+/// keys 0..=pos0 + t (the last `window` of them with a sliding window).
 /// Threads split the query tokens.
 pub fn causal_attention(q: &[f32], k_cache: &[f32], v_cache: &[f32], s: AttnShape, out: &mut [f32]) {
     let row = s.n_heads * s.head_dim;
@@ -246,8 +249,10 @@ fn attend_row<const FMA: bool>(q: &[f32], k_cache: &[f32], v_cache: &[f32], s: A
     let (hd, stride) = (s.head_dim, s.kv_stride);
     debug_assert_eq!(stride % LANES, 0);
     let group = s.n_heads / s.n_kv_heads;
-    let n_keys = s.pos0 + t + 1;
-    let first = s.window.map_or(0, |w| n_keys.saturating_sub(w));
+    // Slots of the keys this query sees: first..n_keys.
+    let n_keys = s.pos0 + t + 1 - s.kv_base;
+    let first = s.window.map_or(0, |w| (s.pos0 + t + 1).saturating_sub(w).saturating_sub(s.kv_base));
+    debug_assert!(s.window.is_none_or(|w| s.kv_base <= (s.pos0 + t + 1).saturating_sub(w)) && (s.kv_base == 0 || s.window.is_some()));
     let padded = n_keys.next_multiple_of(LANES);
     scores.resize(HEADS_PER_TILE * padded, 0.0);
     let g = Group { hd, stride, n_keys, first, padded, scale: s.scale, softcap: s.softcap };
@@ -275,8 +280,8 @@ struct Group {
     hd: usize,
     stride: usize,
     n_keys: usize,
-    /// First key in the window: earlier ones get probability 0 (their scores are computed with
-    /// the others' and dropped; multiplying a value by 0 adds exactly nothing).
+    /// First key in the window: earlier ones get probability 0 (and are skipped: the scores
+    /// start at its 16-key block, the weighted sum at it).
     first: usize,
     /// n_keys rounded up to whole 16-key blocks: the row length of the score buffer
     padded: usize,
@@ -291,7 +296,7 @@ impl Group {
         let (hd, padded) = (self.hd, self.padded);
         let qs = &q[h0 * hd..(h0 + H) * hd];
         let key_blocks = padded / LANES;
-        let mut jb = 0;
+        let mut jb = self.first / LANES;
         while jb + 4 <= key_blocks {
             self.scores::<H, 4, FMA>(qs, kt, jb, scores);
             jb += 4;
@@ -318,9 +323,9 @@ impl Group {
             db += 1;
         }
         for i in 0..H {
-            let probs = &scores[i * padded..i * padded + self.n_keys];
+            let probs = &scores[i * padded + self.first..i * padded + self.n_keys];
             for d in dim_blocks * LANES..hd {
-                out[(h0 + i) * hd + d] = probs.iter().zip(vh.chunks_exact(hd)).map(|(&p, vj)| p * vj[d]).sum();
+                out[(h0 + i) * hd + d] = probs.iter().zip(vh[self.first * hd..].chunks_exact(hd)).map(|(&p, vj)| p * vj[d]).sum();
             }
         }
     }
@@ -397,7 +402,7 @@ impl Group {
     #[inline(always)]
     fn values<const H: usize, const D: usize, const FMA: bool>(&self, probs: &[f32], vh: &[f32], db: usize, out: &mut [f32]) {
         let mut acc = [[[0f32; LANES]; D]; H];
-        for (j, vj) in vh.chunks_exact(self.hd).enumerate() {
+        for (j, vj) in vh.chunks_exact(self.hd).enumerate().skip(self.first) {
             let v: [&[f32; LANES]; D] = std::array::from_fn(|c| vj[(db + c) * LANES..(db + c + 1) * LANES].try_into().unwrap());
             for (i, acc_i) in acc.iter_mut().enumerate() {
                 let p = probs[i * self.padded + j];
@@ -524,8 +529,9 @@ mod tests {
     fn attention_by_definition(q: &[f32], k: &[f32], v: &[f32], s: AttnShape, t: usize) -> Vec<f32> {
         let (hd, st) = (s.head_dim, s.kv_stride);
         let group = s.n_heads / s.n_kv_heads;
-        let n = s.pos0 + t + 1;
-        let first = s.window.map_or(0, |w| n.saturating_sub(w));
+        // Slots, as in the kernel: slot j holds position kv_base + j.
+        let n = s.pos0 + t + 1 - s.kv_base;
+        let first = s.window.map_or(0, |w| (s.pos0 + t + 1).saturating_sub(w) - s.kv_base);
         let mut out = vec![0f32; s.n_heads * hd];
         for h in 0..s.n_heads {
             let kvh = h / group;
@@ -550,12 +556,13 @@ mod tests {
         let val = |i: usize| ((i * 7919 % 1000) as f32 / 500.0) - 1.0;
         // Groups of 2 (one head at a time) and 5 (a tile of four plus one), head_dim with a tail.
         // And sliding windows shorter than, equal to and within a key block of the keys seen.
-        for ((n_heads, n_kv_heads, hd), window) in [((4, 2, 24), None), ((10, 2, 72), None), ((8, 8, 16), None), ((4, 2, 24), Some(5)), ((10, 2, 72), Some(17)), ((8, 8, 16), Some(1))] {
-        let s = AttnShape { n_heads, n_kv_heads, head_dim: hd, pos0: 3, kv_stride: 48, window, scale: 1.0 / (hd as f32).sqrt(), softcap: window.map(|_| 1.5) };
+        // A windowed cache whose slot 0 holds a later position (kv_base) too.
+        for ((n_heads, n_kv_heads, hd), window, pos0, kv_base) in [((4, 2, 24), None, 3, 0), ((10, 2, 72), None, 3, 0), ((8, 8, 16), None, 3, 0), ((4, 2, 24), Some(5), 3, 0), ((10, 2, 72), Some(17), 3, 0), ((8, 8, 16), Some(1), 3, 0), ((10, 2, 72), Some(17), 30, 14), ((4, 2, 24), Some(5), 20, 16)] {
+        let s = AttnShape { n_heads, n_kv_heads, head_dim: hd, pos0, kv_stride: 48, kv_base, window, scale: 1.0 / (hd as f32).sqrt(), softcap: window.map(|_| 1.5) };
         let k: Vec<f32> = (0..n_kv_heads * 48 * hd).map(val).collect();
         let v: Vec<f32> = (0..n_kv_heads * 48 * hd).map(|i| val(i + 13)).collect();
         let q: Vec<f32> = (0..n_heads * hd).map(|i| val(i + 101)).collect();
-        for t in 0..40 {
+        for t in 0..(48 + kv_base - pos0).min(40) {
             let (mut a, mut b) = (vec![0f32; n_heads * hd], vec![0f32; n_heads * hd]);
             let (mut sa, mut sb) = (Vec::new(), Vec::new());
             unsafe { attend_row_avx512(&q, &k, &v, s, t, &mut sa, &mut a) };

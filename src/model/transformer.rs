@@ -9,7 +9,7 @@ use crate::tensor::Tensor;
 use crate::util::Progress;
 
 use super::config::ModelConfig;
-use super::kv_cache::{KvCache, Scratch};
+use super::kv_cache::{self, KvCache, Scratch};
 use super::linear_group::LinearGroup;
 use super::weights::Weights;
 
@@ -367,8 +367,17 @@ impl Transformer {
         self.weight_memory_bytes() - table
     }
 
+    /// A KV cache for `capacity` positions (sliding-window layers hold only their window).
     pub fn new_cache(&self, capacity: usize) -> KvCache {
-        KvCache::new(self.config.num_layers, self.config.num_kv_heads, self.config.head_dim, capacity)
+        self.new_cache_with_room(capacity, kv_cache::CHUNK_ROOM)
+    }
+
+    /// `new_cache` whose windowed layers make room for chunks of `chunk_room` tokens beyond
+    /// the window (bigger chunks grow them).
+    pub fn new_cache_with_room(&self, capacity: usize, chunk_room: usize) -> KvCache {
+        let c = &self.config;
+        let windows: Vec<Option<usize>> = (0..c.num_layers).map(|l| c.features.window(l)).collect();
+        KvCache::new(c.num_kv_heads, c.head_dim, capacity, &windows, chunk_room)
     }
 
     /// Looks up token embeddings, rejecting ids outside the vocabulary.
@@ -448,14 +457,23 @@ impl Transformer {
     }
 
     /// The decoder layers: hidden states [tokens][hidden] after the last layer (before the final norm).
-    pub fn hidden_states(&self, exec: &dyn LinearExecutor, tokens: &[u32], cache: &mut KvCache, observer: Option<&mut dyn ActivationObserver>) -> Result<Vec<f32>> {
+    /// A model with sliding-window layers runs long inputs in chunks of `kv_cache::CHUNK_ROOM`
+    /// (the same result) so its cache stays the size of the window.
+    pub fn hidden_states(&self, exec: &dyn LinearExecutor, tokens: &[u32], cache: &mut KvCache, mut observer: Option<&mut dyn ActivationObserver>) -> Result<Vec<f32>> {
         let pass_end = cache.len() + tokens.len();
-        self.hidden_states_in_pass(exec, tokens, cache, observer, pass_end)
+        if self.config.features.sliding_window.is_none() || tokens.len() <= kv_cache::CHUNK_ROOM {
+            return self.hidden_states_in_pass(exec, tokens, cache, observer, pass_end);
+        }
+        let mut x = Vec::with_capacity(tokens.len() * self.config.hidden_size);
+        for chunk in tokens.chunks(kv_cache::CHUNK_ROOM) {
+            x.extend(self.hidden_states_in_pass(exec, chunk, cache, observer.as_deref_mut(), pass_end)?);
+        }
+        Ok(x)
     }
 
     /// `hidden_states` for one chunk of a forward pass that ends at position `pass_end` (a
     /// chunked prefill): position-dependent choices (LongRoPE's frequencies) follow the pass.
-    pub fn hidden_states_in_pass(&self, exec: &dyn LinearExecutor, tokens: &[u32], cache: &mut KvCache, mut observer: Option<&mut dyn ActivationObserver>, pass_end: usize) -> Result<Vec<f32>> {
+    pub fn hidden_states_in_pass<'o>(&self, exec: &dyn LinearExecutor, tokens: &[u32], cache: &mut KvCache, mut observer: Option<&mut (dyn ActivationObserver + 'o)>, pass_end: usize) -> Result<Vec<f32>> {
         let scratch = std::mem::take(&mut cache.scratch);
         let mut chunk = self.start_chunk(tokens, cache.len(), cache.capacity(), pass_end, scratch)?;
         for layer in 0..self.layers.len() {
@@ -526,11 +544,11 @@ impl Transformer {
         ops::apply_rope(q, hd, c.rope.style, cos, sin, hd / 2);
         ops::apply_rope(k, hd, c.rope.style, cos, sin, hd / 2);
         cache.append(li, st.pos0, k, v);
-        let (kc, vc) = cache.layer(li);
+        let kv = cache.layer(li);
         let f = &c.features;
         let scale = f.attn_scale.unwrap_or(1.0 / (hd as f32).sqrt());
-        let shape = ops::AttnShape { n_heads: c.num_heads, n_kv_heads: c.num_kv_heads, head_dim: hd, pos0: st.pos0, kv_stride: cache.stride(), window: f.window(li), scale, softcap: f.attn_softcap };
-        ops::causal_attention(q, kc, vc, shape, attn);
+        let shape = ops::AttnShape { n_heads: c.num_heads, n_kv_heads: c.num_kv_heads, head_dim: hd, pos0: st.pos0, kv_stride: kv.stride, kv_base: kv.base, window: f.window(li), scale, softcap: f.attn_softcap };
+        ops::causal_attention(q, kv.k, kv.v, shape, attn);
         if let Some(o) = observer {
             o.observe(li, LinearGroup::O, attn, c.q_dim());
         }
