@@ -125,7 +125,8 @@ fn greedy_continuation_matches_transformers_generate() {
 
 #[test]
 fn each_familys_gguf_file_computes_what_its_hf_folder_does() {
-    // Qwen3's q/k norm tensors under llama.cpp's names; Gemma's norms stored as 1 + w.
+    // The committed ones (tools/oracle/hf_to_family_gguf.py): Qwen3's q/k norm tensors under
+    // llama.cpp's names; Gemma's norms stored as 1 + w.
     for name in &FAMILIES[..2] {
         let r = reference(name);
         let gguf = fixtures().join(format!("{name}.gguf"));
@@ -135,6 +136,54 @@ fn each_familys_gguf_file_computes_what_its_hf_folder_does() {
             eprintln!("{name}.gguf {input}: max |logit - HF| = {d:.2e}");
             assert!(d <= TOL, "{name}.gguf {input}: {d}");
         }
+    }
+}
+
+/// `folder` converted to GGUF by tools/oracle/hf_to_family_gguf.py (the gguf package's names
+/// and llama.cpp's converter's metadata) with the Python in LLM_NPU_GGUF_PYTHON; None (and a
+/// loud SKIPPED) without one.
+fn converted_to_gguf(folder: &Path, out: &Path, test: &str) -> Option<PathBuf> {
+    let Some(python) = std::env::var_os("LLM_NPU_GGUF_PYTHON") else {
+        eprintln!("\n!!!!!!!! SKIPPED: LLM_NPU_GGUF_PYTHON is not set (a python with `pip install gguf safetensors`; .ci/run sets it); test `{test}` did not run !!!!!!!!\n");
+        return None;
+    };
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/oracle/hf_to_family_gguf.py");
+    let st = std::process::Command::new(python).arg(script).arg(folder).arg(out).status().unwrap();
+    assert!(st.success(), "converting {} failed", folder.display());
+    Some(out.to_path_buf())
+}
+
+#[test]
+fn gguf_files_of_gemma2_gemma3_and_phi3_compute_what_their_hf_folders_do() {
+    // llama.cpp keeps no query scale in Gemma GGUFs: it uses 1/sqrt(head_dim) (1/sqrt(hidden /
+    // heads) for the 27B models), which is what the released models' query_pre_attn_scalar
+    // says. The fixtures use another scalar (24) to test that path, so their GGUF is made from a
+    // copy with the scalar the file implies, and compared with that copy; Phi-3 (fused
+    // attn_qkv, double-width ffn_up, LongRoPE factor tensors) against transformers directly.
+    for name in ["families/gemma2-softcap-window", "families/gemma3-local-global", "families/phi3-fused-longrope"] {
+        let dir = tempdir(&name.replace('/', "-"));
+        let src = fixtures().join(name);
+        let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+        let as_llama_cpp = cfg.get("query_pre_attn_scalar").is_some();
+        if as_llama_cpp {
+            cfg["query_pre_attn_scalar"] = cfg["head_dim"].clone();
+        }
+        std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
+        std::fs::copy(src.join("model.safetensors"), dir.join("model.safetensors")).unwrap();
+        let Some(gguf) = converted_to_gguf(&dir, &dir.join("model.gguf"), "gguf_files_of_gemma2_gemma3_and_phi3_compute_what_their_hf_folders_do") else { return };
+        let r = reference(name);
+        for input in ["short", "long"] {
+            let tokens = ids(&r, &format!("{input}_ids"));
+            let from_gguf = all_logits(&gguf, &tokens);
+            let d = if as_llama_cpp {
+                common::max_abs_diff(&from_gguf, &all_logits(&dir, &tokens))
+            } else {
+                max_abs_diff(&from_gguf, &src.join(format!("ref_logits_{input}.npy")), tokens.len())
+            };
+            eprintln!("{name} GGUF {input}: max |logit difference| = {d:.2e}");
+            assert!(d <= TOL, "{name} GGUF {input}: {d}");
+        }
+        std::fs::remove_dir_all(dir).ok();
     }
 }
 

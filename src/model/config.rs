@@ -42,6 +42,11 @@ pub struct RopeConfig {
 }
 
 impl RopeConfig {
+    /// Plain RoPE of base `theta`: no scaling, no stored factors.
+    pub fn plain(theta: f32, style: RopeStyle) -> RopeConfig {
+        RopeConfig { theta, style, llama3: None, freq_factors: None, linear_factor: None, longrope: None }
+    }
+
     /// Inverse frequencies for `half` rotated pairs, computed in f32 like Hugging Face does;
     /// `long`: LongRoPE's set for passes beyond the original context.
     pub fn inv_freq(&self, head_dim: usize, long: bool) -> Vec<f32> {
@@ -212,7 +217,7 @@ mod tests {
 
     #[test]
     fn linear_rope_scaling_divides_every_frequency() {
-        let base = RopeConfig { theta: 10000.0, style: RopeStyle::Neox, llama3: None, freq_factors: None, linear_factor: None, longrope: None };
+        let base = RopeConfig::plain(10000.0, RopeStyle::Neox);
         let linear = RopeConfig { linear_factor: Some(4.0), ..base.clone() };
         for (a, b) in base.inv_freq(64, false).iter().zip(linear.inv_freq(64, false)) {
             assert_eq!(a / 4.0, b);
@@ -315,7 +320,7 @@ impl HfConfig {
         if let Some(local) = self.get("rope_parameters").and_then(|p| p.get("sliding_attention")) {
             return self.rope_from(Some(local), "rope_parameters.sliding_attention", 10000.0, style).map(Some);
         }
-        Ok(self.opt_f32("rope_local_base_freq")?.map(|theta| RopeConfig { theta, style, llama3: None, freq_factors: None, linear_factor: None, longrope: None }))
+        Ok(self.opt_f32("rope_local_base_freq")?.map(|theta| RopeConfig::plain(theta, style)))
     }
 
     fn rope_from(&self, params: Option<&Json>, key: &str, default_theta: f32, style: RopeStyle) -> Result<RopeConfig> {
@@ -419,6 +424,42 @@ impl GgufMeta<'_> {
             None | Some("none") => Ok(None),
             Some("linear") => Ok(Some(self.opt_f32("rope.scaling.factor")?.ok_or_else(|| Error::field(&self.file.path, self.key("rope.scaling.factor"), "missing"))?)),
             Some(other) => Err(Error::field(&self.file.path, key, format!("'{other}' is not supported (supported: none, linear)"))),
+        }
+    }
+
+    /// Which layers are local (sliding-window), as llama.cpp reads them:
+    /// `attention.sliding_window_pattern` as one bool per layer, or as n (every n-th layer
+    /// global, the others local), else `default_n`.
+    pub fn window_layers(&self, num_layers: usize, default_n: usize) -> Result<Vec<bool>> {
+        let key = self.key("attention.sliding_window_pattern");
+        let n = match self.file.get(&key) {
+            Some(Value::Array(a)) => {
+                let flags: Option<Vec<bool>> = a.iter().map(Value::as_bool).collect();
+                return match flags {
+                    Some(f) if f.len() == num_layers => Ok(f),
+                    _ => Err(Error::field(&self.file.path, key, format!("expected {num_layers} booleans (one per layer)"))),
+                };
+            }
+            Some(_) => self.opt_usize("attention.sliding_window_pattern")?.unwrap_or(default_n),
+            None => default_n,
+        };
+        // llama.cpp's set_swa_pattern: layer i is local when i % n < n - 1 (n = 0 or 1: none).
+        Ok((0..num_layers).map(|i| n > 1 && i % n < n - 1).collect())
+    }
+
+    /// Gemma 2/3's query scaling as llama.cpp computes it (the GGUF stores none):
+    /// 1 / sqrt(hidden / heads) for the 27B models (their `query_pre_attn_scalar`), else
+    /// 1 / sqrt(head_dim); the 27B models are known by their layer count.
+    pub fn gemma_attn_scale(&self, c: &ModelConfig, layers_of_27b: usize) -> f32 {
+        let d = if c.num_layers == layers_of_27b { c.hidden_size / c.num_heads.max(1) } else { c.head_dim };
+        1.0 / (d as f32).sqrt()
+    }
+
+    /// An f32 vector stored as a tensor (Phi-3's `rope_factors_long.weight`), if present.
+    pub fn opt_f32_tensor(&self, name: &str) -> Result<Option<Vec<f32>>> {
+        match self.file.tensor_info(name) {
+            Some(_) => Ok(Some(self.file.tensor(name)?.data().to_vec())),
+            None => Ok(None),
         }
     }
 

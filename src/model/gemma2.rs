@@ -1,17 +1,18 @@
 //! The Gemma 2 family: Gemma's GeGLU, 1 + w norms and embedding scale, plus soft-capping of
 //! attention scores and final logits, norms after attention and after the MLP as well as before,
 //! query scaling from `query_pre_attn_scalar`, and layers alternating a sliding window with global
-//! attention (`layer_types`). Hugging Face `Gemma2ForCausalLM`. (llama.cpp's "gemma2" GGUF,
-//! whose norm names differ, is not read yet.)
+//! attention (`layer_types`). Hugging Face `Gemma2ForCausalLM`; GGUF "gemma2" (norms stored as
+//! 1 + w, the attention scale derived as llama.cpp does).
 
-use super::config::{hf_common, GgufMeta, HfConfig, ModelConfig};
+use super::config::{hf_common, GgufMeta, HfConfig, ModelConfig, RopeConfig};
 use super::{gemma, Family};
 use crate::error::{Error, Result};
+use crate::kernels::ops::RopeStyle;
 
 pub static FAMILY: Family = Family {
     name: "gemma2",
     hf_model_types: &["gemma2"],
-    gguf_archs: &[],
+    gguf_archs: &["gemma2"],
     from_hf,
     from_gguf,
 };
@@ -47,5 +48,30 @@ pub(super) fn layer_features(c: &HfConfig, m: &mut ModelConfig, default_local: i
 }
 
 fn from_gguf(m: &GgufMeta) -> Result<ModelConfig> {
-    Err(Error::field(&m.file.path, "general.architecture", "gemma2 GGUF files are not supported yet (its Hugging Face folders are)"))
+    let mut c = gemma::with_features(m.common(FAMILY.name, RopeStyle::Neox, false)?, 0.0);
+    gguf_layer_features(m, &mut c, 2, 46)?;
+    c.features.attn_softcap = m.opt_f32("attn_logit_softcapping")?;
+    // llama.cpp's default window for Gemma 2 when the file gives none.
+    c.features.sliding_window = Some(m.opt_usize("attention.sliding_window")?.unwrap_or(4096));
+    Ok(c)
+}
+
+/// Gemma 2's layer from GGUF metadata, which Gemma 3 builds on: norms around attention and the
+/// MLP, the attention scale, final soft-capping, local layers from the window pattern
+/// (`default_pattern`: every n-th layer global) with `rope.freq_base_swa` as their RoPE base.
+pub(super) fn gguf_layer_features(m: &GgufMeta, c: &mut ModelConfig, default_pattern: usize, layers_of_27b: usize) -> Result<()> {
+    c.features.attn_scale = Some(m.gemma_attn_scale(c, layers_of_27b));
+    let f = &mut c.features;
+    f.sandwich_norms = true;
+    f.final_softcap = m.opt_f32("final_logit_softcapping")?;
+    f.window_layers = Some(m.window_layers(c.num_layers, default_pattern)?);
+    if let Some(theta) = m.opt_f32("rope.freq_base_swa")? {
+        f.local_rope = Some(RopeConfig::plain(theta, RopeStyle::Neox));
+    }
+    for (key, cap) in [("attn_logit_softcapping", f.attn_softcap), ("final_logit_softcapping", f.final_softcap)] {
+        if cap.is_some_and(|cap| !(cap > 0.0)) {
+            return Err(Error::field(&m.file.path, format!("{}.{key}", m.arch), "soft-capping must be positive"));
+        }
+    }
+    Ok(())
 }

@@ -3,9 +3,9 @@
 //! soft-capping, local layers with a sliding window and a RoPE of their own alternating with
 //! global ones (`layer_types`, 5:1 in the released models; global RoPE with its own base and
 //! scaling). Hugging Face `Gemma3ForCausalLM` (`gemma3_text`; the multimodal `gemma3` checkpoints'
-//! text model is not read). (llama.cpp's "gemma3" GGUF is not read yet.)
+//! text model is not read); GGUF "gemma3".
 
-use super::config::{hf_common, GgufMeta, HfConfig, ModelConfig};
+use super::config::{hf_common, GgufMeta, HfConfig, ModelConfig, RopeConfig};
 use super::{gemma, gemma2, Family};
 use crate::error::{Error, Result};
 use crate::kernels::ops::RopeStyle;
@@ -13,7 +13,7 @@ use crate::kernels::ops::RopeStyle;
 pub static FAMILY: Family = Family {
     name: "gemma3",
     hf_model_types: &["gemma3_text"],
-    gguf_archs: &[],
+    gguf_archs: &["gemma3"],
     from_hf,
     from_gguf,
 };
@@ -32,5 +32,14 @@ fn from_hf(c: &HfConfig) -> Result<ModelConfig> {
 }
 
 fn from_gguf(m: &GgufMeta) -> Result<ModelConfig> {
-    Err(Error::field(&m.file.path, "general.architecture", "gemma3 GGUF files are not supported yet (its Hugging Face folders are)"))
+    let mut c = gemma::with_features(m.common(FAMILY.name, RopeStyle::Neox, false)?, 0.0);
+    gemma2::gguf_layer_features(m, &mut c, 6, 62)?;
+    c.features.qk_norm = true;
+    // llama.cpp: local layers only when the file gives a positive window; their RoPE base is
+    // 10000 unless stored, never scaled.
+    c.features.sliding_window = m.opt_usize("attention.sliding_window")?.filter(|&w| w > 0);
+    if c.features.sliding_window.is_some() && c.features.local_rope.is_none() {
+        c.features.local_rope = Some(RopeConfig::plain(10000.0, RopeStyle::Neox));
+    }
+    Ok(c)
 }

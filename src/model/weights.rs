@@ -15,6 +15,20 @@ pub enum Weights {
     Llama2c(Llama2cFile),
 }
 
+/// The GGUF name llama.cpp uses for a Hugging Face tensor name, in `file`: the one name that
+/// depends on the family is `post_attention_layernorm`, the norm before the MLP in Llama-style
+/// models (`ffn_norm`) but the norm after attention in Gemma 2/3 (`post_attention_norm`, whose
+/// MLP norm is `pre_feedforward_layernorm`); the file's tensors tell which.
+fn gguf_name_in(file: &GgufFile, hf: &str) -> String {
+    if let Some(layer) = hf.strip_prefix("model.layers.").and_then(|r| r.strip_suffix(".post_attention_layernorm.weight")) {
+        let post = format!("blk.{layer}.post_attention_norm.weight");
+        if file.tensor_info(&post).is_some() {
+            return post;
+        }
+    }
+    gguf_name(hf).unwrap_or_else(|| hf.to_string())
+}
+
 /// The GGUF name llama.cpp uses for a Hugging Face tensor name of a llama-like model.
 pub fn gguf_name(hf: &str) -> Option<String> {
     let fixed = match hf {
@@ -38,9 +52,11 @@ pub fn gguf_name(hf: &str) -> Option<String> {
         "self_attn.qkv_proj" => "attn_qkv",
         "self_attn.q_norm" => "attn_q_norm",
         "self_attn.k_norm" => "attn_k_norm",
-        "post_attention_layernorm" => "ffn_norm",
+        "post_attention_layernorm" | "pre_feedforward_layernorm" => "ffn_norm",
+        "post_feedforward_layernorm" => "post_ffw_norm",
         "mlp.gate_proj" => "ffn_gate",
-        "mlp.up_proj" => "ffn_up",
+        // Phi-3's fused gate and up rows are llama.cpp's ffn_up of twice the width.
+        "mlp.up_proj" | "mlp.gate_up_proj" => "ffn_up",
         "mlp.down_proj" => "ffn_down",
         _ => return None,
     };
@@ -68,7 +84,7 @@ impl Weights {
     pub fn contains(&self, hf_name: &str) -> bool {
         match self {
             Weights::Safetensors { model, .. } => model.contains(hf_name),
-            Weights::Gguf(g) => g.tensor_info(&gguf_name(hf_name).unwrap_or_else(|| hf_name.to_string())).is_some(),
+            Weights::Gguf(g) => g.tensor_info(&gguf_name_in(g, hf_name)).is_some(),
             Weights::Llama2c(f) => f.contains(hf_name),
         }
     }
@@ -76,7 +92,7 @@ impl Weights {
     pub fn tensor(&self, hf_name: &str) -> Result<Tensor> {
         match self {
             Weights::Safetensors { model, .. } => model.tensor(hf_name),
-            Weights::Gguf(g) => g.tensor(&gguf_name(hf_name).unwrap_or_else(|| hf_name.to_string())),
+            Weights::Gguf(g) => g.tensor(&gguf_name_in(g, hf_name)),
             Weights::Llama2c(f) => f.tensor(hf_name),
         }
     }

@@ -21,6 +21,7 @@ from transformers import (Gemma2Config, Gemma2ForCausalLM, Gemma3ForCausalLM, Ge
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import gen_fixtures as base  # noqa: E402
+import hf_to_family_gguf  # noqa: E402
 
 OUT = base.REPO / "tests" / "fixtures" / "families"
 VOCAB = 128
@@ -93,47 +94,6 @@ def make(name):
     return model, cfg
 
 
-# HF name suffix -> GGUF name (llama.cpp's tensor names)
-PER_LAYER = {"input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
-             "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output", "self_attn.q_norm": "attn_q_norm",
-             "self_attn.k_norm": "attn_k_norm", "post_attention_layernorm": "ffn_norm", "mlp.gate_proj": "ffn_gate",
-             "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
-
-
-def write_gguf(path, model, cfg, arch):
-    w = gguf.GGUFWriter(str(path), arch)
-    w.add_name(f"{path.stem} tiny random (llm-npu oracle)")
-    w.add_context_length(cfg.max_position_embeddings)
-    w.add_embedding_length(cfg.hidden_size)
-    w.add_block_count(cfg.num_hidden_layers)
-    w.add_feed_forward_length(cfg.intermediate_size)
-    w.add_head_count(cfg.num_attention_heads)
-    w.add_head_count_kv(cfg.num_key_value_heads)
-    w.add_key_length(cfg.head_dim)
-    w.add_value_length(cfg.head_dim)
-    w.add_rope_freq_base(float(cfg.rope_parameters["rope_theta"]))
-    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
-    w.add_file_type(gguf.LlamaFileType.ALL_F32)
-    gemma = arch == "gemma"
-    for k, v in model.state_dict().items():
-        v = v.to(torch.float32).numpy()
-        if gemma and k.endswith("norm.weight"):
-            v = v + 1.0  # llama.cpp's converter stores Gemma's norms as (1 + w)
-        if k == "model.embed_tokens.weight":
-            name = "token_embd.weight"
-        elif k == "model.norm.weight":
-            name = "output_norm.weight"
-        elif k == "lm_head.weight":
-            if cfg.tie_word_embeddings:
-                continue
-            name = "output.weight"
-        else:
-            parts = k.split(".")  # model.layers.N.<sub>.weight
-            name = f"blk.{parts[2]}.{PER_LAYER['.'.join(parts[3:-1])]}.weight"
-        w.add_tensor(name, np.ascontiguousarray(v))
-    w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
-
-
 def main():
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
@@ -157,7 +117,7 @@ def main():
         base.write_json(d / "ref.json", {"model": name, "short_ids": short_ids, "long_ids": long_ids,
                                           "greedy_prompt": short_ids[:8], "greedy_new_tokens": greedy})
         if arch:  # (llama.cpp's GGUF has no sliding window for Mistral-style llama files)
-            write_gguf(OUT / f"{name}.gguf", model, cfg, arch)
+            hf_to_family_gguf.convert(d, OUT / f"{name}.gguf")
         print(name, "logit std", float(ls.std()), float(ll.std()), "files", sorted(p.name for p in d.iterdir()))
     total = sum(p.stat().st_size for p in OUT.rglob("*") if p.is_file())
     print("wrote", OUT, total, "bytes")
