@@ -483,10 +483,7 @@ impl GgufMeta<'_> {
                 None => return Err(Error::field(&self.file.path, "token_embd.weight", "missing")),
             },
         };
-        let freq_factors = match self.file.tensor_info("rope_freqs.weight") {
-            Some(_) => Some(self.file.tensor("rope_freqs.weight")?.data().to_vec()),
-            None => None,
-        };
+        let freq_factors = self.opt_f32_tensor("rope_freqs.weight")?;
         let eos: Vec<u32> = ["tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id"]
             .iter()
             .filter_map(|k| self.token_id(k))

@@ -4,7 +4,7 @@
 //! attention (`layer_types`). Hugging Face `Gemma2ForCausalLM`; GGUF "gemma2" (norms stored as
 //! 1 + w, the attention scale derived as llama.cpp does).
 
-use super::config::{hf_common, GgufMeta, HfConfig, ModelConfig, RopeConfig};
+use super::config::{hf_common, Features, GgufMeta, HfConfig, ModelConfig, RopeConfig};
 use super::{gemma, Family};
 use crate::error::{Error, Result};
 use crate::kernels::ops::RopeStyle;
@@ -39,12 +39,10 @@ pub(super) fn layer_features(c: &HfConfig, m: &mut ModelConfig, default_local: i
         Some(types) => types.iter().map(|t| t == "sliding_attention").collect(),
         None => (0..m.num_layers).map(default_local).collect(),
     });
-    for cap in [f.attn_softcap, f.final_softcap].into_iter().flatten() {
-        if !(cap > 0.0) {
-            return Err(Error::field(&c.path, "attn_logit_softcapping", format!("soft-capping must be positive, got {cap}")));
-        }
+    match nonpositive_cap(f) {
+        Some((key, cap)) => Err(Error::field(&c.path, key, format!("soft-capping must be positive, got {cap}"))),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 fn from_gguf(m: &GgufMeta) -> Result<ModelConfig> {
@@ -68,10 +66,13 @@ pub(super) fn gguf_layer_features(m: &GgufMeta, c: &mut ModelConfig, default_pat
     if let Some(theta) = m.opt_f32("rope.freq_base_swa")? {
         f.local_rope = Some(RopeConfig::plain(theta, RopeStyle::Neox));
     }
-    for (key, cap) in [("attn_logit_softcapping", f.attn_softcap), ("final_logit_softcapping", f.final_softcap)] {
-        if cap.is_some_and(|cap| !(cap > 0.0)) {
-            return Err(Error::field(&m.file.path, format!("{}.{key}", m.arch), "soft-capping must be positive"));
-        }
+    match nonpositive_cap(f) {
+        Some((key, cap)) => Err(Error::field(&m.file.path, format!("{}.{key}", m.arch), format!("soft-capping must be positive, got {cap}"))),
+        None => Ok(()),
     }
-    Ok(())
+}
+
+/// The first soft-cap that is not positive (a NaN included), by its config key.
+fn nonpositive_cap(f: &Features) -> Option<(&'static str, f32)> {
+    [("attn_logit_softcapping", f.attn_softcap), ("final_logit_softcapping", f.final_softcap)].into_iter().find_map(|(key, cap)| cap.filter(|c| !(*c > 0.0)).map(|c| (key, c)))
 }
