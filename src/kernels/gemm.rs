@@ -35,7 +35,8 @@ impl PackedF32Acts {
         let panels = m.div_ceil(MR);
         let mut data = vec![0f32; panels * k * MR];
         let simd = simd_level() == SimdLevel::Avx512;
-        data.par_chunks_mut(k * MR).enumerate().for_each(|(p, panel)| {
+        // k = 0 leaves nothing to pack (and chunks of 0 would panic).
+        data.par_chunks_mut((k * MR).max(1)).enumerate().for_each(|(p, panel)| {
             let tokens = MR.min(m - p * MR);
             let rows = &x[p * MR * k..(p * MR + tokens) * k];
             // 16 k-columns at a time through the transpose (12 of its 16 lanes stored), the rest one by one.
@@ -76,7 +77,8 @@ pub fn gemm_nt(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, y: &mut [f32]
 pub fn gemm_nt_portable(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, y: &mut [f32], accumulate: bool) {
     assert_eq!(y.len(), m * n);
     let mut yt = vec![0f32; n * m];
-    yt.par_chunks_mut(m).enumerate().for_each(|(r, col)| {
+    // m = 0: nothing to compute (and chunks of 0 would panic).
+    yt.par_chunks_mut(m.max(1)).enumerate().for_each(|(r, col)| {
         let wr = &w[r * k..(r + 1) * k];
         for (i, c) in col.iter_mut().enumerate() {
             *c = super::matvec::dot_portable(&x[i * k..(i + 1) * k], wr);
@@ -97,6 +99,13 @@ pub fn gemm_packed(xp: &PackedF32Acts, w: &[f32], n: usize, y: &mut [f32], accum
     let (m, k) = (xp.m, xp.k);
     assert_eq!(w.len(), n * k);
     assert_eq!(y.len(), m * n);
+    if k == 0 {
+        // No k-block would run to write y: the empty sum is 0.
+        if !accumulate {
+            y.fill(0.0);
+        }
+        return;
+    }
     let y_out = SharedOut(y.as_mut_ptr());
     (0..n.div_ceil(NC)).into_par_iter().for_each_init(Vec::new, |wpack: &mut Vec<f32>, b| {
         let n0 = b * NC;

@@ -119,7 +119,8 @@ impl PackedI8Weights {
         let panels = n.div_ceil(NR_I8);
         let mut data = vec![0i8; panels * k4 * NR_I8];
         let mut row_sums = vec![0i32; panels * NR_I8];
-        data.par_chunks_mut(k4 * NR_I8).enumerate().for_each(|(p, panel)| {
+        // k = 0: nothing to pack, the row sums stay 0 (chunks of 0 would panic).
+        data.par_chunks_mut((k4 * NR_I8).max(1)).enumerate().for_each(|(p, panel)| {
             for r in 0..NR_I8.min(n - p * NR_I8) {
                 let row = &w[(p * NR_I8 + r) * k..(p * NR_I8 + r + 1) * k];
                 for (kk, &v) in row.iter().enumerate() {
@@ -193,7 +194,7 @@ impl PackedI8Acts {
         let offset = if kernel.unsigned_acts() { 128u8 } else { 0 };
         let mut data = vec![offset; m.div_ceil(mr) * k4 * mr];
         // The row buffer's tail beyond k stays `offset`: the zero activation.
-        data.par_chunks_mut(k4 * mr).enumerate().for_each_init(
+        data.par_chunks_mut((k4 * mr).max(1)).enumerate().for_each_init(
             || vec![offset; k4],
             |row, (p, panel)| {
                 for i in 0..mr.min(m - p * mr) {

@@ -45,6 +45,13 @@ pub fn matmul_few_rows(w: WeightRows, n: usize, k: usize, x: &[f32], m: usize, y
         assert_eq!(w.len(), n * k);
     }
     assert_eq!(x.len(), m * k);
+    if k == 0 {
+        // Empty dot products (and chunks of 0 below would panic).
+        if !accumulate {
+            y.fill(0.0);
+        }
+        return;
+    }
     let level = simd_level();
     rows_for_tokens(n, m, y, accumulate, ROWS_PER_TASK, Vec::new, |buf, r, out| {
         let wr = w.row(r, k, buf);
@@ -68,6 +75,9 @@ pub(crate) fn rows_for_tokens<S>(
     row: impl Fn(&mut S, usize, &mut [f32]) + Sync + Send,
 ) {
     assert_eq!(y.len(), m * n);
+    if m == 0 {
+        return; // no tokens, nothing to write (and chunks of 0 would panic)
+    }
     let write = |out: &mut f32, v: f32| *out = if accumulate { *out + v } else { v };
     if m == 1 {
         y.par_chunks_mut(rows_per_task).enumerate().for_each_init(init, |state, (t, ys)| {

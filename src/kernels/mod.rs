@@ -8,6 +8,9 @@ pub mod ops;
 pub mod qdot;
 pub mod quantize;
 
+#[cfg(test)]
+mod properties;
+
 use std::sync::OnceLock;
 
 use rayon::prelude::*;

@@ -84,18 +84,19 @@ pub fn glu(act: Activation, gate: &mut [f32], up: &[f32]) {
         // SAFETY: Avx512 is only selected when the CPU has avx512f.
         #[cfg(target_arch = "x86_64")]
         super::SimdLevel::Avx512 => unsafe { glu_avx512(act, g, u) },
-        _ => glu_generic(act, g, u),
+        _ => glu_portable(act, g, u),
     });
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn glu_avx512(act: Activation, gate: &mut [f32], up: &[f32]) {
-    glu_generic(act, gate, up)
+    glu_portable(act, gate, up)
 }
 
+/// The portable twin of `glu`.
 #[inline(always)]
-fn glu_generic(act: Activation, gate: &mut [f32], up: &[f32]) {
+pub fn glu_portable(act: Activation, gate: &mut [f32], up: &[f32]) {
     match act {
         Activation::Silu => {
             for (g, &u) in gate.iter_mut().zip(up) {
@@ -218,6 +219,14 @@ pub fn causal_attention(q: &[f32], k_cache: &[f32], v_cache: &[f32], s: AttnShap
             super::SimdLevel::Avx512 => unsafe { attend_row_avx512(q_row, k_cache, v_cache, s, t, scores, out_row) },
             _ => attend_row::<false>(q_row, k_cache, v_cache, s, t, scores, out_row),
         }
+    });
+}
+
+/// The portable twin of `causal_attention`.
+pub fn causal_attention_portable(q: &[f32], k_cache: &[f32], v_cache: &[f32], s: AttnShape, out: &mut [f32]) {
+    let row = s.n_heads * s.head_dim;
+    out.par_chunks_mut(row).enumerate().for_each_init(Vec::new, |scores: &mut Vec<f32>, (t, out_row)| {
+        attend_row::<false>(&q[t * row..(t + 1) * row], k_cache, v_cache, s, t, scores, out_row)
     });
 }
 
@@ -582,7 +591,7 @@ mod tests {
             let mut g2 = g1.clone();
             let up: Vec<f32> = (0..1000).map(|i| val(i + 5)).collect();
             unsafe { glu_avx512(act, &mut g1, &up) };
-            glu_generic(act, &mut g2, &up);
+            glu_portable(act, &mut g2, &up);
             for (x, y) in g1.iter().zip(&g2) {
                 assert!((x - y).abs() <= 1e-6 * (1.0 + y.abs()), "{act:?}: {x} vs {y}");
             }

@@ -90,6 +90,14 @@ unsafe fn quantize_avx2(a: &mut QuantizedActs, x: &[f32]) {
     quantize_portable(a, x)
 }
 
+/// The portable build of the activation quantizer, whatever this CPU has (tests compare).
+#[cfg(test)]
+pub(crate) fn quantize_portable_of(format: ActFormat, x: &[f32]) -> QuantizedActs {
+    let mut a = QuantizedActs { format, qs: vec![0; x.len()], d: vec![0.0; x.len() / format.block()], sums: vec![0; x.len() / 16] };
+    quantize_portable(&mut a, x);
+    a
+}
+
 #[inline(always)]
 fn quantize_portable(a: &mut QuantizedActs, x: &[f32]) {
     let block = a.format.block();
@@ -314,4 +322,4 @@ pub fn matmul_many(ws: &[Encoded], x: &[f32], m: usize, outs: &mut [&mut [f32]])
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -7,7 +7,7 @@ fn block_types() -> impl Iterator<Item = DType> {
 }
 
 /// Byte offsets of a block type's f16 scale fields (random bytes there could be inf or NaN).
-fn f16_fields(dtype: DType) -> &'static [usize] {
+pub(crate) fn f16_fields(dtype: DType) -> &'static [usize] {
     match dtype {
         DType::Q4_1 | DType::Q5_1 | DType::Q4K | DType::Q5K => &[0, 2],
         DType::Q4_0 | DType::Q5_0 | DType::Q8_0 => &[0],
@@ -19,7 +19,7 @@ fn f16_fields(dtype: DType) -> &'static [usize] {
 }
 
 /// `blocks` random blocks: every bit random except the scales, which are in [0.001, 0.1).
-fn random_row(dtype: DType, blocks: usize, rng: &mut Rng) -> Vec<u8> {
+pub(crate) fn random_row(dtype: DType, blocks: usize, rng: &mut Rng) -> Vec<u8> {
     let size = dtype.block().1;
     let mut row: Vec<u8> = (0..blocks * size).map(|_| rng.next_u64() as u8).collect();
     for b in row.chunks_exact_mut(size) {
