@@ -1,6 +1,7 @@
 //! Pure math kernels with no model knowledge. Each SIMD kernel has a portable twin in the same
 //! module that tests compare it against; `simd_level()` picks the best one at run time.
 
+pub mod attention;
 pub mod gemm;
 pub mod int8_gemm;
 pub mod matvec;

@@ -4,7 +4,7 @@
 //! with one token (matrix-vector kernels).
 
 use crate::error::{Error, Result};
-use crate::kernels::{self, ops};
+use crate::kernels::{self, attention, ops};
 use crate::tensor::Tensor;
 use crate::util::Progress;
 
@@ -547,8 +547,8 @@ impl Transformer {
         let kv = cache.layer(li);
         let f = &c.features;
         let scale = f.attn_scale.unwrap_or(1.0 / (hd as f32).sqrt());
-        let shape = ops::AttnShape { n_heads: c.num_heads, n_kv_heads: c.num_kv_heads, head_dim: hd, pos0: st.pos0, kv_stride: kv.stride, kv_base: kv.base, window: f.window(li), scale, softcap: f.attn_softcap };
-        ops::causal_attention(q, kv.k, kv.v, shape, attn);
+        let shape = attention::AttnShape { n_heads: c.num_heads, n_kv_heads: c.num_kv_heads, head_dim: hd, pos0: st.pos0, kv_stride: kv.stride, kv_base: kv.base, window: f.window(li), scale, softcap: f.attn_softcap };
+        attention::causal_attention(q, kv.k, kv.v, shape, attn);
         if let Some(o) = observer {
             o.observe(li, LinearGroup::O, attn, c.q_dim());
         }

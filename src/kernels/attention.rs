@@ -1,0 +1,433 @@
+//! Causal grouped-query attention over the KV cache, tiled for long prompts (the flash-attention
+//! scheme): a task takes `TOKENS_PER_TASK` query tokens of one KV head, all the query heads that
+//! share it (rows = tokens x group), and walks the keys in tiles of `KEY_TILE`. Each tile of K
+//! and V is read from memory once for all of the task's rows and stays in L2 while they use it;
+//! the softmax is online (a running max and sum per row, the output rescaled when the max grows),
+//! so no row of scores as long as the context is ever stored. Attending one token at a time
+//! instead streamed the whole cache once per token, which made a 2,048-token prompt 0.65x as fast
+//! per token as a 512-token one.
+//!
+//! Cache layout (kv_cache.rs): K transposed per KV head, [n_kv_heads][head_dim][kv_stride], so 16
+//! consecutive keys of one dimension are one vector load; V as [n_kv_heads][kv_stride][head_dim].
+
+use rayon::prelude::*;
+
+use super::ops::{exp_fast, exp_minus, max_of};
+use super::{simd_level, SimdLevel};
+
+/// Shapes of one causal attention call.
+#[derive(Debug, Clone, Copy)]
+pub struct AttnShape {
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    /// Position of the first query token (number of cached tokens before this batch).
+    pub pos0: usize,
+    /// Slots per KV head in the cache buffers: a multiple of 16, >= pos0 + tokens - kv_base.
+    pub kv_stride: usize,
+    /// The position held in slot 0 (a windowed layer's cache drops what no query sees); every
+    /// position a query of this batch sees is held.
+    pub kv_base: usize,
+    /// Sliding-window attention: a query at position p sees keys p + 1 - window ..= p only.
+    pub window: Option<usize>,
+    /// Scores are q.k times this (usually 1 / sqrt(head_dim)).
+    pub scale: f32,
+    /// Scores soft-capped as cap * tanh(s / cap) before the softmax.
+    pub softcap: Option<f32>,
+}
+
+/// Lanes per vector: one 512-bit register of f32.
+const LANES: usize = 16;
+/// Query tokens per task; with the group's heads they are the rows sharing each K/V tile.
+const TOKENS_PER_TASK: usize = 8;
+/// Keys per tile (a multiple of LANES): K and V tiles of 2 x 256 x head_dim floats (128 KB at
+/// head_dim 64) stay in L2 while every row of the task uses them.
+const KEY_TILE: usize = 256;
+/// Query rows per microkernel pass: each key and value vector loaded serves this many rows.
+const ROWS: usize = 4;
+
+/// Causal attention of `q` ([tokens][n_heads * head_dim]) over the cache into `out` (same
+/// shape). Slot i of the cache holds position kv_base + i, valid up to pos0 + tokens; query
+/// token t sees positions up to pos0 + t (the last `window` of them with a sliding window).
+/// Threads split (KV head, token block) tasks.
+pub fn causal_attention(q: &[f32], k_cache: &[f32], v_cache: &[f32], s: AttnShape, out: &mut [f32]) {
+    let level = simd_level();
+    run(q, k_cache, v_cache, s, out, |task, bufs, out| match level {
+        // SAFETY: Avx512 is only selected when the CPU has avx512f (and FMA, which it implies).
+        #[cfg(target_arch = "x86_64")]
+        SimdLevel::Avx512 => unsafe { task_avx512(task, bufs, out) },
+        _ => task.attend::<false>(bufs, out),
+    });
+}
+
+/// The portable twin of `causal_attention`.
+pub fn causal_attention_portable(q: &[f32], k_cache: &[f32], v_cache: &[f32], s: AttnShape, out: &mut [f32]) {
+    run(q, k_cache, v_cache, s, out, |task, bufs, out| task.attend::<false>(bufs, out));
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+unsafe fn task_avx512(task: Task, bufs: &mut Buffers, out: OutPtr) {
+    task.attend::<true>(bufs, out)
+}
+
+/// The output, shared by tasks that write disjoint (token, head) rows of it.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: each task writes only the rows of its own tokens and KV head's query heads.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+fn run(q: &[f32], k_cache: &[f32], v_cache: &[f32], s: AttnShape, out: &mut [f32], attend: impl Fn(Task, &mut Buffers, OutPtr) + Sync) {
+    let (hd, row) = (s.head_dim, s.n_heads * s.head_dim);
+    assert!(s.n_kv_heads > 0 && s.n_heads % s.n_kv_heads == 0 && s.kv_stride % LANES == 0, "attention shape {s:?}");
+    assert!(q.len() % row.max(1) == 0 && out.len() == q.len());
+    let tokens = q.len() / row.max(1);
+    if tokens == 0 || hd == 0 {
+        return;
+    }
+    assert!(s.pos0 + tokens - s.kv_base <= s.kv_stride, "the cache holds {} slots, the batch needs {}", s.kv_stride, s.pos0 + tokens - s.kv_base);
+    let per_head = hd * s.kv_stride;
+    assert!(k_cache.len() >= s.n_kv_heads * per_head && v_cache.len() >= s.n_kv_heads * per_head);
+    let blocks = tokens.div_ceil(TOKENS_PER_TASK);
+    let out_ptr = OutPtr(out.as_mut_ptr());
+    (0..s.n_kv_heads * blocks).into_par_iter().for_each_init(Buffers::default, |bufs, i| {
+        let (kvh, b) = (i % s.n_kv_heads, i / s.n_kv_heads);
+        let t0 = b * TOKENS_PER_TASK;
+        let task = Task {
+            s,
+            q,
+            kt: &k_cache[kvh * per_head..(kvh + 1) * per_head],
+            v: &v_cache[kvh * per_head..(kvh + 1) * per_head],
+            kvh,
+            t0,
+            t1: (t0 + TOKENS_PER_TASK).min(tokens),
+        };
+        attend(task, bufs, out_ptr);
+    });
+}
+
+/// Per-thread working memory, reused across tasks.
+#[derive(Default)]
+struct Buffers {
+    /// The task's query rows, [rows][head_dim].
+    q: Vec<f32>,
+    /// Scores then probabilities of ROWS rows over one key tile, [ROWS][KEY_TILE].
+    p: Vec<f32>,
+    /// Running max and sum of exponentials per row.
+    max: Vec<f32>,
+    sum: Vec<f32>,
+    /// Unnormalized output per row, [rows][head_dim].
+    o: Vec<f32>,
+}
+
+/// Query tokens t0..t1 of one KV head.
+#[derive(Clone, Copy)]
+struct Task<'a> {
+    s: AttnShape,
+    q: &'a [f32],
+    /// This KV head's keys, [head_dim][kv_stride], and values, [kv_stride][head_dim].
+    kt: &'a [f32],
+    v: &'a [f32],
+    kvh: usize,
+    t0: usize,
+    t1: usize,
+}
+
+impl Task<'_> {
+    fn group(&self) -> usize {
+        self.s.n_heads / self.s.n_kv_heads
+    }
+
+    /// The slots query row r sees: first..end. Rows are token-major: r = (t - t0) * group + g.
+    fn keys_of(&self, r: usize) -> (usize, usize) {
+        let p = self.s.pos0 + self.t0 + r / self.group();
+        let first = self.s.window.map_or(0, |w| (p + 1).saturating_sub(w));
+        (first.saturating_sub(self.s.kv_base), p + 1 - self.s.kv_base)
+    }
+
+    #[inline(always)]
+    fn attend<const FMA: bool>(&self, b: &mut Buffers, out: OutPtr) {
+        let (hd, group) = (self.s.head_dim, self.group());
+        let rows = (self.t1 - self.t0) * group;
+        let row_len = self.s.n_heads * hd;
+        b.q.clear();
+        for t in self.t0..self.t1 {
+            let h0 = self.kvh * group;
+            b.q.extend_from_slice(&self.q[t * row_len + h0 * hd..t * row_len + (h0 + group) * hd]);
+        }
+        b.p.resize(ROWS * KEY_TILE, 0.0);
+        b.max.clear();
+        b.max.resize(rows, f32::NEG_INFINITY);
+        b.sum.clear();
+        b.sum.resize(rows, 0.0);
+        b.o.clear();
+        b.o.resize(rows * hd, 0.0);
+        // The keys any row sees, from the first row's window start to the last row's position.
+        let first = self.keys_of(0).0 / LANES * LANES;
+        let end = self.keys_of(rows - 1).1;
+        for j0 in (first..end).step_by(KEY_TILE) {
+            let j1 = (j0 + KEY_TILE).min(end);
+            let mut r = 0;
+            while r < rows {
+                if r + ROWS <= rows {
+                    self.tile::<ROWS, FMA>(b, r, j0, j1);
+                    r += ROWS;
+                } else {
+                    self.tile::<1, FMA>(b, r, j0, j1);
+                    r += 1;
+                }
+            }
+        }
+        for r in 0..rows {
+            let (t, h) = (self.t0 + r / group, self.kvh * group + r % group);
+            let inv = 1.0 / b.sum[r];
+            // SAFETY: row (t, h) of `out` is written by this task alone (see OutPtr); run()
+            // checked that out holds every token's n_heads * head_dim values.
+            let dst = unsafe { std::slice::from_raw_parts_mut(out.0.add(t * row_len + h * hd), hd) };
+            for (d, &o) in dst.iter_mut().zip(&b.o[r * hd..(r + 1) * hd]) {
+                *d = o * inv;
+            }
+        }
+    }
+
+    /// Rows r0..r0+R over the keys j0..j1 (j0 a multiple of LANES): scores, the online softmax
+    /// update, and the weighted values added to the rows' outputs.
+    #[inline(always)]
+    fn tile<const R: usize, const FMA: bool>(&self, b: &mut Buffers, r0: usize, j0: usize, j1: usize) {
+        let ranges: [(usize, usize); R] = std::array::from_fn(|i| {
+            let (a, e) = self.keys_of(r0 + i);
+            (a.clamp(j0, j1), e.clamp(j0, j1))
+        });
+        // Key blocks any of the rows sees in this tile.
+        let lo = ranges.iter().map(|r| r.0).min().unwrap() / LANES * LANES;
+        let hi = ranges.iter().map(|r| r.1).max().unwrap();
+        if lo >= hi {
+            return;
+        }
+        let blocks = (hi - lo).div_ceil(LANES);
+        let hd = self.s.head_dim;
+        let qs = &b.q[r0 * hd..(r0 + R) * hd];
+        let p = &mut b.p[..R * KEY_TILE];
+        let mut jb = 0;
+        while jb + 4 <= blocks {
+            scores::<R, 4, FMA>(qs, hd, self.kt, self.s.kv_stride, lo + jb * LANES, self.s.scale, &mut p[jb * LANES..]);
+            jb += 4;
+        }
+        while jb < blocks {
+            scores::<R, 1, FMA>(qs, hd, self.kt, self.s.kv_stride, lo + jb * LANES, self.s.scale, &mut p[jb * LANES..]);
+            jb += 1;
+        }
+        let mut alpha = [1f32; R];
+        for (i, &(a, e)) in ranges.iter().enumerate() {
+            let row = &mut p[i * KEY_TILE..i * KEY_TILE + blocks * LANES];
+            // Keys this row does not see in the tile get probability 0.
+            row[..a - lo].fill(0.0);
+            row[e - lo..].fill(0.0);
+            if a >= e {
+                continue;
+            }
+            let seen = &mut row[a - lo..e - lo];
+            if let Some(cap) = self.s.softcap {
+                seen.iter_mut().for_each(|x| *x = (*x / cap).tanh() * cap);
+            }
+            let r = r0 + i;
+            let new_max = b.max[r].max(max_of(seen));
+            alpha[i] = exp_fast(b.max[r] - new_max);
+            b.max[r] = new_max;
+            b.sum[r] = b.sum[r] * alpha[i] + exp_minus(seen, new_max);
+        }
+        let o = &mut b.o[r0 * hd..(r0 + R) * hd];
+        for (i, &a) in alpha.iter().enumerate() {
+            if a != 1.0 {
+                o[i * hd..(i + 1) * hd].iter_mut().for_each(|x| *x *= a);
+            }
+        }
+        let vs = &self.v[lo * hd..(lo + (hi - lo)) * hd];
+        let dim_blocks = hd / LANES;
+        let mut db = 0;
+        while db + 4 <= dim_blocks {
+            values::<R, 4, FMA>(p, vs, hd, db, o);
+            db += 4;
+        }
+        while db < dim_blocks {
+            values::<R, 1, FMA>(p, vs, hd, db, o);
+            db += 1;
+        }
+        for i in 0..R {
+            let probs = &p[i * KEY_TILE..i * KEY_TILE + (hi - lo)];
+            for d in dim_blocks * LANES..hd {
+                o[i * hd + d] += probs.iter().zip(vs.chunks_exact(hd)).map(|(&pj, vj)| pj * vj[d]).sum::<f32>();
+            }
+        }
+    }
+}
+
+/// a * b + c, fused when the caller's target has FMA (then it is one instruction; without it
+/// `mul_add` would be a slow software call, so the portable build multiplies and adds).
+#[inline(always)]
+fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FMA {
+        a.mul_add(b, c)
+    } else {
+        a * b + c
+    }
+}
+
+/// Scores of R query rows (`qs`, [R][hd]) for the N 16-key blocks from slot `j` on, times
+/// `scale`, into `out` (row i at i * KEY_TILE): one load of 16 keys per dimension feeds R rows.
+#[inline(always)]
+fn scores<const R: usize, const N: usize, const FMA: bool>(qs: &[f32], hd: usize, kt: &[f32], stride: usize, j: usize, scale: f32, out: &mut [f32]) {
+    assert!(qs.len() >= R * hd && (hd == 0 || (hd - 1) * stride + j + N * LANES <= kt.len()) && j + N * LANES <= stride);
+    assert!(out.len() >= (R - 1) * KEY_TILE + N * LANES);
+    #[cfg(target_arch = "x86_64")]
+    if FMA {
+        // SAFETY: FMA is only set on the AVX-512 path; the asserts above bound every access.
+        unsafe { scores_avx512::<R, N>(qs, hd, kt, stride, j, scale, out) };
+        return;
+    }
+    let mut acc = [[[0f32; LANES]; N]; R];
+    for d in 0..hd {
+        let k: [&[f32; LANES]; N] = std::array::from_fn(|b| {
+            let at = d * stride + j + b * LANES;
+            kt[at..at + LANES].try_into().unwrap()
+        });
+        for (i, acc_i) in acc.iter_mut().enumerate() {
+            let qd = qs[i * hd + d];
+            for (acc_ib, kb) in acc_i.iter_mut().zip(&k) {
+                for l in 0..LANES {
+                    acc_ib[l] = madd::<FMA>(qd, kb[l], acc_ib[l]);
+                }
+            }
+        }
+    }
+    for (i, acc_i) in acc.iter().enumerate() {
+        for (b, acc_ib) in acc_i.iter().enumerate() {
+            let at = i * KEY_TILE + b * LANES;
+            for l in 0..LANES {
+                out[at + l] = acc_ib[l] * scale;
+            }
+        }
+    }
+}
+
+/// `scores` with the accumulators held in registers (the array form spills them to the stack
+/// on every step).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn scores_avx512<const R: usize, const N: usize>(qs: &[f32], hd: usize, kt: &[f32], stride: usize, j: usize, scale: f32, out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm512_setzero_ps(); N]; R];
+    let (kp, qp) = (kt.as_ptr().add(j), qs.as_ptr());
+    for d in 0..hd {
+        let row = kp.add(d * stride);
+        let mut k = [_mm512_setzero_ps(); N];
+        for (b, kb) in k.iter_mut().enumerate() {
+            *kb = _mm512_loadu_ps(row.add(b * LANES));
+        }
+        for (i, acc_i) in acc.iter_mut().enumerate() {
+            let qd = _mm512_set1_ps(*qp.add(i * hd + d));
+            for b in 0..N {
+                acc_i[b] = _mm512_fmadd_ps(qd, k[b], acc_i[b]);
+            }
+        }
+    }
+    let scale = _mm512_set1_ps(scale);
+    for (i, acc_i) in acc.iter().enumerate() {
+        for (b, &a) in acc_i.iter().enumerate() {
+            _mm512_storeu_ps(out.as_mut_ptr().add(i * KEY_TILE + b * LANES), _mm512_mul_ps(a, scale));
+        }
+    }
+}
+
+/// Dimension blocks db..db+D (16 each) of o[i] += sum_j p[i][j] v_j for R rows over the tile's
+/// values `vs` ([keys][hd]): each value vector loaded once serves R rows.
+#[inline(always)]
+fn values<const R: usize, const D: usize, const FMA: bool>(p: &[f32], vs: &[f32], hd: usize, db: usize, o: &mut [f32]) {
+    let keys = vs.len() / hd.max(1);
+    assert!(p.len() >= (R - 1) * KEY_TILE + keys && o.len() >= R * hd && (db + D) * LANES <= hd);
+    #[cfg(target_arch = "x86_64")]
+    if FMA {
+        // SAFETY: FMA is only set on the AVX-512 path; the assert above bounds every access.
+        unsafe { values_avx512::<R, D>(p, vs, keys, hd, db, o) };
+        return;
+    }
+    let mut acc: [[[f32; LANES]; D]; R] = std::array::from_fn(|i| std::array::from_fn(|c| o[i * hd + (db + c) * LANES..][..LANES].try_into().unwrap()));
+    for (j, vj) in vs.chunks_exact(hd).enumerate() {
+        let v: [&[f32; LANES]; D] = std::array::from_fn(|c| vj[(db + c) * LANES..(db + c + 1) * LANES].try_into().unwrap());
+        for (i, acc_i) in acc.iter_mut().enumerate() {
+            let pj = p[i * KEY_TILE + j];
+            for (acc_ic, vc) in acc_i.iter_mut().zip(&v) {
+                for l in 0..LANES {
+                    acc_ic[l] = madd::<FMA>(pj, vc[l], acc_ic[l]);
+                }
+            }
+        }
+    }
+    for (i, acc_i) in acc.iter().enumerate() {
+        for (c, acc_ic) in acc_i.iter().enumerate() {
+            o[i * hd + (db + c) * LANES..][..LANES].copy_from_slice(acc_ic);
+        }
+    }
+}
+
+/// `values` with the accumulators held in registers.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn values_avx512<const R: usize, const D: usize>(p: &[f32], vs: &[f32], keys: usize, hd: usize, db: usize, o: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let op = o.as_mut_ptr().add(db * LANES);
+    let mut acc = [[_mm512_setzero_ps(); D]; R];
+    for (i, acc_i) in acc.iter_mut().enumerate() {
+        for (c, a) in acc_i.iter_mut().enumerate() {
+            *a = _mm512_loadu_ps(op.add(i * hd + c * LANES));
+        }
+    }
+    let (vp, pp) = (vs.as_ptr().add(db * LANES), p.as_ptr());
+    for j in 0..keys {
+        let row = vp.add(j * hd);
+        let mut v = [_mm512_setzero_ps(); D];
+        for (c, vc) in v.iter_mut().enumerate() {
+            *vc = _mm512_loadu_ps(row.add(c * LANES));
+        }
+        for (i, acc_i) in acc.iter_mut().enumerate() {
+            let pj = _mm512_set1_ps(*pp.add(i * KEY_TILE + j));
+            for c in 0..D {
+                acc_i[c] = _mm512_fmadd_ps(pj, v[c], acc_i[c]);
+            }
+        }
+    }
+    for (i, acc_i) in acc.iter().enumerate() {
+        for (c, &a) in acc_i.iter().enumerate() {
+            _mm512_storeu_ps(op.add(i * hd + c * LANES), a);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_context_spans_several_key_tiles_and_matches_the_portable_twin() {
+        // Random shapes are in kernels::properties; here the lengths that cross KEY_TILE and
+        // TOKENS_PER_TASK many times, with a window that starts mid-tile.
+        let val = |i: usize| ((i * 7919 % 1000) as f32 / 500.0) - 1.0;
+        for (window, pos0, tokens) in [(None, 700usize, 37usize), (Some(300), 900, 20), (None, 0, 600)] {
+            let (n_heads, n_kv_heads, hd) = (8, 2, 64);
+            let stride = (pos0 + tokens).next_multiple_of(LANES);
+            let s = AttnShape { n_heads, n_kv_heads, head_dim: hd, pos0, kv_stride: stride, kv_base: 0, window, scale: 0.125, softcap: None };
+            let k: Vec<f32> = (0..n_kv_heads * stride * hd).map(val).collect();
+            let v: Vec<f32> = (0..n_kv_heads * stride * hd).map(|i| val(i + 13)).collect();
+            let q: Vec<f32> = (0..tokens * n_heads * hd).map(|i| val(i + 101)).collect();
+            let (mut a, mut b) = (vec![0f32; q.len()], vec![0f32; q.len()]);
+            causal_attention(&q, &k, &v, s, &mut a);
+            causal_attention_portable(&q, &k, &v, s, &mut b);
+            for (x, y) in a.iter().zip(&b) {
+                assert!((x - y).abs() <= 1e-5 * (1.0 + y.abs()), "{window:?} {pos0}+{tokens}: {x} vs {y}");
+            }
+        }
+    }
+}
