@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use memmap2::Mmap;
+use crate::format::FileBytes;
 
 use crate::error::{Error, Result};
 use crate::tensor::dtype::DType;
@@ -98,7 +98,7 @@ pub struct GgufFile {
     pub metadata: HashMap<String, Value>,
     pub tensors: Vec<TensorInfo>,
     by_name: HashMap<String, usize>,
-    map: Arc<Mmap>,
+    map: Arc<FileBytes>,
 }
 
 fn ggml_type_name(t: u32) -> &'static str {
@@ -201,7 +201,7 @@ impl GgufFile {
         Self::parse(path, Arc::new(map))
     }
 
-    fn parse(path: &Path, map: Arc<Mmap>) -> Result<Self> {
+    fn parse(path: &Path, map: Arc<FileBytes>) -> Result<Self> {
         let buf: &[u8] = &map;
         if buf.len() < 8 || &buf[..4] != MAGIC {
             return Err(Error::corrupt(path, "not a GGUF file (bad magic)"));

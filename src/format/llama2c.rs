@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use memmap2::Mmap;
+use crate::format::FileBytes;
 
 use crate::error::{Error, Result};
 use crate::tensor::dtype::DType;
@@ -26,7 +26,7 @@ pub struct Llama2cHeader {
 pub struct Llama2cFile {
     pub path: PathBuf,
     pub header: Llama2cHeader,
-    map: Arc<Mmap>,
+    map: Arc<FileBytes>,
 }
 
 /// Per-layer tensors as (HF-style suffix, rows, cols); the file stores each kind for all layers.

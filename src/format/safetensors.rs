@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use memmap2::Mmap;
+use crate::format::FileBytes;
 use safetensors::tensor::{Dtype as StDtype, Metadata, SafeTensors, TensorInfo};
 
 use crate::error::{Error, Result};
@@ -14,7 +14,7 @@ use crate::tensor::Tensor;
 
 struct Shard {
     path: PathBuf,
-    map: Arc<Mmap>,
+    map: Arc<FileBytes>,
     /// Absolute offset of the data section (8-byte length + JSON header).
     data_start: usize,
     tensors: HashMap<String, TensorInfo>,

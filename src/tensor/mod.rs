@@ -7,7 +7,7 @@
 use std::fmt;
 use std::sync::{Arc, OnceLock};
 
-use memmap2::Mmap;
+use crate::format::FileBytes;
 
 pub mod dtype;
 
@@ -15,10 +15,10 @@ use dtype::DType;
 
 #[derive(Clone)]
 enum Storage {
-    Mapped { map: Arc<Mmap>, offset: usize, len: usize },
+    Mapped { map: Arc<FileBytes>, offset: usize, len: usize },
     Owned(Arc<Vec<f32>>),
     /// `dtype` bytes at `map[offset..]`, decoded to f32 only when `data()` asks.
-    Encoded { map: Arc<Mmap>, offset: usize, dtype: DType, decoded: Arc<OnceLock<Vec<f32>>> },
+    Encoded { map: Arc<FileBytes>, offset: usize, dtype: DType, decoded: Arc<OnceLock<Vec<f32>>> },
 }
 
 /// A tensor, row-major, outermost dimension first (the Hugging Face / PyTorch convention).
@@ -66,7 +66,7 @@ impl Tensor {
     /// when the bytes are f32 and 4-byte aligned (an unaligned f32 tensor is copied), kept as
     /// stored for every other dtype. The caller has checked the byte range, that the size
     /// matches the shape, and that rows are whole blocks.
-    pub fn from_mapped(map: &Arc<Mmap>, offset: usize, shape: Vec<usize>, dtype: DType) -> Self {
+    pub fn from_mapped(map: &Arc<FileBytes>, offset: usize, shape: Vec<usize>, dtype: DType) -> Self {
         let n: usize = shape.iter().product();
         let n_bytes = dtype.n_bytes(n).expect("caller checked the size");
         let bytes = &map[offset..offset + n_bytes];
