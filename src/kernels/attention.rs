@@ -45,6 +45,9 @@ const TOKENS_PER_TASK: usize = 8;
 const KEY_TILE: usize = 256;
 /// Query rows per microkernel pass: each key and value vector loaded serves this many rows.
 const ROWS: usize = 4;
+/// Floats between the dimensions of a packed key tile: KEY_TILE plus one cache line, so that
+/// consecutive dimensions fall in different L1 sets.
+const PACKED_PITCH: usize = KEY_TILE + LANES;
 
 /// Causal attention of `q` ([tokens][n_heads * head_dim]) over the cache into `out` (same
 /// shape). Slot i of the cache holds position kv_base + i, valid up to pos0 + tokens; query
@@ -112,7 +115,9 @@ fn run(q: &[f32], k_cache: &[f32], v_cache: &[f32], s: AttnShape, out: &mut [f32
 struct Buffers {
     /// The task's query rows, [rows][head_dim].
     q: Vec<f32>,
-    /// Scores then probabilities of ROWS rows over one key tile, [ROWS][KEY_TILE].
+    /// The current tile's keys, [head_dim][PACKED_PITCH].
+    k: Vec<f32>,
+    /// Scores then probabilities of every row over one key tile, [rows][KEY_TILE].
     p: Vec<f32>,
     /// Running max and sum of exponentials per row.
     max: Vec<f32>,
@@ -156,7 +161,7 @@ impl Task<'_> {
             let h0 = self.kvh * group;
             b.q.extend_from_slice(&self.q[t * row_len + h0 * hd..t * row_len + (h0 + group) * hd]);
         }
-        b.p.resize(ROWS * KEY_TILE, 0.0);
+        b.p.resize(rows * KEY_TILE, 0.0);
         b.max.clear();
         b.max.resize(rows, f32::NEG_INFINITY);
         b.sum.clear();
@@ -168,16 +173,9 @@ impl Task<'_> {
         let end = self.keys_of(rows - 1).1;
         for j0 in (first..end).step_by(KEY_TILE) {
             let j1 = (j0 + KEY_TILE).min(end);
-            let mut r = 0;
-            while r < rows {
-                if r + ROWS <= rows {
-                    self.tile::<ROWS, FMA>(b, r, j0, j1);
-                    r += ROWS;
-                } else {
-                    self.tile::<1, FMA>(b, r, j0, j1);
-                    r += 1;
-                }
-            }
+            self.tile_scores::<FMA>(b, rows, j0, j1);
+            self.tile_softmax(b, rows, j0, j1);
+            self.tile_values::<FMA>(b, rows, j0, j1);
         }
         for r in 0..rows {
             let (t, h) = (self.t0 + r / group, self.kvh * group + r % group);
@@ -191,73 +189,126 @@ impl Task<'_> {
         }
     }
 
-    /// Rows r0..r0+R over the keys j0..j1 (j0 a multiple of LANES): scores, the online softmax
-    /// update, and the weighted values added to the rows' outputs.
+    /// Row r's slots within the tile j0..j1 (empty when it sees none there).
+    fn seen_in(&self, r: usize, j0: usize, j1: usize) -> (usize, usize) {
+        let (a, e) = self.keys_of(r);
+        (a.clamp(j0, j1), e.clamp(j0, j1))
+    }
+
+    /// The 16-key blocks of the tile any of rows r..r + n sees: (first slot, block count).
+    fn blocks_seen(&self, r: usize, n: usize, j0: usize, j1: usize) -> (usize, usize) {
+        let (a, _) = self.seen_in(r, j0, j1);
+        let (_, e) = self.seen_in(r + n - 1, j0, j1);
+        let lo = a / LANES * LANES;
+        (lo, if e > a { (e - lo).div_ceil(LANES) } else { 0 })
+    }
+
+    /// Scores of every row over the tile's keys (j0 a multiple of LANES) into b.p (row r at
+    /// r * KEY_TILE, slot j at j - j0). Key blocks are the outer loop, so each block of K (hd x
+    /// 64 floats) stays in L1 while all the task's rows use it.
     #[inline(always)]
-    fn tile<const R: usize, const FMA: bool>(&self, b: &mut Buffers, r0: usize, j0: usize, j1: usize) {
-        let ranges: [(usize, usize); R] = std::array::from_fn(|i| {
-            let (a, e) = self.keys_of(r0 + i);
-            (a.clamp(j0, j1), e.clamp(j0, j1))
-        });
-        // Key blocks any of the rows sees in this tile.
-        let lo = ranges.iter().map(|r| r.0).min().unwrap() / LANES * LANES;
-        let hi = ranges.iter().map(|r| r.1).max().unwrap();
-        if lo >= hi {
-            return;
+    fn tile_scores<const FMA: bool>(&self, b: &mut Buffers, rows: usize, j0: usize, j1: usize) {
+        let (hd, scale) = (self.s.head_dim, self.s.scale);
+        let blocks = (j1 - j0).div_ceil(LANES);
+        // The tile's keys copied out of the cache: its rows (one per dimension) lie kv_stride
+        // floats apart, a power of two for most contexts, which maps every row of a block to the
+        // same L1 sets; at PACKED_PITCH they spread over all of them.
+        let width = blocks * LANES;
+        b.k.resize(hd * PACKED_PITCH, 0.0);
+        for d in 0..hd {
+            let from = d * self.s.kv_stride + j0;
+            b.k[d * PACKED_PITCH..d * PACKED_PITCH + width].copy_from_slice(&self.kt[from..from + width]);
         }
-        let blocks = (hi - lo).div_ceil(LANES);
-        let hd = self.s.head_dim;
-        let qs = &b.q[r0 * hd..(r0 + R) * hd];
-        let p = &mut b.p[..R * KEY_TILE];
+        let (kt, stride) = (&b.k[..], PACKED_PITCH);
         let mut jb = 0;
-        while jb + 4 <= blocks {
-            scores::<R, 4, FMA>(qs, hd, self.kt, self.s.kv_stride, lo + jb * LANES, self.s.scale, &mut p[jb * LANES..]);
-            jb += 4;
-        }
         while jb < blocks {
-            scores::<R, 1, FMA>(qs, hd, self.kt, self.s.kv_stride, lo + jb * LANES, self.s.scale, &mut p[jb * LANES..]);
-            jb += 1;
+            let n = if jb + 4 <= blocks { 4 } else { 1 };
+            let (j, at) = (j0 + jb * LANES, jb * LANES);
+            let mut r = 0;
+            while r < rows {
+                let take = if r + ROWS <= rows { ROWS } else { 1 };
+                // Rows are in position order: skip the groups that see none of these keys.
+                let (lo, count) = self.blocks_seen(r, take, j0, j1);
+                if count > 0 && lo <= j + (n - 1) * LANES && j < lo + count * LANES {
+                    let (qs, out) = (&b.q[r * hd..(r + take) * hd], &mut b.p[r * KEY_TILE + at..]);
+                    match (take, n) {
+                        (ROWS, 4) => scores::<ROWS, 4, FMA>(qs, hd, kt, stride, at, scale, out),
+                        (ROWS, _) => scores::<ROWS, 1, FMA>(qs, hd, kt, stride, at, scale, out),
+                        (_, 4) => scores::<1, 4, FMA>(qs, hd, kt, stride, at, scale, out),
+                        _ => scores::<1, 1, FMA>(qs, hd, kt, stride, at, scale, out),
+                    }
+                }
+                r += take;
+            }
+            jb += n;
         }
-        let mut alpha = [1f32; R];
-        for (i, &(a, e)) in ranges.iter().enumerate() {
-            let row = &mut p[i * KEY_TILE..i * KEY_TILE + blocks * LANES];
-            // Keys this row does not see in the tile get probability 0.
-            row[..a - lo].fill(0.0);
-            row[e - lo..].fill(0.0);
+    }
+
+    /// Each row's scores over the tile become probabilities against its running max (0 for
+    /// keys it does not see); its running sum and output are rescaled when the max grows.
+    #[inline(always)]
+    fn tile_softmax(&self, b: &mut Buffers, rows: usize, j0: usize, j1: usize) {
+        let hd = self.s.head_dim;
+        let width = (j1 - j0).next_multiple_of(LANES);
+        for r in 0..rows {
+            let (a, e) = self.seen_in(r, j0, j1);
+            let row = &mut b.p[r * KEY_TILE..r * KEY_TILE + width];
             if a >= e {
+                row.fill(0.0);
                 continue;
             }
-            let seen = &mut row[a - lo..e - lo];
+            row[..a - j0].fill(0.0);
+            row[e - j0..].fill(0.0);
+            let seen = &mut row[a - j0..e - j0];
             if let Some(cap) = self.s.softcap {
                 seen.iter_mut().for_each(|x| *x = (*x / cap).tanh() * cap);
             }
-            let r = r0 + i;
             let new_max = b.max[r].max(max_of(seen));
-            alpha[i] = exp_fast(b.max[r] - new_max);
+            let alpha = exp_fast(b.max[r] - new_max);
             b.max[r] = new_max;
-            b.sum[r] = b.sum[r] * alpha[i] + exp_minus(seen, new_max);
-        }
-        let o = &mut b.o[r0 * hd..(r0 + R) * hd];
-        for (i, &a) in alpha.iter().enumerate() {
-            if a != 1.0 {
-                o[i * hd..(i + 1) * hd].iter_mut().for_each(|x| *x *= a);
+            b.sum[r] = b.sum[r] * alpha + exp_minus(seen, new_max);
+            if alpha != 1.0 {
+                b.o[r * hd..(r + 1) * hd].iter_mut().for_each(|x| *x *= alpha);
             }
         }
-        let vs = &self.v[lo * hd..(lo + (hi - lo)) * hd];
+    }
+
+    /// o[r] += sum_j p[r][j] v_j over the tile, 64 keys at a time as the outer loop (their
+    /// values stay in L1 while every row group uses them).
+    #[inline(always)]
+    fn tile_values<const FMA: bool>(&self, b: &mut Buffers, rows: usize, j0: usize, j1: usize) {
+        const KEYS: usize = 4 * LANES;
+        let hd = self.s.head_dim;
         let dim_blocks = hd / LANES;
-        let mut db = 0;
-        while db + 4 <= dim_blocks {
-            values::<R, 4, FMA>(p, vs, hd, db, o);
-            db += 4;
-        }
-        while db < dim_blocks {
-            values::<R, 1, FMA>(p, vs, hd, db, o);
-            db += 1;
-        }
-        for i in 0..R {
-            let probs = &p[i * KEY_TILE..i * KEY_TILE + (hi - lo)];
-            for d in dim_blocks * LANES..hd {
-                o[i * hd + d] += probs.iter().zip(vs.chunks_exact(hd)).map(|(&pj, vj)| pj * vj[d]).sum::<f32>();
+        for k0 in (j0..j1).step_by(KEYS) {
+            let k1 = (k0 + KEYS).min(j1);
+            let vs = &self.v[k0 * hd..k1 * hd];
+            let mut r = 0;
+            while r < rows {
+                let take = if r + ROWS <= rows { ROWS } else { 1 };
+                let (lo, count) = self.blocks_seen(r, take, j0, j1);
+                if count > 0 && lo < k1 && k0 < lo + count * LANES {
+                    let p = &b.p[r * KEY_TILE + (k0 - j0)..];
+                    let o = &mut b.o[r * hd..(r + take) * hd];
+                    let mut db = 0;
+                    while db < dim_blocks {
+                        let d = if db + 4 <= dim_blocks { 4 } else { 1 };
+                        match (take, d) {
+                            (ROWS, 4) => values::<ROWS, 4, FMA>(p, vs, hd, db, o),
+                            (ROWS, _) => values::<ROWS, 1, FMA>(p, vs, hd, db, o),
+                            (_, 4) => values::<1, 4, FMA>(p, vs, hd, db, o),
+                            _ => values::<1, 1, FMA>(p, vs, hd, db, o),
+                        }
+                        db += d;
+                    }
+                    for i in 0..take {
+                        let probs = &p[i * KEY_TILE..i * KEY_TILE + (k1 - k0)];
+                        for dd in dim_blocks * LANES..hd {
+                            o[i * hd + dd] += probs.iter().zip(vs.chunks_exact(hd)).map(|(&pj, vj)| pj * vj[dd]).sum::<f32>();
+                        }
+                    }
+                }
+                r += take;
             }
         }
     }

@@ -43,9 +43,9 @@ fn below(rng: &mut Rng, n: usize) -> usize {
 }
 
 /// A size in 0..=max: a quarter of the time one of the edges kernels block on, else uniform.
-/// Under Miri (tools/miri.sh), which interprets every operation, at most 40.
+/// Under Miri (tools/miri.sh), which interprets every operation, at most 20.
 fn size(rng: &mut Rng, max: usize) -> usize {
-    let max = if cfg!(miri) { max.min(40) } else { max };
+    let max = if cfg!(miri) { max.min(20) } else { max };
     const EDGES: [usize; 16] = [0, 1, 2, 3, 4, 5, 11, 12, 13, 15, 16, 17, 31, 32, 33, 64];
     if below(rng, 4) == 0 {
         let fits: Vec<usize> = EDGES.into_iter().filter(|&e| e <= max).collect();
