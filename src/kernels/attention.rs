@@ -325,6 +325,19 @@ fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
     }
 }
 
+/// acc[i][b] += a(i) * x[b] for R rows and B 16-lane blocks: the portable microkernels' step.
+#[inline(always)]
+fn rank1_update<const R: usize, const B: usize, const FMA: bool>(acc: &mut [[[f32; LANES]; B]; R], a: impl Fn(usize) -> f32, x: &[&[f32; LANES]; B]) {
+    for (i, acc_i) in acc.iter_mut().enumerate() {
+        let ai = a(i);
+        for (acc_ib, xb) in acc_i.iter_mut().zip(x) {
+            for l in 0..LANES {
+                acc_ib[l] = madd::<FMA>(ai, xb[l], acc_ib[l]);
+            }
+        }
+    }
+}
+
 /// Scores of R query rows (`qs`, [R][hd]) for the N 16-key blocks from slot `j` on, times
 /// `scale`, into `out` (row i at i * KEY_TILE): one load of 16 keys per dimension feeds R rows.
 #[inline(always)]
@@ -343,14 +356,7 @@ fn scores<const R: usize, const N: usize, const FMA: bool>(qs: &[f32], hd: usize
             let at = d * stride + j + b * LANES;
             kt[at..at + LANES].try_into().unwrap()
         });
-        for (i, acc_i) in acc.iter_mut().enumerate() {
-            let qd = qs[i * hd + d];
-            for (acc_ib, kb) in acc_i.iter_mut().zip(&k) {
-                for l in 0..LANES {
-                    acc_ib[l] = madd::<FMA>(qd, kb[l], acc_ib[l]);
-                }
-            }
-        }
+        rank1_update::<R, N, FMA>(&mut acc, |i| qs[i * hd + d], &k);
     }
     for (i, acc_i) in acc.iter().enumerate() {
         for (b, acc_ib) in acc_i.iter().enumerate() {
@@ -358,6 +364,25 @@ fn scores<const R: usize, const N: usize, const FMA: bool>(qs: &[f32], hd: usize
             for l in 0..LANES {
                 out[at + l] = acc_ib[l] * scale;
             }
+        }
+    }
+}
+
+/// `rank1_update` in registers: acc[i][b] += a(i) * (16 floats at x + 16 b).
+/// Safety: x points to B * 16 readable floats.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn rank1_update_avx512<const R: usize, const B: usize>(acc: &mut [[std::arch::x86_64::__m512; B]; R], a: impl Fn(usize) -> f32, x: *const f32) {
+    use std::arch::x86_64::*;
+    let mut v = [_mm512_setzero_ps(); B];
+    for (b, vb) in v.iter_mut().enumerate() {
+        *vb = _mm512_loadu_ps(x.add(b * LANES));
+    }
+    for (i, acc_i) in acc.iter_mut().enumerate() {
+        let ai = _mm512_set1_ps(a(i));
+        for b in 0..B {
+            acc_i[b] = _mm512_fmadd_ps(ai, v[b], acc_i[b]);
         }
     }
 }
@@ -372,17 +397,7 @@ unsafe fn scores_avx512<const R: usize, const N: usize>(qs: &[f32], hd: usize, k
     let mut acc = [[_mm512_setzero_ps(); N]; R];
     let (kp, qp) = (kt.as_ptr().add(j), qs.as_ptr());
     for d in 0..hd {
-        let row = kp.add(d * stride);
-        let mut k = [_mm512_setzero_ps(); N];
-        for (b, kb) in k.iter_mut().enumerate() {
-            *kb = _mm512_loadu_ps(row.add(b * LANES));
-        }
-        for (i, acc_i) in acc.iter_mut().enumerate() {
-            let qd = _mm512_set1_ps(*qp.add(i * hd + d));
-            for b in 0..N {
-                acc_i[b] = _mm512_fmadd_ps(qd, k[b], acc_i[b]);
-            }
-        }
+        rank1_update_avx512::<R, N>(&mut acc, |i| *qp.add(i * hd + d), kp.add(d * stride));
     }
     let scale = _mm512_set1_ps(scale);
     for (i, acc_i) in acc.iter().enumerate() {
@@ -407,14 +422,7 @@ fn values<const R: usize, const D: usize, const FMA: bool>(p: &[f32], vs: &[f32]
     let mut acc: [[[f32; LANES]; D]; R] = std::array::from_fn(|i| std::array::from_fn(|c| o[i * hd + (db + c) * LANES..][..LANES].try_into().unwrap()));
     for (j, vj) in vs.chunks_exact(hd).enumerate() {
         let v: [&[f32; LANES]; D] = std::array::from_fn(|c| vj[(db + c) * LANES..(db + c + 1) * LANES].try_into().unwrap());
-        for (i, acc_i) in acc.iter_mut().enumerate() {
-            let pj = p[i * KEY_TILE + j];
-            for (acc_ic, vc) in acc_i.iter_mut().zip(&v) {
-                for l in 0..LANES {
-                    acc_ic[l] = madd::<FMA>(pj, vc[l], acc_ic[l]);
-                }
-            }
-        }
+        rank1_update::<R, D, FMA>(&mut acc, |i| p[i * KEY_TILE + j], &v);
     }
     for (i, acc_i) in acc.iter().enumerate() {
         for (c, acc_ic) in acc_i.iter().enumerate() {
@@ -438,17 +446,7 @@ unsafe fn values_avx512<const R: usize, const D: usize>(p: &[f32], vs: &[f32], k
     }
     let (vp, pp) = (vs.as_ptr().add(db * LANES), p.as_ptr());
     for j in 0..keys {
-        let row = vp.add(j * hd);
-        let mut v = [_mm512_setzero_ps(); D];
-        for (c, vc) in v.iter_mut().enumerate() {
-            *vc = _mm512_loadu_ps(row.add(c * LANES));
-        }
-        for (i, acc_i) in acc.iter_mut().enumerate() {
-            let pj = _mm512_set1_ps(*pp.add(i * KEY_TILE + j));
-            for c in 0..D {
-                acc_i[c] = _mm512_fmadd_ps(pj, v[c], acc_i[c]);
-            }
-        }
+        rank1_update_avx512::<R, D>(&mut acc, |i| *pp.add(i * KEY_TILE + j), vp.add(j * hd));
     }
     for (i, acc_i) in acc.iter().enumerate() {
         for (c, &a) in acc_i.iter().enumerate() {
