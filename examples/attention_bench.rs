@@ -4,9 +4,8 @@
 //!
 //!     cargo run --release --example attention_bench [-- REPS]
 
-use std::time::Instant;
-
 use llm_npu::kernels::attention::{causal_attention, causal_attention_portable, AttnShape};
+use llm_npu::measure::bench::median_secs;
 use llm_npu::util::Rng;
 
 fn main() {
@@ -31,15 +30,7 @@ fn main() {
         let flops = 2.0 * 2.0 * (keys_seen * hd * n_heads) as f64;
         let kernels: [(&str, fn(&[f32], &[f32], &[f32], AttnShape, &mut [f32])); 2] = [("tiled (best SIMD)", causal_attention), ("portable twin", causal_attention_portable)];
         for (name, kernel) in kernels {
-            let mut times: Vec<f64> = (0..reps)
-                .map(|_| {
-                    let t0 = Instant::now();
-                    kernel(&q, &k, &v, s, &mut out);
-                    t0.elapsed().as_secs_f64()
-                })
-                .collect();
-            times.sort_by(f64::total_cmp);
-            let t = times[reps / 2];
+            let t = median_secs(reps, || kernel(&q, &k, &v, s, &mut out));
             let gflops = flops / t / 1e9;
             println!("| {prompt} | {chunk} | {name} | {:.1} | {gflops:.0} | {:.2} |", t * 1e3, gflops / limits.f32_gflops);
         }

@@ -4,7 +4,6 @@
 //! threads. Weights are prepacked for both (as at model load); activation packing is timed.
 //! GOP/s counts 2 ops per multiply-add; the peak is 938 GOP/s on 2 threads here (DESIGN.md).
 
-use std::time::Instant;
 
 use llm_npu::kernels::int8_gemm::{gemm_i8, Int8Kernel, PackedI8Weights};
 use llm_npu::util::Rng;
@@ -14,18 +13,7 @@ use rten_tensor::NdTensor;
 
 const PEAK_PER_THREAD: f64 = 938.0 / 2.0;
 
-fn median_secs(reps: usize, mut f: impl FnMut()) -> f64 {
-    f(); // warm-up
-    let mut t: Vec<f64> = (0..reps)
-        .map(|_| {
-            let t0 = Instant::now();
-            f();
-            t0.elapsed().as_secs_f64()
-        })
-        .collect();
-    t.sort_by(f64::total_cmp);
-    t[reps / 2]
-}
+use llm_npu::measure::bench::median_secs;
 
 fn main() {
     let (m, k) = (256usize, 2048usize);

@@ -8,6 +8,7 @@ pub mod matvec;
 pub mod ops;
 pub mod qdot;
 pub mod quantize;
+pub mod sign_blocks;
 
 #[cfg(test)]
 mod properties;

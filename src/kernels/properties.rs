@@ -410,3 +410,35 @@ fn weight_decoding_matches_its_twin() {
         }
     });
 }
+
+#[test]
+fn sign_block_products_match_their_twin_and_the_dense_weight() {
+    use super::sign_blocks::{sign_block_matvec, sign_block_matvec_portable, SignBlock};
+    for_random_cases("sign_block_products_match_their_twin_and_the_dense_weight", |rng| {
+        let (rows, cols, rank) = (size(rng, 100), size(rng, 300), size(rng, 17));
+        let words = SignBlock::words_per_row(cols);
+        // Random signs; the padding bits beyond `cols` stay 0 as the layout requires.
+        let signs: Vec<u64> = (0..rows * words)
+            .map(|w| {
+                let valid = cols - (w % words.max(1)) * 64;
+                let bits = rng.next_u64();
+                if valid >= 64 { bits } else { bits & ((1u64 << valid) - 1) }
+            })
+            .collect();
+        let (u, v, x) = (floats(rng, rows * rank), floats(rng, rank * cols), Unaligned::random(rng, cols));
+        let b = SignBlock { rows, cols, rank, signs: &signs, u: &u, v: &v };
+        let dense = b.dense();
+        let y0 = floats(rng, rows);
+        let (mut got, mut twin) = (y0.clone(), y0.clone());
+        sign_block_matvec(&b, x.get(), &mut got);
+        sign_block_matvec_portable(&b, x.get(), &mut twin);
+        for i in 0..rows {
+            // The exact product and the scale of its rounding: |U| |V| |x| summed over the rank.
+            let want = y0[i] as f64 + (0..cols).map(|j| dense[i * cols + j] as f64 * x.get()[j] as f64).sum::<f64>();
+            let scale: f64 = y0[i].abs() as f64 + (0..rank).map(|c| (u[i * rank + c] as f64).abs() * (0..cols).map(|j| (v[c * cols + j] * x.get()[j]).abs() as f64).sum::<f64>()).sum::<f64>();
+            for (name, y) in [("best", &got), ("portable", &twin)] {
+                assert!((y[i] as f64 - want).abs() <= 1e-5 * (scale + 1e-6), "{name} {rows}x{cols} rank {rank} row {i}: {} vs {want} (scale {scale})", y[i]);
+            }
+        }
+    });
+}

@@ -47,6 +47,19 @@ pub struct BenchResult {
     pub samples_tokens_per_s: Vec<f64>,
 }
 
+/// Median seconds of `reps` runs of `f` after one warm-up run (the kernel examples' timer).
+pub fn median_secs(reps: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    let times: Vec<f64> = (0..reps.max(1))
+        .map(|_| {
+            let t0 = std::time::Instant::now();
+            f();
+            t0.elapsed().as_secs_f64()
+        })
+        .collect();
+    median(&times)
+}
+
 /// Median of a non-empty list.
 pub fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
