@@ -73,9 +73,7 @@ fn real_templates_render_exactly_as_transformers_does() {
 /// The trained stories260K (GGUF, with its tokenizer) and a template that just concatenates turns.
 fn stories() -> Option<(std::path::PathBuf, std::path::PathBuf)> {
     let models = common::shared_models("chat with stories260K")?;
-    let template = std::env::temp_dir().join(format!("llm-npu-story-{}.jinja", std::process::id()));
-    std::fs::write(&template, "{% for m in messages %}{{ m.content }}{% if m.role != 'user' %} {% endif %}{% endfor %}").unwrap();
-    Some((models.join("stories260K-gguf/tinyllamas-stories-260k-f32.gguf"), template))
+    Some((models.join("stories260K-gguf/tinyllamas-stories-260k-f32.gguf"), common::story_template()))
 }
 
 #[test]

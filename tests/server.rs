@@ -24,8 +24,7 @@ impl Drop for Server {
 
 fn start(args: &[&str]) -> Option<Server> {
     let models = common::shared_models("llm-npu serve")?;
-    let template = std::env::temp_dir().join(format!("llm-npu-serve-{}.jinja", std::process::id()));
-    std::fs::write(&template, "{% for m in messages %}{{ m.content }}{% if m.role != 'user' %} {% endif %}{% endfor %}").unwrap();
+    let template = common::story_template();
     let model = models.join("stories260K-gguf/tinyllamas-stories-260k-f32.gguf");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_llm-npu"));
     cmd.args(["serve", "-m", model.to_str().unwrap(), "--port", "0", "--header-timeout", "1", "--chat-template", template.to_str().unwrap()]).args(args);

@@ -466,7 +466,8 @@ mod tests {
         let mut rng = crate::util::Rng::new(17);
         for dtype in DType::ALL {
             let (weights, size) = dtype.block();
-            for _ in 0..20 {
+            // Two blocks per type under Miri (tools/miri.sh), which interprets every step.
+            for _ in 0..if cfg!(miri) { 2 } else { 20 } {
                 let mut b: Vec<u8> = (0..size).map(|_| rng.next_u64() as u8).collect();
                 // Sane f16 scales where the layout has them (random bits could be NaN).
                 for at in [0usize, 2, 80, 82, 108, 208].into_iter().filter(|&at| at + 2 <= size && (dtype.is_quantized() || at == 0)) {

@@ -40,3 +40,17 @@ pub fn onnx_runtime(test: &str) -> bool {
     );
     false
 }
+
+/// A chat template for stories260K (no roles of its own: the turns' text, system turns followed
+/// by a space), written once per test process. Tests run in parallel: rewriting the file while
+/// another test's llm-npu read it gave that one an empty template ("the prompt has no tokens").
+pub fn story_template() -> PathBuf {
+    static TEMPLATE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    TEMPLATE
+        .get_or_init(|| {
+            let path = std::env::temp_dir().join(format!("llm-npu-story-{}.jinja", std::process::id()));
+            std::fs::write(&path, "{% for m in messages %}{{ m.content }}{% if m.role != 'user' %} {% endif %}{% endfor %}").unwrap();
+            path
+        })
+        .clone()
+}
