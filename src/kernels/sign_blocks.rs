@@ -85,8 +85,8 @@ fn run(b: &SignBlock, x: &[f32], y: &mut [f32], sign_dots: impl Fn(&[u64], usize
     // z_c = V[c] * x, padded with zeros to whole 64-column words, stored 16 columns at a time
     // for all ranks together ([cols / 16][rank][16]: the vectors a set of 16 sign bits meets are
     // adjacent), and sum_j z_c[j].
-    let padded = SignBlock::words_per_row(cols) * 64;
-    let mut z = vec![0f32; rank * padded];
+    let words = SignBlock::words_per_row(cols);
+    let mut z = vec![0f32; rank * words * 64];
     let mut totals = vec![0f32; rank];
     for (c, vc) in b.v.chunks_exact(cols).enumerate() {
         for (j, (&vj, &xj)) in vc.iter().zip(x).enumerate() {
@@ -95,7 +95,6 @@ fn run(b: &SignBlock, x: &[f32], y: &mut [f32], sign_dots: impl Fn(&[u64], usize
             totals[c] += zj;
         }
     }
-    let words = SignBlock::words_per_row(cols);
     y.par_chunks_mut(ROWS_PER_TASK).enumerate().for_each_init(
         || vec![0f32; ROWS * rank],
         |t, (task, ys)| {
