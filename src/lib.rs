@@ -30,6 +30,7 @@ pub mod model;
 
 pub mod engine;
 pub mod quant;
+pub mod bitstack;
 pub mod accel;
 pub mod shadow;
 pub mod prefill;

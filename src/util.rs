@@ -40,12 +40,17 @@ pub fn random_tokens(vocab: usize, n: usize, seed: u64) -> Vec<u32> {
 /// `<folder>/llm-npu-<what>.json` for an HF folder, `<file>.llm-npu-<what>.json` beside a
 /// single-file model.
 pub fn beside_model(model: &Path, what: &str) -> PathBuf {
+    beside_model_as(model, &format!("llm-npu-{what}.json"))
+}
+
+/// `<folder>/<name>` for an HF folder, `<file>.<name>` beside a single-file model.
+pub fn beside_model_as(model: &Path, name: &str) -> PathBuf {
     if model.is_dir() {
-        model.join(format!("llm-npu-{what}.json"))
+        model.join(name)
     } else {
-        let mut name = model.file_name().unwrap_or_default().to_os_string();
-        name.push(format!(".llm-npu-{what}.json"));
-        model.with_file_name(name)
+        let mut file = model.file_name().unwrap_or_default().to_os_string();
+        file.push(format!(".{name}"));
+        model.with_file_name(file)
     }
 }
 

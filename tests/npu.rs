@@ -35,7 +35,7 @@ fn load(name: &str) -> Arc<LoadedModel> {
 /// The npu engine over a fixture, with its committed calibration, built by the library's builder.
 fn npu_chunked(loaded: &Arc<LoadedModel>, name: &str, chunk_size: Option<usize>, opts: NpuOptions) -> Box<dyn Engine> {
     let calibration = CalibrationSource::File(calibration::default_path(&fixture(name)));
-    engine::build(loaded, &EngineOptions { backend: BackendKind::Npu, chunk_size, npu: opts, calibration }, &Silent).unwrap()
+    engine::build(loaded, &EngineOptions { backend: BackendKind::Npu, chunk_size, npu: opts, calibration, ..Default::default() }, &Silent).unwrap()
 }
 
 fn npu(loaded: &Arc<LoadedModel>, name: &str, opts: NpuOptions) -> Box<dyn Engine> {

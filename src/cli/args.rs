@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, ValueEnum};
 
+use llm_npu::bitstack::{BitStackOptions, Budget};
 use llm_npu::engine::npu::scheduled::{ExecutorOptions, SchedulerKind};
 use llm_npu::engine::{BackendKind, CalibrationSource, EngineOptions, ModelOptions, NpuOptions};
 use llm_npu::model::LoadedModel;
@@ -66,6 +67,14 @@ pub struct ModelArgs {
     pub chunk_size: Option<usize>,
     #[command(flatten)]
     pub npu: NpuArgs,
+    /// Run the decoder's linears on a BitStack file made by `llm-npu bitstack` (f32 backend):
+    /// as many of its blocks as --memory allows
+    #[arg(long, value_name = "FILE")]
+    pub bitstack: Option<PathBuf>,
+    /// With --bitstack: megabytes for all the model's weights (embeddings, norms and LM head as
+    /// the model stores them, plus as many blocks as fit) [default: the whole stack]
+    #[arg(long, value_name = "MB")]
+    pub memory: Option<f64>,
     /// Print what the backend does (graphs compiled and reused)
     #[arg(short, long)]
     pub verbose: bool,
@@ -134,7 +143,26 @@ impl ModelArgs {
             chunk_size: self.chunk_size,
             npu: self.npu.options()?,
             calibration: self.npu.calibration.clone().map_or(CalibrationSource::Auto, CalibrationSource::File),
+            bitstack: self.bitstack_options(backend)?,
         })
+    }
+
+    fn bitstack_options(&self, backend: BackendArg) -> Result<Option<BitStackOptions>> {
+        let Some(path) = &self.bitstack else {
+            if self.memory.is_some() {
+                bail!("--memory sets how much of a BitStack to load; add --bitstack FILE");
+            }
+            return Ok(None);
+        };
+        if backend != BackendArg::F32 {
+            bail!("--bitstack runs on --backend f32 (the npu backend keeps its own int8 weights; README, \"BitStack\")");
+        }
+        let budget = match self.memory {
+            None => Budget::All,
+            Some(mb) if mb.is_finite() && mb > 0.0 => Budget::MemoryMb(mb),
+            Some(mb) => bail!("--memory takes a positive number of megabytes, got {mb}"),
+        };
+        Ok(Some(BitStackOptions { path: path.clone(), budget }))
     }
 }
 

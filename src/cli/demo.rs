@@ -50,6 +50,8 @@ pub fn run(a: DemoArgs) -> Result<()> {
         backend: BackendArg::F32,
         chunk_size: None,
         npu: NpuArgs::default(),
+        bitstack: None,
+        memory: None,
         verbose: false,
     };
     let loaded = report::load_model(&args)?;

@@ -35,10 +35,12 @@ pub fn run(a: EvalArgs) -> Result<()> {
     let loaded = report::load_model(&a.model)?;
     let m = &loaded.model;
     // The npu options go to whichever side is npu; the f32 side takes none of them.
-    let f32_args = ModelArgs { npu: NpuArgs::default(), chunk_size: None, ..a.model.clone() };
+    // A BitStack is compared with the model's own weights.
+    let f32_args = ModelArgs { npu: NpuArgs::default(), chunk_size: None, bitstack: None, memory: None, ..a.model.clone() };
     let args_for = |b: BackendArg| if b == BackendArg::Npu { &a.model } else { &f32_args };
-    let engine = report::build_engine(&loaded, args_for(a.model.backend), a.model.backend)?;
-    let reference = if a.ref_backend == a.model.backend { None } else { Some(report::build_engine(&loaded, args_for(a.ref_backend), a.ref_backend)?) };
+    let engine = report::build_engine(&loaded, if a.model.bitstack.is_some() { &a.model } else { args_for(a.model.backend) }, a.model.backend)?;
+    let same = a.ref_backend == a.model.backend && a.model.bitstack.is_none();
+    let reference = if same { None } else { Some(report::build_engine(&loaded, args_for(a.ref_backend), a.ref_backend)?) };
     let tokens = a.tokens.tokens(&loaded, 2048)?;
     let ctx = a.ctx.unwrap_or(512).min(m.config.max_seq_len);
     if ctx < 2 {

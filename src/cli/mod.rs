@@ -3,6 +3,7 @@
 
 mod args;
 mod bench;
+mod bitstack;
 mod calibrate;
 mod chat;
 mod demo;
@@ -58,6 +59,9 @@ enum Command {
     /// Measure this machine's int8 and f32 compute peaks and memory read bandwidth (what `bench`
     /// reports speeds against).
     Limits(limits::LimitsArgs),
+    /// Decompose the model's linears into a BitStack file (ICLR 2025): blocks of about one bit
+    /// per weight, sorted so that any prefix is a model; run it with --bitstack FILE --memory MB.
+    Bitstack(bitstack::BitStackArgs),
 }
 
 /// Parses the command line, runs the command, and turns an error into one line and exit code 1.
@@ -76,6 +80,7 @@ pub fn main() {
         Command::Simulate(a) => simulate::run(a),
         Command::Profile(a) => profile::run(a),
         Command::Limits(a) => limits::run(a),
+        Command::Bitstack(a) => bitstack::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

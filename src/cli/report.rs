@@ -118,7 +118,25 @@ pub fn build_engine(loaded: &Arc<LoadedModel>, args: &ModelArgs, backend: Backen
         );
         eprintln!("npu: {}", shadow_summary(npu));
     }
+    if let Some(stack) = engine.bitstack() {
+        eprintln!("bitstack: {}", stack_summary(stack));
+    }
     Ok(engine)
+}
+
+/// What a BitStack holds: blocks, megabytes and bits per weight.
+pub fn stack_summary(stack: &llm_npu::bitstack::BitStack) -> String {
+    let s = stack.size();
+    format!(
+        "{}: {} of {} blocks, {:.1} MB ({:.2} bits per linear weight) + {:.1} MB of embeddings, norms and LM head = {:.1} MB",
+        stack.path().display(),
+        s.blocks,
+        s.total_blocks,
+        s.stack_bytes as f64 / 1e6,
+        s.bits_per_weight,
+        s.other_bytes as f64 / 1e6,
+        (s.stack_bytes + s.other_bytes) as f64 / 1e6
+    )
 }
 
 /// With -v: how the npu graphs were compiled and shared, and the shadow work done.

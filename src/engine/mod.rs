@@ -33,6 +33,10 @@ pub trait Engine: Send + Sync {
     fn as_npu(&self) -> Option<&NpuEngine> {
         None
     }
+    /// The BitStack the engine's linears run on, if any (to grow or shrink it while running).
+    fn bitstack(&self) -> Option<&Arc<crate::bitstack::BitStack>> {
+        None
+    }
     fn model(&self) -> &Transformer {
         &self.loaded().model
     }
@@ -88,6 +92,8 @@ pub struct EngineOptions {
     /// The npu backend's options (the f32 engine ignores them).
     pub npu: NpuOptions,
     pub calibration: CalibrationSource,
+    /// The f32 backend's linears on a BitStack file's blocks, as many as the budget allows.
+    pub bitstack: Option<crate::bitstack::BitStackOptions>,
 }
 
 /// Runs `f` on a worker of the global thread pool, so the parallel loops inside it split their
@@ -122,7 +128,11 @@ pub fn load_model(opts: &ModelOptions, progress: &dyn Progress) -> Result<Arc<Lo
 /// Builds the engine `opts` asks for over a loaded model.
 pub fn build(loaded: &Arc<LoadedModel>, opts: &EngineOptions, progress: &dyn Progress) -> Result<Box<dyn Engine>> {
     match opts.backend {
-        BackendKind::F32 => Ok(Box::new(F32Engine::new(loaded.clone(), opts.chunk_size))),
+        BackendKind::F32 => match &opts.bitstack {
+            Some(b) => Ok(Box::new(F32Engine::with_bitstack(loaded.clone(), crate::bitstack::attach(&loaded.model, b)?))),
+            None => Ok(Box::new(F32Engine::new(loaded.clone(), opts.chunk_size))),
+        },
+        BackendKind::Npu if opts.bitstack.is_some() => Err(Error::Input("a BitStack runs on the f32 backend (the npu backend's int8 weights are its own copy; README, \"BitStack\")".into())),
         BackendKind::Npu => {
             let (cal, source) = resolve_calibration(loaded, &opts.calibration, progress)?;
             Ok(Box::new(NpuEngine::new(loaded.clone(), &cal, source, opts.chunk_size, &opts.npu, progress)?))

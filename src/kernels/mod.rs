@@ -79,13 +79,21 @@ pub fn linear_encoded(x: &[f32], m: usize, w: Encoded, y: &mut [f32], accumulate
     if m < SMALL_BATCH {
         return matvec::matmul_few_rows(matvec::WeightRows::Encoded(w), n, k, x, m, y, accumulate);
     }
+    linear_by_panels(x, m, k, n, y, accumulate, |r0, panel| panel.par_chunks_mut(k).enumerate().for_each(|(i, row)| w.decode_rows(r0 + i, row)));
+}
+
+/// y[m, n] = x[m, k] . W^T (or y += that) for a weight that is not stored as f32: `fill_panel(r0,
+/// panel)` writes rows r0.. of W into a zeroed panel of up to `PANEL` rows, which the GEMM then
+/// multiplies with every token, so no f32 copy of the whole matrix is ever made.
+pub fn linear_by_panels(x: &[f32], m: usize, k: usize, n: usize, y: &mut [f32], accumulate: bool, fill_panel: impl Fn(usize, &mut [f32])) {
     const PANEL: usize = 256;
     let mut panel = vec![0f32; PANEL.min(n) * k];
     let mut part = vec![0f32; m * PANEL.min(n)];
     for r0 in (0..n).step_by(PANEL) {
         let rows = PANEL.min(n - r0);
         let panel = &mut panel[..rows * k];
-        panel.par_chunks_mut(k).enumerate().for_each(|(i, row)| w.decode_rows(r0 + i, row));
+        panel.fill(0.0);
+        fill_panel(r0, panel);
         let part = &mut part[..m * rows];
         gemm::gemm_nt(x, m, k, panel, rows, part, false);
         for (yr, pr) in y.chunks_exact_mut(n).zip(part.chunks_exact(rows)) {

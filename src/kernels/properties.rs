@@ -441,5 +441,16 @@ fn sign_block_products_match_their_twin_and_the_dense_weight() {
                 assert!((y[i] as f64 - want).abs() <= 1e-5 * (scale + 1e-6), "{name} {rows}x{cols} rank {rank} row {i}: {} vs {want} (scale {scale})", y[i]);
             }
         }
+        // Rows rebuilt for the GEMM, from any first row, added to what is there.
+        let r0 = rng.next_u64() as usize % (rows + 1);
+        let n = rng.next_u64() as usize % (rows - r0 + 1);
+        let base = floats(rng, n * cols);
+        let mut rebuilt = base.clone();
+        b.add_dense_rows(r0, &mut rebuilt);
+        for (k, (&r, &o)) in rebuilt.iter().zip(&base).enumerate() {
+            let (i, j) = (r0 + k / cols, k % cols);
+            let scale: f32 = o.abs() + (0..rank).map(|c| (u[i * rank + c] * v[c * cols + j]).abs()).sum::<f32>();
+            assert!((r - (o + dense[i * cols + j])).abs() <= 1e-5 * (scale + 1e-6), "rebuilt row {i} col {j} of {rows}x{cols} rank {rank}");
+        }
     });
 }

@@ -7,8 +7,8 @@
 //! dot product is 2 (sum of z over the set bits) - (sum of z), so a set of 16 bits costs one
 //! masked add per rank on AVX-512.
 //!
-//! This is the kernel only; the decomposition, the stack file and the memory budget are not
-//! built yet.
+//! Many tokens at once (prefill, evaluation) instead rebuild rows of the dense block
+//! (`add_dense_rows`: U V by the GEMM, then the signs) and multiply them with the float GEMM.
 
 use rayon::prelude::*;
 
@@ -52,6 +52,41 @@ impl SignBlock<'_> {
         }
         w
     }
+}
+
+impl SignBlock<'_> {
+    /// out[i][..] += row r0 + i of this block, for the `out.len() / cols` rows from r0: U's rows
+    /// times V through the GEMM, then each product given its sign.
+    pub fn add_dense_rows(&self, r0: usize, out: &mut [f32]) {
+        let n = out.len() / self.cols.max(1);
+        assert!(r0 + n <= self.rows && out.len() == n * self.cols);
+        if n == 0 || self.rank == 0 {
+            return;
+        }
+        let words = Self::words_per_row(self.cols);
+        let vt = transpose(self.v, self.rank, self.cols);
+        let mut magnitude = vec![0f32; out.len()];
+        super::linear(&self.u[r0 * self.rank..(r0 + n) * self.rank], n, self.rank, &vt, self.cols, &mut magnitude);
+        out.par_chunks_mut(self.cols).zip(magnitude.par_chunks(self.cols)).enumerate().for_each(|(i, (o, m))| {
+            let bits = &self.signs[(r0 + i) * words..(r0 + i + 1) * words];
+            for (j, (o, &m)) in o.iter_mut().zip(m).enumerate() {
+                // +m where the bit is set, -m where not: flip the float's sign bit.
+                let flip = (!bits[j / 64] >> (j % 64) & 1) as u32;
+                *o += f32::from_bits(m.to_bits() ^ (flip << 31));
+            }
+        });
+    }
+}
+
+/// [cols][rows] from [rows][cols].
+pub fn transpose(a: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut t = vec![0f32; a.len()];
+    for (i, row) in a.chunks_exact(cols.max(1)).enumerate() {
+        for (j, &x) in row.iter().enumerate() {
+            t[j * rows + i] = x;
+        }
+    }
+    t
 }
 
 /// Rows per parallel task.

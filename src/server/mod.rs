@@ -65,6 +65,8 @@ struct AppState {
     jobs: std::sync::mpsc::SyncSender<Job>,
     next_id: AtomicU64,
     counters: Arc<worker::Counters>,
+    /// The engine's BitStack, grown and shrunk through /admin/bitstack.
+    bitstack: Option<Arc<crate::bitstack::BitStack>>,
 }
 
 /// Builds the engine, listens on `opts.addr` and serves until SIGINT or SIGTERM. `ready` is
@@ -81,7 +83,7 @@ pub fn serve(loaded: Arc<LoadedModel>, engine_opts: EngineOptions, opts: ServerO
     let (jobs_tx, jobs_rx) = std::sync::mpsc::sync_channel::<Job>(opts.max_waiting);
     let shutdown = Arc::new(AtomicBool::new(false));
     let counters = Arc::new(worker::Counters::default());
-    let state = Arc::new(AppState { opts: opts.clone(), loaded: loaded.clone(), template, template_error, jobs: jobs_tx, next_id: AtomicU64::new(1), counters: counters.clone() });
+    let state = Arc::new(AppState { opts: opts.clone(), loaded: loaded.clone(), template, template_error, jobs: jobs_tx, next_id: AtomicU64::new(1), counters: counters.clone(), bitstack: engine.bitstack().cloned() });
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_io().enable_time().build().map_err(|e| Error::Runtime(format!("starting the server runtime: {e}")))?;
     std::thread::scope(|s| {
         let (flag, tok) = (shutdown.clone(), loaded.tokenizer.as_ref().expect("checked above"));
@@ -102,6 +104,7 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/v1/models", get(models))
         .route("/v1/completions", post(completions))
         .route("/v1/chat/completions", post(chat_completions))
+        .route("/admin/bitstack", get(bitstack_size).post(bitstack_resize))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "invalid_request_error", Some("not_found"), "no such endpoint") })
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
@@ -212,6 +215,48 @@ async fn models(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Respo
         return e.into_response();
     }
     Json(json!({"object": "list", "data": [{"id": state.opts.model_id, "object": "model", "created": 0, "owned_by": "llm-npu"}]})).into_response()
+}
+
+fn no_stack() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "invalid_request_error", Some("not_found"), "this server runs without a BitStack (start it with --bitstack FILE)")
+}
+
+/// What the BitStack holds now.
+async fn bitstack_size(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Err(e) = authorize(&state, &headers) {
+        return e.into_response();
+    }
+    match &state.bitstack {
+        Some(b) => Json(json!(b.size())).into_response(),
+        None => no_stack().into_response(),
+    }
+}
+
+/// Grows or shrinks the BitStack to {"memory_mb": MB} or {"blocks": N}; answers with what it
+/// holds then. Requests running meanwhile finish their current token first.
+async fn bitstack_resize(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    let result = async {
+        authorize(&state, req.headers())?;
+        let stack = state.bitstack.clone().ok_or_else(no_stack)?;
+        let (_, body) = read_body(&state, req).await?;
+        let o = api::parse_object(&body)?;
+        let budget = match (o.get("memory_mb"), o.get("blocks")) {
+            (Some(mb), None) => match mb.as_f64() {
+                Some(mb) if mb.is_finite() && mb > 0.0 => crate::bitstack::Budget::MemoryMb(mb),
+                _ => return Err(ApiError::invalid("memory_mb", "'memory_mb' must be a positive number")),
+            },
+            (None, Some(n)) => crate::bitstack::Budget::Blocks(n.as_u64().ok_or_else(|| ApiError::invalid("blocks", "'blocks' must be a non-negative integer"))? as usize),
+            _ => return Err(ApiError::invalid("memory_mb", "give exactly one of 'memory_mb' (megabytes for the weights) or 'blocks'")),
+        };
+        let resized = tokio::task::spawn_blocking(move || stack.resize(budget)).await;
+        match resized {
+            Ok(Ok(size)) => Ok(Json(json!(size)).into_response()),
+            Ok(Err(Error::Input(msg))) => Err(ApiError::invalid("memory_mb", msg)),
+            Ok(Err(e)) => Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", None, e.to_string())),
+            Err(e) => Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", None, format!("resizing failed: {e}"))),
+        }
+    };
+    result.await.unwrap_or_else(IntoResponse::into_response)
 }
 
 async fn completions(State(state): State<Arc<AppState>>, req: Request) -> Response {

@@ -44,7 +44,14 @@ pub struct Counters {
 /// longest prefix of its prompt, or, when none shares any, in the least recently used.
 pub fn run(engine: &dyn Engine, tok: &Tokenizer, jobs: std::sync::mpsc::Receiver<Job>, shutdown: Arc<AtomicBool>, cache_slots: usize, counters: &Counters) {
     let mut slots: Vec<(Session, u64)> = Vec::new();
+    let stack_version = || engine.bitstack().map(|b| b.version());
+    let mut weights_seen = stack_version();
     for (clock, job) in (1u64..).zip(jobs) {
+        if stack_version() != weights_seen {
+            // The BitStack was resized: cached prefixes were computed with other weights.
+            slots.clear();
+            weights_seen = stack_version();
+        }
         let i = pick_slot(&slots, &job.prompt, cache_slots).unwrap_or_else(|| {
             slots.push((Session::new(engine), 0));
             slots.len() - 1
