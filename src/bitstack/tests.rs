@@ -72,7 +72,9 @@ fn held_blocks_run_as_their_dense_sum_and_more_blocks_come_closer() {
         let reference = DenseEngine { loaded: loaded.clone(), dense };
         let (want_prompt, want_step) = prompt_and_step(&reference);
         assert!(max_rel_diff(&prompt, &want_prompt) < 1e-4, "{n} blocks, prompt: {}", max_rel_diff(&prompt, &want_prompt));
-        assert!(max_rel_diff(&step, &want_step) < 1e-4, "{n} blocks, decode: {}", max_rel_diff(&step, &want_step));
+        // Decode rounds V x to int8 per rank (the kernel's bound is checked in kernels::properties);
+        // on this 32-wide model that is about 1% of the largest logit. A wrong sign or row is O(1).
+        assert!(max_rel_diff(&step, &want_step) < 4e-2, "{n} blocks, decode: {}", max_rel_diff(&step, &want_step));
         kls.push(kl_to_model(&loaded, &engine));
     }
     assert!(kls[2] < kls[1] && kls[1] < kls[0], "KL to the model by blocks held: {kls:?}");

@@ -8,6 +8,7 @@ use llm_npu::measure::limits::{self, Limits};
 
 use std::sync::Arc;
 
+use llm_npu::engine::Engine;
 use llm_npu::model::LoadedModel;
 
 use super::args::{BackendArg, ModelArgs};
@@ -73,8 +74,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
             let mut v = serde_json::to_value(&r)?;
             v["model"] = desc.clone().into();
             v["peak_rss_mib"] = bench::peak_rss_bytes().map_or(serde_json::Value::Null, |b| (b / (1 << 20)).into());
-            v["weight_mib"] = (m.weight_memory_bytes() / (1 << 20)).into();
-            v["limit_tokens_per_s"] = limit_for(&limits, &loaded, a.model.backend, t).0.into();
+            v["weight_mib"] = (report::weight_size(engine.as_ref()).0 / (1 << 20)).into();
+            v["limit_tokens_per_s"] = limit_for(&limits, engine.as_ref(), a.model.backend, t).0.into();
             println!("{v}");
         }
         results.push(r);
@@ -83,17 +84,17 @@ pub fn run(a: BenchArgs) -> Result<()> {
     if !a.json {
         println!("| model | size | params | backend | threads | test | t/s | limit t/s | share |");
         println!("| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |");
-        let size = format!("{:.2} GiB", m.weight_memory_bytes() as f64 / (1u64 << 30) as f64);
+        let size = format!("{:.2} GiB", report::weight_size(engine.as_ref()).0 as f64 / (1u64 << 30) as f64);
         for (r, &t) in results.iter().zip(&tests) {
-            let (limit, _) = limit_for(&limits, &loaded, a.model.backend, t);
+            let (limit, _) = limit_for(&limits, engine.as_ref(), a.model.backend, t);
             let params = report::human_count(m.num_parameters());
             println!("| {desc} | {size} | {params} | {} | {} | {} | {:.2} ± {:.2} | {limit:.0} | {:.0}% |", r.backend, r.threads, r.test, r.tokens_per_s, r.stddev, 100.0 * r.tokens_per_s / limit);
         }
         if let Some(&t) = tests.iter().find(|t| matches!(t, TestKind::Prompt(_))) {
-            eprintln!("limit for pp: {}", limit_for(&limits, &loaded, a.model.backend, t).1);
+            eprintln!("limit for pp: {}", limit_for(&limits, engine.as_ref(), a.model.backend, t).1);
         }
         if let Some(&t) = tests.iter().find(|t| matches!(t, TestKind::Generate(_))) {
-            eprintln!("limit for tg: {}", limit_for(&limits, &loaded, a.model.backend, t).1);
+            eprintln!("limit for tg: {}", limit_for(&limits, engine.as_ref(), a.model.backend, t).1);
         }
         report::engine_report(engine.as_ref(), a.model.verbose);
         if let Some(b) = bench::peak_rss_bytes() {
@@ -110,8 +111,8 @@ fn n_prompt(t: TestKind) -> usize {
 }
 
 /// A test's limit on this machine in tokens/s, and how it was computed.
-fn limit_for(l: &Limits, loaded: &LoadedModel, backend: BackendArg, test: TestKind) -> (f64, String) {
-    let m = &loaded.model;
+fn limit_for(l: &Limits, engine: &dyn Engine, backend: BackendArg, test: TestKind) -> (f64, String) {
+    let m = engine.model();
     match test {
         TestKind::Prompt(_) => {
             // The npu backend's linears are int8; so are the f32 backend's on ggml blocks, where
@@ -122,7 +123,10 @@ fn limit_for(l: &Limits, loaded: &LoadedModel, backend: BackendArg, test: TestKi
             (l.compute_bound_tokens_per_s(ops, int8), format!("{:.2} G {kind} ops of linears per token at the measured peak of {peak:.0} G/s ({})", ops / 1e9, if int8 { l.int8_kernel } else { l.f32_kernel }))
         }
         TestKind::Generate(_) => {
-            let bytes = m.decode_bytes_per_token() as f64;
+            // A BitStack's blocks are read instead of the model's linears.
+            let stack = engine.bitstack().map_or(0, |s| s.size().stack_bytes as usize);
+            let linears = if engine.bitstack().is_some() { m.linear_weight_size().0 } else { 0 };
+            let bytes = (m.decode_bytes_per_token() - linears + stack) as f64;
             (l.memory_bound_tokens_per_s(bytes), format!("{:.2} GB of weights read per token at the measured {:.1} GB/s", bytes / 1e9, l.read_gb_per_s))
         }
     }

@@ -124,6 +124,21 @@ pub fn build_engine(loaded: &Arc<LoadedModel>, args: &ModelArgs, backend: Backen
     Ok(engine)
 }
 
+/// Bytes of all weights as the engine holds them, and bits per weight of the layers' linears.
+pub fn weight_size(engine: &dyn Engine) -> (u64, f64) {
+    match engine.bitstack() {
+        Some(stack) => {
+            let s = stack.size();
+            (s.stack_bytes + s.other_bytes, s.bits_per_weight)
+        }
+        None => {
+            let m = engine.model();
+            let (bytes, weights) = m.linear_weight_size();
+            (m.weight_memory_bytes() as u64, 8.0 * bytes as f64 / weights as f64)
+        }
+    }
+}
+
 /// What a BitStack holds: blocks, megabytes and bits per weight.
 pub fn stack_summary(stack: &llm_npu::bitstack::BitStack) -> String {
     let s = stack.size();

@@ -3,15 +3,18 @@
 //! sign of the residual (one bit per weight), U_b V_b a rank-r approximation of its magnitude.
 //!
 //! y += W_b x = sum_c U_b[:, c] * (S_b (V_b[c, :] * x)): the r scaled copies z_c = V_b[c] * x
-//! are made once per call, then every row reads its sign bits once for all r of them. A sign
-//! dot product is 2 (sum of z over the set bits) - (sum of z), so a set of 16 bits costs one
-//! masked add per rank on AVX-512.
+//! are made once per call and quantized to int8 (as llama.cpp quantizes activations), then
+//! every row reads its sign bits once for all r of them. A sign dot product is 2 (sum of z over
+//! the set bits) - (sum of z): on AVX-512 VNNI, 64 bits become 64 bytes of 0 / 1 and one
+//! vpdpbusd per rank sums z over them. The integer sums are exact, so the SIMD kernel and its
+//! portable twin give the same result bit for bit.
 //!
 //! Many tokens at once (prefill, evaluation) instead rebuild rows of the dense block
 //! (`add_dense_rows`: U V by the GEMM, then the signs) and multiply them with the float GEMM.
 
 use rayon::prelude::*;
 
+#[cfg(target_arch = "x86_64")]
 use super::{simd_level, SimdLevel};
 
 /// One block of a [rows, cols] weight: sign bits row by row (bit j % 64 of word j / 64 of the
@@ -94,82 +97,107 @@ const ROWS_PER_TASK: usize = 64;
 /// Rows whose sign bits meet each loaded vector of z together (a multiple of it is ROWS_PER_TASK).
 const ROWS: usize = 4;
 
-/// y += W_b x with the best kernel for this CPU.
-pub fn sign_block_matvec(b: &SignBlock, x: &[f32], y: &mut [f32]) {
-    let level = simd_level();
-    run(b, x, y, |signs, n, z, totals, rank, t| match level {
-        // SAFETY: Avx512 is only selected when the CPU has avx512f.
-        #[cfg(target_arch = "x86_64")]
-        SimdLevel::Avx512 => unsafe { sign_dots_avx512(signs, n, z, totals, rank, t) },
-        _ => sign_dots_portable(signs, n, z, totals, rank, t),
-    });
+/// The kernel that counts z over the set bits: `(signs of n rows, n, zq, rank, out)`.
+type SignDots = fn(&[u64], usize, &[i8], usize, &mut [i32]);
+
+/// The integer sign-dot kernel this CPU runs (AVX-512 VNNI, else portable).
+fn best_sign_dots() -> SignDots {
+    #[cfg(target_arch = "x86_64")]
+    if simd_level() == SimdLevel::Avx512 && std::arch::is_x86_feature_detected!("avx512bw") && std::arch::is_x86_feature_detected!("avx512vnni") {
+        // SAFETY: the features it needs were just detected.
+        return |s, n, z, rank, out| unsafe { sign_dots_vnni(s, n, z, rank, out) };
+    }
+    sign_dots_portable
 }
 
-/// The portable twin of `sign_block_matvec`.
+/// y += W_b x with the best kernel for this CPU.
+pub fn sign_block_matvec(b: &SignBlock, x: &[f32], y: &mut [f32]) {
+    run(b, x, y, best_sign_dots());
+}
+
+/// The portable twin of `sign_block_matvec` (the same result bit for bit).
 pub fn sign_block_matvec_portable(b: &SignBlock, x: &[f32], y: &mut [f32]) {
     run(b, x, y, sign_dots_portable);
 }
 
-/// `sign_dots(words of n rows, n, z, totals, rank, out)` writes out[r * rank + c] = S_r . z_c.
-fn run(b: &SignBlock, x: &[f32], y: &mut [f32], sign_dots: impl Fn(&[u64], usize, &[f32], &[f32], usize, &mut [f32]) + Sync) {
+/// z_c = V[c] * x quantized to int8 per rank (as llama.cpp quantizes activations): `q` padded
+/// with zeros to whole 64-column words and stored 64 columns at a time for all ranks together
+/// ([words][rank][64]: the vectors one word of sign bits meets are adjacent), a scale and the
+/// exact sum of the quantized values per rank.
+pub struct QuantizedZ {
+    pub q: Vec<i8>,
+    pub scale: Vec<f32>,
+    pub totals: Vec<i32>,
+}
+
+impl QuantizedZ {
+    pub fn new(v: &[f32], x: &[f32], rank: usize) -> QuantizedZ {
+        let cols = x.len();
+        let words = SignBlock::words_per_row(cols);
+        let mut q = vec![0i8; rank * words * 64];
+        let (mut scale, mut totals) = (vec![0f32; rank], vec![0i32; rank]);
+        let mut z = vec![0f32; cols];
+        for (c, vc) in v.chunks_exact(cols.max(1)).take(rank).enumerate() {
+            z.iter_mut().zip(vc.iter().zip(x)).for_each(|(z, (&v, &x))| *z = v * x);
+            let max = z.iter().fold(0f32, |m, z| m.max(z.abs()));
+            scale[c] = max / 127.0;
+            let inv = if max > 0.0 { 127.0 / max } else { 0.0 };
+            for (j, &zj) in z.iter().enumerate() {
+                let v = (zj * inv).round() as i8;
+                q[(j / 64 * rank + c) * 64 + j % 64] = v;
+                totals[c] += v as i32;
+            }
+        }
+        QuantizedZ { q, scale, totals }
+    }
+}
+
+/// `sign_dots(words of n rows, n, zq, rank, out)` writes out[r * rank + c] = the sum of zq_c
+/// over row r's set bits; a sign dot is then 2 that - total_c, exact in integers.
+fn run(b: &SignBlock, x: &[f32], y: &mut [f32], sign_dots: SignDots) {
     b.check(x, y);
     let (cols, rank) = (b.cols, b.rank);
     if b.rows == 0 || rank == 0 || cols == 0 {
         return; // W_b x is 0
     }
-    // z_c = V[c] * x, padded with zeros to whole 64-column words, stored 16 columns at a time
-    // for all ranks together ([cols / 16][rank][16]: the vectors a set of 16 sign bits meets are
-    // adjacent), and sum_j z_c[j].
     let words = SignBlock::words_per_row(cols);
-    let mut z = vec![0f32; rank * words * 64];
-    let mut totals = vec![0f32; rank];
-    for (c, vc) in b.v.chunks_exact(cols).enumerate() {
-        for (j, (&vj, &xj)) in vc.iter().zip(x).enumerate() {
-            let zj = vj * xj;
-            z[(j / 16 * rank + c) * 16 + j % 16] = zj;
-            totals[c] += zj;
-        }
-    }
+    let z = QuantizedZ::new(b.v, x, rank);
     y.par_chunks_mut(ROWS_PER_TASK).enumerate().for_each_init(
-        || vec![0f32; ROWS * rank],
+        || vec![0i32; ROWS * rank],
         |t, (task, ys)| {
             for (g, yg) in ys.chunks_mut(ROWS).enumerate() {
                 let i0 = task * ROWS_PER_TASK + g * ROWS;
                 let n = yg.len();
-                sign_dots(&b.signs[i0 * words..(i0 + n) * words], n, &z, &totals, rank, &mut t[..n * rank]);
+                sign_dots(&b.signs[i0 * words..(i0 + n) * words], n, &z.q, rank, &mut t[..n * rank]);
                 for (r, yi) in yg.iter_mut().enumerate() {
-                    let i = i0 + r;
-                    *yi += b.u[i * rank..(i + 1) * rank].iter().zip(&t[r * rank..(r + 1) * rank]).map(|(u, s)| u * s).sum::<f32>();
+                    let u = &b.u[(i0 + r) * rank..(i0 + r + 1) * rank];
+                    let dots = &t[r * rank..(r + 1) * rank];
+                    *yi += (0..rank).map(|c| u[c] * (z.scale[c] * (2 * dots[c] - z.totals[c]) as f32)).sum::<f32>();
                 }
             }
         },
     );
 }
 
-/// out[r * rank + c] = 2 (sum of z_c over row r's set bits) - total_c, 16 lanes per rank like
-/// the SIMD kernel.
-fn sign_dots_portable(signs: &[u64], n: usize, z: &[f32], totals: &[f32], rank: usize, out: &mut [f32]) {
+fn sign_dots_portable(signs: &[u64], n: usize, zq: &[i8], rank: usize, out: &mut [i32]) {
     let words = signs.len() / n;
     for (row, out_r) in signs.chunks_exact(words).zip(out.chunks_exact_mut(rank)) {
         for (c, o) in out_r.iter_mut().enumerate() {
-            let mut lanes = [0f32; 16];
+            let mut sum = 0i32;
             for (w, &word) in row.iter().enumerate() {
-                for j in 0..64 {
-                    if word >> j & 1 == 1 {
-                        lanes[j % 16] += z[((w * 4 + j / 16) * rank + c) * 16 + j % 16];
-                    }
-                }
+                let zw = &zq[(w * rank + c) * 64..(w * rank + c + 1) * 64];
+                sum += (0..64).filter(|j| word >> j & 1 == 1).map(|j| zw[j] as i32).sum::<i32>();
             }
-            *o = 2.0 * lanes.iter().sum::<f32>() - totals[c];
+            *o = sum;
         }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn sign_dots_avx512(signs: &[u64], n: usize, z: &[f32], totals: &[f32], rank: usize, out: &mut [f32]) {
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn sign_dots_vnni(signs: &[u64], n: usize, zq: &[i8], rank: usize, out: &mut [i32]) {
     let words = signs.len() / n;
-    assert!(z.len() >= words * 64 * rank && out.len() >= n * rank);
+    assert!(zq.len() >= words * 64 * rank && out.len() >= n * rank);
     // ROWS rows x up to 4 ranks of accumulators: each vector of z loaded serves ROWS rows (the
     // paper's rank 16 is four groups of 4).
     let mut r0 = 0;
@@ -178,41 +206,43 @@ unsafe fn sign_dots_avx512(signs: &[u64], n: usize, z: &[f32], totals: &[f32], r
         let mut c0 = 0;
         while c0 < rank {
             let s = &signs[r0 * words..(r0 + rows) * words];
+            let o = &mut out[r0 * rank..];
             c0 += match (rows, rank - c0) {
-                (ROWS, 4..) => sign_dots_tile_avx512::<ROWS, 4>(s, words, z, totals, rank, c0, &mut out[r0 * rank..]),
-                (ROWS, _) => sign_dots_tile_avx512::<ROWS, 1>(s, words, z, totals, rank, c0, &mut out[r0 * rank..]),
-                (_, 4..) => sign_dots_tile_avx512::<1, 4>(s, words, z, totals, rank, c0, &mut out[r0 * rank..]),
-                _ => sign_dots_tile_avx512::<1, 1>(s, words, z, totals, rank, c0, &mut out[r0 * rank..]),
+                (ROWS, 4..) => sign_dots_tile_vnni::<ROWS, 4>(s, words, zq, rank, c0, o),
+                (ROWS, _) => sign_dots_tile_vnni::<ROWS, 1>(s, words, zq, rank, c0, o),
+                (_, 4..) => sign_dots_tile_vnni::<1, 4>(s, words, zq, rank, c0, o),
+                _ => sign_dots_tile_vnni::<1, 1>(s, words, zq, rank, c0, o),
             };
         }
         r0 += rows;
     }
 }
 
-/// Rows 0..R of `signs` (`words` each) against ranks c0..c0 + G; returns G.
+/// Rows 0..R of `signs` (`words` each) against ranks c0..c0 + G; returns G. A word of 64 sign
+/// bits becomes 64 bytes of 0 / 1 (one masked move), which vpdpbusd multiplies with 64 int8
+/// values of z per rank: one instruction per 64 weights and rank.
 #[cfg(target_arch = "x86_64")]
 #[inline]
-#[target_feature(enable = "avx512f")]
-unsafe fn sign_dots_tile_avx512<const R: usize, const G: usize>(signs: &[u64], words: usize, z: &[f32], totals: &[f32], rank: usize, c0: usize, out: &mut [f32]) -> usize {
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn sign_dots_tile_vnni<const R: usize, const G: usize>(signs: &[u64], words: usize, zq: &[i8], rank: usize, c0: usize, out: &mut [i32]) -> usize {
     use std::arch::x86_64::*;
-    assert!(signs.len() >= R * words && c0 + G <= rank && z.len() >= words * 64 * rank && out.len() >= (R - 1) * rank + c0 + G);
-    let mut acc = [[_mm512_setzero_ps(); G]; R];
+    assert!(signs.len() >= R * words && c0 + G <= rank && zq.len() >= words * 64 * rank && out.len() >= (R - 1) * rank + c0 + G);
+    let ones = _mm512_set1_epi8(1);
+    let mut acc = [[_mm512_setzero_si512(); G]; R];
     for w in 0..words {
         // In bounds: the assert above.
-        let bits: [u64; R] = std::array::from_fn(|r| *signs.get_unchecked(r * words + w));
-        for q in 0..4 {
-            let zp = z.as_ptr().add(((w * 4 + q) * rank + c0) * 16);
-            for g in 0..G {
-                let zv = _mm512_loadu_ps(zp.add(g * 16));
-                for (r, acc_r) in acc.iter_mut().enumerate() {
-                    acc_r[g] = _mm512_mask_add_ps(acc_r[g], (bits[r] >> (16 * q)) as u16, acc_r[g], zv);
-                }
+        let bits: [__m512i; R] = std::array::from_fn(|r| _mm512_maskz_mov_epi8(*signs.get_unchecked(r * words + w), ones));
+        let zp = zq.as_ptr().add((w * rank + c0) * 64);
+        for g in 0..G {
+            let zv = _mm512_loadu_si512(zp.add(g * 64) as *const _);
+            for (r, acc_r) in acc.iter_mut().enumerate() {
+                acc_r[g] = _mm512_dpbusd_epi32(acc_r[g], bits[r], zv);
             }
         }
     }
     for (r, acc_r) in acc.iter().enumerate() {
         for (g, a) in acc_r.iter().enumerate() {
-            out[r * rank + c0 + g] = 2.0 * _mm512_reduce_add_ps(*a) - totals[c0 + g];
+            out[r * rank + c0 + g] = _mm512_reduce_add_epi32(*a);
         }
     }
     G

@@ -124,7 +124,7 @@ pub fn evaluate(engine: &dyn Engine, reference: Option<&dyn Engine>, tokens: &[u
     for w in &list {
         let logits = engine.forward(w, &mut m.new_cache(w.len()), Logits::All)?;
         let ref_logits = match reference {
-            Some(r) => r.forward(w, &mut m.new_cache(w.len()), Logits::All)?,
+            Some(r) => r.forward(w, &mut r.model().new_cache(w.len()), Logits::All)?,
             None => logits.clone(),
         };
         acc.add_window_from(w, &logits, &ref_logits, m.config.vocab_size, first)?;

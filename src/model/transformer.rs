@@ -347,6 +347,12 @@ impl Transformer {
         n
     }
 
+    /// Bytes and weights of the layers' linear weights as held.
+    pub fn linear_weight_size(&self) -> (usize, usize) {
+        let linears = || self.layers.iter().flat_map(|l| LinearGroup::ALL.iter().flat_map(move |&g| l.linears(g)));
+        (linears().map(|l| l.weight.memory_bytes()).sum(), linears().map(|l| l.weight.len()).sum())
+    }
+
     /// Operations (a multiply and an add each count) of the layers' linears per prompt token: the
     /// work a prefill limit is computed from (attention and the one LM-head row are left out).
     pub fn linear_ops_per_token(&self) -> f64 {
