@@ -29,4 +29,7 @@ mkdir -p corpus/llama2c corpus/chat_template corpus/server_request
 for t in $S/chat-templates/*.jinja; do cp "$t" corpus/chat_template/; done
 echo '{"model": "m", "prompt": "hi", "max_tokens": 5, "temperature": 0.5, "stop": ["a", "b"], "stream": true}' > corpus/server_request/completion.json
 echo '{"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 9, "n": 1, "seed": 3}' > corpus/server_request/chat.json
+# A small stack of the llama-gqa fixture (made by the release binary, when it is built).
+mkdir -p corpus/bitstack_file
+[ -x ../target/release/llm-npu ] && ../target/release/llm-npu bitstack -m $F/llama-gqa --random-tokens 64 --iterations 2 --score-tokens 8 --out corpus/bitstack_file/gqa.bitstack > /dev/null 2>&1
 du -sh corpus/*
