@@ -4,7 +4,9 @@
 For each --memory budget, `llm-npu eval --bitstack STACK --memory MB --json` against the model's
 own f32 logits; for each quantized file, `llm-npu eval -m QUANT --ref-model MODEL --json`. Prints a
 markdown table (bits per linear weight, MB of all weights, KL to f32, perplexity ratio, top-1)
-and writes an SVG plot of KL against bits per weight. Standard library only.
+and writes an SVG plot of KL against bits per weight. Standard library only. Run it with
+LLM_NPU_SIMD=avx2 to compare weights alone: quantized files then run prefill on f32 activations
+(dequantized panels and the f32 GEMM) like the stack, instead of int8 activations.
 
     tools/bitstack_curve.py --model M --stack S --memory 300 400 500 --quant Q8_0=q8.gguf \
         --svg docs/bitstack-curve.svg -- --text eval.txt
@@ -20,6 +22,8 @@ p.add_argument("--memory", nargs="+", type=float, required=True, help="budgets i
 p.add_argument("--quant", nargs="*", default=[], help="NAME=FILE of quantized files of the same model")
 p.add_argument("--svg", help="write the plot here")
 p.add_argument("--title", default="")
+p.add_argument("--data", help="save the measured rows here (JSON); with --replot, draw from it without measuring")
+p.add_argument("--replot", action="store_true")
 p.add_argument("eval_args", nargs="*")
 a = p.parse_args()
 
@@ -32,17 +36,22 @@ def run_eval(args):
 
 
 rows = []
-for mb in a.memory:
+if a.replot:
+    rows = json.load(open(a.data))
+for mb in [] if a.replot else a.memory:
     d = run_eval(["-m", a.model, "--bitstack", a.stack, "--memory", str(mb)])
     rows.append(("BitStack", f"--memory {mb:g}", d))
-for q in a.quant:
+for q in [] if a.replot else a.quant:
     name, path = q.split("=", 1)
     rows.append((name, path, run_eval(["-m", path, "--ref-model", a.model])))
+
+if a.data and not a.replot:
+    json.dump(rows, open(a.data, "w"), indent=1)
 
 print("| weights | budget / file | bits per linear weight | all weights (MB) | KL to f32 | ppl ratio | top-1 agreement |")
 print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
 for kind, what, d in rows:
-    print(f"| {kind} | {what} | {d['linear_bits_per_weight']:.2f} | {d['weights_mb']:.1f} | {d['mean_kld']:.4f} | {d['ppl_ratio']:.4f} | {d['top1_agreement']:.3f} |")
+    print(f"| {kind} | {what} | {d['linear_bits_per_weight']:.2f} | {d['weights_mb']:.{1 if d['weights_mb'] >= 10 else 3}f} | {d['mean_kld']:.4f} | {d['ppl_ratio']:.4f} | {d['top1_agreement']:.3f} |")
 
 if a.svg:
     W, H, L, R, T, B = 640, 400, 70, 20, 40, 50
@@ -68,11 +77,12 @@ if a.svg:
     svg.append('<polyline fill="none" stroke="#1f77b4" stroke-width="2" points="' + " ".join(f"{X(x):.1f},{Y(y):.1f}" for x, y in stack) + '"/>')
     for x, y in stack:
         svg.append(f'<circle cx="{X(x):.1f}" cy="{Y(y):.1f}" r="4" fill="#1f77b4"/>')
-    for x, y, kind, _ in pts:
-        if kind != "BitStack":
-            svg.append(f'<rect x="{X(x) - 4:.1f}" y="{Y(y) - 4:.1f}" width="8" height="8" fill="#d62728"/><text x="{X(x) + 7:.1f}" y="{Y(y) - 6:.1f}" fill="#d62728">{kind}</text>')
-    svg.append(f'<circle cx="{W - 150}" cy="{T + 10}" r="4" fill="#1f77b4"/><text x="{W - 140}" y="{T + 14}">BitStack budgets</text>')
-    svg.append(f'<rect x="{W - 154}" y="{T + 26}" width="8" height="8" fill="#d62728"/><text x="{W - 140}" y="{T + 34}">llama.cpp quantization</text>')
+    quants = [(x, y, kind) for x, y, kind, _ in pts if kind != "BitStack"]
+    for i, (x, y, kind) in enumerate(quants):
+        dy = -6 if i % 2 == 0 else 16  # neighbours' labels above and below
+        svg.append(f'<rect x="{X(x) - 4:.1f}" y="{Y(y) - 4:.1f}" width="8" height="8" fill="#d62728"/><text x="{X(x) + 7:.1f}" y="{Y(y) + dy:.1f}" fill="#d62728">{kind}</text>')
+    svg.append(f'<circle cx="{W - 190}" cy="{T + 10}" r="4" fill="#1f77b4"/><text x="{W - 180}" y="{T + 14}">BitStack budgets</text>')
+    svg.append(f'<rect x="{W - 194}" y="{T + 26}" width="8" height="8" fill="#d62728"/><text x="{W - 180}" y="{T + 34}">llama.cpp quantization</text>')
     svg.append("</svg>")
     with open(a.svg, "w") as f:
         f.write("\n".join(svg) + "\n")
