@@ -31,7 +31,7 @@ fn main() {
     let tokens = random_tokens(m.config.vocab_size, 256, 11);
     let reference = F32Engine::new(loaded.clone(), None);
     let budgets: Vec<f64> = budgets.iter().map(|b| b.parse().expect("a budget in MB")).collect();
-    let stack = Arc::new(BitStack::open(stack.as_ref(), m, Budget::MemoryMb(budgets[0])).unwrap());
+    let stack = Arc::new(BitStack::open(stack.as_ref(), m, Budget::MemoryMb(budgets[0]), &Silent).unwrap());
     let engine = F32Engine::with_bitstack(loaded.clone(), stack.clone());
     println!("| step | budget MB | blocks | stack MB | bits per weight | KL to f32 | ppl ratio | anonymous RSS MB |");
     println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");

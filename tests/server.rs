@@ -5,12 +5,12 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::server::{http, start, Server};
+use common::server::{http, start};
 
 fn assert_serving(addr: &str) {
     assert_eq!(http(addr, "GET", "/health", "").0, 200, "the server still serves");

@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use super::decompose::Block;
 use crate::error::{Error, Result};
 use crate::kernels::sign_blocks::SignBlock;
+use crate::util::Progress;
 
 const MAGIC: &[u8; 8] = b"LNPUBSTK";
 const VERSION: u32 = 1;
@@ -192,12 +193,14 @@ impl StackFile {
 
     /// Blocks `range` of the stack, read from the file (which may have been replaced since it
     /// was opened: every block is checked against the header's checksum).
-    pub fn read_blocks(&self, range: std::ops::Range<usize>) -> Result<Vec<Block>> {
+    pub fn read_blocks(&self, range: std::ops::Range<usize>, progress: &dyn Progress) -> Result<Vec<Block>> {
+        let (start, total) = (self.offsets[range.start], self.offsets[range.end] - self.offsets[range.start]);
+        progress.start("reading BitStack blocks", "bytes", total);
         let mut f = File::open(&self.path).map_err(|e| Error::io(&self.path, e))?;
         f.seek(SeekFrom::Start(self.offsets[range.start])).map_err(|e| Error::io(&self.path, e))?;
         let mut f = std::io::BufReader::with_capacity(1 << 20, f);
         let mut out = Vec::with_capacity(range.len());
-        for k in range {
+        for k in range.clone() {
             let e = self.header.blocks[k];
             let l = &self.header.linears[e.linear];
             let mut bytes = vec![0u8; self.header.block_bytes(e.linear)];
@@ -218,7 +221,9 @@ impl StackFile {
                 return Err(Error::corrupt(&self.path, format!("block {k}: factors are not finite")));
             }
             out.push(block);
+            progress.set(self.offsets[k + 1] - start, total);
         }
+        progress.finish();
         Ok(out)
     }
 }

@@ -137,7 +137,7 @@ impl<'a> DenseLinears<'a> {
 #[cfg(test)]
 pub(crate) fn dense_weights(f: &super::file::StackFile, n: usize) -> Result<Vec<Vec<f32>>> {
     let mut dense: Vec<Vec<f32>> = f.header.linears.iter().map(|l| vec![0f32; l.rows * l.cols]).collect();
-    for (e, b) in f.header.blocks[..n].iter().zip(f.read_blocks(0..n)?) {
+    for (e, b) in f.header.blocks[..n].iter().zip(f.read_blocks(0..n, &crate::util::Silent)?) {
         let l = &f.header.linears[e.linear];
         add_unscaled(l.rows, l.cols, l.rank, &f.scales[e.linear], &b, &mut dense[e.linear]);
     }

@@ -29,6 +29,7 @@ use crate::error::{Error, Result};
 use crate::kernels::{self, sign_blocks};
 use crate::model::transformer::LinearExecutor;
 use crate::model::{LinearGroup, Transformer};
+use crate::util::{Progress, Silent};
 
 /// How much of the stack to hold.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -85,7 +86,7 @@ pub struct BitStack {
 
 impl BitStack {
     /// Opens `path` for `model` and loads the blocks `budget` allows.
-    pub fn open(path: &Path, model: &Transformer, budget: Budget) -> Result<BitStack> {
+    pub fn open(path: &Path, model: &Transformer, budget: Budget, progress: &dyn Progress) -> Result<BitStack> {
         let file = StackFile::open(path)?;
         let ids = make::linear_ids(model);
         let h = &file.header;
@@ -121,7 +122,7 @@ impl BitStack {
         let linear_bytes: usize = ids.iter().map(|&(l, g, i)| model.layers[l].linears(g)[i].weight.memory_bytes()).sum();
         let other_bytes = (model.weight_memory_bytes() - linear_bytes) as u64;
         let stack = BitStack { file, other_bytes, linear_weights, held: RwLock::new(Held { linears, first, blocks: 0 }), version: AtomicU64::new(0) };
-        stack.resize(budget)?;
+        stack.resize_with(budget, progress)?;
         Ok(stack)
     }
 
@@ -174,10 +175,15 @@ impl BitStack {
     /// Grows or shrinks the held stack to what `budget` allows. Growing reads the next blocks
     /// from the file; shrinking frees the last ones. Inference waits while this runs.
     pub fn resize(&self, budget: Budget) -> Result<StackSize> {
+        self.resize_with(budget, &Silent)
+    }
+
+    /// `resize`, reporting the blocks read to `progress`.
+    pub fn resize_with(&self, budget: Budget, progress: &dyn Progress) -> Result<StackSize> {
         let n = self.blocks_for(budget)?;
         let held = self.held.read().unwrap_or_else(|e| e.into_inner()).blocks;
         // Read before taking the write lock, so inference runs on while the file is read.
-        let new = if n > held { self.file.read_blocks(held..n)? } else { Vec::new() };
+        let new = if n > held { self.file.read_blocks(held..n, progress)? } else { Vec::new() };
         let mut h = self.held.write().unwrap_or_else(|e| e.into_inner());
         if h.blocks != held {
             return Err(Error::Input("the stack was resized by another request meanwhile; try again".into()));
@@ -279,6 +285,6 @@ pub struct BitStackOptions {
 }
 
 /// Opens the stack `opts` names for `model`.
-pub fn attach(model: &Transformer, opts: &BitStackOptions) -> Result<Arc<BitStack>> {
-    Ok(Arc::new(BitStack::open(&opts.path, model, opts.budget)?))
+pub fn attach(model: &Transformer, opts: &BitStackOptions, progress: &dyn Progress) -> Result<Arc<BitStack>> {
+    Ok(Arc::new(BitStack::open(&opts.path, model, opts.budget, progress)?))
 }

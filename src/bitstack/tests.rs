@@ -63,7 +63,7 @@ fn held_blocks_run_as_their_dense_sum_and_more_blocks_come_closer() {
     assert_eq!(total, 3 * required);
     let mut kls = Vec::new();
     for n in [required, required + 5, total] {
-        let stack = Arc::new(BitStack::open(&path, &loaded.model, Budget::Blocks(n)).unwrap());
+        let stack = Arc::new(BitStack::open(&path, &loaded.model, Budget::Blocks(n), &Silent).unwrap());
         assert_eq!(stack.size().blocks, n);
         let engine = F32Engine::with_bitstack(loaded.clone(), stack);
         let (prompt, step) = prompt_and_step(&engine);
@@ -106,10 +106,10 @@ fn resizing_matches_a_fresh_load() {
     let loaded = fixture("qwen2-bias-tied");
     let path = stack_file(&loaded, "resize");
     let fresh = |n: usize| {
-        let engine = F32Engine::with_bitstack(loaded.clone(), Arc::new(BitStack::open(&path, &loaded.model, Budget::Blocks(n)).unwrap()));
+        let engine = F32Engine::with_bitstack(loaded.clone(), Arc::new(BitStack::open(&path, &loaded.model, Budget::Blocks(n), &Silent).unwrap()));
         prompt_and_step(&engine)
     };
-    let stack = Arc::new(BitStack::open(&path, &loaded.model, Budget::All).unwrap());
+    let stack = Arc::new(BitStack::open(&path, &loaded.model, Budget::All, &Silent).unwrap());
     let all = stack.size();
     let engine = F32Engine::with_bitstack(loaded.clone(), stack.clone());
     let v0 = stack.version();
@@ -136,7 +136,7 @@ fn cut_or_damaged_files_are_one_line_errors() {
     let bad = path.with_extension("bad");
     let open = |b: &[u8]| {
         std::fs::write(&bad, b).unwrap();
-        BitStack::open(&bad, &loaded.model, Budget::All).map(|_| ()).map_err(|e| e.to_string())
+        BitStack::open(&bad, &loaded.model, Budget::All, &Silent).map(|_| ()).map_err(|e| e.to_string())
     };
     let one_line = |r: Result<(), String>, what: &str| {
         let e = r.expect_err(what);
@@ -163,7 +163,7 @@ fn cut_or_damaged_files_are_one_line_errors() {
     one_line(open(b"not a stack at all, just some text"), "not a stack");
     // A stack of another model.
     let other = fixture("llama-gqa");
-    let e = BitStack::open(&path, &other.model, Budget::All).map(|_| ()).unwrap_err().to_string();
+    let e = BitStack::open(&path, &other.model, Budget::All, &Silent).map(|_| ()).unwrap_err().to_string();
     assert!(e.contains("other weights") && !e.contains('\n'), "{e}");
     std::fs::remove_file(&path).ok();
     std::fs::remove_file(&bad).ok();

@@ -27,7 +27,7 @@ pub struct CalibrateArgs {
 
 pub fn run(a: CalibrateArgs) -> Result<()> {
     let m = &a.model;
-    if m.backend != BackendArg::F32 || m.chunk_size.is_some() || m.npu != NpuArgs::default() {
+    if m.backend != BackendArg::F32 || m.chunk_size.is_some() || m.npu != NpuArgs::default() || m.bitstack.is_some() || m.memory.is_some() {
         bail!("calibrate runs the f32 model and takes no backend options; the output file is --out");
     }
     if a.window == 0 {

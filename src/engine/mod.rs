@@ -129,7 +129,7 @@ pub fn load_model(opts: &ModelOptions, progress: &dyn Progress) -> Result<Arc<Lo
 pub fn build(loaded: &Arc<LoadedModel>, opts: &EngineOptions, progress: &dyn Progress) -> Result<Box<dyn Engine>> {
     match opts.backend {
         BackendKind::F32 => match &opts.bitstack {
-            Some(b) => Ok(Box::new(F32Engine::with_bitstack(loaded.clone(), crate::bitstack::attach(&loaded.model, b)?))),
+            Some(b) => Ok(Box::new(F32Engine::with_bitstack(loaded.clone(), crate::bitstack::attach(&loaded.model, b, progress)?))),
             None => Ok(Box::new(F32Engine::new(loaded.clone(), opts.chunk_size))),
         },
         BackendKind::Npu if opts.bitstack.is_some() => Err(Error::Input("a BitStack runs on the f32 backend (the npu backend's int8 weights are its own copy; README, \"BitStack\")".into())),
