@@ -13,6 +13,7 @@
 //! factors, so the next block corrects their rounding too.
 
 use half::f16;
+use rayon::prelude::*;
 
 use super::low_rank;
 use crate::kernels::sign_blocks::SignBlock;
@@ -75,27 +76,31 @@ pub fn decompose_matrix(w: &[f32], rows: usize, cols: usize, scale: &[f32], rank
     assert!(w.len() == rows * cols && scale.len() == cols && rows > 0 && cols > 0);
     let rank = rank.clamp(1, rows.min(cols));
     let words = SignBlock::words_per_row(cols);
-    let mut r: Vec<f32> = w.chunks_exact(cols).flat_map(|row| row.iter().zip(scale).map(|(&x, &s)| x * s)).collect();
-    let total: f64 = r.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().max(f64::MIN_POSITIVE);
+    // Every pass over the matrix is split over rows: the decomposition is mostly these passes
+    // and the GEMMs of the low-rank step.
+    let mut r = vec![0f32; w.len()];
+    r.par_chunks_mut(cols).zip(w.par_chunks(cols)).for_each(|(r, w)| r.iter_mut().zip(w.iter().zip(scale)).for_each(|(r, (&x, &s))| *r = x * s));
+    let energy = |r: &[f32]| r.par_chunks(cols).map(|row| row.iter().map(|&x| (x as f64).powi(2)).sum::<f64>()).sum::<f64>();
+    let total = energy(&r).max(f64::MIN_POSITIVE);
     let mut blocks = Vec::with_capacity(iterations);
     let mut residual = Vec::with_capacity(iterations);
     let mut magnitude = vec![0f32; r.len()];
     for k in 0..iterations {
         let mut signs = vec![0u64; rows * words];
-        for (i, row) in r.chunks_exact(cols).enumerate() {
-            for (j, &x) in row.iter().enumerate() {
+        signs.par_chunks_mut(words).zip(r.par_chunks(cols)).zip(magnitude.par_chunks_mut(cols)).for_each(|((bits, row), m)| {
+            for (j, (&x, m)) in row.iter().zip(m.iter_mut()).enumerate() {
                 // The paper's sign(0) = +1.
-                signs[i * words + j / 64] |= u64::from(x >= 0.0) << (j % 64);
+                bits[j / 64] |= u64::from(x >= 0.0) << (j % 64);
+                *m = x.abs();
             }
-        }
-        r.iter().zip(magnitude.iter_mut()).for_each(|(&x, m)| *m = x.abs());
+        });
         let lr = low_rank::approximate(&magnitude, rows, cols, rank, seed.wrapping_add(k as u64));
         let block = Block { signs, u: lr.u.iter().map(|&x| f16::from_f32(x)).collect(), v: lr.v.iter().map(|&x| f16::from_f32(x)).collect() };
         // R -= S * (U V), from the stored (rounded) factors: -block added to the residual.
         let f = block.to_f32();
         let negated = BlockF32 { u: f.u.iter().map(|x| -x).collect(), v: f.v };
         negated.view(&block, rows, cols, rank).add_dense_rows(0, &mut r);
-        residual.push(r.iter().map(|&x| (x as f64).powi(2)).sum::<f64>() / total);
+        residual.push(energy(&r) / total);
         blocks.push(block);
     }
     MatrixStack { rows, cols, rank, scale: scale.to_vec(), blocks, residual }

@@ -169,11 +169,18 @@ impl LinearExecutor for DenseLinears<'_> {
 
 /// Adds block `b` (of a [rows][cols] weight scaled by `scale`), divided back by the scale, to `w`.
 fn add_unscaled(rows: usize, cols: usize, rank: usize, scale: &[f32], b: &Block, w: &mut [f32]) {
-    let mut scaled = vec![0f32; w.len()];
     let f = b.to_f32();
-    f.view(b, rows, cols, rank).add_dense_rows(0, &mut scaled);
-    for (row_w, row_s) in w.chunks_exact_mut(cols).zip(scaled.chunks_exact(cols)) {
-        row_w.iter_mut().zip(row_s).zip(scale).for_each(|((w, &x), &s)| *w += x / s);
+    let view = f.view(b, rows, cols, rank);
+    // A panel of rows at a time: no matrix-sized buffer per call (the sort makes thousands).
+    const PANEL: usize = 256;
+    let mut scaled = vec![0f32; PANEL.min(rows) * cols];
+    for (p, w) in w.chunks_mut(PANEL * cols).enumerate() {
+        let scaled = &mut scaled[..w.len()];
+        scaled.fill(0.0);
+        view.add_dense_rows(p * PANEL, scaled);
+        for (row_w, row_s) in w.chunks_exact_mut(cols).zip(scaled.chunks_exact(cols)) {
+            row_w.iter_mut().zip(row_s).zip(scale).for_each(|((w, &x), &s)| *w += x / s);
+        }
     }
 }
 
@@ -189,6 +196,9 @@ fn order_by_loss(model: &Transformer, ids: &[(usize, LinearGroup, usize)], stack
     }
     let mut order: Vec<BlockEntry> = (0..ids.len()).map(|linear| BlockEntry { linear, level: 0, checksum: 0 }).collect();
     let reference = model.forward(tokens, &mut model.new_cache(tokens.len()), Logits::All)?;
+    // One buffer for every trial's weight (a fresh one each time cost more in page faults and
+    // their clearing than the trial's arithmetic).
+    let mut trial_buffer = vec![0f32; dense.iter().map(Vec::len).max().unwrap_or(0)];
     progress.start("ordering blocks", "trials", ((levels - 1) * ids.len()) as u64);
     for level in 1..levels {
         // The residual stream entering each layer with every linear at `level` blocks: a trial
@@ -197,9 +207,10 @@ fn order_by_loss(model: &Transformer, ids: &[(usize, LinearGroup, usize)], stack
         let entering = layer_inputs(model, &base, tokens)?;
         let mut scored = Vec::with_capacity(ids.len());
         for (n, st) in stacks.iter().enumerate() {
-            let mut trial = dense[n].clone();
-            add_level(st, level, &mut trial);
-            let exec = base.with_trial(n, &trial);
+            let trial = &mut trial_buffer[..dense[n].len()];
+            trial.copy_from_slice(&dense[n]);
+            add_level(st, level, trial);
+            let exec = base.with_trial(n, trial);
             let layer = ids[n].0;
             let logits = run_from(model, &exec, tokens, layer, &entering[layer])?;
             let mut acc = EvalAccumulator::default();

@@ -68,27 +68,39 @@ impl SignBlock<'_> {
         }
         let words = Self::words_per_row(self.cols);
         let vt = transpose(self.v, self.rank, self.cols);
-        let mut magnitude = vec![0f32; out.len()];
-        super::linear(&self.u[r0 * self.rank..(r0 + n) * self.rank], n, self.rank, &vt, self.cols, &mut magnitude);
-        out.par_chunks_mut(self.cols).zip(magnitude.par_chunks(self.cols)).enumerate().for_each(|(i, (o, m))| {
-            let bits = &self.signs[(r0 + i) * words..(r0 + i + 1) * words];
-            for (j, (o, &m)) in o.iter_mut().zip(m).enumerate() {
-                // +m where the bit is set, -m where not: flip the float's sign bit.
-                let flip = (!bits[j / 64] >> (j % 64) & 1) as u32;
-                *o += f32::from_bits(m.to_bits() ^ (flip << 31));
-            }
-        });
+        // 64 rows at a time: the magnitudes stay in cache and no matrix-sized buffer is made.
+        const PANEL: usize = 64;
+        let mut magnitude = vec![0f32; PANEL.min(n) * self.cols];
+        for (p, out) in out.chunks_mut(PANEL * self.cols).enumerate() {
+            let (first, rows) = (r0 + p * PANEL, out.len() / self.cols);
+            let magnitude = &mut magnitude[..out.len()];
+            super::linear(&self.u[first * self.rank..(first + rows) * self.rank], rows, self.rank, &vt, self.cols, magnitude);
+            out.par_chunks_mut(self.cols).zip(magnitude.par_chunks(self.cols)).enumerate().for_each(|(i, (o, m))| {
+                let bits = &self.signs[(first + i) * words..(first + i + 1) * words];
+                for (j, (o, &m)) in o.iter_mut().zip(m).enumerate() {
+                    // +m where the bit is set, -m where not: flip the float's sign bit.
+                    let flip = (!bits[j / 64] >> (j % 64) & 1) as u32;
+                    *o += f32::from_bits(m.to_bits() ^ (flip << 31));
+                }
+            });
+        }
     }
 }
 
-/// [cols][rows] from [rows][cols].
+/// [cols][rows] from [rows][cols], in parallel over bands of 16 output rows.
 pub fn transpose(a: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     let mut t = vec![0f32; a.len()];
-    for (i, row) in a.chunks_exact(cols.max(1)).enumerate() {
-        for (j, &x) in row.iter().enumerate() {
-            t[j * rows + i] = x;
-        }
+    if a.is_empty() {
+        return t;
     }
+    t.par_chunks_mut(16 * rows).enumerate().for_each(|(band, t)| {
+        let j0 = band * 16;
+        for (i, row) in a.chunks_exact(cols).enumerate() {
+            for (dj, &x) in row[j0..j0 + t.len() / rows].iter().enumerate() {
+                t[dj * rows + i] = x;
+            }
+        }
+    });
     t
 }
 
