@@ -129,6 +129,12 @@ pub struct NpuArgs {
 }
 
 impl ModelArgs {
+    /// True when any flag chooses how the model runs (backend, chunks, npu, BitStack): commands
+    /// that work on the model's own f32 weights refuse them.
+    pub fn has_engine_options(&self) -> bool {
+        self.backend != BackendArg::F32 || self.chunk_size.is_some() || self.npu != NpuArgs::default() || self.bitstack.is_some() || self.memory.is_some()
+    }
+
     pub fn model_options(&self) -> ModelOptions {
         ModelOptions { path: self.model.clone(), tokenizer: self.tokenizer.clone(), threads: self.threads }
     }

@@ -9,7 +9,7 @@ use clap::Args;
 
 use llm_npu::bitstack::{file, make};
 
-use super::args::{BackendArg, ModelArgs, NpuArgs, TokenSource};
+use super::args::{ModelArgs, TokenSource};
 use super::report::{self, Bar};
 
 #[derive(Args)]
@@ -38,7 +38,7 @@ pub struct BitStackArgs {
 
 pub fn run(a: BitStackArgs) -> Result<()> {
     let m = &a.model;
-    if m.backend != BackendArg::F32 || m.chunk_size.is_some() || m.npu != NpuArgs::default() || m.bitstack.is_some() || m.memory.is_some() {
+    if m.has_engine_options() {
         bail!("bitstack decomposes the model's own weights and takes no backend options; the output file is --out");
     }
     if a.iterations == 0 || a.iterations > 64 {

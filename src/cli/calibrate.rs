@@ -8,7 +8,7 @@ use clap::Args;
 
 use llm_npu::quant::calibration::{self, Calibration};
 
-use super::args::{BackendArg, ModelArgs, NpuArgs, TokenSource};
+use super::args::{ModelArgs, TokenSource};
 use super::report::{self, Bar};
 
 #[derive(Args)]
@@ -27,7 +27,7 @@ pub struct CalibrateArgs {
 
 pub fn run(a: CalibrateArgs) -> Result<()> {
     let m = &a.model;
-    if m.backend != BackendArg::F32 || m.chunk_size.is_some() || m.npu != NpuArgs::default() || m.bitstack.is_some() || m.memory.is_some() {
+    if m.has_engine_options() {
         bail!("calibrate runs the f32 model and takes no backend options; the output file is --out");
     }
     if a.window == 0 {
