@@ -86,7 +86,15 @@ pub fn make_stack(model: &Transformer, architecture: &str, tokens: &[u32], calib
         let (rows, cols) = (lin.out_features(), lin.in_features());
         let s = scales.scale(layer, group).ok_or_else(|| Error::Input(format!("layer {layer} {}: never reached by the calibration pass", group.input_name())))?;
         let rank = opts.rank.unwrap_or_else(|| decompose::default_rank(rows, cols));
-        stacks.push(decompose::decompose_matrix(lin.weight.data(), rows, cols, &s, rank, opts.iterations, opts.seed ^ (n as u64) << 20));
+        // A quantized or 16-bit weight is decoded for this matrix only (`data()` would keep an
+        // f32 copy of every matrix: 4x the model).
+        let decoded = lin.weight.encoded().map(|e| {
+            let mut w = vec![0f32; rows * cols];
+            e.decode_rows(0, &mut w);
+            w
+        });
+        let w = decoded.as_deref().unwrap_or_else(|| lin.weight.data());
+        stacks.push(decompose::decompose_matrix(w, rows, cols, &s, rank, opts.iterations, opts.seed ^ (n as u64) << 20));
         progress.step();
     }
     progress.finish();

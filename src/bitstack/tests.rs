@@ -168,3 +168,17 @@ fn cut_or_damaged_files_are_one_line_errors() {
     std::fs::remove_file(&path).ok();
     std::fs::remove_file(&bad).ok();
 }
+
+#[test]
+fn a_quantized_model_is_decomposed_without_keeping_f32_copies() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gguf/llama-gqa-q8_0.gguf");
+    let loaded = Arc::new(model::load(&path, &LoadOptions::default()).unwrap());
+    let before = loaded.model.weight_memory_bytes();
+    let stack = stack_file(&loaded, "q8");
+    assert_eq!(loaded.model.weight_memory_bytes(), before, "the decomposition kept decoded f32 weights");
+    // The blocks approach the Q8_0 model's own (decoded) weights: three per matrix beat one.
+    let kl = |budget| kl_to_model(&loaded, &F32Engine::with_bitstack(loaded.clone(), Arc::new(BitStack::open(&stack, &loaded.model, budget, &Silent).unwrap())));
+    let (one, all) = (kl(Budget::Blocks(14)), kl(Budget::All)); // 2 layers x 7 matrices
+    assert!(all < 0.5 * one, "KL {one} with one block per matrix, {all} with three");
+    std::fs::remove_file(&stack).ok();
+}
