@@ -24,6 +24,7 @@ p.add_argument("--svg", help="write the plot here")
 p.add_argument("--title", default="")
 p.add_argument("--data", help="save the measured rows here (JSON); with --replot, draw from it without measuring")
 p.add_argument("--replot", action="store_true")
+p.add_argument("--label", default="BitStack", help="the stack's name in the table and plot (e.g. its rank)")
 p.add_argument("eval_args", nargs="*")
 a = p.parse_args()
 
@@ -40,7 +41,7 @@ if a.replot:
     rows = json.load(open(a.data))
 for mb in [] if a.replot else a.memory:
     d = run_eval(["-m", a.model, "--bitstack", a.stack, "--memory", str(mb)])
-    rows.append(("BitStack", f"--memory {mb:g}", d))
+    rows.append((a.label, f"--memory {mb:g}", d))
 for q in [] if a.replot else a.quant:
     name, path = q.split("=", 1)
     rows.append((name, path, run_eval(["-m", path, "--ref-model", a.model])))
@@ -73,16 +74,20 @@ if a.svg:
         svg.append(f'<line x1="{X(x)}" y1="{H - B}" x2="{X(x)}" y2="{H - B + 5}" stroke="black"/><text x="{X(x)}" y="{H - B + 18}" text-anchor="middle">{x}</text>')
     for e in range(ylo, yhi + 1):
         svg.append(f'<line x1="{L - 5}" y1="{Y(10 ** e)}" x2="{W - R}" y2="{Y(10 ** e)}" stroke="#ddd"/><text x="{L - 8}" y="{Y(10 ** e) + 4}" text-anchor="end">1e{e}</text>')
-    stack = sorted((x, y) for x, y, kind, _ in pts if kind == "BitStack")
-    svg.append('<polyline fill="none" stroke="#1f77b4" stroke-width="2" points="' + " ".join(f"{X(x):.1f},{Y(y):.1f}" for x, y in stack) + '"/>')
-    for x, y in stack:
-        svg.append(f'<circle cx="{X(x):.1f}" cy="{Y(y):.1f}" r="4" fill="#1f77b4"/>')
-    quants = [(x, y, kind) for x, y, kind, _ in pts if kind != "BitStack"]
+    series = sorted({kind for _, _, kind, _ in pts if kind.startswith("BitStack")})
+    colors = ["#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e"]
+    for i, name in enumerate(series):
+        line = sorted((x, y) for x, y, kind, _ in pts if kind == name)
+        c = colors[i % len(colors)]
+        svg.append(f'<polyline fill="none" stroke="{c}" stroke-width="2" points="' + " ".join(f"{X(x):.1f},{Y(y):.1f}" for x, y in line) + '"/>')
+        svg.extend(f'<circle cx="{X(x):.1f}" cy="{Y(y):.1f}" r="4" fill="{c}"/>' for x, y in line)
+        svg.append(f'<circle cx="{W - 190}" cy="{T + 10 + 16 * i}" r="4" fill="{c}"/><text x="{W - 180}" y="{T + 14 + 16 * i}">{name}</text>')
+    quants = [(x, y, kind) for x, y, kind, _ in pts if not kind.startswith("BitStack")]
     for i, (x, y, kind) in enumerate(quants):
         dy = -6 if i % 2 == 0 else 16  # neighbours' labels above and below
         svg.append(f'<rect x="{X(x) - 4:.1f}" y="{Y(y) - 4:.1f}" width="8" height="8" fill="#d62728"/><text x="{X(x) + 7:.1f}" y="{Y(y) + dy:.1f}" fill="#d62728">{kind}</text>')
-    svg.append(f'<circle cx="{W - 190}" cy="{T + 10}" r="4" fill="#1f77b4"/><text x="{W - 180}" y="{T + 14}">BitStack budgets</text>')
-    svg.append(f'<rect x="{W - 194}" y="{T + 26}" width="8" height="8" fill="#d62728"/><text x="{W - 180}" y="{T + 34}">llama.cpp quantization</text>')
+    ly = T + 10 + 16 * len(series)
+    svg.append(f'<rect x="{W - 194}" y="{ly - 4}" width="8" height="8" fill="#d62728"/><text x="{W - 180}" y="{ly + 4}">llama.cpp quantization</text>')
     svg.append("</svg>")
     with open(a.svg, "w") as f:
         f.write("\n".join(svg) + "\n")

@@ -24,7 +24,7 @@ use crate::util::Progress;
 pub struct MakeOptions {
     /// Blocks per matrix (the paper's 16).
     pub iterations: usize,
-    /// Rank of each block's magnitude [default: `decompose::default_rank` per matrix].
+    /// Rank of each block's magnitude [default: `decompose::default_rank` per matrix, 4 for wide ones].
     pub rank: Option<usize>,
     /// Calibration tokens the ordering is scored on (the scales use all of them).
     pub score_tokens: usize,
