@@ -61,8 +61,17 @@ pub fn model_fingerprint(model: &Transformer) -> u64 {
     super::file::checksum(&bytes)
 }
 
+/// A stack as made, before it is written: what `file::write` takes.
+pub struct Stack {
+    pub header: Header,
+    /// s per linear, in header order
+    pub scales: Vec<Vec<f32>>,
+    /// every level's block per linear, in header order
+    pub blocks: Vec<Vec<Block>>,
+}
+
 /// The stack of `model` from `tokens`: header (order, shapes), scales and blocks per linear.
-pub fn make_stack(model: &Transformer, architecture: &str, tokens: &[u32], calibration: String, opts: &MakeOptions, progress: &dyn Progress) -> Result<(Header, Vec<Vec<f32>>, Vec<Vec<Block>>)> {
+pub fn make_stack(model: &Transformer, architecture: &str, tokens: &[u32], calibration: String, opts: &MakeOptions, progress: &dyn Progress) -> Result<Stack> {
     if opts.iterations == 0 {
         return Err(Error::Input("a stack needs at least 1 block per matrix".into()));
     }
@@ -112,7 +121,7 @@ pub fn make_stack(model: &Transformer, architecture: &str, tokens: &[u32], calib
         blocks: order,
     };
     let scales = stacks.iter().map(|s| s.scale.clone()).collect();
-    Ok((header, scales, stacks.into_iter().map(|s| s.blocks).collect()))
+    Ok(Stack { header, scales, blocks: stacks.into_iter().map(|s| s.blocks).collect() })
 }
 
 /// Dense float weights per linear (the stack summed up to some level, in the model's own input

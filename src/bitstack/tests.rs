@@ -22,9 +22,9 @@ fn stack_file(loaded: &LoadedModel, name: &str) -> PathBuf {
     let m = &loaded.model;
     let tokens = random_tokens(m.config.vocab_size, 96, 1);
     let opts = MakeOptions { iterations: 3, rank: None, score_tokens: 24, seed: 0 };
-    let (header, scales, blocks) = make::make_stack(m, "test", &tokens, "random".into(), &opts, &Silent).unwrap();
+    let stack = make::make_stack(m, "test", &tokens, "random".into(), &opts, &Silent).unwrap();
     let path = std::env::temp_dir().join(format!("llm-npu-test-{}-{name}.bitstack", std::process::id()));
-    file::write(&path, header, &scales, &blocks).unwrap();
+    file::write(&path, stack.header, &stack.scales, &stack.blocks).unwrap();
     path
 }
 

@@ -54,9 +54,9 @@ pub fn run(a: BitStackArgs) -> Result<()> {
     let out = a.out.clone().unwrap_or_else(|| llm_npu::util::beside_model_as(&m.model, "llm-npu.bitstack"));
     let opts = make::MakeOptions { iterations: a.iterations, rank: a.rank, score_tokens: a.score_tokens, seed: a.tokens.seed };
     let t0 = Instant::now();
-    let (header, scales, blocks) = make::make_stack(&loaded.model, &loaded.model.config.family, &tokens, a.tokens.describe(), &opts, &Bar::default())?;
+    let stack = make::make_stack(&loaded.model, loaded.model.config.family, &tokens, a.tokens.describe(), &opts, &Bar::default())?;
     let made = t0.elapsed().as_secs_f64();
-    file::write(&out, header, &scales, &blocks)?;
+    file::write(&out, stack.header, &stack.scales, &stack.blocks)?;
     let f = file::StackFile::open(&out)?;
     let (n, required) = (f.header.blocks.len(), f.header.required_blocks());
     let weights: usize = f.header.linears.iter().map(|l| l.rows * l.cols).sum();
