@@ -117,5 +117,7 @@ fn bad_flags_and_files_are_one_line_errors() {
     assert!(run(&["--bitstack", not_a_stack.to_str().unwrap()]).contains("not a BitStack file"));
     assert!(run(&["--bitstack", "x", "--memory", "0"]).contains("positive"));
     assert!(run(&["--bitstack", "x", "--backend", "npu"]).contains("--backend f32"));
+    assert!(run(&["--bitstack", "x", "--chunk-size", "8"]).contains("--chunk-size"));
+    assert!(expect_error(&["eval", "-m", m, "--ref-model", m, "--ref-backend", "npu", "--random-tokens", "8"]).contains("--ref-model"));
     assert!(expect_error(&["bitstack", "-m", m, "--iterations", "0"]).contains("--iterations"));
 }

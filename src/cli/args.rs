@@ -163,6 +163,9 @@ impl ModelArgs {
         if backend != BackendArg::F32 {
             bail!("--bitstack runs on --backend f32 (the npu backend keeps its own int8 weights; README, \"BitStack\")");
         }
+        if self.chunk_size.is_some() {
+            bail!("--chunk-size does not apply with --bitstack (prompts run whole, on panels rebuilt from the blocks)");
+        }
         let budget = match self.memory {
             None => Budget::All,
             Some(mb) if mb.is_finite() && mb > 0.0 => Budget::MemoryMb(mb),

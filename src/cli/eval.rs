@@ -45,6 +45,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
     let engine = report::build_engine(&loaded, if a.model.bitstack.is_some() { &a.model } else { args_for(a.model.backend) }, a.model.backend)?;
     let same = a.ref_backend == a.model.backend && a.model.bitstack.is_none();
     let reference = match &a.ref_model {
+        Some(_) if a.ref_backend != BackendArg::F32 => bail!("--ref-model is compared on f32; drop --ref-backend"),
         Some(path) => {
             let ref_args = ModelArgs { model: path.clone(), ..f32_args.clone() };
             let ref_loaded = report::load_model(&ref_args)?;
