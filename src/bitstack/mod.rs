@@ -272,7 +272,7 @@ impl HeldLinear {
             y.fill(0.0);
         }
         for (x, y) in xs.chunks_exact(self.cols).zip(y.chunks_exact_mut(self.rows)) {
-            views.iter().for_each(|v| sign_blocks::sign_block_matvec(v, x, y));
+            sign_blocks::sign_blocks_matvec(&views, x, y);
         }
     }
 }

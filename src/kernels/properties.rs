@@ -414,7 +414,7 @@ fn weight_decoding_matches_its_twin() {
 
 #[test]
 fn sign_block_products_match_their_twin_and_the_dense_weight() {
-    use super::sign_blocks::{sign_block_matvec, sign_block_matvec_portable, SignBlock};
+    use super::sign_blocks::{sign_block_matvec, sign_block_matvec_portable, sign_blocks_matvec, SignBlock};
     for_random_cases("sign_block_products_match_their_twin_and_the_dense_weight", |rng| {
         let (rows, cols, rank) = (size(rng, 100), size(rng, 300), size(rng, 17));
         let words = SignBlock::words_per_row(cols);
@@ -442,6 +442,15 @@ fn sign_block_products_match_their_twin_and_the_dense_weight() {
             let scale: f64 = y0[i].abs() as f64 + (0..rank).map(|c| (u[i * rank + c] as f64).abs() * (0..cols).map(|j| (v[c * cols + j] * x.get()[j]).abs() as f64).sum::<f64>()).sum::<f64>();
             assert!((twin[i] as f64 - want).abs() <= rounding + 1e-5 * (scale + 1e-6), "{rows}x{cols} rank {rank} row {i}: {} vs {want} (bound {rounding})", twin[i]);
         }
+        // Several blocks of the matrix in one pass: the same as one by one, bit for bit.
+        // (Shifting right keeps the padding bits zero.)
+        let (signs2, u2, v2) = (signs.iter().map(|w| w >> 1).collect::<Vec<u64>>(), floats(rng, rows * rank), floats(rng, rank * cols));
+        let second = SignBlock { rows, cols, rank, signs: &signs2, u: &u2, v: &v2 };
+        let (mut merged, mut one_by_one) = (y0.clone(), y0.clone());
+        sign_blocks_matvec(&[b, second], x.get(), &mut merged);
+        sign_block_matvec(&b, x.get(), &mut one_by_one);
+        sign_block_matvec(&second, x.get(), &mut one_by_one);
+        assert!(merged.iter().zip(&one_by_one).all(|(m, o)| m.to_bits() == o.to_bits()), "{rows}x{cols} rank {rank}: two blocks in one pass differ from one by one");
         // Rows rebuilt for the GEMM, from any first row, added to what is there.
         let r0 = rng.next_u64() as usize % (rows + 1);
         let n = rng.next_u64() as usize % (rows - r0 + 1);

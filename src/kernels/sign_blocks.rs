@@ -124,12 +124,19 @@ fn best_sign_dots() -> SignDots {
 
 /// y += W_b x with the best kernel for this CPU.
 pub fn sign_block_matvec(b: &SignBlock, x: &[f32], y: &mut [f32]) {
-    run(b, x, y, best_sign_dots());
+    run(std::slice::from_ref(b), x, y, best_sign_dots());
 }
 
 /// The portable twin of `sign_block_matvec` (the same result bit for bit).
 pub fn sign_block_matvec_portable(b: &SignBlock, x: &[f32], y: &mut [f32]) {
-    run(b, x, y, sign_dots_portable);
+    run(std::slice::from_ref(b), x, y, sign_dots_portable);
+}
+
+/// y += sum_b W_b x over blocks of the same shape (a stack of one matrix) in one pass: each
+/// task takes its rows through every block, so a matrix costs one parallel loop, not one per
+/// block. Equal bit for bit to adding the blocks one by one in order.
+pub fn sign_blocks_matvec(blocks: &[SignBlock], x: &[f32], y: &mut [f32]) {
+    run(blocks, x, y, best_sign_dots());
 }
 
 /// z_c = V[c] * x quantized to int8 per rank (as llama.cpp quantizes activations): `q` padded
@@ -166,25 +173,34 @@ impl QuantizedZ {
 
 /// `sign_dots(words of n rows, n, zq, rank, out)` writes out[r * rank + c] = the sum of zq_c
 /// over row r's set bits; a sign dot is then 2 that - total_c, exact in integers.
-fn run(b: &SignBlock, x: &[f32], y: &mut [f32], sign_dots: SignDots) {
-    b.check(x, y);
-    let (cols, rank) = (b.cols, b.rank);
-    if b.rows == 0 || rank == 0 || cols == 0 {
+fn run(blocks: &[SignBlock], x: &[f32], y: &mut [f32], sign_dots: SignDots) {
+    let Some(first) = blocks.first() else { return };
+    let (rows, cols) = (first.rows, first.cols);
+    for b in blocks {
+        assert!(b.rows == rows && b.cols == cols, "blocks of one matrix share its shape");
+        b.check(x, y);
+    }
+    let blocks: Vec<&SignBlock> = blocks.iter().filter(|b| b.rank > 0).collect();
+    if rows == 0 || cols == 0 || blocks.is_empty() {
         return; // W_b x is 0
     }
     let words = SignBlock::words_per_row(cols);
-    let z = QuantizedZ::new(b.v, x, rank);
+    let zs: Vec<QuantizedZ> = blocks.iter().map(|b| QuantizedZ::new(b.v, x, b.rank)).collect();
+    let max_rank = blocks.iter().map(|b| b.rank).max().unwrap_or(0);
     y.par_chunks_mut(ROWS_PER_TASK).enumerate().for_each_init(
-        || vec![0i32; ROWS * rank],
+        || vec![0i32; ROWS * max_rank],
         |t, (task, ys)| {
             for (g, yg) in ys.chunks_mut(ROWS).enumerate() {
                 let i0 = task * ROWS_PER_TASK + g * ROWS;
                 let n = yg.len();
-                sign_dots(&b.signs[i0 * words..(i0 + n) * words], n, &z.q, rank, &mut t[..n * rank]);
-                for (r, yi) in yg.iter_mut().enumerate() {
-                    let u = &b.u[(i0 + r) * rank..(i0 + r + 1) * rank];
-                    let dots = &t[r * rank..(r + 1) * rank];
-                    *yi += (0..rank).map(|c| u[c] * (z.scale[c] * (2 * dots[c] - z.totals[c]) as f32)).sum::<f32>();
+                for (b, z) in blocks.iter().zip(&zs) {
+                    let rank = b.rank;
+                    sign_dots(&b.signs[i0 * words..(i0 + n) * words], n, &z.q, rank, &mut t[..n * rank]);
+                    for (r, yi) in yg.iter_mut().enumerate() {
+                        let u = &b.u[(i0 + r) * rank..(i0 + r + 1) * rank];
+                        let dots = &t[r * rank..(r + 1) * rank];
+                        *yi += (0..rank).map(|c| u[c] * (z.scale[c] * (2 * dots[c] - z.totals[c]) as f32)).sum::<f32>();
+                    }
                 }
             }
         },
