@@ -1,10 +1,12 @@
 //! Prefill attention of one layer of the TinyLlama shape (32 query heads, 4 KV heads, head_dim
 //! 64): the last 512-token chunk of a prompt of 512, 2,048 and 4,096 tokens, against this
-//! machine's f32 FMA peak measured in the same run. The tiled kernel and its portable twin.
+//! machine's f32 FMA peak measured in the same run (and, for the int8 kernel, the vpdpbusd
+//! peak). The tiled kernel in f32 and in int8, and their portable twins (`--simd-only` skips
+//! those: minutes at 4,096).
 //!
-//!     cargo run --release --example attention_bench [-- REPS]
+//!     cargo run --release --example attention_bench [-- REPS] [--simd-only]
 
-use llm_npu::kernels::attention::{causal_attention, causal_attention_portable, AttnShape};
+use llm_npu::kernels::attention::{causal_attention_in, causal_attention_portable_in, AttnShape, Precision};
 use llm_npu::measure::bench::median_secs;
 use llm_npu::util::Rng;
 
@@ -12,8 +14,12 @@ fn main() {
     llm_npu::engine::init_threads(None).unwrap();
     let reps: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(5);
     let limits = llm_npu::measure::limits::measure();
-    println!("f32 peak {:.0} GFLOP/s ({}), {} threads; median of {reps}", limits.f32_gflops, limits.f32_kernel, limits.threads);
-    println!("| prompt | chunk | kernel | ms per layer | GFLOP/s | share of f32 peak |");
+    let simd_only = std::env::args().any(|a| a == "--simd-only");
+    println!(
+        "f32 peak {:.0} GFLOP/s ({}), int8 peak {:.0} GOP/s ({}), {} threads; median of {reps}",
+        limits.f32_gflops, limits.f32_kernel, limits.int8_gops, limits.int8_kernel, limits.threads
+    );
+    println!("| prompt | chunk | kernel | ms per layer | G(FL)OP/s | share of its peak |");
     println!("| ---: | ---: | --- | ---: | ---: | ---: |");
     let (n_heads, n_kv_heads, hd, chunk) = (32, 4, 64, 512);
     let mut rng = Rng::new(1);
@@ -28,11 +34,21 @@ fn main() {
         // q.k and p.v: 2 flops per multiply-add, each over head_dim for every (query, key seen).
         let keys_seen: usize = (0..chunk).map(|t| pos0 + t + 1).sum();
         let flops = 2.0 * 2.0 * (keys_seen * hd * n_heads) as f64;
-        let kernels: [(&str, fn(&[f32], &[f32], &[f32], AttnShape, &mut [f32])); 2] = [("tiled (best SIMD)", causal_attention), ("portable twin", causal_attention_portable)];
-        for (name, kernel) in kernels {
-            let t = median_secs(reps, || kernel(&q, &k, &v, s, &mut out));
+        type Kernel = fn(Precision, &[f32], &[f32], &[f32], AttnShape, &mut [f32]);
+        let kernels: [(&str, Kernel, Precision, bool); 4] = [
+            ("f32 tiled (best SIMD)", causal_attention_in, Precision::F32, false),
+            ("int8 tiled (best SIMD)", causal_attention_in, Precision::Int8, false),
+            ("f32 portable twin", causal_attention_portable_in, Precision::F32, true),
+            ("int8 portable twin", causal_attention_portable_in, Precision::Int8, true),
+        ];
+        for (name, kernel, precision, portable) in kernels {
+            if portable && simd_only {
+                continue;
+            }
+            let t = median_secs(reps, || kernel(precision, &q, &k, &v, s, &mut out));
             let gflops = flops / t / 1e9;
-            println!("| {prompt} | {chunk} | {name} | {:.1} | {gflops:.0} | {:.2} |", t * 1e3, gflops / limits.f32_gflops);
+            let peak = if precision == Precision::Int8 { limits.int8_gops } else { limits.f32_gflops };
+            println!("| {prompt} | {chunk} | {name} | {:.1} | {gflops:.0} | {:.2} |", t * 1e3, gflops / peak);
         }
     }
 }

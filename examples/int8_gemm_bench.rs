@@ -1,8 +1,9 @@
 //! int8 GEMM throughput of the accelerator's kernels against rten-gemm's u8 x i8 GEMM, in one run:
 //!     cargo run --release --example int8_gemm_bench
-//! Shapes M=256 (one prefill chunk), K=2048, N=2048 and 5632 (TinyLlama's projections), 1 and 2
-//! threads. Weights are prepacked for both (as at model load); activation packing is timed.
-//! GOP/s counts 2 ops per multiply-add; the peak is 938 GOP/s on 2 threads here (DESIGN.md).
+//! Shapes: M=256 (one prefill chunk) times TinyLlama's projections (K x N: 2048 x 2048 q/o,
+//! 2048 x 256 k/v, 2048 x 5632 gate/up, 5632 x 2048 down), 1 and 2 threads. Weights are
+//! prepacked for both (as at model load); activation packing is timed. GOP/s counts 2 ops per
+//! multiply-add; shares are of the vpdpbusd peak `llm-npu limits` measures, on the same threads.
 
 
 use llm_npu::kernels::int8_gemm::{gemm_i8, Int8Kernel, PackedI8Weights};
@@ -11,24 +12,25 @@ use rten_gemm::{GemmExecutor, GemmInputA, GemmInputB};
 use rten_tensor::prelude::*;
 use rten_tensor::NdTensor;
 
-const PEAK_PER_THREAD: f64 = 938.0 / 2.0;
-
 use llm_npu::measure::bench::median_secs;
 
 fn main() {
-    let (m, k) = (256usize, 2048usize);
+    let m = 256usize;
     let mut rng = Rng::new(1);
-    println!("| threads | N | kernel | ms | GOP/s | % of VNNI peak |");
+    let only_ours = std::env::args().any(|a| a == "--ours");
+    println!("| threads | K x N | kernel | ms | GOP/s | % of VNNI peak |");
     println!("| ---: | ---: | --- | ---: | ---: | ---: |");
     for threads in [1usize, 2] {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-        for n in [2048usize, 5632] {
+        let peak = pool.install(|| llm_npu::measure::limits::measure().int8_gops);
+        println!("| {threads} | | vpdpbusd peak | | {peak:.0} | 100% |");
+        for (k, n) in [(2048usize, 2048usize), (2048, 256), (2048, 5632), (5632, 2048)] {
             let x: Vec<i8> = (0..m * k).map(|_| ((rng.next_u64() % 255) as i32 - 127) as i8).collect();
             let w: Vec<i8> = (0..n * k).map(|_| ((rng.next_u64() % 255) as i32 - 127) as i8).collect();
             let ops = 2.0 * (m * k * n) as f64;
             let row = |name: &str, secs: f64| {
                 let gops = ops / secs / 1e9;
-                println!("| {threads} | {n} | {name} | {:.2} | {gops:.0} | {:.0}% |", secs * 1e3, 100.0 * gops / (PEAK_PER_THREAD * threads as f64));
+                println!("| {threads} | {k}x{n} | {name} | {:.2} | {gops:.0} | {:.0}% |", secs * 1e3, 100.0 * gops / peak);
             };
             let packed = PackedI8Weights::new(&w, n, k);
             let mut y = vec![0i32; m * n];
@@ -37,6 +39,9 @@ fn main() {
                     let s = pool.install(|| median_secs(10, || gemm_i8(kernel, &x, m, &packed, &mut y)));
                     row(&format!("llm-npu {}", kernel.name()), s);
                 }
+            }
+            if only_ours {
+                continue;
             }
             // rten-gemm: A [m, k] u8 (the offset activations), B [k, n] i8 prepacked.
             let a = NdTensor::from_data([m, k], x.iter().map(|&v| (v as u8).wrapping_add(128)).collect::<Vec<u8>>());

@@ -1,0 +1,329 @@
+//! int8 prefill attention (`Precision::Int8`): q.k and p.v as integer dot products (`vpdpbusd`,
+//! 64 multiply-adds per instruction, four times an f32 FMA), the softmax in f32 as before.
+//!
+//! Quantization (symmetric, round to nearest even, as `kernels::quantize`):
+//! - keys per slot (one scale over its head_dim values), queries per row: a score is
+//!   (sum_d q8 k8) * q_scale * k_scale, the attention scale folded into q_scale;
+//! - values per slot, folded into the probabilities: p'_j = p_j * v_scale_j is quantized per row
+//!   and key tile to 0..=255 against the tile's largest p'_j, so o += (sum_j p8_j v8_j) * max / 255.
+//!   Scaling per tile keeps small probabilities (a diffuse row, or a tile far below the row's
+//!   maximum) at full resolution.
+//!
+//! `vpdpbusd` multiplies unsigned by signed bytes: probabilities are unsigned already; queries
+//! are offset by +128 and 128 * sum_d k8 is subtracted per key.
+//!
+//! Layouts per KV head: keys `[head_dim / 4][pitch][4]` (16 slots x 4 dimensions are one 512-bit
+//! load; rows `pitch` slots apart, not a power of two, so a tile's rows spread over the L1 sets),
+//! values `[slots / 4][head_dim][4]` (16 dimensions x 4 slots are one load). The portable twin
+//! computes the same integers and the same float expressions in the same order, so both give the
+//! same bits.
+
+use rayon::prelude::*;
+
+use super::{AttnShape, Task, KEY_TILE, LANES, ROWS};
+use crate::kernels::quantize::{quantize_value, QMAX};
+
+/// Every slot a batch sees, quantized once per attention call for all its tasks.
+pub(super) struct QuantizedKv {
+    heads: Vec<HeadStore>,
+    groups: usize,
+    pitch: usize,
+    head_dim: usize,
+}
+
+struct HeadStore {
+    k: Vec<i8>,
+    k_sum: Vec<i32>,
+    k_scale: Vec<f32>,
+    v: Vec<i8>,
+    v_scale: Vec<f32>,
+}
+
+/// One KV head's quantized keys and values.
+#[derive(Clone, Copy)]
+pub(super) struct HeadKv<'a> {
+    k: &'a [i8],
+    k_sum: &'a [i32],
+    k_scale: &'a [f32],
+    v: &'a [i8],
+    v_scale: &'a [f32],
+    groups: usize,
+    pitch: usize,
+}
+
+impl QuantizedKv {
+    /// Quantizes slots 0..n of every KV head (the rest up to kv_stride stay zero).
+    pub(super) fn new(k_cache: &[f32], v_cache: &[f32], s: AttnShape, n: usize) -> Self {
+        let (hd, stride) = (s.head_dim, s.kv_stride);
+        let (groups, pitch) = (hd.div_ceil(4), stride + LANES);
+        let heads = (0..s.n_kv_heads)
+            .into_par_iter()
+            .map(|h| {
+                let (kt, v) = (&k_cache[h * hd * stride..(h + 1) * hd * stride], &v_cache[h * hd * stride..(h + 1) * hd * stride]);
+                let mut store = HeadStore { k: vec![0; groups * pitch * 4], k_sum: vec![0; stride], k_scale: vec![0.0; stride], v: vec![0; stride * hd], v_scale: vec![0.0; stride] };
+                // Keys: dimension d of slot j at kt[d * stride + j]; slots are the inner loop.
+                let mut k_max = vec![0f32; n];
+                for d in 0..hd {
+                    for (m, &x) in k_max.iter_mut().zip(&kt[d * stride..d * stride + n]) {
+                        *m = m.max(x.abs());
+                    }
+                }
+                let k_inv: Vec<f32> = k_max.iter().map(|&m| inverse_scale(m)).collect();
+                for (sc, &m) in store.k_scale.iter_mut().zip(&k_max) {
+                    *sc = m / QMAX;
+                }
+                for d in 0..hd {
+                    let row = &mut store.k[(d / 4) * pitch * 4..(d / 4 + 1) * pitch * 4];
+                    for (j, (&x, &inv)) in kt[d * stride..d * stride + n].iter().zip(&k_inv).enumerate() {
+                        let q = quantize_value(x, inv);
+                        row[j * 4 + d % 4] = q;
+                        store.k_sum[j] += q as i32;
+                    }
+                }
+                // Values: slot j's dimensions contiguous at v[j * hd..].
+                for (j, vj) in v[..n * hd].chunks_exact(hd.max(1)).enumerate().take(n) {
+                    let m = vj.iter().fold(0f32, |m, x| m.max(x.abs()));
+                    let inv = inverse_scale(m);
+                    store.v_scale[j] = m / QMAX;
+                    let group = &mut store.v[(j / 4) * hd * 4..(j / 4 + 1) * hd * 4];
+                    for (dd, &x) in vj.iter().enumerate() {
+                        group[dd * 4 + j % 4] = quantize_value(x, inv);
+                    }
+                }
+                store
+            })
+            .collect();
+        QuantizedKv { heads, groups, pitch, head_dim: hd }
+    }
+
+    pub(super) fn head(&self, h: usize) -> HeadKv<'_> {
+        let st = &self.heads[h];
+        debug_assert!(st.v.len() % (4 * self.head_dim.max(1)) == 0);
+        HeadKv { k: &st.k, k_sum: &st.k_sum, k_scale: &st.k_scale, v: &st.v, v_scale: &st.v_scale, groups: self.groups, pitch: self.pitch }
+    }
+}
+
+/// 127 / max_abs, or 0 for an all-zero (or non-finite) vector, which then quantizes to zeros.
+fn inverse_scale(max_abs: f32) -> f32 {
+    if max_abs > 0.0 && max_abs.is_finite() {
+        QMAX / max_abs
+    } else {
+        0.0
+    }
+}
+
+/// Per-thread working memory of the int8 path.
+#[derive(Default)]
+pub(super) struct Buffers {
+    /// Query rows as unsigned bytes (int8 + 128), [rows][groups * 4].
+    q: Vec<u8>,
+    /// Per row: its int8 scale times the attention scale.
+    q_scale: Vec<f32>,
+    /// Probabilities times value scales, quantized per row over the tile: [rows][KEY_TILE].
+    p: Vec<u8>,
+    /// Per row: what one step of `p` is worth.
+    p_scale: Vec<f32>,
+}
+
+impl Buffers {
+    /// Quantizes the task's query rows ([rows][hd] floats), one scale per row.
+    pub(super) fn quantize_queries(&mut self, q: &[f32], rows: usize, hd: usize, scale: f32) {
+        let width = hd.div_ceil(4) * 4;
+        self.q.clear();
+        self.q.resize(rows * width, 128);
+        self.q_scale.clear();
+        for (r, row) in q[..rows * hd].chunks_exact(hd).enumerate() {
+            let m = row.iter().fold(0f32, |m, x| m.max(x.abs()));
+            let inv = inverse_scale(m);
+            self.q_scale.push(m / QMAX * scale);
+            for (o, &x) in self.q[r * width..r * width + hd].iter_mut().zip(row) {
+                *o = (quantize_value(x, inv) as u8).wrapping_add(128);
+            }
+        }
+    }
+}
+
+/// round(x * inv) for x * inv in 0..=255 (probabilities: never negative), ties to even.
+#[inline(always)]
+fn quantize_unsigned(x: f32, inv: f32) -> u8 {
+    const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23, as in kernels::quantize
+    let y = (x * inv).clamp(0.0, 255.0);
+    (y + ROUND).to_bits().wrapping_sub(ROUND.to_bits()) as u8
+}
+
+impl Task<'_> {
+    /// `tile_scores` in int8: the same rows and blocks, scores into b.p.
+    #[inline(always)]
+    pub(super) fn tile_scores_i8<const VNNI: bool>(&self, kv: &HeadKv, b: &mut super::Buffers, rows: usize, j0: usize, j1: usize) {
+        let width = kv.groups * 4;
+        let (q, q_scale, p) = (&b.int8.q, &b.int8.q_scale, &mut b.p);
+        self.for_score_blocks(rows, j0, j1, |r, take, n, at| {
+            let (qs, scales, out) = (&q[r * width..(r + take) * width], &q_scale[r..r + take], &mut p[r * KEY_TILE + at..]);
+            let j = j0 + at;
+            assert!(j + n * LANES <= kv.k_sum.len() && out.len() >= (take - 1) * KEY_TILE + n * LANES);
+            #[cfg(target_arch = "x86_64")]
+            if VNNI {
+                // SAFETY: VNNI is only set when the CPU has avx512vnni and avx512bw; the assert
+                // bounds the key slots and outputs, `q` holds `take` rows of `width` bytes, and
+                // the key rows hold `pitch` >= kv_stride slots.
+                unsafe {
+                    match (take, n) {
+                        (ROWS, 4) => scores_vnni::<ROWS, 4>(qs, scales, kv, j, out),
+                        (ROWS, _) => scores_vnni::<ROWS, 1>(qs, scales, kv, j, out),
+                        (_, 4) => scores_vnni::<1, 4>(qs, scales, kv, j, out),
+                        _ => scores_vnni::<1, 1>(qs, scales, kv, j, out),
+                    }
+                }
+                return;
+            }
+            scores_portable(take, n * LANES, qs, scales, kv, j, out);
+        });
+    }
+
+    /// `tile_values` in int8: each row's probabilities times value scales quantized over the
+    /// tile, then integer products with the values, added to b.o.
+    #[inline(always)]
+    pub(super) fn tile_values_i8<const VNNI: bool>(&self, kv: &HeadKv, b: &mut super::Buffers, rows: usize, j0: usize, j1: usize) {
+        let hd = self.s.head_dim;
+        let width = (j1 - j0).next_multiple_of(LANES);
+        let b8 = &mut b.int8;
+        b8.p.resize(rows * KEY_TILE, 0);
+        b8.p_scale.resize(rows, 0.0);
+        for r in 0..rows {
+            let (probs, dst) = (&b.p[r * KEY_TILE..r * KEY_TILE + width], &mut b8.p[r * KEY_TILE..r * KEY_TILE + width]);
+            let scales = &kv.v_scale[j0..j0 + width];
+            let m = probs.iter().zip(scales).fold(0f32, |m, (&p, &s)| m.max(p * s));
+            let inv = if m > 0.0 { 255.0 / m } else { 0.0 };
+            b8.p_scale[r] = m / 255.0;
+            for ((o, &p), &s) in dst.iter_mut().zip(probs).zip(scales) {
+                *o = quantize_unsigned(p * s, inv);
+            }
+        }
+        let dim_blocks = if VNNI && hd % LANES == 0 { hd / LANES } else { 0 };
+        let mut r = 0;
+        while r < rows {
+            let take = if r + ROWS <= rows { ROWS } else { 1 };
+            let (lo, count) = self.blocks_seen(r, take, j0, j1);
+            if count > 0 {
+                // Key groups of 4 slots, relative to j0 (a multiple of LANES).
+                let (g0, g1) = ((lo - j0) / 4, (lo - j0 + count * LANES) / 4);
+                let (p, p_scale, o) = (&b8.p[r * KEY_TILE..], &b8.p_scale[r..r + take], &mut b.o[r * hd..(r + take) * hd]);
+                let v = &kv.v[(j0 / 4) * hd * 4..];
+                assert!(g1 * hd * 4 <= v.len() && p.len() >= (take - 1) * KEY_TILE + g1 * 4);
+                #[cfg(target_arch = "x86_64")]
+                if dim_blocks > 0 {
+                    let mut db = 0;
+                    while db < dim_blocks {
+                        let d = if db + 4 <= dim_blocks { 4 } else { 1 };
+                        // SAFETY: as in tile_scores_i8; the assert bounds the key groups read.
+                        unsafe {
+                            match (take, d) {
+                                (ROWS, 4) => values_vnni::<ROWS, 4>(p, p_scale, v, hd, g0, g1, db, o),
+                                (ROWS, _) => values_vnni::<ROWS, 1>(p, p_scale, v, hd, g0, g1, db, o),
+                                (_, 4) => values_vnni::<1, 4>(p, p_scale, v, hd, g0, g1, db, o),
+                                _ => values_vnni::<1, 1>(p, p_scale, v, hd, g0, g1, db, o),
+                            }
+                        }
+                        db += d;
+                    }
+                    r += take;
+                    continue;
+                }
+                values_portable(take, p, p_scale, v, hd, g0, g1, o);
+            }
+            r += take;
+        }
+    }
+}
+
+/// Scores of `rows` query rows for `keys` slots from `j` on: the integer dot products, minus the
+/// query offset, times the row's and the key's scale (in that order, as the SIMD kernel).
+fn scores_portable(rows: usize, keys: usize, q: &[u8], q_scale: &[f32], kv: &HeadKv, j: usize, out: &mut [f32]) {
+    let width = kv.groups * 4;
+    for i in 0..rows {
+        for jj in j..j + keys {
+            let mut acc = 0i32;
+            for g in 0..kv.groups {
+                for c in 0..4 {
+                    acc += q[i * width + g * 4 + c] as i32 * kv.k[(g * kv.pitch + jj) * 4 + c] as i32;
+                }
+            }
+            out[i * KEY_TILE + jj - j] = ((acc - 128 * kv.k_sum[jj]) as f32) * q_scale[i] * kv.k_scale[jj];
+        }
+    }
+}
+
+/// o[i] += (sum over key groups g0..g1 of p8[i][j] v8[j]) * p_scale[i], every dimension.
+#[allow(clippy::too_many_arguments)]
+fn values_portable(rows: usize, p: &[u8], p_scale: &[f32], v: &[i8], hd: usize, g0: usize, g1: usize, o: &mut [f32]) {
+    for i in 0..rows {
+        for dd in 0..hd {
+            let mut acc = 0i32;
+            for g in g0..g1 {
+                for c in 0..4 {
+                    acc += p[i * KEY_TILE + g * 4 + c] as i32 * v[(g * hd + dd) * 4 + c] as i32;
+                }
+            }
+            o[i * hd + dd] += (acc as f32) * p_scale[i];
+        }
+    }
+}
+
+/// `scores_portable` for R rows and N blocks of 16 keys, accumulators in registers: per group of
+/// 4 dimensions, N key loads and R query broadcasts feed R x N `vpdpbusd`.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn scores_vnni<const R: usize, const N: usize>(q: &[u8], q_scale: &[f32], kv: &HeadKv, j: usize, out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let width = kv.groups * 4;
+    let mut acc = [[_mm512_setzero_si512(); N]; R];
+    let (kp, qp) = (kv.k.as_ptr(), q.as_ptr());
+    for g in 0..kv.groups {
+        let keys: [__m512i; N] = std::array::from_fn(|b| _mm512_loadu_si512(kp.add((g * kv.pitch + j + b * LANES) * 4) as *const __m512i));
+        for (i, acc_i) in acc.iter_mut().enumerate() {
+            let a = _mm512_set1_epi32((qp.add(i * width + g * 4) as *const i32).read_unaligned());
+            for b in 0..N {
+                acc_i[b] = _mm512_dpbusd_epi32(acc_i[b], a, keys[b]);
+            }
+        }
+    }
+    for b in 0..N {
+        let offset = _mm512_slli_epi32::<7>(_mm512_loadu_si512(kv.k_sum.as_ptr().add(j + b * LANES) as *const __m512i));
+        let k_scale = _mm512_loadu_ps(kv.k_scale.as_ptr().add(j + b * LANES));
+        for (i, acc_i) in acc.iter().enumerate() {
+            let x = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc_i[b], offset));
+            let y = _mm512_mul_ps(_mm512_mul_ps(x, _mm512_set1_ps(q_scale[i])), k_scale);
+            _mm512_storeu_ps(out.as_mut_ptr().add(i * KEY_TILE + b * LANES), y);
+        }
+    }
+}
+
+/// `values_portable` for R rows and dimension blocks db..db+D (16 each): per group of 4 keys, D
+/// value loads and R probability broadcasts feed R x D `vpdpbusd`.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn values_vnni<const R: usize, const D: usize>(p: &[u8], p_scale: &[f32], v: &[i8], hd: usize, g0: usize, g1: usize, db: usize, o: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm512_setzero_si512(); D]; R];
+    let (vp, pp) = (v.as_ptr().add(db * LANES * 4), p.as_ptr());
+    for g in g0..g1 {
+        let vals: [__m512i; D] = std::array::from_fn(|c| _mm512_loadu_si512(vp.add((g * hd + c * LANES) * 4) as *const __m512i));
+        for (i, acc_i) in acc.iter_mut().enumerate() {
+            let a = _mm512_set1_epi32((pp.add(i * KEY_TILE + g * 4) as *const i32).read_unaligned());
+            for c in 0..D {
+                acc_i[c] = _mm512_dpbusd_epi32(acc_i[c], a, vals[c]);
+            }
+        }
+    }
+    let op = o.as_mut_ptr().add(db * LANES);
+    for (i, acc_i) in acc.iter().enumerate() {
+        let scale = _mm512_set1_ps(p_scale[i]);
+        for (c, &a) in acc_i.iter().enumerate() {
+            let at = op.add(i * hd + c * LANES);
+            _mm512_storeu_ps(at, _mm512_add_ps(_mm512_loadu_ps(at), _mm512_mul_ps(_mm512_cvtepi32_ps(a), scale)));
+        }
+    }
+}
