@@ -322,6 +322,9 @@ fn bad_shadow_options_are_refused_with_the_option_named() {
     let mut f32_args = logits_args(m.to_str().unwrap(), "1,2", &out);
     f32_args.push("--no-shadow");
     assert!(expect_error(&f32_args).contains("--backend npu"));
+    f32_args.pop();
+    f32_args.push("--int8-attention");
+    assert!(expect_error(&f32_args).contains("--int8-attention"));
 }
 
 #[test]

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use llm_npu::engine::{self, BackendKind, CalibrationSource, Engine, EngineOptions, NpuOptions};
+use llm_npu::kernels::attention::{Precision, INT8_MIN_TOKENS};
 use llm_npu::model::{self, LoadOptions, LoadedModel, Logits};
 use llm_npu::quant::calibration::{self, Calibration};
 use llm_npu::quant::WeightGranularity;
@@ -84,16 +85,24 @@ fn npu_handles_each_family_between_its_graphs() {
 
 #[test]
 fn npu_logits_stay_close_to_float_on_the_fixtures() {
+    // Both attention precisions: the prompt (40 tokens, one chunk) is long enough for int8.
     for name in MODELS {
         let loaded = load(name);
         let m = &loaded.model;
-        let npu = npu(&loaded, name, NpuOptions::default());
         let tokens = ids(name, "short_ids");
-        let q = npu.forward(&tokens, &mut m.new_cache(tokens.len()), Logits::All).unwrap();
+        assert!(tokens.len() >= INT8_MIN_TOKENS);
         let (_, reference) = llm_npu::npy::read_f32(&fixture(name).join("ref_logits_short.npy")).unwrap();
-        let cos = mean_cosine(&q, &reference, m.config.vocab_size);
-        eprintln!("{name}: mean cosine(npu, HF float) = {cos:.5}");
-        assert!(cos >= 0.99, "{name}: cosine {cos}");
+        let logits = |attention| {
+            let npu = npu(&loaded, name, NpuOptions { attention, ..Default::default() });
+            npu.forward(&tokens, &mut m.new_cache(tokens.len()), Logits::All).unwrap()
+        };
+        let (f32_attention, int8_attention) = (logits(Precision::F32), logits(Precision::Int8));
+        assert_ne!(f32_attention, int8_attention, "{name}: --int8-attention changed nothing");
+        for (label, q) in [("f32", &f32_attention), ("int8", &int8_attention)] {
+            let cos = mean_cosine(q, &reference, m.config.vocab_size);
+            eprintln!("{name}: mean cosine(npu with {label} attention, HF float) = {cos:.5}");
+            assert!(cos >= 0.99, "{name}, {label} attention: cosine {cos}");
+        }
     }
 }
 

@@ -255,7 +255,7 @@ fn layer_inputs(model: &Transformer, exec: &dyn LinearExecutor, tokens: &[u32]) 
     for li in 0..model.layers.len() {
         inputs.push(st.x.clone());
         model.layer_qkv(exec, li, &mut st, None)?;
-        model.layer_attention(li, &mut st, &mut cache, None);
+        model.layer_attention(li, Default::default(), &mut st, &mut cache, None);
         model.layer_o_ffn(exec, li, &mut st, None)?;
     }
     Ok(inputs)
@@ -269,7 +269,7 @@ fn run_from(model: &Transformer, exec: &dyn LinearExecutor, tokens: &[u32], from
     st.x.copy_from_slice(x);
     for li in from..model.layers.len() {
         model.layer_qkv(exec, li, &mut st, None)?;
-        model.layer_attention(li, &mut st, &mut cache, None);
+        model.layer_attention(li, Default::default(), &mut st, &mut cache, None);
         model.layer_o_ffn(exec, li, &mut st, None)?;
     }
     Ok(model.logits(&st.x, Logits::All))

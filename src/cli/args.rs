@@ -7,6 +7,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, ValueEnum};
 
 use llm_npu::bitstack::{BitStackOptions, Budget};
+use llm_npu::kernels::attention::Precision;
 use llm_npu::engine::npu::scheduled::{ExecutorOptions, SchedulerKind};
 use llm_npu::engine::{BackendKind, CalibrationSource, EngineOptions, ModelOptions, NpuOptions};
 use llm_npu::model::LoadedModel;
@@ -126,6 +127,11 @@ pub struct NpuArgs {
     /// [default: 2:2, the fastest measured on 2 cores with no NPU (README, "Out-of-order")]
     #[arg(long, value_name = "ACCEL:CPU")]
     pub split: Option<String>,
+    /// npu: prefill attention in int8 (q.k and p.v as integer dot products, the softmax in f32;
+    /// chunks of 16+ tokens, decode stays f32): faster on long prompts, less exact (README,
+    /// "Long prompts", has both figures)
+    #[arg(long)]
+    pub int8_attention: bool,
 }
 
 impl ModelArgs {
@@ -142,7 +148,7 @@ impl ModelArgs {
     /// The engine these flags ask for, with the backend given (eval and demo build several).
     pub fn engine_options_for(&self, backend: BackendArg) -> Result<EngineOptions> {
         if backend == BackendArg::F32 && self.npu != NpuArgs::default() {
-            bail!("--accelerator, --graph-cache, --calibration, --per-tensor-weights, --no-smaller-chunks and the shadow options apply to --backend npu");
+            bail!("--accelerator, --graph-cache, --calibration, --per-tensor-weights, --no-smaller-chunks, --int8-attention and the shadow and scheduler options apply to --backend npu");
         }
         Ok(EngineOptions {
             backend: backend.into(),
@@ -189,6 +195,7 @@ impl NpuArgs {
             weights: if self.per_tensor_weights { WeightGranularity::PerTensor } else { WeightGranularity::PerChannel },
             shadow: self.shadow()?,
             executors: self.executors()?,
+            attention: if self.int8_attention { Precision::Int8 } else { Precision::F32 },
         })
     }
 

@@ -40,6 +40,9 @@ pub fn run(a: EvalArgs) -> Result<()> {
     let m = &loaded.model;
     // The npu options go to whichever side is npu; the f32 side takes none of them.
     // A BitStack is compared with the model's own weights.
+    if a.model.backend != BackendArg::Npu && a.ref_backend != BackendArg::Npu && a.model.npu != NpuArgs::default() {
+        bail!("the npu options (--accelerator, --calibration, --int8-attention, the shadow options, ...) apply when --backend or --ref-backend is npu");
+    }
     let f32_args = ModelArgs { npu: NpuArgs::default(), chunk_size: None, bitstack: None, memory: None, ..a.model.clone() };
     let args_for = |b: BackendArg| if b == BackendArg::Npu { &a.model } else { &f32_args };
     let engine = report::build_engine(&loaded, if a.model.bitstack.is_some() { &a.model } else { args_for(a.model.backend) }, a.model.backend)?;

@@ -10,8 +10,6 @@
 //! Cache layout (kv_cache.rs): K transposed per KV head, [n_kv_heads][head_dim][kv_stride], so 16
 //! consecutive keys of one dimension are one vector load; V as [n_kv_heads][kv_stride][head_dim].
 
-use std::sync::OnceLock;
-
 use rayon::prelude::*;
 
 use super::ops::{exp_fast, exp_minus, max_of};
@@ -21,9 +19,10 @@ mod int8;
 
 /// How prefill attention multiplies: f32 throughout (the default), or int8 products with f32
 /// scales and an f32 softmax (`int8.rs`), 4x the multiply rate of f32 FMA on VNNI CPUs at a
-/// measured accuracy cost.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// measured accuracy cost (README "Long prompts").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Precision {
+    #[default]
     F32,
     Int8,
 }
@@ -32,19 +31,6 @@ pub enum Precision {
 /// about as much as attending with one token's rows, so decode stays f32.
 pub const INT8_MIN_TOKENS: usize = 16;
 
-/// The precision prefill attention runs in: `LLM_NPU_ATTENTION=int8` opts into int8 (an
-/// experiment: see README "Long prompts" for its speed and accuracy), anything else is f32.
-pub fn prefill_precision() -> Precision {
-    static P: OnceLock<Precision> = OnceLock::new();
-    *P.get_or_init(|| match std::env::var("LLM_NPU_ATTENTION").as_deref() {
-        Ok("int8") => Precision::Int8,
-        Ok("f32") | Err(_) => Precision::F32,
-        Ok(other) => {
-            eprintln!("warning: LLM_NPU_ATTENTION={other}: unknown (int8 or f32); attention runs in f32");
-            Precision::F32
-        }
-    })
-}
 
 /// Shapes of one causal attention call.
 #[derive(Debug, Clone, Copy)]
@@ -84,9 +70,9 @@ const PACKED_PITCH: usize = KEY_TILE + LANES;
 /// shape). Slot i of the cache holds position kv_base + i, valid up to pos0 + tokens; query
 /// token t sees positions up to pos0 + t (the last `window` of them with a sliding window).
 /// Threads split (KV head, token block) tasks.
-/// Runs in `prefill_precision()`.
+/// In f32.
 pub fn causal_attention(q: &[f32], k_cache: &[f32], v_cache: &[f32], s: AttnShape, out: &mut [f32]) {
-    causal_attention_in(prefill_precision(), q, k_cache, v_cache, s, out)
+    causal_attention_in(Precision::F32, q, k_cache, v_cache, s, out)
 }
 
 /// `causal_attention` in a given precision (int8 only for batches of INT8_MIN_TOKENS or more).
@@ -107,7 +93,7 @@ pub fn causal_attention_in(precision: Precision, q: &[f32], k_cache: &[f32], v_c
 
 /// The portable twin of `causal_attention`.
 pub fn causal_attention_portable(q: &[f32], k_cache: &[f32], v_cache: &[f32], s: AttnShape, out: &mut [f32]) {
-    causal_attention_portable_in(prefill_precision(), q, k_cache, v_cache, s, out)
+    causal_attention_portable_in(Precision::F32, q, k_cache, v_cache, s, out)
 }
 
 /// The portable twin of `causal_attention_in`.

@@ -120,6 +120,11 @@ pub trait LinearExecutor {
     /// receives linear i of the group; a group that adds to the residual stream has one output,
     /// the residual itself (x += W input).
     fn run(&self, layer: usize, group: LinearGroup, input: &[f32], m: usize, outputs: &mut [&mut [f32]]) -> Result<()>;
+
+    /// The precision of prefill attention beside these linears (the npu backend's option).
+    fn attention(&self) -> attention::Precision {
+        attention::Precision::F32
+    }
 }
 
 impl DecoderLayer {
@@ -484,7 +489,7 @@ impl Transformer {
         let mut chunk = self.start_chunk(tokens, cache.len(), cache.capacity(), pass_end, scratch)?;
         for layer in 0..self.layers.len() {
             self.layer_qkv(exec, layer, &mut chunk, observer.as_deref_mut())?;
-            self.layer_attention(layer, &mut chunk, cache, observer.as_deref_mut());
+            self.layer_attention(layer, exec.attention(), &mut chunk, cache, observer.as_deref_mut());
             self.layer_o_ffn(exec, layer, &mut chunk, observer.as_deref_mut())?;
         }
         cache.advance(chunk.m);
@@ -530,7 +535,7 @@ impl Transformer {
 
     /// RoPE, this chunk's K/V into the cache (which must hold every earlier position at this
     /// layer), attention.
-    pub fn layer_attention<'o>(&self, li: usize, st: &mut ChunkState, cache: &mut KvCache, observer: Option<&mut (dyn ActivationObserver + 'o)>) {
+    pub fn layer_attention<'o>(&self, li: usize, precision: attention::Precision, st: &mut ChunkState, cache: &mut KvCache, observer: Option<&mut (dyn ActivationObserver + 'o)>) {
         let c = &self.config;
         let hd = c.head_dim;
         let Scratch { q, k, v, attn, .. } = &mut st.scratch;
@@ -554,7 +559,7 @@ impl Transformer {
         let f = &c.features;
         let scale = f.attn_scale.unwrap_or(1.0 / (hd as f32).sqrt());
         let shape = attention::AttnShape { n_heads: c.num_heads, n_kv_heads: c.num_kv_heads, head_dim: hd, pos0: st.pos0, kv_stride: kv.stride, kv_base: kv.base, window: f.window(li), scale, softcap: f.attn_softcap };
-        attention::causal_attention(q, kv.k, kv.v, shape, attn);
+        attention::causal_attention_in(precision, q, kv.k, kv.v, shape, attn);
         if let Some(o) = observer {
             o.observe(li, LinearGroup::O, attn, c.q_dim());
         }

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use super::Engine;
 use crate::accel::{self, AccelContext, Accelerator, CompiledGraph, GraphSpec};
 use crate::error::{Error, Result};
+use crate::kernels::attention;
 use crate::kernels::int8_gemm::{best_kernel, Int8Kernel};
 use crate::model::transformer::LinearExecutor;
 use crate::model::{KvCache, LinearGroup, LoadedModel, Logits};
@@ -52,11 +53,13 @@ pub struct NpuOptions {
     /// Run prefill chunks as a subgraph DAG on an accelerator and a CPU executor (None: one chunk
     /// after the other on the shared thread pool).
     pub executors: Option<scheduled::ExecutorOptions>,
+    /// Prefill attention in int8 (chunks of INT8_MIN_TOKENS or more; decode stays f32).
+    pub attention: attention::Precision,
 }
 
 impl Default for NpuOptions {
     fn default() -> Self {
-        NpuOptions { accelerator: "ref", graph_cache: None, smaller_chunks: true, weights: WeightGranularity::PerChannel, shadow: ShadowOptions::default(), executors: None }
+        NpuOptions { accelerator: "ref", graph_cache: None, smaller_chunks: true, weights: WeightGranularity::PerChannel, shadow: ShadowOptions::default(), executors: None, attention: attention::Precision::F32 }
     }
 }
 
@@ -115,6 +118,8 @@ pub struct NpuEngine {
     /// Group timings, while profiling.
     profile: Mutex<Option<Vec<GroupTiming>>>,
     executors: Option<scheduled::Executors>,
+    /// Precision of prefill attention.
+    attention: attention::Precision,
 }
 
 impl NpuEngine {
@@ -196,6 +201,7 @@ impl NpuEngine {
             shadow_buffers: BufferPool::default(),
             profile: Mutex::new(None),
             executors,
+            attention: opts.attention,
         })
     }
 
@@ -366,6 +372,10 @@ impl LinearExecutor for AccelChunk<'_> {
             p.push(GroupTiming { chunk: self.chunk, layer, group, rows: self.rows, start, end: Instant::now(), shadow: shadow_time });
         }
         Ok(())
+    }
+
+    fn attention(&self) -> attention::Precision {
+        self.npu.attention
     }
 }
 

@@ -13,6 +13,7 @@ use std::sync::Mutex;
 use super::{AccelChunk, NpuEngine};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
+use crate::model::transformer::LinearExecutor;
 use crate::model::{KvCache, Logits};
 use crate::prefill::dag::{Dag, Kind, Processor};
 use crate::prefill::executor::Dispatcher;
@@ -116,7 +117,7 @@ impl NpuEngine {
                         let steps: [(Kind, &Step); 3] = [
                             (Kind::Qkv, &|st| model.layer_qkv(&exec, l, st, None)),
                             (Kind::Attention, &|st| {
-                                model.layer_attention(l, st, &mut shared_cache.lock().unwrap(), None);
+                                model.layer_attention(l, exec.attention(), st, &mut shared_cache.lock().unwrap(), None);
                                 Ok(())
                             }),
                             (Kind::OFfn, &|st| model.layer_o_ffn(&exec, l, st, None)),
