@@ -554,6 +554,29 @@ mod tests {
     }
 
     #[test]
+    fn int8_keys_lose_nothing_to_an_offset_every_key_shares() {
+        // Trained models' keys carry large offsets in a few dimensions, the same for every slot.
+        // They move each row's scores by one amount, so int8 attention must not spend its
+        // resolution on them: the result stays as close to f32 as without the offset.
+        let val = |i: usize| ((i * 7919 % 1000) as f32 / 500.0) - 1.0;
+        let (n_heads, n_kv_heads, hd, tokens) = (4, 1, 64, 100usize);
+        let stride = tokens.next_multiple_of(LANES);
+        let s = AttnShape { n_heads, n_kv_heads, head_dim: hd, pos0: 0, kv_stride: stride, kv_base: 0, window: None, scale: 0.125, softcap: None };
+        let v: Vec<f32> = (0..stride * hd).map(|i| val(i + 13)).collect();
+        let q: Vec<f32> = (0..tokens * n_heads * hd).map(|i| 2.0 * val(i + 101)).collect();
+        let worst = |offset: f32| {
+            // Keys are [head_dim][kv_stride]: dimension 3 of every slot gets the offset.
+            let k: Vec<f32> = (0..stride * hd).map(|i| 2.0 * val(i) + if i / stride == 3 { offset } else { 0.0 }).collect();
+            let (mut int8, mut exact) = (vec![0f32; q.len()], vec![0f32; q.len()]);
+            causal_attention_in(Precision::Int8, &q, &k, &v, s, &mut int8);
+            causal_attention_portable(&q, &k, &v, s, &mut exact);
+            int8.iter().zip(&exact).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max)
+        };
+        let (plain, offset) = (worst(0.0), worst(200.0));
+        assert!(offset < 0.02 && offset < 2.0 * plain, "int8 off f32 by {plain} without the offset, {offset} with it");
+    }
+
+    #[test]
     fn a_long_context_spans_several_key_tiles_and_matches_the_portable_twin() {
         // Random shapes are in kernels::properties; here the lengths that cross KEY_TILE and
         // TOKENS_PER_TASK many times, with a window that starts mid-tile.

@@ -2,8 +2,10 @@
 //! 64 multiply-adds per instruction, four times an f32 FMA), the softmax in f32 as before.
 //!
 //! Quantization (symmetric, round to nearest even, as `kernels::quantize`):
-//! - keys per slot (one scale over its head_dim values), queries per row: a score is
-//!   (sum_d q8 k8) * q_scale * k_scale, the attention scale folded into q_scale;
+//! - keys per slot (one scale over its head_dim values) after taking out each dimension's mean
+//!   over the slots (as SageAttention does; it moves every score of a row by the same amount),
+//!   queries per row: a score is (sum_d q8 k8) * q_scale * k_scale, the attention scale folded
+//!   into q_scale;
 //! - values per slot, folded into the probabilities: p'_j = p_j * v_scale_j is quantized per row
 //!   and key tile to 0..=255 against the tile's largest p'_j, so o += (sum_j p8_j v8_j) * max / 255.
 //!   Scaling per tile keeps small probabilities (a diffuse row, or a tile far below the row's
@@ -62,10 +64,17 @@ impl QuantizedKv {
                 let (kt, v) = (&k_cache[h * hd * stride..(h + 1) * hd * stride], &v_cache[h * hd * stride..(h + 1) * hd * stride]);
                 let mut store = HeadStore { k: vec![0; groups * pitch * 4], k_sum: vec![0; stride], k_scale: vec![0.0; stride], v: vec![0; stride * hd], v_scale: vec![0.0; stride] };
                 // Keys: dimension d of slot j at kt[d * stride + j]; slots are the inner loop.
+                // Each dimension's mean over the slots is taken out first: q.(k - mean) differs
+                // from q.k by the same amount for every key of a row, which the softmax ignores,
+                // and keys share large offsets in a few dimensions that would otherwise set
+                // every slot's scale. A softcap is not shift-invariant, so it keeps them.
+                let mean: Vec<f32> = (0..hd)
+                    .map(|d| if s.softcap.is_some() || n == 0 { 0.0 } else { kt[d * stride..d * stride + n].iter().sum::<f32>() / n as f32 })
+                    .collect();
                 let mut k_max = vec![0f32; n];
                 for d in 0..hd {
                     for (m, &x) in k_max.iter_mut().zip(&kt[d * stride..d * stride + n]) {
-                        *m = m.max(x.abs());
+                        *m = m.max((x - mean[d]).abs());
                     }
                 }
                 let k_inv: Vec<f32> = k_max.iter().map(|&m| inverse_scale(m)).collect();
@@ -75,7 +84,7 @@ impl QuantizedKv {
                 for d in 0..hd {
                     let row = &mut store.k[(d / 4) * pitch * 4..(d / 4 + 1) * pitch * 4];
                     for (j, (&x, &inv)) in kt[d * stride..d * stride + n].iter().zip(&k_inv).enumerate() {
-                        let q = quantize_value(x, inv);
+                        let q = quantize_value(x - mean[d], inv);
                         row[j * 4 + d % 4] = q;
                         store.k_sum[j] += q as i32;
                     }
