@@ -222,7 +222,7 @@ impl Task<'_> {
             for j0 in (first..end).step_by(KEY_TILE) {
                 let j1 = (j0 + KEY_TILE).min(end);
                 self.tile_scores_i8::<VNNI>(kv, b, rows, j0, j1);
-                self.tile_softmax(b, rows, j0, j1);
+                self.tile_softmax_i8::<VNNI>(kv, b, rows, j0, j1);
                 self.tile_values_i8::<VNNI>(kv, b, rows, j0, j1);
             }
         } else {
@@ -314,29 +314,43 @@ impl Task<'_> {
     /// keys it does not see); its running sum and output are rescaled when the max grows.
     #[inline(always)]
     fn tile_softmax(&self, b: &mut Buffers, rows: usize, j0: usize, j1: usize) {
-        let hd = self.s.head_dim;
         let width = (j1 - j0).next_multiple_of(LANES);
         for r in 0..rows {
-            let (a, e) = self.seen_in(r, j0, j1);
             let row = &mut b.p[r * KEY_TILE..r * KEY_TILE + width];
-            if a >= e {
-                row.fill(0.0);
-                continue;
-            }
-            row[..a - j0].fill(0.0);
-            row[e - j0..].fill(0.0);
-            let seen = &mut row[a - j0..e - j0];
-            if let Some(cap) = self.s.softcap {
-                seen.iter_mut().for_each(|x| *x = (*x / cap).tanh() * cap);
-            }
-            let new_max = b.max[r].max(max_of(seen));
-            let alpha = exp_fast(b.max[r] - new_max);
-            b.max[r] = new_max;
-            b.sum[r] = b.sum[r] * alpha + exp_minus(seen, new_max);
-            if alpha != 1.0 {
-                b.o[r * hd..(r + 1) * hd].iter_mut().for_each(|x| *x *= alpha);
+            match self.new_max(r, j0, j1, row, &mut b.max[r], &mut b.sum[r], &mut b.o) {
+                Some((a, e, max)) => {
+                    row[..a - j0].fill(0.0);
+                    row[e - j0..].fill(0.0);
+                    b.sum[r] += exp_minus(&mut row[a - j0..e - j0], max);
+                }
+                None => row.fill(0.0),
             }
         }
+    }
+
+    /// Row r's scores over the tile (`row`, slot j at j - j0) softcapped where the model says
+    /// so, and its running max raised to theirs, its running sum and output (row r of `o`)
+    /// rescaled to it: returns the slots it sees (a..e) and the new max, None if it sees none.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    fn new_max(&self, r: usize, j0: usize, j1: usize, row: &mut [f32], max: &mut f32, sum: &mut f32, o: &mut [f32]) -> Option<(usize, usize, f32)> {
+        let hd = self.s.head_dim;
+        let (a, e) = self.seen_in(r, j0, j1);
+        if a >= e {
+            return None;
+        }
+        let seen = &mut row[a - j0..e - j0];
+        if let Some(cap) = self.s.softcap {
+            seen.iter_mut().for_each(|x| *x = (*x / cap).tanh() * cap);
+        }
+        let new_max = max.max(max_of(seen));
+        let alpha = exp_fast(*max - new_max);
+        *max = new_max;
+        *sum *= alpha;
+        if alpha != 1.0 {
+            o[r * hd..(r + 1) * hd].iter_mut().for_each(|x| *x *= alpha);
+        }
+        Some((a, e, new_max))
     }
 
     /// o[r] += sum_j p[r][j] v_j over the tile, 64 keys at a time as the outer loop (their

@@ -23,6 +23,7 @@
 use rayon::prelude::*;
 
 use super::{AttnShape, Task, KEY_TILE, LANES, ROWS};
+use crate::kernels::ops::max_select;
 use crate::kernels::quantize::{quantize_value, QMAX};
 
 /// Every slot a batch sees, quantized once per attention call for all its tasks.
@@ -152,6 +153,88 @@ impl Buffers {
     }
 }
 
+/// x_j = e^(x_j - max) * scale_j in place; returns the sum of the exponentials (over 16 lane
+/// sums, as `ops::exp_minus`) and the largest x_j.
+#[inline(always)]
+fn exp_times_scales<const SIMD: bool>(x: &mut [f32], max: f32, scales: &[f32]) -> (f32, f32) {
+    let whole = x.len() / LANES * LANES;
+    let (mut lane_sum, mut lane_max) = ([0f32; LANES], [0f32; LANES]);
+    #[cfg(target_arch = "x86_64")]
+    if SIMD {
+        // SAFETY: SIMD is only set on the VNNI path, whose CPU has avx512f.
+        unsafe { exp_times_scales_avx512(&mut x[..whole], max, &scales[..whole], &mut lane_sum, &mut lane_max) };
+    }
+    if !SIMD || cfg!(not(target_arch = "x86_64")) {
+        for (c, s) in x[..whole].as_chunks_mut::<LANES>().0.iter_mut().zip(scales.as_chunks::<LANES>().0) {
+            for l in 0..LANES {
+                let p = exp2_coarse((c[l] - max) * std::f32::consts::LOG2_E);
+                lane_sum[l] += p;
+                c[l] = p * s[l];
+                lane_max[l] = max_select(c[l], lane_max[l]);
+            }
+        }
+    }
+    let mut sum = lane_sum.iter().sum::<f32>();
+    let mut m = lane_max.iter().fold(0f32, |m, &x| m.max(x));
+    for (v, &s) in x[whole..].iter_mut().zip(&scales[whole..]) {
+        let p = exp2_coarse((*v - max) * std::f32::consts::LOG2_E);
+        sum += p;
+        *v = p * s;
+        m = max_select(*v, m);
+    }
+    (sum, m)
+}
+
+/// The whole 16-lane chunks of `exp_times_scales`, the same operations in the same order with
+/// the lane sums and maxima in registers (the compiler keeps the portable loop's arrays on the
+/// stack, and a masked store feeding the next load stalls every iteration).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn exp_times_scales_avx512(x: &mut [f32], max: f32, scales: &[f32], lane_sum: &mut [f32; LANES], lane_max: &mut [f32; LANES]) {
+    use std::arch::x86_64::*;
+    debug_assert!(x.len() % LANES == 0 && scales.len() == x.len());
+    let (vmax, log2e, floor, round) = (_mm512_set1_ps(max), _mm512_set1_ps(std::f32::consts::LOG2_E), _mm512_set1_ps(EXP2_FLOOR), _mm512_set1_ps(EXP2_ROUND));
+    let c = EXP2_CUBIC.map(|c| _mm512_set1_ps(c));
+    let (mut sum, mut m) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+    for i in (0..x.len()).step_by(LANES) {
+        let at = x.as_mut_ptr().add(i);
+        // exp2_coarse; _mm512_max_ps(a, b) is a > b ? a : b, as max_select.
+        let y = _mm512_max_ps(_mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(at), vmax), log2e), floor);
+        let t = _mm512_add_ps(y, round);
+        let f = _mm512_sub_ps(y, _mm512_sub_ps(t, round));
+        let poly = _mm512_add_ps(c[0], _mm512_mul_ps(f, _mm512_add_ps(c[1], _mm512_mul_ps(f, _mm512_add_ps(c[2], _mm512_mul_ps(f, c[3]))))));
+        let n = _mm512_sub_epi32(_mm512_castps_si512(t), _mm512_castps_si512(round));
+        let p = _mm512_mul_ps(poly, _mm512_castsi512_ps(_mm512_slli_epi32::<23>(_mm512_add_epi32(n, _mm512_set1_epi32(127)))));
+        sum = _mm512_add_ps(sum, p);
+        let v = _mm512_mul_ps(p, _mm512_loadu_ps(scales.as_ptr().add(i)));
+        _mm512_storeu_ps(at, v);
+        m = _mm512_max_ps(v, m);
+    }
+    _mm512_storeu_ps(lane_sum.as_mut_ptr(), sum);
+    _mm512_storeu_ps(lane_max.as_mut_ptr(), m);
+}
+
+const EXP2_FLOOR: f32 = -126.0;
+const EXP2_ROUND: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to a whole number
+/// 2^f on |f| <= 1/2, fitted to the relative error: c0 + f (c1 + f (c2 + f c3)).
+const EXP2_CUBIC: [f32; 4] = [0.999_928_95, 0.693_276_2, 0.242_604_05, 0.055_088_684];
+
+/// 2^y for y <= 0 within 8e-5 (relative): 2^n exactly from the exponent bits, 2^f on
+/// |f| <= 1/2 by a cubic fitted to the relative error. Below 2^-126 it flushes to 2^-126 times
+/// the cubic, which is nothing next to the row's maximum of 1. Plain multiplies and adds (no
+/// fused ones) so the portable build gives the same bits as the vectorized one.
+#[inline(always)]
+fn exp2_coarse(y: f32) -> f32 {
+    let y = max_select(y, EXP2_FLOOR);
+    let t = y + EXP2_ROUND;
+    let f = y - (t - EXP2_ROUND);
+    let [c0, c1, c2, c3] = EXP2_CUBIC;
+    let p = c0 + f * (c1 + f * (c2 + f * c3));
+    let n = t.to_bits().wrapping_sub(EXP2_ROUND.to_bits()); // n as a two's complement integer
+    p * f32::from_bits(n.wrapping_add(127) << 23)
+}
+
 /// round(x * inv) for x * inv in 0..=255 (probabilities: never negative), ties to even.
 #[inline(always)]
 fn quantize_unsigned(x: f32, inv: f32) -> u8 {
@@ -189,25 +272,41 @@ impl Task<'_> {
         });
     }
 
-    /// `tile_values` in int8: each row's probabilities times value scales quantized over the
-    /// tile, then integer products with the values, added to b.o.
+    /// `tile_softmax` for the int8 path: each row's probabilities times the value scales,
+    /// quantized over the tile into b.int8.p (0 for keys the row does not see). The exponential
+    /// is `exp2_coarse`: the probabilities keep 8 bits, so 1e-4 is exact enough, and it costs
+    /// half of `exp_fast`. Scaling, maximum and sum share one pass; quantizing is a second.
     #[inline(always)]
-    pub(super) fn tile_values_i8<const VNNI: bool>(&self, kv: &HeadKv, b: &mut super::Buffers, rows: usize, j0: usize, j1: usize) {
-        let hd = self.s.head_dim;
+    pub(super) fn tile_softmax_i8<const VNNI: bool>(&self, kv: &HeadKv, b: &mut super::Buffers, rows: usize, j0: usize, j1: usize) {
         let width = (j1 - j0).next_multiple_of(LANES);
         let b8 = &mut b.int8;
         b8.p.resize(rows * KEY_TILE, 0);
         b8.p_scale.resize(rows, 0.0);
         for r in 0..rows {
-            let (probs, dst) = (&b.p[r * KEY_TILE..r * KEY_TILE + width], &mut b8.p[r * KEY_TILE..r * KEY_TILE + width]);
-            let scales = &kv.v_scale[j0..j0 + width];
-            let m = probs.iter().zip(scales).fold(0f32, |m, (&p, &s)| m.max(p * s));
+            let (row, dst) = (&mut b.p[r * KEY_TILE..r * KEY_TILE + width], &mut b8.p[r * KEY_TILE..r * KEY_TILE + width]);
+            let Some((a, e, max)) = self.new_max(r, j0, j1, row, &mut b.max[r], &mut b.sum[r], &mut b.o) else {
+                dst.fill(0);
+                continue;
+            };
+            let (seen, scales) = (&mut row[a - j0..e - j0], &kv.v_scale[a..e]);
+            let (sum, m) = exp_times_scales::<VNNI>(seen, max, scales);
+            b.sum[r] += sum;
             let inv = if m > 0.0 { 255.0 / m } else { 0.0 };
             b8.p_scale[r] = m / 255.0;
-            for ((o, &p), &s) in dst.iter_mut().zip(probs).zip(scales) {
-                *o = quantize_unsigned(p * s, inv);
+            dst[..a - j0].fill(0);
+            dst[e - j0..].fill(0);
+            for (o, &x) in dst[a - j0..e - j0].iter_mut().zip(seen.iter()) {
+                *o = quantize_unsigned(x, inv);
             }
         }
+    }
+
+    /// `tile_values` in int8: integer products of each row's quantized probabilities (from
+    /// `tile_softmax_i8`) with the values, added to b.o.
+    #[inline(always)]
+    pub(super) fn tile_values_i8<const VNNI: bool>(&self, kv: &HeadKv, b: &mut super::Buffers, rows: usize, j0: usize, j1: usize) {
+        let hd = self.s.head_dim;
+        let b8 = &mut b.int8;
         let dim_blocks = if VNNI && hd % LANES == 0 { hd / LANES } else { 0 };
         let mut r = 0;
         while r < rows {
@@ -334,5 +433,22 @@ unsafe fn values_vnni<const R: usize, const D: usize>(p: &[u8], p_scale: &[f32],
             let at = op.add(i * hd + c * LANES);
             _mm512_storeu_ps(at, _mm512_add_ps(_mm512_loadu_ps(at), _mm512_mul_ps(_mm512_cvtepi32_ps(a), scale)));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp2_coarse_is_within_1e4_of_the_power_of_two() {
+        let mut worst = 0f64;
+        for i in 0..=1_260_000 {
+            let y = -(i as f32) * 1e-4;
+            let (got, want) = (exp2_coarse(y) as f64, (y as f64).exp2());
+            worst = worst.max((got / want - 1.0).abs());
+        }
+        assert!(worst < 1e-4, "relative error {worst}");
+        assert_eq!(exp2_coarse(-1e9), exp2_coarse(-126.0), "very small scores flush to 2^-126");
     }
 }
