@@ -1,10 +1,12 @@
 //! W8A8 integer GEMM, the accelerator's matmul: y[m, n] = sum_k x[m, k] * w[n, k] with int8
 //! inputs and exact int32 results.
 //!
-//! Kernels, chosen at run time (best first): AVX-512 VNNI (512-bit `vpdpbusd`), 256-bit VNNI in
+//! Kernels, chosen at run time (best first): AMX (`tdpbusd` on 16x64-byte tiles, see
+//! `kernels::amx`), AVX-512 VNNI (512-bit `vpdpbusd`), 256-bit VNNI in
 //! its EVEX (AVX512-VL) and VEX (AVX-VNNI) encodings, AVX2, portable. All read the same weight
 //! layout, packed once at load: panels of `NR_I8` = 32 output rows, k-major in groups of 4 bytes
-//! (`[k/4][32][4]`), so one 512-bit load holds 16 outputs x 4 k. `vpdpbusd` multiplies *unsigned*
+//! (`[k/4][32][4]`), so one 512-bit load holds 16 outputs x 4 k, and 16 group rows at a stride
+//! of 128 bytes are an AMX tile of 16 outputs x 64 k. `vpdpbusd` (and `tdpbusd`) multiply *unsigned*
 //! by signed bytes, so the VNNI kernels see activations offset by +128 (x + 128 in 1..=255) and
 //! subtract 128 * sum_k w[n, k] at the end. AVX2 has no such instruction; `vpmaddubsw` adds two
 //! u8 x i8 products in saturating i16, so it gets signed activations and the sign trick
@@ -12,6 +14,8 @@
 
 use rayon::prelude::*;
 use std::sync::OnceLock;
+
+use super::aligned::AlignedVec;
 
 /// Output rows per weight panel.
 pub const NR_I8: usize = 32;
@@ -28,6 +32,9 @@ pub enum Int8Kernel {
     Avx512VlVnni,
     /// 512-bit VNNI.
     Avx512Vnni,
+    /// AMX tiles for prefill (32 tokens x 32 outputs per call); one-token products (decode) take
+    /// the 512-bit VNNI kernel.
+    Amx,
 }
 
 impl Int8Kernel {
@@ -38,6 +45,7 @@ impl Int8Kernel {
             Int8Kernel::AvxVnni => "avx-vnni",
             Int8Kernel::Avx512VlVnni => "avx512vl-vnni",
             Int8Kernel::Avx512Vnni => "avx512-vnni",
+            Int8Kernel::Amx => "amx",
         }
     }
 
@@ -45,7 +53,8 @@ impl Int8Kernel {
     /// time for decode (a 12-row tile would waste 11/12 of the work on one row).
     fn mr(self, m: usize) -> usize {
         match self {
-            Int8Kernel::Avx512Vnni if m <= 2 => 1,
+            Int8Kernel::Avx512Vnni | Int8Kernel::Amx if m <= 2 => 1,
+            Int8Kernel::Amx => AMX_MR,
             Int8Kernel::Avx512Vnni | Int8Kernel::Portable => 12,
             Int8Kernel::AvxVnni | Int8Kernel::Avx512VlVnni => 3,
             Int8Kernel::Avx2 => 2,
@@ -54,7 +63,13 @@ impl Int8Kernel {
 
     /// Whether the kernel reads activations offset to unsigned (x + 128).
     fn unsigned_acts(self) -> bool {
-        matches!(self, Int8Kernel::AvxVnni | Int8Kernel::Avx512VlVnni | Int8Kernel::Avx512Vnni)
+        matches!(self, Int8Kernel::AvxVnni | Int8Kernel::Avx512VlVnni | Int8Kernel::Avx512Vnni | Int8Kernel::Amx)
+    }
+
+    /// Whether an `mr`-token activation panel holds whole token rows (`[mr][k padded to 64]`,
+    /// AMX's A tiles) rather than groups of 4 k (`[k4/4][mr][4]`, a broadcast per token).
+    fn row_panels(self, mr: usize) -> bool {
+        self == Int8Kernel::Amx && mr == AMX_MR
     }
 
     /// True when this CPU can run the kernel.
@@ -68,6 +83,7 @@ impl Int8Kernel {
                 Int8Kernel::AvxVnni => has!("avxvnni") && has!("avx2"),
                 Int8Kernel::Avx512VlVnni => has!("avx512vnni") && has!("avx512vl") && has!("avx512f"),
                 Int8Kernel::Avx512Vnni => has!("avx512vnni") && has!("avx512bw") && has!("avx512f"),
+                Int8Kernel::Amx => Int8Kernel::Avx512Vnni.is_supported() && super::amx::available(),
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
@@ -76,7 +92,7 @@ impl Int8Kernel {
         }
     }
 
-    pub const ALL: [Int8Kernel; 5] = [Int8Kernel::Portable, Int8Kernel::Avx2, Int8Kernel::AvxVnni, Int8Kernel::Avx512VlVnni, Int8Kernel::Avx512Vnni];
+    pub const ALL: [Int8Kernel; 6] = [Int8Kernel::Portable, Int8Kernel::Avx2, Int8Kernel::AvxVnni, Int8Kernel::Avx512VlVnni, Int8Kernel::Avx512Vnni, Int8Kernel::Amx];
 }
 
 /// The best supported kernel (detected once). `LLM_NPU_INT8=<name>` picks another supported one.
@@ -104,7 +120,7 @@ pub struct PackedI8Weights {
     /// k rounded up to a multiple of 4 (zero padding).
     k4: usize,
     /// [n / NR_I8 panels][k4 / 4][NR_I8][4]
-    data: Vec<i8>,
+    data: AlignedVec<i8>,
     /// sum_k w[r, k] per output row (padded to whole panels with 0)
     row_sums: Vec<i32>,
 }
@@ -117,10 +133,12 @@ impl PackedI8Weights {
         assert!(!w.contains(&i8::MIN), "int8 weights must lie in -127..=127");
         let k4 = k.next_multiple_of(4);
         let panels = n.div_ceil(NR_I8);
-        let mut data = vec![0i8; panels * k4 * NR_I8];
+        // AMX reads whole 64-k steps: up to 15 groups past the last panel's end (their products
+        // meet zero activations).
+        let mut data = AlignedVec::filled(0i8, panels * k4 * NR_I8 + 16 * NR_I8 * 4);
         let mut row_sums = vec![0i32; panels * NR_I8];
         // k = 0: nothing to pack, the row sums stay 0 (chunks of 0 would panic).
-        data.par_chunks_mut((k4 * NR_I8).max(1)).enumerate().for_each(|(p, panel)| {
+        data[..panels * k4 * NR_I8].par_chunks_mut((k4 * NR_I8).max(1)).enumerate().for_each(|(p, panel)| {
             for r in 0..NR_I8.min(n - p * NR_I8) {
                 let row = &w[(p * NR_I8 + r) * k..(p * NR_I8 + r + 1) * k];
                 for (kk, &v) in row.iter().enumerate() {
@@ -156,13 +174,15 @@ impl PackedI8Weights {
     }
 }
 
-/// Activations packed for one kernel: panels of MR tokens, `[k4/4][MR][4]` bytes, offset to
-/// unsigned for the VNNI kernels; padding (k or tokens) is the zero activation. Several weights
-/// reading the same input (q/k/v) share one packing.
+/// Activations packed for one kernel: panels of MR tokens, `[k4/4][MR][4]` bytes (or whole rows,
+/// `[MR][kp]`, for AMX), offset to unsigned for the VNNI and AMX kernels; padding is the zero
+/// activation, except in AMX rows, where it is the byte 0: past k4 it meets the next groups'
+/// weights, not zeros. Several weights reading the same input (q/k/v) share one packing.
 pub struct PackedI8Acts {
-    data: Vec<u8>,
+    data: AlignedVec<u8>,
     mr: usize,
-    k4: usize,
+    /// Bytes of k per token in a panel: k4, or `amx::row_bytes(k4)`.
+    kp: usize,
     m: usize,
     k: usize,
     kernel: Int8Kernel,
@@ -192,7 +212,17 @@ impl PackedI8Acts {
     fn pack(m: usize, k: usize, kernel: Int8Kernel, fill_row: impl Fn(usize, u8, &mut [u8]) + Sync) -> Self {
         let (mr, k4) = (kernel.mr(m), k.next_multiple_of(4));
         let offset = if kernel.unsigned_acts() { 128u8 } else { 0 };
-        let mut data = vec![offset; m.div_ceil(mr) * k4 * mr];
+        if kernel.row_panels(mr) {
+            let kp = super::amx::row_bytes(k4);
+            let mut data = AlignedVec::filled(0u8, m.div_ceil(mr) * kp * mr);
+            data.par_chunks_mut((kp * mr).max(1)).enumerate().for_each(|(p, panel)| {
+                for (i, row) in panel.chunks_exact_mut(kp).take(mr.min(m - p * mr)).enumerate() {
+                    fill_row(p * mr + i, offset, &mut row[..k]);
+                }
+            });
+            return PackedI8Acts { data, mr, kp, m, k, kernel };
+        }
+        let mut data = AlignedVec::filled(offset, m.div_ceil(mr) * k4 * mr);
         // The row buffer's tail beyond k stays `offset`: the zero activation.
         data.par_chunks_mut((k4 * mr).max(1)).enumerate().for_each_init(
             || vec![offset; k4],
@@ -206,11 +236,11 @@ impl PackedI8Acts {
                 }
             },
         );
-        PackedI8Acts { data, mr, k4, m, k, kernel }
+        PackedI8Acts { data, mr, kp: k4, m, k, kernel }
     }
 
     fn panel(&self, p: usize) -> &[u8] {
-        &self.data[p * self.k4 * self.mr..(p + 1) * self.k4 * self.mr]
+        &self.data[p * self.kp * self.mr..(p + 1) * self.kp * self.mr]
     }
 }
 
@@ -262,6 +292,10 @@ pub fn gemm_packed_with(xp: &PackedI8Acts, w: &PackedI8Weights, epilogue: &dyn E
     assert!(kernel.is_supported(), "int8 kernel {} is not supported on this CPU", kernel.name());
     (0..n.div_ceil(NC)).into_par_iter().for_each(|b| {
         let n0 = b * NC;
+        #[cfg(target_arch = "x86_64")]
+        if kernel.row_panels(xp.mr) {
+            return amx_columns(xp, w, n0, epilogue);
+        }
         let panels = (NC.min(n - n0)).div_ceil(NR_I8);
         let mut acc = [0i32; MAX_MR * NR_I8];
         for p in 0..m.div_ceil(xp.mr) {
@@ -281,8 +315,71 @@ pub fn gemm_packed_with(xp: &PackedI8Acts, w: &PackedI8Weights, epilogue: &dyn E
     });
 }
 
+/// Tokens per AMX call: two 16-row tiles.
+const AMX_MR: usize = 32;
+/// 64-k steps per block of `amx_columns`: a token panel's block (32 x 512 bytes) stays in L1
+/// while the task's column panels pass over it.
+const AMX_BLOCK_STEPS: usize = 8;
+
+/// One task's columns n0..n0 + NC on AMX, k in blocks: every token panel's block meets every
+/// column panel's block, the int32 results waiting in a per-thread buffer between blocks (a
+/// token panel's whole k, 32 x 2,048 bytes and more, does not fit L1; tiles reloaded from L2
+/// at every step ran at a fifth of the peak). Then the unsigned offset is undone and each 32 x 32
+/// tile goes to the epilogue.
+#[cfg(target_arch = "x86_64")]
+fn amx_columns(xp: &PackedI8Acts, w: &PackedI8Weights, n0: usize, epilogue: &dyn Epilogue) {
+    use super::amx;
+    use std::cell::RefCell;
+    thread_local! {
+        static RESULTS: RefCell<AlignedVec<i32>> = RefCell::new(AlignedVec::filled(0, 0));
+    }
+    let (n, m) = (w.n, xp.m);
+    let panels = NC.min(n - n0).div_ceil(NR_I8);
+    let (ldc, token_panels, k_steps) = (panels * NR_I8, m.div_ceil(AMX_MR), w.k4.div_ceil(amx::K_STEP));
+    RESULTS.with_borrow_mut(|acc| {
+        // The first block overwrites the results; only k = 0 leaves them to be zeroed here.
+        let len = token_panels * AMX_MR * ldc;
+        if acc.len() < len {
+            *acc = AlignedVec::filled(0, len);
+        }
+        if k_steps == 0 {
+            acc.fill(0);
+        }
+        for ks in (0..k_steps).step_by(AMX_BLOCK_STEPS) {
+            let steps = AMX_BLOCK_STEPS.min(k_steps - ks);
+            for p in 0..token_panels {
+                let a = xp.panel(p)[ks * amx::K_STEP..].as_ptr();
+                for j in 0..panels {
+                    // Groups of this block in panel n0 / NR_I8 + j; the last block may read up to
+                    // 15 groups past the panel, which the weights' slack covers.
+                    let b = w.data.as_ptr().wrapping_add((n0 / NR_I8 + j) * w.k4 * NR_I8 + ks * 16 * NR_I8 * 4);
+                    // SAFETY: AMX is supported (checked by the caller); the activation panel holds
+                    // 32 rows of kp >= k_steps * 64 bytes, the weights k_steps * 16 groups from the
+                    // panel start (with the slack), `acc` 32 rows of ldc from this tile's corner.
+                    unsafe { amx::tile_32x32(a, xp.kp, b, steps, acc.as_mut_ptr().add(p * AMX_MR * ldc + j * NR_I8), ldc, ks > 0) };
+                }
+            }
+        }
+        let mut tile = [0i32; AMX_MR * NR_I8];
+        for p in 0..token_panels {
+            let tokens = AMX_MR.min(m - p * AMX_MR);
+            for j in 0..panels {
+                let col0 = n0 + j * NR_I8;
+                let sums = &w.row_sums[col0..col0 + NR_I8];
+                for (t, row) in tile.chunks_exact_mut(NR_I8).take(tokens).enumerate() {
+                    let results = &acc[(p * AMX_MR + t) * ldc + j * NR_I8..][..NR_I8];
+                    for ((o, &v), &s) in row.iter_mut().zip(results).zip(sums) {
+                        *o = v - (s << 7);
+                    }
+                }
+                // SAFETY: this task alone produces columns n0..n0 + NC (Epilogue contract).
+                unsafe { epilogue.tile(p * AMX_MR, col0, tokens, NR_I8.min(n - col0), &tile) };
+            }
+        }
+    });
+}
 /// The tallest tile of any kernel.
-const MAX_MR: usize = 12;
+const MAX_MR: usize = AMX_MR;
 
 /// One microkernel call: `tokens` rows x `cols` columns over `groups` groups of 4 k.
 struct Tile {
@@ -304,6 +401,8 @@ impl Tile {
             Int8Kernel::Avx512Vnni if self.mr == 1 => self.avx512_vnni::<1>(y, ldy),
             #[cfg(target_arch = "x86_64")]
             Int8Kernel::Avx512Vnni => self.avx512_vnni::<12>(y, ldy),
+            #[cfg(target_arch = "x86_64")]
+            Int8Kernel::Amx if self.mr == 1 => self.avx512_vnni::<1>(y, ldy),
             #[cfg(target_arch = "x86_64")]
             Int8Kernel::Avx512VlVnni => self.vnni256_evex(y, ldy),
             #[cfg(target_arch = "x86_64")]
@@ -457,7 +556,7 @@ mod tests {
 
     #[test]
     fn every_supported_kernel_is_exact_on_random_and_edge_shapes() {
-        let shapes = [(1, 1, 1), (1, 4, 32), (1, 2048, 300), (2, 77, 40), (3, 5, 7), (12, 64, 32), (13, 67, 33), (2, 3, 129), (25, 130, 96), (40, 256, 200), (7, 1000, 64)];
+        let shapes = [(1, 1, 1), (1, 4, 32), (1, 2048, 300), (2, 77, 40), (3, 5, 7), (12, 64, 32), (13, 67, 33), (2, 3, 129), (25, 130, 96), (40, 256, 200), (7, 1000, 64), (33, 2048, 64), (64, 192, 96)];
         let mut ran = Vec::new();
         for kernel in Int8Kernel::ALL {
             if !kernel.is_supported() {

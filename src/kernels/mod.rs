@@ -3,6 +3,8 @@
 
 pub mod attention;
 pub mod gemm;
+pub mod aligned;
+pub mod amx;
 pub mod int8_gemm;
 pub mod matvec;
 pub mod ops;
