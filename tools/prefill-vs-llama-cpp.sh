@@ -18,6 +18,9 @@ for r in $(seq "$rounds"); do
   "$ours" bench -m "$hf" -p "$prompts" -n 0 -r 1 -t "$threads" --backend npu --int8-attention
   "$ours" bench -m "$hf" -p 512 -n 0 -r 1 -t "$threads"
   for t in bf16 q8_0; do
-    "$peer" -m "$gguf-$t.gguf" -p "$prompts" -n 0 -r 1 -t "$threads" 2>/dev/null | grep -E "^\|"
+    # llama.cpp's AMX kernels (its Q8_0 repacking) die with SIGILL on some AMX machines: retry
+    # without repacking, and say so.
+    { "$peer" -m "$gguf-$t.gguf" -p "$prompts" -n 0 -r 1 -t "$threads" 2>/dev/null ||
+      { echo "(llama-bench $t failed; again with --repack 0)"; "$peer" -m "$gguf-$t.gguf" -p "$prompts" -n 0 -r 1 -t "$threads" --repack 0 2>/dev/null; }; } | grep -E "^\||^\("
   done
 done

@@ -16,7 +16,8 @@ use std::sync::OnceLock;
 pub fn available() -> bool {
     static OK: OnceLock<bool> = OnceLock::new();
     *OK.get_or_init(|| {
-        #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+        // Miri runs neither CPUID nor the system call (nor the tiles).
+        #[cfg(all(target_arch = "x86_64", target_os = "linux", not(miri)))]
         {
             // CPUID.(EAX=7,ECX=0):EDX bit 24 AMX-TILE, bit 25 AMX-INT8.
             let edx = std::arch::x86_64::__cpuid_count(7, 0).edx;
@@ -29,7 +30,7 @@ pub fn available() -> bool {
             // without AMX support.
             unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0 }
         }
-        #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+        #[cfg(not(all(target_arch = "x86_64", target_os = "linux", not(miri))))]
         {
             false
         }
