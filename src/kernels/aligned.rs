@@ -36,6 +36,22 @@ impl<T: Plain> AlignedVec<T> {
         v.fill(value);
         v
     }
+
+    /// Makes this `len` copies of `value`, keeping the allocation when it is large enough.
+    pub fn refill(&mut self, len: usize, value: T) {
+        let lines = (len * size_of::<T>()).div_ceil(64);
+        if lines > self.lines.len() {
+            self.lines = vec![Line([0; 64]); lines];
+        }
+        self.len = len;
+        self.fill(value);
+    }
+}
+
+impl<T: Plain> Default for AlignedVec<T> {
+    fn default() -> Self {
+        AlignedVec { lines: Vec::new(), len: 0, _t: PhantomData }
+    }
 }
 
 impl<T: Plain> Deref for AlignedVec<T> {
@@ -69,6 +85,9 @@ mod tests {
                 v[len - 1] = -1;
                 assert_eq!(v[len - 1], -1);
             }
+            v.refill(len / 2 + 3, 5);
+            assert_eq!(v.as_ptr() as usize % 64, 0);
+            assert!(v.len() == len / 2 + 3 && v.iter().all(|&x| x == 5));
         }
     }
 }

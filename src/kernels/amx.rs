@@ -93,18 +93,21 @@ pub fn row_bytes(k: usize) -> usize {
 
 /// c[32][32] (row stride `ldc` int32) = a . b, plus c's own values when `accumulate`, for 32
 /// rows of unsigned bytes (`a`, row stride `lda` bytes, `k_steps` * 64 bytes read per row) and 32
-/// columns of signed bytes in VNNI groups (`b`: for each 4 k, 32 columns x 4 bytes, so a group
-/// row is 128 bytes; 16 groups per step).
+/// columns of signed bytes in VNNI groups (`b`: for each 4 k, a group row of 16 columns x 4 bytes
+/// and, 64 bytes on, the next 16 columns; group rows `ldb` bytes apart, 16 per step). The GEMM's
+/// weight panels have ldb = 128; attention's keys and values are read in place at their own
+/// strides.
 ///
 /// # Safety
 /// `available()` must be true; `a` must hold 32 rows of lda >= k_steps * 64 bytes, `b`
-/// k_steps * 16 groups of 128 bytes, `c` 32 rows of ldc >= 32 int32.
+/// k_steps * 16 group rows of 128 bytes at stride `ldb`, `c` 32 rows of ldc >= 32 int32.
 #[cfg(target_arch = "x86_64")]
-pub unsafe fn tile_32x32(a: *const u8, lda: usize, b: *const i8, k_steps: usize, c: *mut i32, ldc: usize, accumulate: bool) {
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn tile_32x32(a: *const u8, lda: usize, b: *const i8, ldb: usize, k_steps: usize, c: *mut i32, ldc: usize, accumulate: bool) {
     use std::arch::asm;
     configure_thread();
     // tmm0..3: the four 16x16 results; tmm4/5: rows 0-15 / 16-31 of a; tmm6/7: columns 0-15 /
-    // 16-31 of b (the two 64-byte halves of each 128-byte group row).
+    // 16-31 of b.
     let (c1, c2, c3, ldc_bytes) = (c.add(16), c.add(16 * ldc), c.add(16 * ldc + 16), ldc * 4);
     if accumulate {
         asm!(
@@ -118,14 +121,15 @@ pub unsafe fn tile_32x32(a: *const u8, lda: usize, b: *const i8, k_steps: usize,
     } else {
         asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack, nomem));
     }
-    let (a_hi, ldb) = (a.add(16 * lda), 128usize);
+    let a_hi = a.add(16 * lda);
     for s in 0..k_steps {
-        let (a0, a1, b0) = (a.add(s * K_STEP), a_hi.add(s * K_STEP), b.add(s * 16 * 128));
+        let (a0, a1, b0) = (a.add(s * K_STEP), a_hi.add(s * K_STEP), b.add(s * 16 * ldb));
         if s + 1 < k_steps {
-            // The next step's weights into L1: tile loads from L2 stall for their latency.
-            let next = b0.add(16 * 128);
-            for line in 0..32 {
-                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(next.add(line * 64));
+            // The next step's b into L1: tile loads from L2 stall for their latency.
+            let next = b0.add(16 * ldb);
+            for row in 0..16 {
+                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(next.add(row * ldb));
+                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(next.add(row * ldb + 64));
             }
         }
         asm!(

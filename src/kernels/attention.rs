@@ -12,7 +12,7 @@
 
 use rayon::prelude::*;
 
-use super::ops::{exp_fast, exp_minus, max_of};
+use super::ops::{exp_fast, exp_minus, max_of_simd};
 use super::{simd_level, SimdLevel};
 
 mod int8;
@@ -77,17 +77,30 @@ pub fn causal_attention(q: &[f32], k_cache: &[f32], v_cache: &[f32], s: AttnShap
 
 /// `causal_attention` in a given precision (int8 only for batches of INT8_MIN_TOKENS or more).
 pub fn causal_attention_in(precision: Precision, q: &[f32], k_cache: &[f32], v_cache: &[f32], s: AttnShape, out: &mut [f32]) {
+    best_attention(precision, true, q, k_cache, v_cache, s, out)
+}
+
+/// `causal_attention_in` on the best SIMD path, or the best without AMX (for the tests, which
+/// check both against the portable twin).
+fn best_attention(precision: Precision, allow_amx: bool, q: &[f32], k_cache: &[f32], v_cache: &[f32], s: AttnShape, out: &mut [f32]) {
     let level = simd_level();
     #[cfg(target_arch = "x86_64")]
     let vnni = level == SimdLevel::Avx512 && std::arch::is_x86_feature_detected!("avx512vnni") && std::arch::is_x86_feature_detected!("avx512bw");
+    // AMX where the GEMMs use it (LLM_NPU_INT8 can turn both off), the head size fits and no
+    // softcap comes between the scores and their maxima (taken in the AMX epilogue).
+    #[cfg(target_arch = "x86_64")]
+    let amx = allow_amx && vnni && super::int8_gemm::best_kernel() == super::int8_gemm::Int8Kernel::Amx && int8::amx_fits(s.head_dim) && s.softcap.is_none();
     run(precision, q, k_cache, v_cache, s, out, |task, bufs, out| match level {
+        // SAFETY: AMX is available (best_kernel checked), and the CPU has what VNNI needs.
+        #[cfg(target_arch = "x86_64")]
+        SimdLevel::Avx512 if amx && task.kv8.is_some() => unsafe { task_avx512_amx(task, bufs, out) },
         // SAFETY: the VNNI path is only taken when the CPU has avx512vnni and avx512bw.
         #[cfg(target_arch = "x86_64")]
         SimdLevel::Avx512 if vnni && task.kv8.is_some() => unsafe { task_avx512_vnni(task, bufs, out) },
         // SAFETY: Avx512 is only selected when the CPU has avx512f (and FMA, which it implies).
         #[cfg(target_arch = "x86_64")]
         SimdLevel::Avx512 => unsafe { task_avx512(task, bufs, out) },
-        _ => task.attend::<false, false>(bufs, out),
+        _ => task.attend::<false, false, false>(bufs, out),
     });
 }
 
@@ -98,19 +111,26 @@ pub fn causal_attention_portable(q: &[f32], k_cache: &[f32], v_cache: &[f32], s:
 
 /// The portable twin of `causal_attention_in`.
 pub fn causal_attention_portable_in(precision: Precision, q: &[f32], k_cache: &[f32], v_cache: &[f32], s: AttnShape, out: &mut [f32]) {
-    run(precision, q, k_cache, v_cache, s, out, |task, bufs, out| task.attend::<false, false>(bufs, out));
+    run(precision, q, k_cache, v_cache, s, out, |task, bufs, out| task.attend::<false, false, false>(bufs, out));
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
 unsafe fn task_avx512(task: Task, bufs: &mut Buffers, out: OutPtr) {
-    task.attend::<true, false>(bufs, out)
+    task.attend::<true, false, false>(bufs, out)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma")]
 unsafe fn task_avx512_vnni(task: Task, bufs: &mut Buffers, out: OutPtr) {
-    task.attend::<true, true>(bufs, out)
+    task.attend::<true, true, false>(bufs, out)
+}
+
+/// Safety: AMX must be available and the head size fit it (`int8::amx_fits`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma")]
+unsafe fn task_avx512_amx(task: Task, bufs: &mut Buffers, out: OutPtr) {
+    task.attend::<true, true, true>(bufs, out)
 }
 
 /// The output, shared by tasks that write disjoint (token, head) rows of it.
@@ -198,7 +218,7 @@ impl Task<'_> {
     }
 
     #[inline(always)]
-    fn attend<const FMA: bool, const VNNI: bool>(&self, b: &mut Buffers, out: OutPtr) {
+    fn attend<const FMA: bool, const VNNI: bool, const AMX: bool>(&self, b: &mut Buffers, out: OutPtr) {
         let (hd, group) = (self.s.head_dim, self.group());
         let rows = (self.t1 - self.t0) * group;
         let row_len = self.s.n_heads * hd;
@@ -218,18 +238,25 @@ impl Task<'_> {
         let first = self.keys_of(0).0 / LANES * LANES;
         let end = self.keys_of(rows - 1).1;
         if let Some(kv) = &self.kv8 {
-            b.int8.quantize_queries(&b.q, rows, hd, self.s.scale);
+            b.int8.start_task(&b.q, rows, hd, self.s.scale);
             for j0 in (first..end).step_by(KEY_TILE) {
                 let j1 = (j0 + KEY_TILE).min(end);
+                #[cfg(target_arch = "x86_64")]
+                if AMX {
+                    // SAFETY: AMX is only set by task_avx512_amx, whose caller checked that
+                    // AMX is available and fits head_dim; start_task readied the buffers.
+                    unsafe { self.tile_amx::<VNNI>(kv, b, rows, j0, j1) };
+                    continue;
+                }
                 self.tile_scores_i8::<VNNI>(kv, b, rows, j0, j1);
-                self.tile_softmax_i8::<VNNI>(kv, b, rows, j0, j1);
+                self.tile_softmax_i8::<VNNI>(kv, b, 0..rows, j0, j1, None);
                 self.tile_values_i8::<VNNI>(kv, b, rows, j0, j1);
             }
         } else {
             for j0 in (first..end).step_by(KEY_TILE) {
                 let j1 = (j0 + KEY_TILE).min(end);
                 self.tile_scores::<FMA>(b, rows, j0, j1);
-                self.tile_softmax(b, rows, j0, j1);
+                self.tile_softmax::<FMA>(b, rows, j0, j1);
                 self.tile_values::<FMA>(b, rows, j0, j1);
             }
         }
@@ -313,11 +340,11 @@ impl Task<'_> {
     /// Each row's scores over the tile become probabilities against its running max (0 for
     /// keys it does not see); its running sum and output are rescaled when the max grows.
     #[inline(always)]
-    fn tile_softmax(&self, b: &mut Buffers, rows: usize, j0: usize, j1: usize) {
+    fn tile_softmax<const FMA: bool>(&self, b: &mut Buffers, rows: usize, j0: usize, j1: usize) {
         let width = (j1 - j0).next_multiple_of(LANES);
         for r in 0..rows {
             let row = &mut b.p[r * KEY_TILE..r * KEY_TILE + width];
-            match self.new_max(r, j0, j1, row, &mut b.max[r], &mut b.sum[r], &mut b.o) {
+            match self.new_max::<FMA>(r, j0, j1, row, &mut b.max[r], &mut b.sum[r], &mut b.o) {
                 Some((a, e, max)) => {
                     row[..a - j0].fill(0.0);
                     row[e - j0..].fill(0.0);
@@ -329,12 +356,11 @@ impl Task<'_> {
     }
 
     /// Row r's scores over the tile (`row`, slot j at j - j0) softcapped where the model says
-    /// so, and its running max raised to theirs, its running sum and output (row r of `o`)
-    /// rescaled to it: returns the slots it sees (a..e) and the new max, None if it sees none.
+    /// so, and its running max raised to theirs (`raise_max`): returns the slots it sees (a..e)
+    /// and the new max, None if it sees none.
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
-    fn new_max(&self, r: usize, j0: usize, j1: usize, row: &mut [f32], max: &mut f32, sum: &mut f32, o: &mut [f32]) -> Option<(usize, usize, f32)> {
-        let hd = self.s.head_dim;
+    fn new_max<const SIMD: bool>(&self, r: usize, j0: usize, j1: usize, row: &mut [f32], max: &mut f32, sum: &mut f32, o: &mut [f32]) -> Option<(usize, usize, f32)> {
         let (a, e) = self.seen_in(r, j0, j1);
         if a >= e {
             return None;
@@ -343,14 +369,23 @@ impl Task<'_> {
         if let Some(cap) = self.s.softcap {
             seen.iter_mut().for_each(|x| *x = (*x / cap).tanh() * cap);
         }
-        let new_max = max.max(max_of(seen));
-        let alpha = exp_fast(*max - new_max);
+        Some((a, e, self.raise_max(r, max_of_simd::<SIMD>(seen), max, sum, o)))
+    }
+
+    /// Row r's running max raised to `tile_max`, its running sum and output (row r of `o`)
+    /// rescaled to it; returns the new max.
+    #[inline(always)]
+    fn raise_max(&self, r: usize, tile_max: f32, max: &mut f32, sum: &mut f32, o: &mut [f32]) -> f32 {
+        let hd = self.s.head_dim;
+        let new_max = max.max(tile_max);
+        // exp_fast(0) is exactly 1: skip its latency when the max holds, as it mostly does.
+        let alpha = if new_max == *max { 1.0 } else { exp_fast(*max - new_max) };
         *max = new_max;
         *sum *= alpha;
         if alpha != 1.0 {
             o[r * hd..(r + 1) * hd].iter_mut().for_each(|x| *x *= alpha);
         }
-        Some((a, e, new_max))
+        new_max
     }
 
     /// o[r] += sum_j p[r][j] v_j over the tile, 64 keys at a time as the outer loop (their
@@ -543,9 +578,11 @@ mod tests {
     fn int8_attention_equals_its_portable_twin_and_stays_near_f32() {
         // Lengths crossing KEY_TILE and TOKENS_PER_TASK, windows starting mid-tile, head sizes
         // that are and are not multiples of 16 (the SIMD values kernel) and of 4 (key groups).
+        // Groups of 4, 8 and 3 query heads per KV head: tasks of 32, 64 and 24 rows (fewer at
+        // the end), whole and partial AMX blocks.
         let val = |i: usize| ((i * 7919 % 1000) as f32 / 500.0) - 1.0;
-        for (hd, window, pos0, tokens) in [(64, None, 700usize, 37usize), (64, Some(300), 900, 20), (64, None, 0, 600), (80, None, 100, 33), (8, None, 5, 40), (6, Some(9), 30, 17)] {
-            let (n_heads, n_kv_heads) = (8, 2);
+        let cases = [(64, None, 700usize, 37usize), (64, Some(300), 900, 20), (64, None, 0, 600), (80, None, 100, 33), (8, None, 5, 40), (6, Some(9), 30, 17)];
+        for ((hd, window, pos0, tokens), (n_heads, n_kv_heads)) in cases.into_iter().flat_map(|c| [(8, 2), (8, 1), (6, 2)].map(|h| (c, h))) {
             let stride = (pos0 + tokens).next_multiple_of(LANES);
             let s = AttnShape { n_heads, n_kv_heads, head_dim: hd, pos0, kv_stride: stride, kv_base: 0, window, scale: 1.0 / (hd as f32).sqrt(), softcap: None };
             let k: Vec<f32> = (0..n_kv_heads * stride * hd).map(|i| 2.0 * val(i)).collect();
@@ -557,13 +594,16 @@ mod tests {
                 o
             };
             let (best, portable) = (run(causal_attention_in, Precision::Int8), run(causal_attention_portable_in, Precision::Int8));
+            let without_amx = run(|p, q, k, v, s, o| best_attention(p, false, q, k, v, s, o), Precision::Int8);
             let exact = run(causal_attention_portable_in, Precision::F32);
-            assert!(best.iter().zip(&portable).all(|(a, b)| a.to_bits() == b.to_bits()), "hd {hd} {window:?} {pos0}+{tokens}: SIMD and portable int8 differ");
+            let case = format!("hd {hd} {window:?} {pos0}+{tokens}, {n_heads} heads on {n_kv_heads}");
+            assert!(best.iter().zip(&portable).all(|(a, b)| a.to_bits() == b.to_bits()), "{case}: best SIMD and portable int8 differ");
+            assert!(without_amx.iter().zip(&portable).all(|(a, b)| a.to_bits() == b.to_bits()), "{case}: SIMD without AMX and portable int8 differ");
             // Outputs are averages of values in -1..1: int8 keys, queries, values and
             // probabilities leave them within 0.01 here (0.0010-0.0095 seen).
             let worst = best.iter().zip(&exact).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-            assert!(worst < 0.02, "hd {hd} {window:?} {pos0}+{tokens}: int8 off f32 by {worst}");
-            assert!(worst > 0.0, "hd {hd}: the int8 path did not run");
+            assert!(worst < 0.02, "{case}: int8 off f32 by {worst}");
+            assert!(worst > 0.0, "{case}: the int8 path did not run");
         }
     }
 

@@ -356,7 +356,7 @@ fn amx_columns(xp: &PackedI8Acts, w: &PackedI8Weights, n0: usize, epilogue: &dyn
                     // SAFETY: AMX is supported (checked by the caller); the activation panel holds
                     // 32 rows of kp >= k_steps * 64 bytes, the weights k_steps * 16 groups from the
                     // panel start (with the slack), `acc` 32 rows of ldc from this tile's corner.
-                    unsafe { amx::tile_32x32(a, xp.kp, b, steps, acc.as_mut_ptr().add(p * AMX_MR * ldc + j * NR_I8), ldc, ks > 0) };
+                    unsafe { amx::tile_32x32(a, xp.kp, b, NR_I8 * 4, steps, acc.as_mut_ptr().add(p * AMX_MR * ldc + j * NR_I8), ldc, ks > 0) };
                 }
             }
         }

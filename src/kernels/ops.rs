@@ -157,7 +157,70 @@ pub fn max_of(x: &[f32]) -> f32 {
             lane_max[l] = max_select(c[l], lane_max[l]);
         }
     }
-    tail.iter().chain(&lane_max).copied().fold(f32::NEG_INFINITY, f32::max)
+    tail.iter().copied().fold(lanes_max(lane_max), max_select)
+}
+
+/// `max_of` on AVX-512 when SIMD is set (by callers on a path that checked avx512f): the same
+/// value, since a maximum does not depend on the order it is taken in (`_mm512_max_ps(a, b)` is
+/// `max_select(a, b)`, NaNs skipped alike). The portable loop's 16 lanes come out of the
+/// compiler as a patchwork of 4-, 2-, 1- and 8-lane pieces.
+#[inline(always)]
+pub fn max_of_simd<const SIMD: bool>(x: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if SIMD {
+        // SAFETY: SIMD callers run on CPUs with avx512f.
+        return unsafe { max_of_avx512(x) };
+    }
+    max_of(x)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn max_of_avx512(x: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let mut m = _mm512_set1_ps(f32::NEG_INFINITY);
+    let mut chunks = x.chunks_exact(16);
+    for c in &mut chunks {
+        m = _mm512_max_ps(_mm512_loadu_ps(c.as_ptr()), m);
+    }
+    let tail = chunks.remainder();
+    let mask = (1u32 << tail.len()) as u16 - 1;
+    m = _mm512_max_ps(_mm512_mask_loadu_ps(m, mask, tail.as_ptr()), m);
+    _mm512_reduce_max_ps(m)
+}
+
+/// The largest magnitude (0 for none; NaNs are skipped), over 16 lanes as `max_of`.
+#[inline(always)]
+pub fn max_abs(x: &[f32]) -> f32 {
+    let (chunks, tail) = x.as_chunks::<16>();
+    let mut lane_max = [0f32; 16];
+    for c in chunks {
+        for l in 0..16 {
+            lane_max[l] = max_select(c[l].abs(), lane_max[l]);
+        }
+    }
+    tail.iter().fold(lanes_max(lane_max), |m, v| max_select(v.abs(), m))
+}
+
+/// The largest of 16 lane maxima (NaN-free: `max_select` keeps NaNs out of the lanes), halving
+/// the lanes each step: four dependent `vmaxps` where a fold is sixteen (with `f32::max`, each a
+/// compare and blend more). Per row and key tile, attention's softmax spent more on a serial
+/// fold here than on its exponentials.
+#[inline(always)]
+pub fn lanes_max(lanes: [f32; 16]) -> f32 {
+    let h8: [f32; 8] = std::array::from_fn(|l| max_select(lanes[l], lanes[l + 8]));
+    let h4: [f32; 4] = std::array::from_fn(|l| max_select(h8[l], h8[l + 4]));
+    max_select(max_select(h4[0], h4[2]), max_select(h4[1], h4[3]))
+}
+
+/// The sum of 16 lane sums in the same halving tree as `lanes_max`, the same order everywhere
+/// (the SIMD and portable twins both call it).
+#[inline(always)]
+pub fn lanes_sum(lanes: [f32; 16]) -> f32 {
+    let h8: [f32; 8] = std::array::from_fn(|l| lanes[l] + lanes[l + 8]);
+    let h4: [f32; 4] = std::array::from_fn(|l| h8[l] + h8[l + 4]);
+    (h4[0] + h4[2]) + (h4[1] + h4[3])
 }
 
 /// x = e^(x - max) in place; returns the sum, over 16 lane sums (a single running sum is a
@@ -175,7 +238,7 @@ pub fn exp_minus(x: &mut [f32], max: f32) -> f32 {
     for v in tail.iter_mut() {
         *v = exp_fast(*v - max);
     }
-    lane_sum.iter().sum::<f32>() + tail.iter().sum::<f32>()
+    lanes_sum(lane_sum) + tail.iter().sum::<f32>()
 }
 
 /// How a head's dimensions are paired for rotation.

@@ -23,7 +23,8 @@
 use rayon::prelude::*;
 
 use super::{AttnShape, Task, KEY_TILE, LANES, ROWS};
-use crate::kernels::ops::max_select;
+use crate::kernels::aligned::AlignedVec;
+use crate::kernels::ops::{lanes_max, lanes_sum, max_abs, max_select};
 use crate::kernels::quantize::{quantize_value, QMAX};
 
 /// Every slot a batch sees, quantized once per attention call for all its tasks.
@@ -34,12 +35,17 @@ pub(super) struct QuantizedKv {
     head_dim: usize,
 }
 
+/// Keys and values start on a cache line (AMX tile rows must not straddle two); values hold 64
+/// slots more than the cache, as AMX reads whole steps of 64 keys.
 struct HeadStore {
-    k: Vec<i8>,
+    k: AlignedVec<i8>,
     k_sum: Vec<i32>,
     k_scale: Vec<f32>,
-    v: Vec<i8>,
+    v: AlignedVec<i8>,
     v_scale: Vec<f32>,
+    /// ln v_scale (-inf for a zero scale): `tile_softmax_i8` finds a row's largest p_j v_scale_j
+    /// as e^max(s_j + ln v_scale_j - max) before any exponential.
+    v_ln: Vec<f32>,
 }
 
 /// One KV head's quantized keys and values.
@@ -50,6 +56,7 @@ pub(super) struct HeadKv<'a> {
     k_scale: &'a [f32],
     v: &'a [i8],
     v_scale: &'a [f32],
+    v_ln: &'a [f32],
     groups: usize,
     pitch: usize,
 }
@@ -63,7 +70,14 @@ impl QuantizedKv {
             .into_par_iter()
             .map(|h| {
                 let (kt, v) = (&k_cache[h * hd * stride..(h + 1) * hd * stride], &v_cache[h * hd * stride..(h + 1) * hd * stride]);
-                let mut store = HeadStore { k: vec![0; groups * pitch * 4], k_sum: vec![0; stride], k_scale: vec![0.0; stride], v: vec![0; stride * hd], v_scale: vec![0.0; stride] };
+                let mut store = HeadStore {
+                    k: AlignedVec::filled(0, groups * pitch * 4),
+                    k_sum: vec![0; stride],
+                    k_scale: vec![0.0; stride],
+                    v: AlignedVec::filled(0, (stride + AMX_STEP_KEYS) * hd),
+                    v_scale: vec![0.0; stride],
+                    v_ln: Vec::new(),
+                };
                 // Keys: dimension d of slot j at kt[d * stride + j]; slots are the inner loop.
                 // Each dimension's mean over the slots is taken out first: q.(k - mean) differs
                 // from q.k by the same amount for every key of a row, which the softmax ignores,
@@ -92,7 +106,7 @@ impl QuantizedKv {
                 }
                 // Values: slot j's dimensions contiguous at v[j * hd..].
                 for (j, vj) in v[..n * hd].chunks_exact(hd.max(1)).enumerate().take(n) {
-                    let m = vj.iter().fold(0f32, |m, x| m.max(x.abs()));
+                    let m = max_abs(vj);
                     let inv = inverse_scale(m);
                     store.v_scale[j] = m / QMAX;
                     let group = &mut store.v[(j / 4) * hd * 4..(j / 4 + 1) * hd * 4];
@@ -100,6 +114,7 @@ impl QuantizedKv {
                         group[dd * 4 + j % 4] = quantize_value(x, inv);
                     }
                 }
+                store.v_ln = store.v_scale.iter().map(|v| v.ln()).collect();
                 store
             })
             .collect();
@@ -109,7 +124,7 @@ impl QuantizedKv {
     pub(super) fn head(&self, h: usize) -> HeadKv<'_> {
         let st = &self.heads[h];
         debug_assert!(st.v.len() % (4 * self.head_dim.max(1)) == 0);
-        HeadKv { k: &st.k, k_sum: &st.k_sum, k_scale: &st.k_scale, v: &st.v, v_scale: &st.v_scale, groups: self.groups, pitch: self.pitch }
+        HeadKv { k: &st.k, k_sum: &st.k_sum, k_scale: &st.k_scale, v: &st.v, v_scale: &st.v_scale, v_ln: &st.v_ln, groups: self.groups, pitch: self.pitch }
     }
 }
 
@@ -122,28 +137,37 @@ fn inverse_scale(max_abs: f32) -> f32 {
     }
 }
 
-/// Per-thread working memory of the int8 path.
+/// Per-thread working memory of the int8 path. Rows are allocated in whole AMX blocks of 32
+/// (the rows past the task's are zero queries and probabilities), from a cache line on.
 #[derive(Default)]
 pub(super) struct Buffers {
     /// Query rows as unsigned bytes (int8 + 128), [rows][groups * 4].
-    q: Vec<u8>,
+    q: AlignedVec<u8>,
     /// Per row: its int8 scale times the attention scale.
     q_scale: Vec<f32>,
     /// Probabilities times value scales, quantized per row over the tile: [rows][KEY_TILE].
-    p: Vec<u8>,
+    p: AlignedVec<u8>,
     /// Per row: what one step of `p` is worth.
     p_scale: Vec<f32>,
+    /// A block of rows' q.k sums over the key tile from AMX, [AMX_ROWS][C_PITCH] int32.
+    c: AlignedVec<i32>,
 }
 
 impl Buffers {
-    /// Quantizes the task's query rows ([rows][hd] floats), one scale per row.
-    pub(super) fn quantize_queries(&mut self, q: &[f32], rows: usize, hd: usize, scale: f32) {
-        let width = hd.div_ceil(4) * 4;
-        self.q.clear();
-        self.q.resize(rows * width, 128);
+    /// Readies the buffers for a task of `rows` rows and quantizes its queries ([rows][hd]
+    /// floats), one scale per row.
+    pub(super) fn start_task(&mut self, q: &[f32], rows: usize, hd: usize, scale: f32) {
+        let (width, blocks) = (hd.div_ceil(4) * 4, rows.next_multiple_of(AMX_ROWS));
+        self.q.refill(blocks * width, 128);
+        self.p.refill(blocks * KEY_TILE, 0);
+        self.p_scale.clear();
+        self.p_scale.resize(rows, 0.0);
+        if self.c.len() != AMX_ROWS * C_PITCH {
+            self.c = AlignedVec::filled(0, AMX_ROWS * C_PITCH);
+        }
         self.q_scale.clear();
         for (r, row) in q[..rows * hd].chunks_exact(hd).enumerate() {
-            let m = row.iter().fold(0f32, |m, x| m.max(x.abs()));
+            let m = max_abs(row);
             let inv = inverse_scale(m);
             self.q_scale.push(m / QMAX * scale);
             for (o, &x) in self.q[r * width..r * width + hd].iter_mut().zip(row) {
@@ -153,66 +177,107 @@ impl Buffers {
     }
 }
 
-/// x_j = e^(x_j - max) * scale_j in place; returns the sum of the exponentials (over 16 lane
-/// sums, as `ops::exp_minus`) and the largest x_j.
+/// out_j = round(e^(x_j - max) * scale_j * inv) in 0..=255; returns the sum of the exponentials
+/// (over 16 lane sums, as `ops::exp_minus`).
 #[inline(always)]
-fn exp_times_scales<const SIMD: bool>(x: &mut [f32], max: f32, scales: &[f32]) -> (f32, f32) {
+fn exp_quantize<const SIMD: bool>(x: &[f32], max: f32, scales: &[f32], inv: f32, out: &mut [u8]) -> f32 {
+    assert!(scales.len() == x.len() && out.len() == x.len());
     let whole = x.len() / LANES * LANES;
-    let (mut lane_sum, mut lane_max) = ([0f32; LANES], [0f32; LANES]);
+    let mut lane_sum = [0f32; LANES];
     #[cfg(target_arch = "x86_64")]
     if SIMD {
-        // SAFETY: SIMD is only set on the VNNI path, whose CPU has avx512f.
-        unsafe { exp_times_scales_avx512(&mut x[..whole], max, &scales[..whole], &mut lane_sum, &mut lane_max) };
+        // SAFETY: SIMD is only set on the VNNI and AMX paths, whose CPUs have avx512f.
+        unsafe { exp_quantize_avx512(&x[..whole], max, &scales[..whole], inv, &mut out[..whole], &mut lane_sum) };
     }
     if !SIMD || cfg!(not(target_arch = "x86_64")) {
-        for (c, s) in x[..whole].as_chunks_mut::<LANES>().0.iter_mut().zip(scales.as_chunks::<LANES>().0) {
+        for ((c, s), o) in x[..whole].as_chunks::<LANES>().0.iter().zip(scales.as_chunks::<LANES>().0).zip(out.as_chunks_mut::<LANES>().0) {
             for l in 0..LANES {
                 let p = exp2_coarse((c[l] - max) * std::f32::consts::LOG2_E);
                 lane_sum[l] += p;
-                c[l] = p * s[l];
-                lane_max[l] = max_select(c[l], lane_max[l]);
+                o[l] = quantize_unsigned(p * s[l], inv);
             }
         }
     }
-    let mut sum = lane_sum.iter().sum::<f32>();
-    let mut m = lane_max.iter().fold(0f32, |m, &x| m.max(x));
-    for (v, &s) in x[whole..].iter_mut().zip(&scales[whole..]) {
-        let p = exp2_coarse((*v - max) * std::f32::consts::LOG2_E);
+    let mut sum = lanes_sum(lane_sum);
+    for ((&v, &s), o) in x[whole..].iter().zip(&scales[whole..]).zip(&mut out[whole..]) {
+        let p = exp2_coarse((v - max) * std::f32::consts::LOG2_E);
         sum += p;
-        *v = p * s;
-        m = max_select(*v, m);
+        *o = quantize_unsigned(p * s, inv);
     }
-    (sum, m)
+    sum
 }
 
-/// The whole 16-lane chunks of `exp_times_scales`, the same operations in the same order with
-/// the lane sums and maxima in registers (the compiler keeps the portable loop's arrays on the
-/// stack, and a masked store feeding the next load stalls every iteration).
+/// The whole 16-lane chunks of `exp_quantize`, the same operations in the same order with the
+/// lane sums in a register (the compiler keeps the portable loop's array on the stack, and a
+/// store feeding the next load stalls every iteration).
 #[cfg(target_arch = "x86_64")]
 #[inline]
 #[target_feature(enable = "avx512f")]
-unsafe fn exp_times_scales_avx512(x: &mut [f32], max: f32, scales: &[f32], lane_sum: &mut [f32; LANES], lane_max: &mut [f32; LANES]) {
+unsafe fn exp_quantize_avx512(x: &[f32], max: f32, scales: &[f32], inv: f32, out: &mut [u8], lane_sum: &mut [f32; LANES]) {
     use std::arch::x86_64::*;
-    debug_assert!(x.len() % LANES == 0 && scales.len() == x.len());
+    debug_assert!(x.len() % LANES == 0 && scales.len() == x.len() && out.len() == x.len());
     let (vmax, log2e, floor, round) = (_mm512_set1_ps(max), _mm512_set1_ps(std::f32::consts::LOG2_E), _mm512_set1_ps(EXP2_FLOOR), _mm512_set1_ps(EXP2_ROUND));
+    let (vinv, exponent_bias) = (_mm512_set1_ps(inv), _mm512_set1_epi32((EXP2_ROUND.to_bits() - 127) as i32));
     let c = EXP2_CUBIC.map(|c| _mm512_set1_ps(c));
-    let (mut sum, mut m) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+    let mut sum = _mm512_setzero_ps();
     for i in (0..x.len()).step_by(LANES) {
-        let at = x.as_mut_ptr().add(i);
         // exp2_coarse; _mm512_max_ps(a, b) is a > b ? a : b, as max_select.
-        let y = _mm512_max_ps(_mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(at), vmax), log2e), floor);
+        let y = _mm512_max_ps(_mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(x.as_ptr().add(i)), vmax), log2e), floor);
         let t = _mm512_add_ps(y, round);
         let f = _mm512_sub_ps(y, _mm512_sub_ps(t, round));
         let poly = _mm512_add_ps(c[0], _mm512_mul_ps(f, _mm512_add_ps(c[1], _mm512_mul_ps(f, _mm512_add_ps(c[2], _mm512_mul_ps(f, c[3]))))));
-        let n = _mm512_sub_epi32(_mm512_castps_si512(t), _mm512_castps_si512(round));
-        let p = _mm512_mul_ps(poly, _mm512_castsi512_ps(_mm512_slli_epi32::<23>(_mm512_add_epi32(n, _mm512_set1_epi32(127)))));
+        let p = _mm512_mul_ps(poly, _mm512_castsi512_ps(_mm512_slli_epi32::<23>(_mm512_sub_epi32(_mm512_castps_si512(t), exponent_bias))));
         sum = _mm512_add_ps(sum, p);
-        let v = _mm512_mul_ps(p, _mm512_loadu_ps(scales.as_ptr().add(i)));
-        _mm512_storeu_ps(at, v);
-        m = _mm512_max_ps(v, m);
+        // quantize_unsigned(p * scale, inv) for a product that is never negative: rounding to
+        // nearest even (vcvtps2dq in the default rounding mode, which nothing here changes)
+        // then saturating at 255 (vpmovusdb; a product past 2^31 converts to 2^31) gives
+        // what clamping to 0..=255 and rounding gives.
+        let v = _mm512_mul_ps(_mm512_mul_ps(p, _mm512_loadu_ps(scales.as_ptr().add(i))), vinv);
+        _mm_storeu_si128(out.as_mut_ptr().add(i) as *mut __m128i, _mm512_cvtusepi32_epi8(_mm512_cvtps_epi32(v)));
     }
     _mm512_storeu_ps(lane_sum.as_mut_ptr(), sum);
-    _mm512_storeu_ps(lane_max.as_mut_ptr(), m);
+}
+
+/// [max_j x_j, max_j (x_j + v_ln_j)] (NaNs skipped, -inf for none): a row's tile max, and the
+/// log of its largest probability times value scale before subtracting the max.
+#[inline(always)]
+fn max_pair<const SIMD: bool>(x: &[f32], v_ln: &[f32]) -> [f32; 2] {
+    assert_eq!(x.len(), v_ln.len());
+    #[cfg(target_arch = "x86_64")]
+    if SIMD {
+        // SAFETY: as in exp_quantize.
+        return unsafe { max_pair_avx512(x, v_ln) };
+    }
+    let mut lanes = [[f32::NEG_INFINITY; LANES]; 2];
+    let (chunks, tail) = x.as_chunks::<LANES>();
+    for (c, l) in chunks.iter().zip(v_ln.as_chunks::<LANES>().0) {
+        for i in 0..LANES {
+            lanes[0][i] = max_select(c[i], lanes[0][i]);
+            lanes[1][i] = max_select(c[i] + l[i], lanes[1][i]);
+        }
+    }
+    let mut m = lanes.map(lanes_max);
+    for (&s, &l) in tail.iter().zip(&v_ln[chunks.len() * LANES..]) {
+        m = [max_select(s, m[0]), max_select(s + l, m[1])];
+    }
+    m
+}
+
+/// `max_pair` in registers: a maximum does not depend on the order it is taken in.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn max_pair_avx512(x: &[f32], v_ln: &[f32]) -> [f32; 2] {
+    use std::arch::x86_64::*;
+    let (mut m0, mut m1) = (_mm512_set1_ps(f32::NEG_INFINITY), _mm512_set1_ps(f32::NEG_INFINITY));
+    for i in (0..x.len()).step_by(LANES) {
+        let mask = (u32::MAX >> (32 - LANES.min(x.len() - i))) as u16;
+        let s = _mm512_maskz_loadu_ps(mask, x.as_ptr().add(i));
+        let l = _mm512_maskz_loadu_ps(mask, v_ln.as_ptr().add(i));
+        m0 = _mm512_mask_max_ps(m0, mask, s, m0);
+        m1 = _mm512_mask_max_ps(m1, mask, _mm512_add_ps(s, l), m1);
+    }
+    [_mm512_reduce_max_ps(m0), _mm512_reduce_max_ps(m1)]
 }
 
 const EXP2_FLOOR: f32 = -126.0;
@@ -231,8 +296,8 @@ fn exp2_coarse(y: f32) -> f32 {
     let f = y - (t - EXP2_ROUND);
     let [c0, c1, c2, c3] = EXP2_CUBIC;
     let p = c0 + f * (c1 + f * (c2 + f * c3));
-    let n = t.to_bits().wrapping_sub(EXP2_ROUND.to_bits()); // n as a two's complement integer
-    p * f32::from_bits(n.wrapping_add(127) << 23)
+    // t's low bits hold n (two's complement): 2^n has the exponent field n + 127.
+    p * f32::from_bits(t.to_bits().wrapping_sub(EXP2_ROUND.to_bits() - 127) << 23)
 }
 
 /// round(x * inv) for x * inv in 0..=255 (probabilities: never negative), ties to even.
@@ -273,31 +338,45 @@ impl Task<'_> {
     }
 
     /// `tile_softmax` for the int8 path: each row's probabilities times the value scales,
-    /// quantized over the tile into b.int8.p (0 for keys the row does not see). The exponential
-    /// is `exp2_coarse`: the probabilities keep 8 bits, so 1e-4 is exact enough, and it costs
-    /// half of `exp_fast`. Scaling, maximum and sum share one pass; quantizing is a second.
+    /// quantized over the tile into b.int8.p (0 for keys the row does not see), in one pass.
+    /// The exponential is `exp2_coarse`: the probabilities keep 8 bits, so 1e-4 is exact enough,
+    /// and it costs half of `exp_fast`. The quantization scale, the row's largest p_j v_scale_j,
+    /// comes before any exponential from `max_pair` (or the AMX epilogue, `maxima`, one
+    /// [max, weighted max] per row of `rows`).
     #[inline(always)]
-    pub(super) fn tile_softmax_i8<const VNNI: bool>(&self, kv: &HeadKv, b: &mut super::Buffers, rows: usize, j0: usize, j1: usize) {
+    pub(super) fn tile_softmax_i8<const VNNI: bool>(&self, kv: &HeadKv, b: &mut super::Buffers, rows: std::ops::Range<usize>, j0: usize, j1: usize, maxima: Option<&[[f32; 2]]>) {
         let width = (j1 - j0).next_multiple_of(LANES);
         let b8 = &mut b.int8;
-        b8.p.resize(rows * KEY_TILE, 0);
-        b8.p_scale.resize(rows, 0.0);
-        for r in 0..rows {
-            let (row, dst) = (&mut b.p[r * KEY_TILE..r * KEY_TILE + width], &mut b8.p[r * KEY_TILE..r * KEY_TILE + width]);
-            let Some((a, e, max)) = self.new_max(r, j0, j1, row, &mut b.max[r], &mut b.sum[r], &mut b.o) else {
+        for r in rows.clone() {
+            let dst = &mut b8.p[r * KEY_TILE..r * KEY_TILE + width];
+            let (a, e) = self.seen_in(r, j0, j1);
+            if a >= e {
                 dst.fill(0);
                 continue;
+            }
+            let seen = &mut b.p[r * KEY_TILE + a - j0..r * KEY_TILE + e - j0];
+            let [tile_max, weighted_max] = match maxima {
+                Some(m) => m[r - rows.start],
+                None => {
+                    if let Some(cap) = self.s.softcap {
+                        seen.iter_mut().for_each(|x| *x = (*x / cap).tanh() * cap);
+                    }
+                    max_pair::<VNNI>(seen, &kv.v_ln[a..e])
+                }
             };
-            let (seen, scales) = (&mut row[a - j0..e - j0], &kv.v_scale[a..e]);
-            let (sum, m) = exp_times_scales::<VNNI>(seen, max, scales);
-            b.sum[r] += sum;
-            let inv = if m > 0.0 { 255.0 / m } else { 0.0 };
+            let max = self.raise_max(r, tile_max, &mut b.max[r], &mut b.sum[r], &mut b.o);
+            // The largest p_j v_scale_j (to exp2_coarse's 1e-4; quantizing clamps at 255).
+            let m = if weighted_max > f32::NEG_INFINITY { exp2_coarse((weighted_max - max) * std::f32::consts::LOG2_E) } else { 0.0 };
+            let inv = if m > 0.0 { (255.0 / m).min(f32::MAX) } else { 0.0 };
             b8.p_scale[r] = m / 255.0;
             dst[..a - j0].fill(0);
             dst[e - j0..].fill(0);
-            for (o, &x) in dst[a - j0..e - j0].iter_mut().zip(seen.iter()) {
-                *o = quantize_unsigned(x, inv);
-            }
+            b.sum[r] += exp_quantize::<VNNI>(seen, max, &kv.v_scale[a..e], inv, &mut dst[a - j0..e - j0]);
+        }
+        // AMX reads whole steps of 64 keys: the rest of the last one holds no probability.
+        let step_end = width.next_multiple_of(AMX_STEP_KEYS);
+        for r in rows {
+            b8.p[r * KEY_TILE + width..r * KEY_TILE + step_end].fill(0);
         }
     }
 
@@ -340,6 +419,155 @@ impl Task<'_> {
                 values_portable(take, p, p_scale, v, hd, g0, g1, o);
             }
             r += take;
+        }
+    }
+}
+
+/// Query rows per AMX block: two 16-row tiles of `amx::tile_32x32`.
+const AMX_ROWS: usize = 32;
+/// Keys per AMX step in p.v (64 bytes of a probability row).
+const AMX_STEP_KEYS: usize = 64;
+/// int32 per row of `Buffers::c`: a tile's keys, plus the 16 a last 32-key product may add.
+const C_PITCH: usize = KEY_TILE + 32;
+
+/// Whether AMX can multiply this head size: q.k steps over whole 64-byte query rows.
+pub(super) fn amx_fits(head_dim: usize) -> bool {
+    head_dim > 0 && head_dim % 64 == 0
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Task<'_> {
+    /// The int8 path's three steps on one key tile with AMX, 32 rows at a time (one block's
+    /// scores, 32 x 256 floats, fit L1, where all of a task's 64 rows do not; measured the same
+    /// speed as taking every row through each step in turn).
+    ///
+    /// Safety: AMX is available, head_dim fits it (`amx_fits`) and `start_task` readied `b`.
+    #[inline(always)]
+    pub(super) unsafe fn tile_amx<const VNNI: bool>(&self, kv: &HeadKv, b: &mut super::Buffers, rows: usize, j0: usize, j1: usize) {
+        for rb in (0..rows).step_by(AMX_ROWS) {
+            let take = AMX_ROWS.min(rows - rb);
+            let maxima = self.tile_scores_amx(kv, b, rb, take, j0, j1);
+            self.tile_softmax_i8::<VNNI>(kv, b, rb..rb + take, j0, j1, Some(&maxima[..take]));
+            self.tile_values_amx(kv, b, rows, rb, take, j0, j1);
+        }
+    }
+
+    /// `tile_scores_i8` on AMX tiles: 32 rows x 32 keys per product, the keys read in place
+    /// (their `[head_dim / 4][pitch][4]` layout is a tile's B operand at a row stride of pitch
+    /// x 4 bytes). The integer sums equal the VNNI kernel's and the same float expressions follow,
+    /// so the scores are the same bits. Returns each row's `max_pair` over the keys it sees,
+    /// taken while the scores are in registers (no softcap here: `causal_attention_in` keeps
+    /// softcapped models off AMX).
+    ///
+    /// Safety: AMX is available, head_dim fits it (`amx_fits`) and `start_task` readied `b`.
+    #[inline(always)]
+    unsafe fn tile_scores_amx(&self, kv: &HeadKv, b: &mut super::Buffers, rb: usize, take: usize, j0: usize, j1: usize) -> [[f32; 2]; AMX_ROWS] {
+        debug_assert!(self.s.softcap.is_none());
+        let width = kv.groups * 4;
+        let b8 = &mut b.int8;
+        let (lo, count) = self.blocks_seen(rb, take, j0, j1);
+        let hi = lo + count * LANES;
+        // Keys j..j + 32 of every group row: j + 32 <= kv_stride + 16 = pitch.
+        assert!(hi <= kv.pitch - 16 && hi - j0 <= KEY_TILE && b8.q.len() >= (rb + AMX_ROWS) * width && b8.c.len() >= AMX_ROWS * C_PITCH);
+        for j in (lo..hi).step_by(32) {
+            crate::kernels::amx::tile_32x32(b8.q[rb * width..].as_ptr(), width, kv.k[j * 4..].as_ptr(), kv.pitch * 4, width / 64, b8.c.as_mut_ptr().add(j - j0), C_PITCH, false);
+        }
+        let keys = ScoreKeys { k_sum: &kv.k_sum[j0..], k_scale: &kv.k_scale[j0..], v_ln: &kv.v_ln[j0..] };
+        std::array::from_fn(|i| {
+            let (a, e) = if i < take { self.seen_in(rb + i, j0, j1) } else { (0, 0) };
+            if a >= e {
+                return [f32::NEG_INFINITY; 2];
+            }
+            let r = rb + i;
+            scores_from_amx(&b8.c[i * C_PITCH..(i + 1) * C_PITCH], b8.q_scale[r], keys, a - j0, e - j0, &mut b.p[r * KEY_TILE..(r + 1) * KEY_TILE])
+        })
+    }
+
+    /// `tile_values_i8` on AMX tiles: 32 rows x 32 dimensions per product over the tile's keys
+    /// in steps of 64 (the values' `[slots / 4][head_dim][4]` layout is a B operand at a row
+    /// stride of head_dim x 4 bytes). Row r's sum is added to its output when its group of ROWS
+    /// rows sees the tile, as there.
+    ///
+    /// Safety: as `tile_scores_amx`.
+    #[inline(always)]
+    unsafe fn tile_values_amx(&self, kv: &HeadKv, b: &mut super::Buffers, rows: usize, rb: usize, take: usize, j0: usize, j1: usize) {
+        let hd = self.s.head_dim;
+        let b8 = &mut b.int8;
+        {
+            let (lo, count) = self.blocks_seen(rb, take, j0, j1);
+            if count == 0 {
+                return;
+            }
+            // Rows as tile_values_i8 groups them: ROWS at a time, single rows at the end.
+            let adds: [bool; AMX_ROWS] = std::array::from_fn(|i| {
+                let r = rb + i;
+                let (g, n) = if r < rows / ROWS * ROWS { (r / ROWS * ROWS, ROWS) } else { (r, 1) };
+                i < take && self.blocks_seen(g, n, j0, j1).1 > 0
+            });
+            let (k_lo, k_hi) = ((lo - j0) / AMX_STEP_KEYS * AMX_STEP_KEYS, (lo - j0 + count * LANES).next_multiple_of(AMX_STEP_KEYS));
+            // Values of slots j0 + k_lo..j0 + k_hi (<= kv_stride + 48, within the 64 extra).
+            let v_at = (j0 + k_lo) * hd;
+            assert!(k_hi <= KEY_TILE && v_at + (k_hi - k_lo) * hd <= kv.v.len() && b8.p.len() >= (rb + AMX_ROWS) * KEY_TILE);
+            for d in (0..hd).step_by(32) {
+                crate::kernels::amx::tile_32x32(b8.p[rb * KEY_TILE + k_lo..].as_ptr(), KEY_TILE, kv.v[v_at + d * 4..].as_ptr(), hd * 4, (k_hi - k_lo) / AMX_STEP_KEYS, b8.c.as_mut_ptr(), 32, false);
+                values_from_amx(&b8.c, &adds, &b8.p_scale[rb..rb + take], &mut b.o[rb * hd + d..], hd);
+            }
+        }
+    }
+}
+
+/// Per-key data of a tile, from its first slot on.
+#[derive(Clone, Copy)]
+struct ScoreKeys<'a> {
+    k_sum: &'a [i32],
+    k_scale: &'a [f32],
+    v_ln: &'a [f32],
+}
+
+/// One row's scores over the tile slots it sees (a..e, from the tile's start) from its AMX
+/// sums `c`: the query offset taken out and both scales applied as in `scores_vnni`, into `out`
+/// (its blocks of 16 that hold a..e); returns the row's `max_pair` over a..e, taken while the
+/// scores are in registers.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn scores_from_amx(c: &[i32], q_scale: f32, keys: ScoreKeys, a: usize, e: usize, out: &mut [f32]) -> [f32; 2] {
+    use std::arch::x86_64::*;
+    let end = e.next_multiple_of(LANES);
+    assert!(a < e && end <= c.len() && end <= out.len() && end <= keys.k_sum.len() && end <= keys.k_scale.len() && end <= keys.v_ln.len());
+    let qs = _mm512_set1_ps(q_scale);
+    let (mut m0, mut m1) = (_mm512_set1_ps(f32::NEG_INFINITY), _mm512_set1_ps(f32::NEG_INFINITY));
+    for col in (a / LANES * LANES..end).step_by(LANES) {
+        let offset = _mm512_slli_epi32::<7>(_mm512_loadu_si512(keys.k_sum.as_ptr().add(col) as *const __m512i));
+        let x = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_loadu_si512(c.as_ptr().add(col) as *const __m512i), offset));
+        let score = _mm512_mul_ps(_mm512_mul_ps(x, qs), _mm512_loadu_ps(keys.k_scale.as_ptr().add(col)));
+        _mm512_storeu_ps(out.as_mut_ptr().add(col), score);
+        // The lanes of slots col..col + 16 within a..e.
+        let (from, to) = (a.saturating_sub(col).min(LANES), (e - col).min(LANES));
+        let mask = ((1u32 << to) - (1u32 << from)) as u16;
+        m0 = _mm512_mask_max_ps(m0, mask, score, m0);
+        m1 = _mm512_mask_max_ps(m1, mask, _mm512_add_ps(score, _mm512_loadu_ps(keys.v_ln.as_ptr().add(col))), m1);
+    }
+    [_mm512_reduce_max_ps(m0), _mm512_reduce_max_ps(m1)]
+}
+
+/// o[i][0..32] += c[i] * p_scale[i] for the rows `adds` marks (`o` rows head_dim apart).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn values_from_amx(c: &[i32], adds: &[bool; AMX_ROWS], p_scale: &[f32], o: &mut [f32], hd: usize) {
+    use std::arch::x86_64::*;
+    assert!(c.len() >= AMX_ROWS * 32);
+    for (i, &scale) in p_scale.iter().enumerate() {
+        if !adds[i] {
+            continue;
+        }
+        assert!(o.len() >= i * hd + 32);
+        let scale = _mm512_set1_ps(scale);
+        for h in 0..2 {
+            let at = o.as_mut_ptr().add(i * hd + h * LANES);
+            let x = _mm512_cvtepi32_ps(_mm512_load_si512(c.as_ptr().add(i * 32 + h * LANES) as *const __m512i));
+            _mm512_storeu_ps(at, _mm512_add_ps(_mm512_loadu_ps(at), _mm512_mul_ps(x, scale)));
         }
     }
 }
