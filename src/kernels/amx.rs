@@ -91,7 +91,18 @@ pub fn row_bytes(k: usize) -> usize {
     }
 }
 
-/// c[32][32] (row stride `ldc` int32) = a . b, plus c's own values when `accumulate`, for 32
+/// What the results of `tile_32x32` start from.
+#[derive(Clone, Copy)]
+pub enum Start {
+    Zero,
+    /// c's own values.
+    Accumulate,
+    /// 32 int32 (64-byte aligned), one per column, the same for every row: the GEMM's
+    /// unsigned-activation offset, -128 x the column's weight sum.
+    Bias(*const i32),
+}
+
+/// c[32][32] (row stride `ldc` int32) = start + a . b, for 32
 /// rows of unsigned bytes (`a`, row stride `lda` bytes, `k_steps` * 64 bytes read per row) and 32
 /// columns of signed bytes in VNNI groups (`b`: for each 4 k, a group row of 16 columns x 4 bytes
 /// and, 64 bytes on, the next 16 columns; group rows `ldb` bytes apart, 16 per step). The GEMM's
@@ -100,26 +111,35 @@ pub fn row_bytes(k: usize) -> usize {
 ///
 /// # Safety
 /// `available()` must be true; `a` must hold 32 rows of lda >= k_steps * 64 bytes, `b`
-/// k_steps * 16 group rows of 128 bytes at stride `ldb`, `c` 32 rows of ldc >= 32 int32.
+/// k_steps * 16 group rows of 128 bytes at stride `ldb`, `c` 32 rows of ldc >= 32 int32, a
+/// bias 32 int32.
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
-pub unsafe fn tile_32x32(a: *const u8, lda: usize, b: *const i8, ldb: usize, k_steps: usize, c: *mut i32, ldc: usize, accumulate: bool) {
+pub unsafe fn tile_32x32(a: *const u8, lda: usize, b: *const i8, ldb: usize, k_steps: usize, c: *mut i32, ldc: usize, start: Start) {
     use std::arch::asm;
     configure_thread();
     // tmm0..3: the four 16x16 results; tmm4/5: rows 0-15 / 16-31 of a; tmm6/7: columns 0-15 /
     // 16-31 of b.
     let (c1, c2, c3, ldc_bytes) = (c.add(16), c.add(16 * ldc), c.add(16 * ldc + 16), ldc * 4);
-    if accumulate {
-        asm!(
+    match start {
+        Start::Accumulate => asm!(
             "tileloadd tmm0, [{c0} + {ldc}*1]",
             "tileloadd tmm1, [{c1} + {ldc}*1]",
             "tileloadd tmm2, [{c2} + {ldc}*1]",
             "tileloadd tmm3, [{c3} + {ldc}*1]",
             c0 = in(reg) c, c1 = in(reg) c1, c2 = in(reg) c2, c3 = in(reg) c3, ldc = in(reg) ldc_bytes,
             options(nostack, readonly),
-        );
-    } else {
-        asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack, nomem));
+        ),
+        Start::Zero => asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack, nomem)),
+        // A row stride of 0 loads the same 64 bytes into all 16 rows.
+        Start::Bias(bias) => asm!(
+            "tileloadd tmm0, [{b0} + {zero}*1]",
+            "tileloadd tmm1, [{b1} + {zero}*1]",
+            "tileloadd tmm2, [{b0} + {zero}*1]",
+            "tileloadd tmm3, [{b1} + {zero}*1]",
+            b0 = in(reg) bias, b1 = in(reg) bias.add(16), zero = in(reg) 0usize,
+            options(nostack, readonly),
+        ),
     }
     let a_hi = a.add(16 * lda);
     for s in 0..k_steps {

@@ -254,13 +254,13 @@ pub fn gemm_i8(kernel: Int8Kernel, x: &[i8], m: usize, w: &PackedI8Weights, y: &
 /// Consumes the exact int32 results tile by tile while they are hot in L1 (an accelerator's
 /// fused epilogue: dequantize, bias, residual), instead of a full int32 matrix and a second pass.
 pub trait Epilogue: Sync {
-    /// `acc` holds `tokens` rows of `cols` results (row stride NR_I8) for output rows
+    /// `acc` holds `tokens` rows of `cols` results (row stride `ld`) for output rows
     /// row0..row0+tokens and columns col0..col0+cols.
     ///
     /// # Safety
     /// Called concurrently from several threads, each (row, column) region exactly once: an
     /// implementation writing through a shared pointer relies on that.
-    unsafe fn tile(&self, row0: usize, col0: usize, tokens: usize, cols: usize, acc: &[i32]);
+    unsafe fn tile(&self, row0: usize, col0: usize, tokens: usize, cols: usize, acc: &[i32], ld: usize);
 }
 
 /// Plain int32 output: y[m, n].
@@ -272,9 +272,10 @@ struct I32Out {
 unsafe impl Sync for I32Out {}
 
 impl Epilogue for I32Out {
-    unsafe fn tile(&self, row0: usize, col0: usize, tokens: usize, cols: usize, acc: &[i32]) {
+    unsafe fn tile(&self, row0: usize, col0: usize, tokens: usize, cols: usize, acc: &[i32], ld: usize) {
         for t in 0..tokens {
-            std::ptr::copy_nonoverlapping(acc.as_ptr().add(t * NR_I8), self.y.add((row0 + t) * self.ld + col0), cols);
+            assert!(acc.len() >= t * ld + cols);
+            std::ptr::copy_nonoverlapping(acc.as_ptr().add(t * ld), self.y.add((row0 + t) * self.ld + col0), cols);
         }
     }
 }
@@ -308,7 +309,7 @@ pub fn gemm_packed_with(xp: &PackedI8Acts, w: &PackedI8Weights, epilogue: &dyn E
                 // Each (p, col0) tile is produced by this task alone, as the epilogue requires.
                 unsafe {
                     tile.run(kernel, acc.as_mut_ptr(), NR_I8);
-                    epilogue.tile(p * xp.mr, col0, tokens, cols, &acc);
+                    epilogue.tile(p * xp.mr, col0, tokens, cols, &acc, NR_I8);
                 }
             }
         }
@@ -324,11 +325,11 @@ const AMX_BLOCK_STEPS: usize = 8;
 /// One task's columns n0..n0 + NC on AMX, k in blocks: every token panel's block meets every
 /// column panel's block, the int32 results waiting in a per-thread buffer between blocks (a
 /// token panel's whole k, 32 x 2,048 bytes and more, does not fit L1; tiles reloaded from L2
-/// at every step ran at a fifth of the peak). Then the unsigned offset is undone and each 32 x 32
-/// tile goes to the epilogue.
+/// at every step ran at a fifth of the peak). The first block starts from the unsigned offset
+/// (-128 x each column's weight sum), so the epilogue reads the finished results in place.
 #[cfg(target_arch = "x86_64")]
 fn amx_columns(xp: &PackedI8Acts, w: &PackedI8Weights, n0: usize, epilogue: &dyn Epilogue) {
-    use super::amx;
+    use super::amx::{self, Start};
     use std::cell::RefCell;
     thread_local! {
         static RESULTS: RefCell<AlignedVec<i32>> = RefCell::new(AlignedVec::filled(0, 0));
@@ -336,13 +337,18 @@ fn amx_columns(xp: &PackedI8Acts, w: &PackedI8Weights, n0: usize, epilogue: &dyn
     let (n, m) = (w.n, xp.m);
     let panels = NC.min(n - n0).div_ceil(NR_I8);
     let (ldc, token_panels, k_steps) = (panels * NR_I8, m.div_ceil(AMX_MR), w.k4.div_ceil(amx::K_STEP));
+    // Per column panel, the offset every token's results start from.
+    let mut offsets = AlignedVec::filled(0i32, panels * NR_I8);
+    for (o, &s) in offsets.iter_mut().zip(&w.row_sums[n0..n0 + panels * NR_I8]) {
+        *o = -(s << 7);
+    }
     RESULTS.with_borrow_mut(|acc| {
-        // The first block overwrites the results; only k = 0 leaves them to be zeroed here.
         let len = token_panels * AMX_MR * ldc;
         if acc.len() < len {
             *acc = AlignedVec::filled(0, len);
         }
         if k_steps == 0 {
+            // No products, and the weight sums are 0.
             acc.fill(0);
         }
         for ks in (0..k_steps).step_by(AMX_BLOCK_STEPS) {
@@ -353,27 +359,21 @@ fn amx_columns(xp: &PackedI8Acts, w: &PackedI8Weights, n0: usize, epilogue: &dyn
                     // Groups of this block in panel n0 / NR_I8 + j; the last block may read up to
                     // 15 groups past the panel, which the weights' slack covers.
                     let b = w.data.as_ptr().wrapping_add((n0 / NR_I8 + j) * w.k4 * NR_I8 + ks * 16 * NR_I8 * 4);
+                    let start = if ks == 0 { Start::Bias(offsets[j * NR_I8..].as_ptr()) } else { Start::Accumulate };
                     // SAFETY: AMX is supported (checked by the caller); the activation panel holds
                     // 32 rows of kp >= k_steps * 64 bytes, the weights k_steps * 16 groups from the
-                    // panel start (with the slack), `acc` 32 rows of ldc from this tile's corner.
-                    unsafe { amx::tile_32x32(a, xp.kp, b, NR_I8 * 4, steps, acc.as_mut_ptr().add(p * AMX_MR * ldc + j * NR_I8), ldc, ks > 0) };
+                    // panel start (with the slack), `acc` 32 rows of ldc from this tile's corner,
+                    // `offsets` 32 values (64-byte aligned: NR_I8 int32 are 128 bytes) from j's.
+                    unsafe { amx::tile_32x32(a, xp.kp, b, NR_I8 * 4, steps, acc.as_mut_ptr().add(p * AMX_MR * ldc + j * NR_I8), ldc, start) };
                 }
             }
         }
-        let mut tile = [0i32; AMX_MR * NR_I8];
         for p in 0..token_panels {
             let tokens = AMX_MR.min(m - p * AMX_MR);
             for j in 0..panels {
                 let col0 = n0 + j * NR_I8;
-                let sums = &w.row_sums[col0..col0 + NR_I8];
-                for (t, row) in tile.chunks_exact_mut(NR_I8).take(tokens).enumerate() {
-                    let results = &acc[(p * AMX_MR + t) * ldc + j * NR_I8..][..NR_I8];
-                    for ((o, &v), &s) in row.iter_mut().zip(results).zip(sums) {
-                        *o = v - (s << 7);
-                    }
-                }
                 // SAFETY: this task alone produces columns n0..n0 + NC (Epilogue contract).
-                unsafe { epilogue.tile(p * AMX_MR, col0, tokens, NR_I8.min(n - col0), &tile) };
+                unsafe { epilogue.tile(p * AMX_MR, col0, tokens, NR_I8.min(n - col0), &acc[p * AMX_MR * ldc + j * NR_I8..], ldc) };
             }
         }
     });

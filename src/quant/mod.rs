@@ -12,7 +12,7 @@ use std::sync::Arc;
 use rayon::prelude::*;
 
 use crate::kernels::matvec::WeightRows;
-use crate::kernels::int8_gemm::{gemm_i8, gemm_packed_with, Epilogue, Int8Kernel, PackedI8Acts, PackedI8Weights, NR_I8};
+use crate::kernels::int8_gemm::{gemm_i8, gemm_packed_with, Epilogue, Int8Kernel, PackedI8Acts, PackedI8Weights};
 use crate::kernels::quantize::{quantize, quantize_value, scale_for};
 use crate::tensor::Tensor;
 
@@ -138,28 +138,28 @@ struct Dequantize<'a> {
 unsafe impl Sync for Dequantize<'_> {}
 
 impl Epilogue for Dequantize<'_> {
-    unsafe fn tile(&self, row0: usize, col0: usize, tokens: usize, cols: usize, acc: &[i32]) {
+    unsafe fn tile(&self, row0: usize, col0: usize, tokens: usize, cols: usize, acc: &[i32], ld: usize) {
         #[cfg(target_arch = "x86_64")]
         if crate::kernels::simd_level() == crate::kernels::SimdLevel::Avx512 {
-            return self.tile_avx512(row0, col0, tokens, cols, acc);
+            return self.tile_avx512(row0, col0, tokens, cols, acc, ld);
         }
-        self.tile_portable(row0, col0, tokens, cols, acc)
+        self.tile_portable(row0, col0, tokens, cols, acc, ld)
     }
 }
 
 impl Dequantize<'_> {
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
-    unsafe fn tile_avx512(&self, row0: usize, col0: usize, tokens: usize, cols: usize, acc: &[i32]) {
-        self.tile_portable(row0, col0, tokens, cols, acc)
+    unsafe fn tile_avx512(&self, row0: usize, col0: usize, tokens: usize, cols: usize, acc: &[i32], ld: usize) {
+        self.tile_portable(row0, col0, tokens, cols, acc, ld)
     }
 
     #[inline(always)]
-    unsafe fn tile_portable(&self, row0: usize, col0: usize, tokens: usize, cols: usize, acc: &[i32]) {
+    unsafe fn tile_portable(&self, row0: usize, col0: usize, tokens: usize, cols: usize, acc: &[i32], ld: usize) {
         let scales = &self.scales[col0..col0 + cols];
         for t in 0..tokens {
             let o = std::slice::from_raw_parts_mut(self.out.add((row0 + t) * self.ld + col0), cols);
-            let a = &acc[t * NR_I8..t * NR_I8 + cols];
+            let a = &acc[t * ld..t * ld + cols];
             match (self.bias, self.residual) {
                 (None, false) => o.iter_mut().zip(a).zip(scales).for_each(|((o, &a), &s)| *o = a as f32 * s),
                 (None, true) => o.iter_mut().zip(a).zip(scales).for_each(|((o, &a), &s)| *o += a as f32 * s),

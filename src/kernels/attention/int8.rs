@@ -186,7 +186,7 @@ fn exp_quantize<const SIMD: bool>(x: &[f32], max: f32, scales: &[f32], inv: f32,
     let mut lane_sum = [0f32; LANES];
     #[cfg(target_arch = "x86_64")]
     if SIMD {
-        // SAFETY: SIMD is only set on the VNNI and AMX paths, whose CPUs have avx512f.
+        // SAFETY: SIMD is only set on the VNNI and AMX paths, whose CPUs have avx512f and bw.
         unsafe { exp_quantize_avx512(&x[..whole], max, &scales[..whole], inv, &mut out[..whole], &mut lane_sum) };
     }
     if !SIMD || cfg!(not(target_arch = "x86_64")) {
@@ -212,15 +212,16 @@ fn exp_quantize<const SIMD: bool>(x: &[f32], max: f32, scales: &[f32], inv: f32,
 /// store feeding the next load stalls every iteration).
 #[cfg(target_arch = "x86_64")]
 #[inline]
-#[target_feature(enable = "avx512f")]
+#[target_feature(enable = "avx512f,avx512bw")]
 unsafe fn exp_quantize_avx512(x: &[f32], max: f32, scales: &[f32], inv: f32, out: &mut [u8], lane_sum: &mut [f32; LANES]) {
     use std::arch::x86_64::*;
     debug_assert!(x.len() % LANES == 0 && scales.len() == x.len() && out.len() == x.len());
     let (vmax, log2e, floor, round) = (_mm512_set1_ps(max), _mm512_set1_ps(std::f32::consts::LOG2_E), _mm512_set1_ps(EXP2_FLOOR), _mm512_set1_ps(EXP2_ROUND));
-    let (vinv, exponent_bias) = (_mm512_set1_ps(inv), _mm512_set1_epi32((EXP2_ROUND.to_bits() - 127) as i32));
+    let (vinv, top, exponent_bias) = (_mm512_set1_ps(inv), _mm512_set1_ps(255.0), _mm512_set1_epi32((EXP2_ROUND.to_bits() - 127) as i32));
     let c = EXP2_CUBIC.map(|c| _mm512_set1_ps(c));
     let mut sum = _mm512_setzero_ps();
-    for i in (0..x.len()).step_by(LANES) {
+    // The rounded 16 values of chunk i, their exponentials added to `sum` in chunk order.
+    let mut chunk = |i: usize| {
         // exp2_coarse; _mm512_max_ps(a, b) is a > b ? a : b, as max_select.
         let y = _mm512_max_ps(_mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(x.as_ptr().add(i)), vmax), log2e), floor);
         let t = _mm512_add_ps(y, round);
@@ -228,12 +229,24 @@ unsafe fn exp_quantize_avx512(x: &[f32], max: f32, scales: &[f32], inv: f32, out
         let poly = _mm512_add_ps(c[0], _mm512_mul_ps(f, _mm512_add_ps(c[1], _mm512_mul_ps(f, _mm512_add_ps(c[2], _mm512_mul_ps(f, c[3]))))));
         let p = _mm512_mul_ps(poly, _mm512_castsi512_ps(_mm512_slli_epi32::<23>(_mm512_sub_epi32(_mm512_castps_si512(t), exponent_bias))));
         sum = _mm512_add_ps(sum, p);
-        // quantize_unsigned(p * scale, inv) for a product that is never negative: rounding to
-        // nearest even (vcvtps2dq in the default rounding mode, which nothing here changes)
-        // then saturating at 255 (vpmovusdb; a product past 2^31 converts to 2^31) gives
-        // what clamping to 0..=255 and rounding gives.
+        // quantize_unsigned(p * scale, inv) for a product that is never negative: at most 255,
+        // then rounded to nearest even (vcvtps2dq in the default rounding mode, which nothing
+        // here changes).
         let v = _mm512_mul_ps(_mm512_mul_ps(p, _mm512_loadu_ps(scales.as_ptr().add(i))), vinv);
-        _mm_storeu_si128(out.as_mut_ptr().add(i) as *mut __m128i, _mm512_cvtusepi32_epi8(_mm512_cvtps_epi32(v)));
+        _mm512_cvtps_epi32(_mm512_min_ps(v, top))
+    };
+    // 64 at a time, narrowed by two packs (which interleave the four chunks per 128-bit lane,
+    // put back in order by one permute) and stored whole: a narrowing store per 16 (vpmovusdb
+    // to memory) held the loop at its throughput.
+    let order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    let whole = x.len() / 64 * 64;
+    for i in (0..whole).step_by(64) {
+        let (q0, q1, q2, q3) = (chunk(i), chunk(i + 16), chunk(i + 32), chunk(i + 48));
+        let bytes = _mm512_packus_epi16(_mm512_packus_epi32(q0, q1), _mm512_packus_epi32(q2, q3));
+        _mm512_storeu_si512(out.as_mut_ptr().add(i) as *mut __m512i, _mm512_permutexvar_epi32(order, bytes));
+    }
+    for i in (whole..x.len()).step_by(LANES) {
+        _mm_storeu_si128(out.as_mut_ptr().add(i) as *mut __m128i, _mm512_cvtepi32_epi8(chunk(i)));
     }
     _mm512_storeu_ps(lane_sum.as_mut_ptr(), sum);
 }
@@ -436,6 +449,9 @@ pub(super) fn amx_fits(head_dim: usize) -> bool {
 }
 
 #[cfg(target_arch = "x86_64")]
+use crate::kernels::amx::Start;
+
+#[cfg(target_arch = "x86_64")]
 impl Task<'_> {
     /// The int8 path's three steps on one key tile with AMX, 32 rows at a time (one block's
     /// scores, 32 x 256 floats, fit L1, where all of a task's 64 rows do not; measured the same
@@ -470,7 +486,7 @@ impl Task<'_> {
         // Keys j..j + 32 of every group row: j + 32 <= kv_stride + 16 = pitch.
         assert!(hi <= kv.pitch - 16 && hi - j0 <= KEY_TILE && b8.q.len() >= (rb + AMX_ROWS) * width && b8.c.len() >= AMX_ROWS * C_PITCH);
         for j in (lo..hi).step_by(32) {
-            crate::kernels::amx::tile_32x32(b8.q[rb * width..].as_ptr(), width, kv.k[j * 4..].as_ptr(), kv.pitch * 4, width / 64, b8.c.as_mut_ptr().add(j - j0), C_PITCH, false);
+            crate::kernels::amx::tile_32x32(b8.q[rb * width..].as_ptr(), width, kv.k[j * 4..].as_ptr(), kv.pitch * 4, width / 64, b8.c.as_mut_ptr().add(j - j0), C_PITCH, Start::Zero);
         }
         let keys = ScoreKeys { k_sum: &kv.k_sum[j0..], k_scale: &kv.k_scale[j0..], v_ln: &kv.v_ln[j0..] };
         std::array::from_fn(|i| {
@@ -509,7 +525,7 @@ impl Task<'_> {
             let v_at = (j0 + k_lo) * hd;
             assert!(k_hi <= KEY_TILE && v_at + (k_hi - k_lo) * hd <= kv.v.len() && b8.p.len() >= (rb + AMX_ROWS) * KEY_TILE);
             for d in (0..hd).step_by(32) {
-                crate::kernels::amx::tile_32x32(b8.p[rb * KEY_TILE + k_lo..].as_ptr(), KEY_TILE, kv.v[v_at + d * 4..].as_ptr(), hd * 4, (k_hi - k_lo) / AMX_STEP_KEYS, b8.c.as_mut_ptr(), 32, false);
+                crate::kernels::amx::tile_32x32(b8.p[rb * KEY_TILE + k_lo..].as_ptr(), KEY_TILE, kv.v[v_at + d * 4..].as_ptr(), hd * 4, (k_hi - k_lo) / AMX_STEP_KEYS, b8.c.as_mut_ptr(), 32, Start::Zero);
                 values_from_amx(&b8.c, &adds, &b8.p_scale[rb..rb + take], &mut b.o[rb * hd + d..], hd);
             }
         }
