@@ -1,5 +1,6 @@
-//! int8 prefill attention (`Precision::Int8`): q.k and p.v as integer dot products (`vpdpbusd`,
-//! 64 multiply-adds per instruction, four times an f32 FMA), the softmax in f32 as before.
+//! int8 prefill attention (`Precision::Int8`): q.k and p.v as integer dot products (AMX tiles
+//! where the CPU has them, else `vpdpbusd`, 64 multiply-adds per instruction, four times an f32
+//! FMA), the softmax in f32 with a coarse exponential.
 //!
 //! Quantization (symmetric, round to nearest even, as `kernels::quantize`):
 //! - keys per slot (one scale over its head_dim values) after taking out each dimension's mean
@@ -7,16 +8,18 @@
 //!   queries per row: a score is (sum_d q8 k8) * q_scale * k_scale, the attention scale folded
 //!   into q_scale;
 //! - values per slot, folded into the probabilities: p'_j = p_j * v_scale_j is quantized per row
-//!   and key tile to 0..=255 against the tile's largest p'_j, so o += (sum_j p8_j v8_j) * max / 255.
+//!   and key tile to 0..=255 against the tile's largest p'_j (found before any exponential as
+//!   e^(max_j (s_j + ln v_scale_j) - row max)), so o += (sum_j p8_j v8_j) * max / 255.
 //!   Scaling per tile keeps small probabilities (a diffuse row, or a tile far below the row's
 //!   maximum) at full resolution.
 //!
-//! `vpdpbusd` multiplies unsigned by signed bytes: probabilities are unsigned already; queries
+//! `vpdpbusd` and `tdpbusd` multiply unsigned by signed bytes: probabilities are unsigned already; queries
 //! are offset by +128 and 128 * sum_d k8 is subtracted per key.
 //!
 //! Layouts per KV head: keys `[head_dim / 4][pitch][4]` (16 slots x 4 dimensions are one 512-bit
 //! load; rows `pitch` slots apart, not a power of two, so a tile's rows spread over the L1 sets),
-//! values `[slots / 4][head_dim][4]` (16 dimensions x 4 slots are one load). The portable twin
+//! values `[slots / 4][head_dim][4]` (16 dimensions x 4 slots are one load); both are AMX tile
+//! operands in place, rows pitch x 4 and head_dim x 4 bytes apart. The portable twin
 //! computes the same integers and the same float expressions in the same order, so both give the
 //! same bits.
 
