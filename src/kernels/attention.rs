@@ -90,6 +90,8 @@ fn best_attention(precision: Precision, allow_amx: bool, q: &[f32], k_cache: &[f
     // softcap comes between the scores and their maxima (taken in the AMX epilogue).
     #[cfg(target_arch = "x86_64")]
     let amx = allow_amx && vnni && super::int8_gemm::best_kernel() == super::int8_gemm::Int8Kernel::Amx && int8::amx_fits(s.head_dim) && s.softcap.is_none();
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = allow_amx;
     run(precision, q, k_cache, v_cache, s, out, |task, bufs, out| match level {
         // SAFETY: AMX is available (best_kernel checked), and the CPU has what VNNI needs.
         #[cfg(target_arch = "x86_64")]
