@@ -12,7 +12,7 @@
 
 use rayon::prelude::*;
 
-use super::ops::{exp_fast, exp_minus, max_of_simd};
+use super::ops::{exp_fast, exp_minus, max_of_simd, softcap};
 use super::{simd_level, SimdLevel};
 
 mod int8;
@@ -369,7 +369,7 @@ impl Task<'_> {
         }
         let seen = &mut row[a - j0..e - j0];
         if let Some(cap) = self.s.softcap {
-            seen.iter_mut().for_each(|x| *x = (*x / cap).tanh() * cap);
+            softcap(seen, cap);
         }
         Some((a, e, self.raise_max(r, max_of_simd::<SIMD>(seen), max, sum, o)))
     }

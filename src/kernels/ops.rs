@@ -203,6 +203,11 @@ pub fn max_abs(x: &[f32]) -> f32 {
     tail.iter().fold(lanes_max(lane_max), |m, v| max_select(v.abs(), m))
 }
 
+/// Soft-capping, cap * tanh(x / cap), in place (Gemma 2's attention scores and final logits).
+pub fn softcap(x: &mut [f32], cap: f32) {
+    x.iter_mut().for_each(|v| *v = (*v / cap).tanh() * cap);
+}
+
 /// The largest of 16 lane maxima (NaN-free: `max_select` keeps NaNs out of the lanes), halving
 /// the lanes each step: four dependent `vmaxps` where a fold is sixteen (with `f32::max`, each a
 /// compare and blend more). Per row and key tile, attention's softmax spent more on a serial

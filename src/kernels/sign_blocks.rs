@@ -158,7 +158,7 @@ impl QuantizedZ {
         let mut z = vec![0f32; cols];
         for (c, vc) in v.chunks_exact(cols.max(1)).take(rank).enumerate() {
             z.iter_mut().zip(vc.iter().zip(x)).for_each(|(z, (&v, &x))| *z = v * x);
-            let max = z.iter().fold(0f32, |m, z| m.max(z.abs()));
+            let max = super::ops::max_abs(&z);
             scale[c] = max / 127.0;
             let inv = if max > 0.0 { 127.0 / max } else { 0.0 };
             for (j, &zj) in z.iter().enumerate() {

@@ -451,7 +451,7 @@ impl Transformer {
     /// Gemma 2's final soft-capping, cap * tanh(logit / cap) (nothing for other families).
     pub fn cap_logits(&self, logits: &mut [f32]) {
         if let Some(cap) = self.config.features.final_softcap {
-            logits.iter_mut().for_each(|l| *l = (*l / cap).tanh() * cap);
+            ops::softcap(logits, cap);
         }
     }
 

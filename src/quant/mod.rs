@@ -12,6 +12,7 @@ use std::sync::Arc;
 use rayon::prelude::*;
 
 use crate::kernels::matvec::WeightRows;
+use crate::kernels::ops::max_abs;
 use crate::kernels::int8_gemm::{gemm_i8, gemm_packed_with, Epilogue, Int8Kernel, PackedI8Acts, PackedI8Weights};
 use crate::kernels::quantize::{quantize, quantize_value, scale_for};
 use crate::tensor::Tensor;
@@ -53,7 +54,7 @@ impl Int8Linear {
 
     /// Quantizes the rows in parallel (an encoded row decoded into one buffer per task).
     fn from_rows(w: WeightRows, n: usize, k: usize, bias: Option<&[f32]>, granularity: WeightGranularity) -> Self {
-        let maxima: Vec<f32> = (0..n).into_par_iter().map_init(Vec::new, |buf, r| w.row(r, k, buf).iter().fold(0f32, |m, v| m.max(v.abs()))).collect();
+        let maxima: Vec<f32> = (0..n).into_par_iter().map_init(Vec::new, |buf, r| max_abs(w.row(r, k, buf))).collect();
         let scales: Vec<f32> = match granularity {
             WeightGranularity::PerTensor => vec![scale_for(maxima.iter().copied().fold(0f32, f32::max))],
             WeightGranularity::PerChannel => maxima.iter().map(|&m| scale_for(m)).collect(),
@@ -111,7 +112,7 @@ pub fn w8a8_dynamic(kernel: Int8Kernel, x: &[f32], rows: usize, lin: &Int8Linear
     let mut xq = vec![0i8; x.len()];
     let mut row_scales = Vec::with_capacity(rows);
     for (r, q) in x.chunks_exact(k).zip(xq.chunks_exact_mut(k)) {
-        let s = scale_for(r.iter().fold(0f32, |a, v| a.max(v.abs())));
+        let s = scale_for(max_abs(r));
         quantize(r, s, q);
         row_scales.push(s);
     }

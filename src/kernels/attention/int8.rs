@@ -27,7 +27,7 @@ use rayon::prelude::*;
 
 use super::{AttnShape, Task, KEY_TILE, LANES, ROWS};
 use crate::kernels::aligned::AlignedVec;
-use crate::kernels::ops::{lanes_max, lanes_sum, max_abs, max_select};
+use crate::kernels::ops::{lanes_max, lanes_sum, max_abs, max_select, softcap};
 use crate::kernels::quantize::{quantize_value, QMAX};
 
 /// Every slot a batch sees, quantized once per attention call for all its tasks.
@@ -375,7 +375,7 @@ impl Task<'_> {
                 Some(m) => m[r - rows.start],
                 None => {
                     if let Some(cap) = self.s.softcap {
-                        seen.iter_mut().for_each(|x| *x = (*x / cap).tanh() * cap);
+                        softcap(seen, cap);
                     }
                     max_pair::<VNNI>(seen, &kv.v_ln[a..e])
                 }

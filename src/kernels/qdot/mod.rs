@@ -103,7 +103,7 @@ fn quantize_portable(a: &mut QuantizedActs, x: &[f32]) {
     let block = a.format.block();
     assert_eq!(x.len() % block, 0, "activation length {} is not a multiple of {block}", x.len());
     for ((xs, qs), d) in x.chunks_exact(block).zip(a.qs.chunks_exact_mut(block)).zip(&mut a.d) {
-        let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let amax = crate::kernels::ops::max_abs(xs);
         *d = amax / 127.0;
         let id = if amax > 0.0 { 127.0 / amax } else { 0.0 };
         for (q, &v) in qs.iter_mut().zip(xs) {
