@@ -157,7 +157,7 @@ pub fn max_of(x: &[f32]) -> f32 {
             lane_max[l] = max_select(c[l], lane_max[l]);
         }
     }
-    tail.iter().copied().fold(lanes_max(lane_max), max_select)
+    tail.iter().fold(lanes_max(lane_max), |m, &x| max_select(x, m))
 }
 
 /// `max_of` on AVX-512 when SIMD is set (by callers on a path that checked avx512f): the same
@@ -362,6 +362,21 @@ pub fn find_beyond_portable(x: &[f32], inv_scale: f32, limit: f32, out: &mut Vec
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn maxima_skip_nans_in_the_lanes_and_the_tail_on_every_path() {
+        let simd = crate::kernels::simd_level() == crate::kernels::SimdLevel::Avx512;
+        for len in [0usize, 1, 15, 16, 17, 40] {
+            let x: Vec<f32> = (0..len).map(|i| if i % 7 == 3 { f32::NAN } else { (i as f32 * 0.37).sin() * 3.0 }).collect();
+            let want = x.iter().copied().filter(|v| !v.is_nan()).fold(f32::NEG_INFINITY, f32::max);
+            let want_abs = x.iter().copied().filter(|v| !v.is_nan()).fold(0f32, |m, v| m.max(v.abs()));
+            assert_eq!(max_of(&x), want, "max_of, length {len}");
+            assert_eq!(max_abs(&x), want_abs, "max_abs, length {len}");
+            if simd {
+                assert_eq!(max_of_simd::<true>(&x), want, "max_of_simd, length {len}");
+            }
+        }
+    }
 
     #[test]
     fn exp_fast_is_accurate() {
