@@ -239,7 +239,8 @@ unsafe fn kernel_avx512(xp: *const f32, wp: *const f32, kc: usize, y: *mut f32, 
             }
         }
     }
-    for kk in 0..kc {
+    // One k step: two weight vectors against MR broadcast token values.
+    let mut step = |kk: usize| {
         let b0 = _mm512_loadu_ps(wp.add(kk * NR));
         let b1 = _mm512_loadu_ps(wp.add(kk * NR + 16));
         let xk = xp.add(kk * MR);
@@ -248,6 +249,18 @@ unsafe fn kernel_avx512(xp: *const f32, wp: *const f32, kc: usize, y: *mut f32, 
             c0[i] = _mm512_fmadd_ps(a, b0, c0[i]);
             c1[i] = _mm512_fmadd_ps(a, b1, c1[i]);
         }
+    };
+    // Four steps per loop trip: the loop's own scalar work no longer takes issue slots from the
+    // FMAs (12x32 in L1: 178 -> 191-204 GFLOP/s on one thread with weights streaming from L2).
+    let unrolled = kc - kc % 4;
+    for kk in (0..unrolled).step_by(4) {
+        step(kk);
+        step(kk + 1);
+        step(kk + 2);
+        step(kk + 3);
+    }
+    for kk in unrolled..kc {
+        step(kk);
     }
     for i in 0..MR {
         if i < tokens {
