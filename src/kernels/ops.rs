@@ -300,6 +300,65 @@ pub fn axpy_portable(y: &mut [f32], a: f32, x: &[f32]) {
     }
 }
 
+/// y = sum_e a_e x_e over `terms` (a_e, x_e), in their order: y = a_0 x_0, then y += a_e x_e, as
+/// `axpy` would do them one by one (the same bits), but each block of y stays in registers while
+/// every term is added, so y is written once instead of loaded and stored per term (the shadow
+/// path's rows with several outliers).
+pub fn weighted_sum(y: &mut [f32], terms: &[(f32, &[f32])]) {
+    assert!(!terms.is_empty() && terms.iter().all(|(_, x)| x.len() == y.len()));
+    match super::simd_level() {
+        // SAFETY: Avx512 is only selected when the CPU has avx512f; the lengths are checked.
+        #[cfg(target_arch = "x86_64")]
+        super::SimdLevel::Avx512 => unsafe { weighted_sum_avx512(y, terms) },
+        _ => weighted_sum_portable(y, terms),
+    }
+}
+
+/// 64 lanes of y per pass over the terms (four registers), then 16 at a time, the tail masked.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn weighted_sum_avx512(y: &mut [f32], terms: &[(f32, &[f32])]) {
+    use std::arch::x86_64::*;
+    let n = y.len();
+    let mut i = 0;
+    while i + 64 <= n {
+        let (a0, x0) = terms[0];
+        let a = _mm512_set1_ps(a0);
+        let mut acc: [__m512; 4] = std::array::from_fn(|v| _mm512_mul_ps(a, _mm512_loadu_ps(x0.as_ptr().add(i + 16 * v))));
+        for &(ae, xe) in &terms[1..] {
+            let a = _mm512_set1_ps(ae);
+            for (v, acc) in acc.iter_mut().enumerate() {
+                *acc = _mm512_add_ps(*acc, _mm512_mul_ps(a, _mm512_loadu_ps(xe.as_ptr().add(i + 16 * v))));
+            }
+        }
+        for (v, acc) in acc.iter().enumerate() {
+            _mm512_storeu_ps(y.as_mut_ptr().add(i + 16 * v), *acc);
+        }
+        i += 64;
+    }
+    while i < n {
+        let mask = (u32::MAX >> (32 - 16.min(n - i))) as u16;
+        let (a0, x0) = terms[0];
+        let mut acc = _mm512_mul_ps(_mm512_set1_ps(a0), _mm512_maskz_loadu_ps(mask, x0.as_ptr().add(i)));
+        for &(ae, xe) in &terms[1..] {
+            acc = _mm512_add_ps(acc, _mm512_mul_ps(_mm512_set1_ps(ae), _mm512_maskz_loadu_ps(mask, xe.as_ptr().add(i))));
+        }
+        _mm512_mask_storeu_ps(y.as_mut_ptr().add(i), mask, acc);
+        i += 16;
+    }
+}
+
+/// The portable twin of `weighted_sum`: the same products and sums in the same order.
+pub fn weighted_sum_portable(y: &mut [f32], terms: &[(f32, &[f32])]) {
+    let (a0, x0) = terms[0];
+    for (y, &x) in y.iter_mut().zip(x0) {
+        *y = a0 * x;
+    }
+    for &(a, x) in &terms[1..] {
+        axpy_portable(y, a, x);
+    }
+}
+
 /// Pushes onto `out` the indices of `x` where |x * inv_scale| > limit: the elements a static
 /// scale clips. Blocks of 16 are skipped on one vectorized max, so the common case (no outlier)
 /// is a plain streaming compare.
@@ -435,6 +494,20 @@ mod tests {
             unsafe { axpy_avx512(&mut a, -1.7, &x) };
             axpy_portable(&mut b, -1.7, &x);
             assert_eq!(a, b, "axpy n={n}");
+            // One to five terms, against the portable twin and against axpy term by term.
+            let cols: Vec<Vec<f32>> = (0..5).map(|t| (0..n).map(|i| val(i * 3 + t)).collect()).collect();
+            for count in 1..=5 {
+                let terms: Vec<(f32, &[f32])> = cols[..count].iter().enumerate().map(|(t, c)| (0.5 - t as f32 * 0.9, c.as_slice())).collect();
+                let (mut ws, mut wp) = (vec![f32::NAN; n], vec![f32::NAN; n]);
+                unsafe { weighted_sum_avx512(&mut ws, &terms) };
+                weighted_sum_portable(&mut wp, &terms);
+                let mut by_axpy: Vec<f32> = terms[0].1.iter().map(|&x| terms[0].0 * x).collect();
+                for &(a, x) in &terms[1..] {
+                    axpy_portable(&mut by_axpy, a, x);
+                }
+                assert_eq!(ws, wp, "weighted_sum n={n} terms={count}");
+                assert_eq!(wp, by_axpy, "weighted_sum portable n={n} terms={count}");
+            }
             // Plant values beyond the limit at the edges of blocks and in the tail.
             let mut y = x.clone();
             let planted: Vec<u32> = [0usize, 15, 16, 17, 33, n.saturating_sub(1), n / 2].into_iter().filter(|&i| i < n).map(|i| i as u32).collect();

@@ -18,7 +18,7 @@ use std::sync::Mutex;
 
 use rayon::prelude::*;
 
-use crate::kernels::ops::{axpy, find_beyond};
+use crate::kernels::ops::{axpy, find_beyond, weighted_sum};
 use crate::kernels::quantize::{quantize_value, QMAX};
 use crate::tensor::Tensor;
 pub use plan::{LayerPlan, PointPlan, ScaleRule, ShadowOptions, ShadowPlan};
@@ -245,15 +245,11 @@ impl ShadowPoint {
                     }
                 };
                 let mut delta = pool.take(o.rows.len() * n);
-                delta[..o.rows.len() * n].par_chunks_mut(n).enumerate().for_each(|(i, d)| {
-                    // The first update writes the row, so reused buffers need no clearing.
-                    let mut entries = o.row(i);
-                    let first = entries.next().expect("rows with outliers only");
-                    let (r, col) = (o.remainders[first], column(o.cols[first]));
-                    d.iter_mut().zip(col).for_each(|(d, &w)| *d = r * w);
-                    for e in entries {
-                        axpy(d, o.remainders[e], column(o.cols[e]));
-                    }
+                delta[..o.rows.len() * n].par_chunks_mut(n).enumerate().for_each_init(Vec::new, |terms, (i, d)| {
+                    // The sum writes the whole row, so reused buffers need no clearing.
+                    terms.clear();
+                    terms.extend(o.row(i).map(|e| (o.remainders[e], column(o.cols[e]))));
+                    weighted_sum(d, terms);
                 });
                 delta
             })
