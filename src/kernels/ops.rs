@@ -46,6 +46,20 @@ fn sum_of_squares(x: &[f32]) -> f32 {
     lanes.iter().sum::<f32>() + tail.iter().map(|v| v * v).sum::<f32>()
 }
 
+/// Sum of x over 16 lane accumulators (then `lanes_sum` and the tail in order): vectorizes where
+/// a plain `.sum()` is a serial chain of dependent adds.
+#[inline(always)]
+pub fn sum(x: &[f32]) -> f32 {
+    let (chunks, tail) = x.as_chunks::<16>();
+    let mut lanes = [0f32; 16];
+    for c in chunks {
+        for l in 0..16 {
+            lanes[l] += c[l];
+        }
+    }
+    lanes_sum(lanes) + tail.iter().sum::<f32>()
+}
+
 /// e^x for f32 without branches or calls, so loops over it vectorize: x = n ln2 + f with
 /// |f| <= ln2/2 (Cody-Waite split of ln2), a degree-6 polynomial for e^f, and 2^n built in the
 /// exponent bits. Relative error below 2e-7 on [-87, 88]; inputs beyond are clamped (e^-87 ~ 0).

@@ -27,7 +27,7 @@ use rayon::prelude::*;
 
 use super::{AttnShape, Task, KEY_TILE, LANES, ROWS};
 use crate::kernels::aligned::AlignedVec;
-use crate::kernels::ops::{lanes_max, lanes_sum, max_abs, max_select, softcap};
+use crate::kernels::ops::{lanes_max, lanes_sum, max_abs, max_select, softcap, sum};
 use crate::kernels::quantize::{quantize_value, QMAX};
 
 /// Every slot a batch sees, quantized once per attention call for all its tasks.
@@ -73,52 +73,12 @@ impl QuantizedKv {
             .into_par_iter()
             .map(|h| {
                 let (kt, v) = (&k_cache[h * hd * stride..(h + 1) * hd * stride], &v_cache[h * hd * stride..(h + 1) * hd * stride]);
-                let mut store = HeadStore {
-                    k: AlignedVec::filled(0, groups * pitch * 4),
-                    k_sum: vec![0; stride],
-                    k_scale: vec![0.0; stride],
-                    v: AlignedVec::filled(0, (stride + AMX_STEP_KEYS) * hd),
-                    v_scale: vec![0.0; stride],
-                    v_ln: Vec::new(),
-                };
-                // Keys: dimension d of slot j at kt[d * stride + j]; slots are the inner loop.
-                // Each dimension's mean over the slots is taken out first: q.(k - mean) differs
-                // from q.k by the same amount for every key of a row, which the softmax ignores,
-                // and keys share large offsets in a few dimensions that would otherwise set
-                // every slot's scale. A softcap is not shift-invariant, so it keeps them.
-                let mean: Vec<f32> = (0..hd)
-                    .map(|d| if s.softcap.is_some() || n == 0 { 0.0 } else { kt[d * stride..d * stride + n].iter().sum::<f32>() / n as f32 })
-                    .collect();
-                let mut k_max = vec![0f32; n];
-                for d in 0..hd {
-                    for (m, &x) in k_max.iter_mut().zip(&kt[d * stride..d * stride + n]) {
-                        *m = m.max((x - mean[d]).abs());
-                    }
+                #[cfg(target_arch = "x86_64")]
+                if crate::kernels::simd_level() == crate::kernels::SimdLevel::Avx512 {
+                    // SAFETY: the CPU has avx512f and avx512bw (SimdLevel::Avx512).
+                    return unsafe { quantize_head_avx512(kt, v, s, n, groups, pitch) };
                 }
-                let k_inv: Vec<f32> = k_max.iter().map(|&m| inverse_scale(m)).collect();
-                for (sc, &m) in store.k_scale.iter_mut().zip(&k_max) {
-                    *sc = m / QMAX;
-                }
-                for d in 0..hd {
-                    let row = &mut store.k[(d / 4) * pitch * 4..(d / 4 + 1) * pitch * 4];
-                    for (j, (&x, &inv)) in kt[d * stride..d * stride + n].iter().zip(&k_inv).enumerate() {
-                        let q = quantize_value(x - mean[d], inv);
-                        row[j * 4 + d % 4] = q;
-                        store.k_sum[j] += q as i32;
-                    }
-                }
-                // Values: slot j's dimensions contiguous at v[j * hd..].
-                for (j, vj) in v[..n * hd].chunks_exact(hd.max(1)).enumerate().take(n) {
-                    let m = max_abs(vj);
-                    let inv = inverse_scale(m);
-                    store.v_scale[j] = m / QMAX;
-                    let group = &mut store.v[(j / 4) * hd * 4..(j / 4 + 1) * hd * 4];
-                    for (dd, &x) in vj.iter().enumerate() {
-                        group[dd * 4 + j % 4] = quantize_value(x, inv);
-                    }
-                }
-                store.v_ln = store.v_scale.iter().map(|v| v.ln()).collect();
-                store
+                quantize_head(kt, v, s, n, groups, pitch)
             })
             .collect();
         QuantizedKv { heads, groups, pitch, head_dim: hd }
@@ -129,6 +89,67 @@ impl QuantizedKv {
         debug_assert!(st.v.len() % (4 * self.head_dim.max(1)) == 0);
         HeadKv { k: &st.k, k_sum: &st.k_sum, k_scale: &st.k_scale, v: &st.v, v_scale: &st.v_scale, v_ln: &st.v_ln, groups: self.groups, pitch: self.pitch }
     }
+}
+
+/// One KV head's keys and values quantized (slots 0..n of `kt`, [head_dim][kv_stride], and `v`,
+/// [kv_stride][head_dim]).
+#[inline(always)]
+fn quantize_head(kt: &[f32], v: &[f32], s: AttnShape, n: usize, groups: usize, pitch: usize) -> HeadStore {
+    let (hd, stride) = (s.head_dim, s.kv_stride);
+    let mut store = HeadStore {
+        k: AlignedVec::filled(0, groups * pitch * 4),
+        k_sum: vec![0; stride],
+        k_scale: vec![0.0; stride],
+        v: AlignedVec::filled(0, (stride + AMX_STEP_KEYS) * hd),
+        v_scale: vec![0.0; stride],
+        v_ln: Vec::new(),
+    };
+    // Keys: dimension d of slot j at kt[d * stride + j]; slots are the inner loop.
+    // Each dimension's mean over the slots is taken out first: q.(k - mean) differs
+    // from q.k by the same amount for every key of a row, which the softmax ignores,
+    // and keys share large offsets in a few dimensions that would otherwise set
+    // every slot's scale. A softcap is not shift-invariant, so it keeps them.
+    let mean: Vec<f32> = (0..hd)
+        .map(|d| if s.softcap.is_some() || n == 0 { 0.0 } else { sum(&kt[d * stride..d * stride + n]) / n as f32 })
+        .collect();
+    let mut k_max = vec![0f32; n];
+    for d in 0..hd {
+        for (m, &x) in k_max.iter_mut().zip(&kt[d * stride..d * stride + n]) {
+            *m = m.max((x - mean[d]).abs());
+        }
+    }
+    let k_inv: Vec<f32> = k_max.iter().map(|&m| inverse_scale(m)).collect();
+    for (sc, &m) in store.k_scale.iter_mut().zip(&k_max) {
+        *sc = m / QMAX;
+    }
+    for d in 0..hd {
+        let row = &mut store.k[(d / 4) * pitch * 4..(d / 4 + 1) * pitch * 4];
+        for (j, (&x, &inv)) in kt[d * stride..d * stride + n].iter().zip(&k_inv).enumerate() {
+            let q = quantize_value(x - mean[d], inv);
+            row[j * 4 + d % 4] = q;
+            store.k_sum[j] += q as i32;
+        }
+    }
+    // Values: slot j's dimensions contiguous at v[j * hd..].
+    for (j, vj) in v[..n * hd].chunks_exact(hd.max(1)).enumerate().take(n) {
+        let m = max_abs(vj);
+        let inv = inverse_scale(m);
+        store.v_scale[j] = m / QMAX;
+        let group = &mut store.v[(j / 4) * hd * 4..(j / 4 + 1) * hd * 4];
+        for (dd, &x) in vj.iter().enumerate() {
+            group[dd * 4 + j % 4] = quantize_value(x, inv);
+        }
+    }
+    store.v_ln = store.v_scale.iter().map(|v| v.ln()).collect();
+    store
+}
+
+/// `quantize_head` compiled for AVX-512: the same scalar code, which the compiler vectorizes
+/// 16 wide instead of 4 (it was 5% of a 2,048-token prefill, every chunk quantizing the cache).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn quantize_head_avx512(kt: &[f32], v: &[f32], s: AttnShape, n: usize, groups: usize, pitch: usize) -> HeadStore {
+    quantize_head(kt, v, s, n, groups, pitch)
 }
 
 /// 127 / max_abs, or 0 for an all-zero (or non-finite) vector, which then quantizes to zeros.
