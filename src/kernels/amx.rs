@@ -97,8 +97,8 @@ pub enum Start {
     Zero,
     /// c's own values.
     Accumulate,
-    /// 32 int32 (64-byte aligned), one per column, the same for every row: the GEMM's
-    /// unsigned-activation offset, -128 x the column's weight sum.
+    /// 32 int32 (64-byte aligned), one per column, the same for every row: the offset of the
+    /// unsigned operand, -128 x the column's sum (the GEMM's weights, attention's keys).
     Bias(*const i32),
 }
 

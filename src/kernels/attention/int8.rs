@@ -14,7 +14,8 @@
 //!   maximum) at full resolution.
 //!
 //! `vpdpbusd` and `tdpbusd` multiply unsigned by signed bytes: probabilities are unsigned already; queries
-//! are offset by +128 and 128 * sum_d k8 is subtracted per key.
+//! are offset by +128 and 128 * sum_d k8 is subtracted per key (`k_offset`, which AMX products
+//! start from).
 //!
 //! Layouts per KV head: keys `[head_dim / 4][pitch][4]` (16 slots x 4 dimensions are one 512-bit
 //! load; rows `pitch` slots apart, not a power of two, so a tile's rows spread over the L1 sets),
@@ -42,7 +43,9 @@ pub(super) struct QuantizedKv {
 /// slots more than the cache, as AMX reads whole steps of 64 keys.
 struct HeadStore {
     k: AlignedVec<i8>,
-    k_sum: Vec<i32>,
+    /// Per slot (pitch of them, 0 past the cache): -128 x the sum of its quantized key, which
+    /// takes the queries' +128 offset out of a score (the start of AMX's products).
+    k_offset: AlignedVec<i32>,
     k_scale: Vec<f32>,
     v: AlignedVec<i8>,
     v_scale: Vec<f32>,
@@ -55,7 +58,7 @@ struct HeadStore {
 #[derive(Clone, Copy)]
 pub(super) struct HeadKv<'a> {
     k: &'a [i8],
-    k_sum: &'a [i32],
+    k_offset: &'a [i32],
     k_scale: &'a [f32],
     v: &'a [i8],
     v_scale: &'a [f32],
@@ -87,7 +90,7 @@ impl QuantizedKv {
     pub(super) fn head(&self, h: usize) -> HeadKv<'_> {
         let st = &self.heads[h];
         debug_assert!(st.v.len() % (4 * self.head_dim.max(1)) == 0);
-        HeadKv { k: &st.k, k_sum: &st.k_sum, k_scale: &st.k_scale, v: &st.v, v_scale: &st.v_scale, v_ln: &st.v_ln, groups: self.groups, pitch: self.pitch }
+        HeadKv { k: &st.k, k_offset: &st.k_offset, k_scale: &st.k_scale, v: &st.v, v_scale: &st.v_scale, v_ln: &st.v_ln, groups: self.groups, pitch: self.pitch }
     }
 }
 
@@ -98,7 +101,7 @@ fn quantize_head(kt: &[f32], v: &[f32], s: AttnShape, n: usize, groups: usize, p
     let (hd, stride) = (s.head_dim, s.kv_stride);
     let mut store = HeadStore {
         k: AlignedVec::filled(0, groups * pitch * 4),
-        k_sum: vec![0; stride],
+        k_offset: AlignedVec::filled(0, pitch),
         k_scale: vec![0.0; stride],
         v: AlignedVec::filled(0, (stride + AMX_STEP_KEYS) * hd),
         v_scale: vec![0.0; stride],
@@ -127,7 +130,7 @@ fn quantize_head(kt: &[f32], v: &[f32], s: AttnShape, n: usize, groups: usize, p
         for (j, (&x, &inv)) in kt[d * stride..d * stride + n].iter().zip(&k_inv).enumerate() {
             let q = quantize_value(x - mean[d], inv);
             row[j * 4 + d % 4] = q;
-            store.k_sum[j] += q as i32;
+            store.k_offset[j] -= 128 * q as i32;
         }
     }
     // Values: slot j's dimensions contiguous at v[j * hd..].
@@ -240,18 +243,20 @@ fn exp_quantize<const SIMD: bool>(x: &[f32], max: f32, scales: &[f32], inv: f32,
 unsafe fn exp_quantize_avx512(x: &[f32], max: f32, scales: &[f32], inv: f32, out: &mut [u8], lane_sum: &mut [f32; LANES]) {
     use std::arch::x86_64::*;
     debug_assert!(x.len() % LANES == 0 && scales.len() == x.len() && out.len() == x.len());
-    let (vmax, log2e, floor, round) = (_mm512_set1_ps(max), _mm512_set1_ps(std::f32::consts::LOG2_E), _mm512_set1_ps(EXP2_FLOOR), _mm512_set1_ps(EXP2_ROUND));
-    let (vinv, top, exponent_bias) = (_mm512_set1_ps(inv), _mm512_set1_ps(255.0), _mm512_set1_epi32((EXP2_ROUND.to_bits() - 127) as i32));
+    let (vmax, log2e, floor) = (_mm512_set1_ps(max), _mm512_set1_ps(std::f32::consts::LOG2_E), _mm512_set1_ps(EXP2_FLOOR));
+    let (vinv, top) = (_mm512_set1_ps(inv), _mm512_set1_ps(255.0));
     let c = EXP2_CUBIC.map(|c| _mm512_set1_ps(c));
     let mut sum = _mm512_setzero_ps();
     // The rounded 16 values of chunk i, their exponentials added to `sum` in chunk order.
     let mut chunk = |i: usize| {
         // exp2_coarse; _mm512_max_ps(a, b) is a > b ? a : b, as max_select.
         let y = _mm512_max_ps(_mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(x.as_ptr().add(i)), vmax), log2e), floor);
-        let t = _mm512_add_ps(y, round);
-        let f = _mm512_sub_ps(y, _mm512_sub_ps(t, round));
+        // n = y rounded to nearest even (what adding and taking away EXP2_ROUND gives), and
+        // poly * 2^n by vscalefps: the same exactly rounded product as multiplying by 2^n's bits.
+        let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(y);
+        let f = _mm512_sub_ps(y, n);
         let poly = _mm512_add_ps(c[0], _mm512_mul_ps(f, _mm512_add_ps(c[1], _mm512_mul_ps(f, _mm512_add_ps(c[2], _mm512_mul_ps(f, c[3]))))));
-        let p = _mm512_mul_ps(poly, _mm512_castsi512_ps(_mm512_slli_epi32::<23>(_mm512_sub_epi32(_mm512_castps_si512(t), exponent_bias))));
+        let p = _mm512_scalef_ps(poly, n);
         sum = _mm512_add_ps(sum, p);
         // quantize_unsigned(p * scale, inv) for a product that is never negative: at most 255,
         // then rounded to nearest even (vcvtps2dq in the default rounding mode, which nothing
@@ -354,7 +359,7 @@ impl Task<'_> {
         self.for_score_blocks(rows, j0, j1, |r, take, n, at| {
             let (qs, scales, out) = (&q[r * width..(r + take) * width], &q_scale[r..r + take], &mut p[r * KEY_TILE + at..]);
             let j = j0 + at;
-            assert!(j + n * LANES <= kv.k_sum.len() && out.len() >= (take - 1) * KEY_TILE + n * LANES);
+            assert!(j + n * LANES <= kv.k_offset.len() && out.len() >= (take - 1) * KEY_TILE + n * LANES);
             #[cfg(target_arch = "x86_64")]
             if VNNI {
                 // SAFETY: VNNI is only set when the CPU has avx512vnni and avx512bw; the assert
@@ -510,9 +515,9 @@ impl Task<'_> {
         // Keys j..j + 32 of every group row: j + 32 <= kv_stride + 16 = pitch.
         assert!(hi <= kv.pitch - 16 && hi - j0 <= KEY_TILE && b8.q.len() >= (rb + AMX_ROWS) * width && b8.c.len() >= AMX_ROWS * C_PITCH);
         for j in (lo..hi).step_by(32) {
-            crate::kernels::amx::tile_32x32(b8.q[rb * width..].as_ptr(), width, kv.k[j * 4..].as_ptr(), kv.pitch * 4, width / 64, b8.c.as_mut_ptr().add(j - j0), C_PITCH, Start::Zero);
+            crate::kernels::amx::tile_32x32(b8.q[rb * width..].as_ptr(), width, kv.k[j * 4..].as_ptr(), kv.pitch * 4, width / 64, b8.c.as_mut_ptr().add(j - j0), C_PITCH, Start::Bias(kv.k_offset[j..j + 32].as_ptr()));
         }
-        let keys = ScoreKeys { k_sum: &kv.k_sum[j0..], k_scale: &kv.k_scale[j0..], v_ln: &kv.v_ln[j0..] };
+        let keys = ScoreKeys { k_scale: &kv.k_scale[j0..], v_ln: &kv.v_ln[j0..] };
         std::array::from_fn(|i| {
             let (a, e) = if i < take { self.seen_in(rb + i, j0, j1) } else { (0, 0) };
             if a >= e {
@@ -559,13 +564,12 @@ impl Task<'_> {
 /// Per-key data of a tile, from its first slot on.
 #[derive(Clone, Copy)]
 struct ScoreKeys<'a> {
-    k_sum: &'a [i32],
     k_scale: &'a [f32],
     v_ln: &'a [f32],
 }
 
 /// One row's scores over the tile slots it sees (a..e, from the tile's start) from its AMX
-/// sums `c`: the query offset taken out and both scales applied as in `scores_vnni`, into `out`
+/// sums `c` (which started from the key offsets): both scales applied as in `scores_vnni`, into `out`
 /// (its blocks of 16 that hold a..e); returns the row's `max_pair` over a..e, taken while the
 /// scores are in registers.
 #[cfg(target_arch = "x86_64")]
@@ -574,19 +578,35 @@ struct ScoreKeys<'a> {
 unsafe fn scores_from_amx(c: &[i32], q_scale: f32, keys: ScoreKeys, a: usize, e: usize, out: &mut [f32]) -> [f32; 2] {
     use std::arch::x86_64::*;
     let end = e.next_multiple_of(LANES);
-    assert!(a < e && end <= c.len() && end <= out.len() && end <= keys.k_sum.len() && end <= keys.k_scale.len() && end <= keys.v_ln.len());
+    assert!(a < e && end <= c.len() && end <= out.len() && end <= keys.k_scale.len() && end <= keys.v_ln.len());
     let qs = _mm512_set1_ps(q_scale);
     let (mut m0, mut m1) = (_mm512_set1_ps(f32::NEG_INFINITY), _mm512_set1_ps(f32::NEG_INFINITY));
-    for col in (a / LANES * LANES..end).step_by(LANES) {
-        let offset = _mm512_slli_epi32::<7>(_mm512_loadu_si512(keys.k_sum.as_ptr().add(col) as *const __m512i));
-        let x = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_loadu_si512(c.as_ptr().add(col) as *const __m512i), offset));
+    // Scores of slots col..col + 16 into `out`; the lanes in `mask` (those within a..e) join the maxima.
+    let mut block = |col: usize, mask: u16| {
+        let x = _mm512_cvtepi32_ps(_mm512_loadu_si512(c.as_ptr().add(col) as *const __m512i));
         let score = _mm512_mul_ps(_mm512_mul_ps(x, qs), _mm512_loadu_ps(keys.k_scale.as_ptr().add(col)));
         _mm512_storeu_ps(out.as_mut_ptr().add(col), score);
-        // The lanes of slots col..col + 16 within a..e.
-        let (from, to) = (a.saturating_sub(col).min(LANES), (e - col).min(LANES));
-        let mask = ((1u32 << to) - (1u32 << from)) as u16;
         m0 = _mm512_mask_max_ps(m0, mask, score, m0);
         m1 = _mm512_mask_max_ps(m1, mask, _mm512_add_ps(score, _mm512_loadu_ps(keys.v_ln.as_ptr().add(col))), m1);
+    };
+    let lanes_within = |col: usize| {
+        let (from, to) = (a.saturating_sub(col).min(LANES), (e - col).min(LANES));
+        ((1u32 << to) - (1u32 << from)) as u16
+    };
+    // Whole blocks inside a..e take every lane; only the first and last may be partial.
+    let (first, whole_from, whole_to) = (a / LANES * LANES, a.next_multiple_of(LANES), e / LANES * LANES);
+    if whole_from > whole_to {
+        block(first, lanes_within(first));
+    } else {
+        if first < whole_from {
+            block(first, lanes_within(first));
+        }
+        for col in (whole_from..whole_to).step_by(LANES) {
+            block(col, u16::MAX);
+        }
+        if whole_to < end {
+            block(whole_to, lanes_within(whole_to));
+        }
     }
     [_mm512_reduce_max_ps(m0), _mm512_reduce_max_ps(m1)]
 }
@@ -624,7 +644,7 @@ fn scores_portable(rows: usize, keys: usize, q: &[u8], q_scale: &[f32], kv: &Hea
                     acc += q[i * width + g * 4 + c] as i32 * kv.k[(g * kv.pitch + jj) * 4 + c] as i32;
                 }
             }
-            out[i * KEY_TILE + jj - j] = ((acc - 128 * kv.k_sum[jj]) as f32) * q_scale[i] * kv.k_scale[jj];
+            out[i * KEY_TILE + jj - j] = ((acc + kv.k_offset[jj]) as f32) * q_scale[i] * kv.k_scale[jj];
         }
     }
 }
@@ -665,10 +685,10 @@ unsafe fn scores_vnni<const R: usize, const N: usize>(q: &[u8], q_scale: &[f32],
         }
     }
     for b in 0..N {
-        let offset = _mm512_slli_epi32::<7>(_mm512_loadu_si512(kv.k_sum.as_ptr().add(j + b * LANES) as *const __m512i));
+        let offset = _mm512_loadu_si512(kv.k_offset.as_ptr().add(j + b * LANES) as *const __m512i);
         let k_scale = _mm512_loadu_ps(kv.k_scale.as_ptr().add(j + b * LANES));
         for (i, acc_i) in acc.iter().enumerate() {
-            let x = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc_i[b], offset));
+            let x = _mm512_cvtepi32_ps(_mm512_add_epi32(acc_i[b], offset));
             let y = _mm512_mul_ps(_mm512_mul_ps(x, _mm512_set1_ps(q_scale[i])), k_scale);
             _mm512_storeu_ps(out.as_mut_ptr().add(i * KEY_TILE + b * LANES), y);
         }
