@@ -32,32 +32,31 @@ fn rms_norm_rows(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     }
 }
 
-/// Sum of x^2 over 16 lane accumulators: a plain `.sum()` is one serial chain of dependent adds
-/// (float addition is not reassociated), which made RMSNorm latency-bound.
+/// Sum of x^2 (RMSNorm's), as `sum`: a plain `.sum()` made RMSNorm latency-bound.
 #[inline(always)]
 fn sum_of_squares(x: &[f32]) -> f32 {
-    let (chunks, tail) = x.as_chunks::<16>();
-    let mut lanes = [0f32; 16];
-    for c in chunks {
-        for l in 0..16 {
-            lanes[l] += c[l] * c[l];
-        }
-    }
-    lanes.iter().sum::<f32>() + tail.iter().map(|v| v * v).sum::<f32>()
+    sum_mapped(x, |v| v * v)
 }
 
-/// Sum of x over 16 lane accumulators (then `lanes_sum` and the tail in order): vectorizes where
-/// a plain `.sum()` is a serial chain of dependent adds.
+/// Sum of x, as `sum_mapped`.
 #[inline(always)]
 pub fn sum(x: &[f32]) -> f32 {
+    sum_mapped(x, |v| v)
+}
+
+/// Sum of f(x) over 16 lane accumulators (then `lanes_sum` and the tail in order): vectorizes
+/// where a plain `.sum()` is one serial chain of dependent adds (float addition is not
+/// reassociated).
+#[inline(always)]
+fn sum_mapped(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
     let (chunks, tail) = x.as_chunks::<16>();
     let mut lanes = [0f32; 16];
     for c in chunks {
         for l in 0..16 {
-            lanes[l] += c[l];
+            lanes[l] += f(c[l]);
         }
     }
-    lanes_sum(lanes) + tail.iter().sum::<f32>()
+    lanes_sum(lanes) + tail.iter().map(|&v| f(v)).sum::<f32>()
 }
 
 /// e^x for f32 without branches or calls, so loops over it vectorize: x = n ln2 + f with
