@@ -359,7 +359,7 @@ impl Task<'_> {
         self.for_score_blocks(rows, j0, j1, |r, take, n, at| {
             let (qs, scales, out) = (&q[r * width..(r + take) * width], &q_scale[r..r + take], &mut p[r * KEY_TILE + at..]);
             let j = j0 + at;
-            assert!(j + n * LANES <= kv.k_offset.len() && out.len() >= (take - 1) * KEY_TILE + n * LANES);
+            assert!(j + n * LANES <= kv.k_scale.len() && out.len() >= (take - 1) * KEY_TILE + n * LANES);
             #[cfg(target_arch = "x86_64")]
             if VNNI {
                 // SAFETY: VNNI is only set when the CPU has avx512vnni and avx512bw; the assert
