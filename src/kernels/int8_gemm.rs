@@ -113,7 +113,7 @@ pub fn best_kernel() -> Int8Kernel {
     })
 }
 
-/// int8 weights [n, k] in the kernels' panel layout, with per-row sums for the unsigned offset.
+/// int8 weights [n, k] in the kernels' panel layout, with per-row offsets for the unsigned activations.
 pub struct PackedI8Weights {
     pub n: usize,
     pub k: usize,
@@ -121,8 +121,10 @@ pub struct PackedI8Weights {
     k4: usize,
     /// [n / NR_I8 panels][k4 / 4][NR_I8][4]
     data: AlignedVec<i8>,
-    /// sum_k w[r, k] per output row (padded to whole panels with 0)
-    row_sums: Vec<i32>,
+    /// -128 x sum_k w[r, k] per output row (padded to whole panels with 0): what the
+    /// activations' +128 adds to a product, taken back (AMX results start from it; 64-byte
+    /// aligned, so a panel's 32 are one bias row).
+    offsets: AlignedVec<i32>,
 }
 
 impl PackedI8Weights {
@@ -136,8 +138,8 @@ impl PackedI8Weights {
         // AMX reads whole 64-k steps: up to 15 groups past the last panel's end (their products
         // meet zero activations).
         let mut data = AlignedVec::filled(0i8, panels * k4 * NR_I8 + 16 * NR_I8 * 4);
-        let mut row_sums = vec![0i32; panels * NR_I8];
-        // k = 0: nothing to pack, the row sums stay 0 (chunks of 0 would panic).
+        let mut offsets = AlignedVec::filled(0i32, panels * NR_I8);
+        // k = 0: nothing to pack, the offsets stay 0 (chunks of 0 would panic).
         data[..panels * k4 * NR_I8].par_chunks_mut((k4 * NR_I8).max(1)).enumerate().for_each(|(p, panel)| {
             for r in 0..NR_I8.min(n - p * NR_I8) {
                 let row = &w[(p * NR_I8 + r) * k..(p * NR_I8 + r + 1) * k];
@@ -146,10 +148,10 @@ impl PackedI8Weights {
                 }
             }
         });
-        for (r, s) in row_sums.iter_mut().enumerate().take(n) {
-            *s = w[r * k..(r + 1) * k].iter().map(|&v| v as i32).sum();
+        for (r, o) in offsets.iter_mut().enumerate().take(n) {
+            *o = -128 * w[r * k..(r + 1) * k].iter().map(|&v| v as i32).sum::<i32>();
         }
-        PackedI8Weights { n, k, k4, data, row_sums }
+        PackedI8Weights { n, k, k4, data, offsets }
     }
 
     /// The weights back in plain [n][k] rows.
@@ -164,9 +166,9 @@ impl PackedI8Weights {
         w
     }
 
-    /// Bytes held (weights + sums).
+    /// Bytes held (weights + offsets).
     pub fn memory_bytes(&self) -> usize {
-        self.data.len() + self.row_sums.len() * 4
+        self.data.len() + self.offsets.len() * 4
     }
 
     fn panel(&self, p: usize) -> &[i8] {
@@ -304,7 +306,7 @@ pub fn gemm_packed_with(xp: &PackedI8Acts, w: &PackedI8Weights, epilogue: &dyn E
             for j in 0..panels {
                 let col0 = n0 + j * NR_I8;
                 let cols = NR_I8.min(n - col0);
-                let tile = Tile { x: xp.panel(p).as_ptr(), w: w.panel(col0 / NR_I8).as_ptr(), sums: w.row_sums[col0..].as_ptr(), groups: w.k4 / 4, mr: xp.mr, tokens, cols };
+                let tile = Tile { x: xp.panel(p).as_ptr(), w: w.panel(col0 / NR_I8).as_ptr(), offsets: w.offsets[col0..].as_ptr(), groups: w.k4 / 4, mr: xp.mr, tokens, cols };
                 // SAFETY: the panels hold `groups` k-groups; `acc` holds MAX_MR rows of NR_I8.
                 // Each (p, col0) tile is produced by this task alone, as the epilogue requires.
                 unsafe {
@@ -337,18 +339,13 @@ fn amx_columns(xp: &PackedI8Acts, w: &PackedI8Weights, n0: usize, epilogue: &dyn
     let (n, m) = (w.n, xp.m);
     let panels = NC.min(n - n0).div_ceil(NR_I8);
     let (ldc, token_panels, k_steps) = (panels * NR_I8, m.div_ceil(AMX_MR), w.k4.div_ceil(amx::K_STEP));
-    // Per column panel, the offset every token's results start from.
-    let mut offsets = AlignedVec::filled(0i32, panels * NR_I8);
-    for (o, &s) in offsets.iter_mut().zip(&w.row_sums[n0..n0 + panels * NR_I8]) {
-        *o = -(s << 7);
-    }
     RESULTS.with_borrow_mut(|acc| {
         let len = token_panels * AMX_MR * ldc;
         if acc.len() < len {
             *acc = AlignedVec::filled(0, len);
         }
         if k_steps == 0 {
-            // No products, and the weight sums are 0.
+            // No products, and the offsets are 0.
             acc.fill(0);
         }
         for ks in (0..k_steps).step_by(AMX_BLOCK_STEPS) {
@@ -359,11 +356,11 @@ fn amx_columns(xp: &PackedI8Acts, w: &PackedI8Weights, n0: usize, epilogue: &dyn
                     // Groups of this block in panel n0 / NR_I8 + j; the last block may read up to
                     // 15 groups past the panel, which the weights' slack covers.
                     let b = w.data.as_ptr().wrapping_add((n0 / NR_I8 + j) * w.k4 * NR_I8 + ks * 16 * NR_I8 * 4);
-                    let start = if ks == 0 { Start::Bias(offsets[j * NR_I8..].as_ptr()) } else { Start::Accumulate };
+                    let start = if ks == 0 { Start::Bias(w.offsets[n0 + j * NR_I8..][..NR_I8].as_ptr()) } else { Start::Accumulate };
                     // SAFETY: AMX is supported (checked by the caller); the activation panel holds
                     // 32 rows of kp >= k_steps * 64 bytes, the weights k_steps * 16 groups from the
                     // panel start (with the slack), `acc` 32 rows of ldc from this tile's corner,
-                    // `offsets` 32 values (64-byte aligned: NR_I8 int32 are 128 bytes) from j's.
+                    // the weights' offsets 32 values (64-byte aligned: NR_I8 int32 are 128 bytes) from j's.
                     unsafe { amx::tile_32x32(a, xp.kp, b, NR_I8 * 4, steps, acc.as_mut_ptr().add(p * AMX_MR * ldc + j * NR_I8), ldc, start) };
                 }
             }
@@ -385,7 +382,8 @@ const MAX_MR: usize = AMX_MR;
 struct Tile {
     x: *const u8,
     w: *const i8,
-    sums: *const i32,
+    /// The columns' `PackedI8Weights::offsets`.
+    offsets: *const i32,
     groups: usize,
     /// rows of the packed activation panel
     mr: usize,
@@ -449,13 +447,13 @@ impl Tile {
         }
         let mask = |lo: usize| -> __mmask16 { if self.cols >= lo + 16 { 0xFFFF } else if self.cols > lo { ((1u32 << (self.cols - lo)) - 1) as u16 } else { 0 } };
         let (m0, m1) = (mask(0), mask(16));
-        // Undo the +128 offset: subtract 128 * sum_k w.
-        let s0 = _mm512_slli_epi32::<7>(_mm512_maskz_loadu_epi32(m0, self.sums));
-        let s1 = _mm512_slli_epi32::<7>(_mm512_maskz_loadu_epi32(m1, self.sums.add(16)));
+        // Undo the +128 offset: add -128 * sum_k w.
+        let s0 = _mm512_maskz_loadu_epi32(m0, self.offsets);
+        let s1 = _mm512_maskz_loadu_epi32(m1, self.offsets.add(16));
         for i in 0..MR {
             if i < self.tokens {
-                _mm512_mask_storeu_epi32(y.add(i * ldy), m0, _mm512_sub_epi32(c0[i], s0));
-                _mm512_mask_storeu_epi32(y.add(i * ldy + 16), m1, _mm512_sub_epi32(c1[i], s1));
+                _mm512_mask_storeu_epi32(y.add(i * ldy), m0, _mm512_add_epi32(c0[i], s0));
+                _mm512_mask_storeu_epi32(y.add(i * ldy + 16), m1, _mm512_add_epi32(c1[i], s1));
             }
         }
     }
@@ -515,7 +513,7 @@ impl Tile {
         self.store256(&c, y, ldy, false);
     }
 
-    /// Stores 256-bit accumulators (4 per token row), minus 128 * row sums when `offset`.
+    /// Stores 256-bit accumulators (4 per token row), plus the columns' offsets when `offset`.
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     unsafe fn store256<const MR: usize>(&self, c: &[[std::arch::x86_64::__m256i; 4]; MR], y: *mut i32, ldy: usize, offset: bool) {
@@ -526,8 +524,8 @@ impl Tile {
                 _mm256_storeu_si256(buf.as_mut_ptr().add(q * 8) as *mut __m256i, ci[q]);
             }
             for (col, v) in buf.iter().enumerate().take(self.cols) {
-                let fix = if offset { 128 * *self.sums.add(col) } else { 0 };
-                *y.add(i * ldy + col) = v - fix;
+                let fix = if offset { *self.offsets.add(col) } else { 0 };
+                *y.add(i * ldy + col) = v + fix;
             }
         }
     }
