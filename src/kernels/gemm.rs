@@ -227,8 +227,8 @@ unsafe fn transpose16_avx512(src: *const f32, lds: usize, rows: usize, dst: *mut
 #[allow(clippy::too_many_arguments)]
 unsafe fn kernel_avx512(xp: *const f32, wp: *const f32, kc: usize, y: *mut f32, ldy: usize, tokens: usize, cols: usize, acc: bool) {
     use std::arch::x86_64::*;
-    let mask0: __mmask16 = if cols >= 16 { 0xFFFF } else { ((1u32 << cols) - 1) as u16 };
-    let mask1: __mmask16 = if cols >= 32 { 0xFFFF } else if cols > 16 { ((1u32 << (cols - 16)) - 1) as u16 } else { 0 };
+    use super::ops::first_lanes;
+    let (mask0, mask1) = (first_lanes(cols), first_lanes(cols.saturating_sub(16)));
     let mut c0 = [_mm512_setzero_ps(); MR];
     let mut c1 = [_mm512_setzero_ps(); MR];
     if acc {

@@ -445,8 +445,8 @@ impl Tile {
                 c1[i] = _mm512_dpbusd_epi32(c1[i], a, b1);
             }
         }
-        let mask = |lo: usize| -> __mmask16 { if self.cols >= lo + 16 { 0xFFFF } else if self.cols > lo { ((1u32 << (self.cols - lo)) - 1) as u16 } else { 0 } };
-        let (m0, m1) = (mask(0), mask(16));
+        use super::ops::first_lanes;
+        let (m0, m1) = (first_lanes(self.cols), first_lanes(self.cols.saturating_sub(16)));
         // Undo the +128 offset: add -128 * sum_k w.
         let s0 = _mm512_maskz_loadu_epi32(m0, self.offsets);
         let s1 = _mm512_maskz_loadu_epi32(m1, self.offsets.add(16));

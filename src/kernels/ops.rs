@@ -198,8 +198,7 @@ unsafe fn max_of_avx512(x: &[f32]) -> f32 {
         m = _mm512_max_ps(_mm512_loadu_ps(c.as_ptr()), m);
     }
     let tail = chunks.remainder();
-    let mask = (1u32 << tail.len()) as u16 - 1;
-    m = _mm512_max_ps(_mm512_mask_loadu_ps(m, mask, tail.as_ptr()), m);
+    m = _mm512_max_ps(_mm512_mask_loadu_ps(m, first_lanes(tail.len()), tail.as_ptr()), m);
     _mm512_reduce_max_ps(m)
 }
 
@@ -214,6 +213,13 @@ pub fn max_abs(x: &[f32]) -> f32 {
         }
     }
     tail.iter().fold(lanes_max(lane_max), |m, v| max_select(v.abs(), m))
+}
+
+/// The mask of a 16-lane vector's first min(count, 16) lanes: masked loads and stores at the
+/// end of a slice or tile.
+#[inline(always)]
+pub fn first_lanes(count: usize) -> u16 {
+    ((1u32 << count.min(16)) - 1) as u16
 }
 
 /// Soft-capping, cap * tanh(x / cap), in place (Gemma 2's attention scores and final logits).
@@ -350,7 +356,7 @@ unsafe fn weighted_sum_avx512(y: &mut [f32], terms: &[(f32, &[f32])]) {
         i += 64;
     }
     while i < n {
-        let mask = (u32::MAX >> (32 - 16.min(n - i))) as u16;
+        let mask = first_lanes(n - i);
         let (a0, x0) = terms[0];
         let mut acc = _mm512_mul_ps(_mm512_set1_ps(a0), _mm512_maskz_loadu_ps(mask, x0.as_ptr().add(i)));
         for &(ae, xe) in &terms[1..] {

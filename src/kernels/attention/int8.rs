@@ -313,7 +313,7 @@ unsafe fn max_pair_avx512(x: &[f32], v_ln: &[f32]) -> [f32; 2] {
     use std::arch::x86_64::*;
     let (mut m0, mut m1) = (_mm512_set1_ps(f32::NEG_INFINITY), _mm512_set1_ps(f32::NEG_INFINITY));
     for i in (0..x.len()).step_by(LANES) {
-        let mask = (u32::MAX >> (32 - LANES.min(x.len() - i))) as u16;
+        let mask = crate::kernels::ops::first_lanes(x.len() - i);
         let s = _mm512_maskz_loadu_ps(mask, x.as_ptr().add(i));
         let l = _mm512_maskz_loadu_ps(mask, v_ln.as_ptr().add(i));
         m0 = _mm512_mask_max_ps(m0, mask, s, m0);
