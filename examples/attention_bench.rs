@@ -2,9 +2,10 @@
 //! 64): the last 512-token chunk of a prompt of 512, 2,048 and 4,096 tokens, against this
 //! machine's f32 FMA peak measured in the same run (and, for the int8 kernel, the vpdpbusd
 //! peak). The tiled kernel in f32 and in int8, and their portable twins (`--simd-only` skips
-//! those: minutes at 4,096).
+//! those: minutes at 4,096); `--only int8` (or f32) keeps the kernels whose name has that word,
+//! for a profile of one of them.
 //!
-//!     cargo run --release --example attention_bench [-- REPS] [--simd-only]
+//!     cargo run --release --example attention_bench [-- REPS] [--simd-only] [--only WORD]
 
 use llm_npu::kernels::attention::{causal_attention_in, causal_attention_portable_in, AttnShape, Precision};
 use llm_npu::measure::bench::median_secs;
@@ -14,7 +15,9 @@ fn main() {
     llm_npu::engine::init_threads(None).unwrap();
     let reps: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(5);
     let limits = llm_npu::measure::limits::measure();
-    let simd_only = std::env::args().any(|a| a == "--simd-only");
+    let args: Vec<String> = std::env::args().collect();
+    let simd_only = args.iter().any(|a| a == "--simd-only");
+    let only = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)).cloned().unwrap_or_default();
     println!(
         "f32 peak {:.0} GFLOP/s ({}), int8 peak {:.0} GOP/s ({}), {} threads; median of {reps}",
         limits.f32_gflops, limits.f32_kernel, limits.int8_gops, limits.int8_kernel, limits.threads
@@ -42,7 +45,7 @@ fn main() {
             ("int8 portable twin", causal_attention_portable_in, Precision::Int8, true),
         ];
         for (name, kernel, precision, portable) in kernels {
-            if portable && simd_only {
+            if (portable && simd_only) || !name.contains(only.as_str()) {
                 continue;
             }
             let t = median_secs(reps, || kernel(precision, &q, &k, &v, s, &mut out));

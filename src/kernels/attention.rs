@@ -280,6 +280,7 @@ impl Task<'_> {
                 self.tile_softmax_i8::<VNNI>(kv, b, 0..rows, j0, j1, None);
                 self.tile_values_i8::<VNNI>(kv, b, rows, j0, j1);
             }
+            b.int8.finish_sums(&mut b.sum);
         } else {
             for j0 in (first..end).step_by(KEY_TILE) {
                 let j1 = (j0 + KEY_TILE).min(end);
@@ -398,20 +399,21 @@ impl Task<'_> {
         if let Some(cap) = self.s.softcap {
             softcap(seen, cap);
         }
-        Some((a, e, self.raise_max(r, max_of_simd::<SIMD>(seen), max, sum, o)))
+        Some((a, e, self.raise_max(r, max_of_simd::<SIMD>(seen), exp_fast, max, std::slice::from_mut(sum), o)))
     }
 
-    /// Row r's running max raised to `tile_max`, its running sum and output (row r of `o`)
-    /// rescaled to it; returns the new max.
+    /// Row r's running max raised to `tile_max`, its running sum (one value, or the int8 path's
+    /// lane sums) and output (row r of `o`) rescaled to it by `exp` of the difference (the
+    /// exponential of the scores' base); returns the new max.
     #[inline(always)]
-    fn raise_max(&self, r: usize, tile_max: f32, max: &mut f32, sum: &mut f32, o: &mut [f32]) -> f32 {
+    fn raise_max(&self, r: usize, tile_max: f32, exp: impl Fn(f32) -> f32, max: &mut f32, sum: &mut [f32], o: &mut [f32]) -> f32 {
         let hd = self.s.head_dim;
         let new_max = max.max(tile_max);
-        // exp_fast(0) is exactly 1: skip its latency when the max holds, as it mostly does.
-        let alpha = if new_max == *max { 1.0 } else { exp_fast(*max - new_max) };
+        // Skip the exponential's latency when the max holds, as it mostly does.
+        let alpha = if new_max == *max { 1.0 } else { exp(*max - new_max) };
         *max = new_max;
-        *sum *= alpha;
         if alpha != 1.0 {
+            sum.iter_mut().for_each(|x| *x *= alpha);
             o[r * hd..(r + 1) * hd].iter_mut().for_each(|x| *x *= alpha);
         }
         new_max

@@ -5,13 +5,20 @@
 //! Quantization (symmetric, round to nearest even, as `kernels::quantize`):
 //! - keys per slot (one scale over its head_dim values) after taking out each dimension's mean
 //!   over the slots (as SageAttention does; it moves every score of a row by the same amount),
-//!   queries per row: a score is (sum_d q8 k8) * q_scale * k_scale, the attention scale folded
-//!   into q_scale;
+//!   queries per row: a score is (sum_d q8 k8) * q_scale * k_scale, the attention scale and
+//!   log2(e) folded into q_scale, so scores are in base 2 (p_j = 2^(s_j - reference));
 //! - values per slot, folded into the probabilities: p'_j = p_j * v_scale_j is quantized per row
-//!   and key tile to 0..=255 against the tile's largest p'_j (found before any exponential as
-//!   e^(max_j (s_j + ln v_scale_j) - row max)), so o += (sum_j p8_j v8_j) * max / 255.
-//!   Scaling per tile keeps small probabilities (a diffuse row, or a tile far below the row's
-//!   maximum) at full resolution.
+//!   and key tile to 0..=255 against the tile's largest p'_j, so o += (sum_j p8_j v8_j) * max /
+//!   255. In base 2 that is one subtraction per key: with w_j = s_j + log2 v_scale_j (what the
+//!   scores epilogue stores) and W the tile's largest w_j, p8_j = round(2^(w_j - W + log2 255)),
+//!   and the row's sum of p_j is sum_j 2^(w_j - W + log2 255) / v_scale_j times
+//!   2^(W - reference) / 255. Scaling per tile keeps small probabilities (a diffuse row, or a
+//!   tile far below the row's maximum) at full resolution.
+//!
+//! The online softmax's running reference is the row's largest weighted score so far, not its
+//! largest score: the softmax is the same for any reference, and this one keeps every term in
+//! range (2^(s_j - reference) <= 1 / v_scale_j <= 2^64) while sparing the scores epilogue a
+//! second maximum.
 //!
 //! `vpdpbusd` and `tdpbusd` multiply unsigned by signed bytes: probabilities are unsigned already; queries
 //! are offset by +128 and 128 * sum_d k8 is subtracted per key (`k_offset`, which AMX products
@@ -28,7 +35,7 @@ use rayon::prelude::*;
 
 use super::{AttnShape, Task, KEY_TILE, LANES, ROWS};
 use crate::kernels::aligned::AlignedVec;
-use crate::kernels::ops::{lanes_max, lanes_sum, max_abs, max_select, softcap, sum};
+use crate::kernels::ops::{lanes_sum, max_abs, max_of_simd, max_select, softcap, sum};
 use crate::kernels::quantize::{quantize_value, QMAX};
 
 /// Every slot a batch sees, quantized once per attention call for all its tasks.
@@ -48,10 +55,12 @@ struct HeadStore {
     k_offset: AlignedVec<i32>,
     k_scale: Vec<f32>,
     v: AlignedVec<i8>,
-    v_scale: Vec<f32>,
-    /// ln v_scale (-inf for a zero scale): `tile_softmax_i8` finds a row's largest p_j v_scale_j
-    /// as e^max(s_j + ln v_scale_j - max) before any exponential.
-    v_ln: Vec<f32>,
+    /// log2 of each slot's value scale (0 past the cache), added to its scores: the weighted
+    /// scores w_j whose largest sets a tile's probability scale.
+    v_log2: Vec<f32>,
+    /// 1 / each slot's value scale (0 past the cache): takes it back out of the weighted
+    /// probabilities for the row's sum.
+    v_inv: Vec<f32>,
 }
 
 /// One KV head's quantized keys and values.
@@ -61,8 +70,8 @@ pub(super) struct HeadKv<'a> {
     k_offset: &'a [i32],
     k_scale: &'a [f32],
     v: &'a [i8],
-    v_scale: &'a [f32],
-    v_ln: &'a [f32],
+    v_log2: &'a [f32],
+    v_inv: &'a [f32],
     groups: usize,
     pitch: usize,
 }
@@ -90,7 +99,7 @@ impl QuantizedKv {
     pub(super) fn head(&self, h: usize) -> HeadKv<'_> {
         let st = &self.heads[h];
         debug_assert!(st.v.len() % (4 * self.head_dim.max(1)) == 0);
-        HeadKv { k: &st.k, k_offset: &st.k_offset, k_scale: &st.k_scale, v: &st.v, v_scale: &st.v_scale, v_ln: &st.v_ln, groups: self.groups, pitch: self.pitch }
+        HeadKv { k: &st.k, k_offset: &st.k_offset, k_scale: &st.k_scale, v: &st.v, v_log2: &st.v_log2, v_inv: &st.v_inv, groups: self.groups, pitch: self.pitch }
     }
 }
 
@@ -104,8 +113,8 @@ fn quantize_head(kt: &[f32], v: &[f32], s: AttnShape, n: usize, groups: usize, p
         k_offset: AlignedVec::filled(0, pitch),
         k_scale: vec![0.0; stride],
         v: AlignedVec::filled(0, (stride + AMX_STEP_KEYS) * hd),
-        v_scale: vec![0.0; stride],
-        v_ln: Vec::new(),
+        v_log2: vec![0.0; stride],
+        v_inv: vec![0.0; stride],
     };
     // Keys: dimension d of slot j at kt[d * stride + j]; slots are the inner loop.
     // Each dimension's mean over the slots is taken out first: q.(k - mean) differs
@@ -133,19 +142,24 @@ fn quantize_head(kt: &[f32], v: &[f32], s: AttnShape, n: usize, groups: usize, p
             store.k_offset[j] -= 128 * q as i32;
         }
     }
-    // Values: slot j's dimensions contiguous at v[j * hd..].
+    // Values: slot j's dimensions contiguous at v[j * hd..]. A scale is at least V_SCALE_MIN
+    // (an all-zero or non-finite slot gets it, with zeros), so that 1 / scale stays finite.
     for (j, vj) in v[..n * hd].chunks_exact(hd.max(1)).enumerate().take(n) {
         let m = max_abs(vj);
-        let inv = inverse_scale(m);
-        store.v_scale[j] = m / QMAX;
+        let (scale, inv) = if m.is_finite() && m / QMAX >= V_SCALE_MIN { (m / QMAX, QMAX / m) } else { (V_SCALE_MIN, if m.is_finite() { 1.0 / V_SCALE_MIN } else { 0.0 }) };
+        store.v_log2[j] = scale.log2();
+        store.v_inv[j] = 1.0 / scale;
         let group = &mut store.v[(j / 4) * hd * 4..(j / 4 + 1) * hd * 4];
         for (dd, &x) in vj.iter().enumerate() {
             group[dd * 4 + j % 4] = quantize_value(x, inv);
         }
     }
-    store.v_ln = store.v_scale.iter().map(|v| v.ln()).collect();
     store
 }
+
+/// The smallest value scale (2^-64): a tile's weighted probabilities are at most 255, so the
+/// row sum's terms p'_j / v_scale_j stay below 2^72.
+const V_SCALE_MIN: f32 = f32::from_bits((127 - 64) << 23);
 
 /// `quantize_head` compiled for AVX-512: the same scalar code, which the compiler vectorizes
 /// 16 wide instead of 4 (it was 5% of a 2,048-token prefill, every chunk quantizing the cache).
@@ -176,11 +190,21 @@ pub(super) struct Buffers {
     p: AlignedVec<u8>,
     /// Per row: what one step of `p` is worth.
     p_scale: Vec<f32>,
+    /// Per row: its running sum of probabilities in 16 lane sums, added up once at the end
+    /// (`finish_sums`) rather than per key tile.
+    sum_lanes: Vec<[f32; LANES]>,
     /// A block of rows' q.k sums over the key tile from AMX, [AMX_ROWS][C_PITCH] int32.
     c: AlignedVec<i32>,
 }
 
 impl Buffers {
+    /// Each row's running sum (`sum`, one per row) from its lane sums.
+    pub(super) fn finish_sums(&self, sum: &mut [f32]) {
+        for (s, lanes) in sum.iter_mut().zip(&self.sum_lanes) {
+            *s = lanes_sum(*lanes);
+        }
+    }
+
     /// Readies the buffers for a task of `rows` rows and quantizes its queries ([rows][hd]
     /// floats), one scale per row.
     pub(super) fn start_task(&mut self, q: &[f32], rows: usize, hd: usize, scale: f32) {
@@ -189,6 +213,8 @@ impl Buffers {
         self.p.refill(blocks * KEY_TILE, 0);
         self.p_scale.clear();
         self.p_scale.resize(rows, 0.0);
+        self.sum_lanes.clear();
+        self.sum_lanes.resize(rows, [0.0; LANES]);
         if self.c.len() != AMX_ROWS * C_PITCH {
             self.c = AlignedVec::filled(0, AMX_ROWS * C_PITCH);
         }
@@ -196,7 +222,7 @@ impl Buffers {
         for (r, row) in q[..rows * hd].chunks_exact(hd).enumerate() {
             let m = max_abs(row);
             let inv = inverse_scale(m);
-            self.q_scale.push(m / QMAX * scale);
+            self.q_scale.push(m / QMAX * (scale * std::f32::consts::LOG2_E));
             for (o, &x) in self.q[r * width..r * width + hd].iter_mut().zip(row) {
                 *o = (quantize_value(x, inv) as u8).wrapping_add(128);
             }
@@ -204,125 +230,81 @@ impl Buffers {
     }
 }
 
-/// out_j = round(e^(x_j - max) * scale_j * inv) in 0..=255; returns the sum of the exponentials
-/// (over 16 lane sums, as `ops::exp_minus`).
+/// out_j = round(2^(w_j - c)) in 0..=255 (w_j - c is at most log2 255, give or take the
+/// exponential's error: rounding saturates); adds sum_j 2^(w_j - c) * inv_j, summed in 16 lanes
+/// (the last partial chunk's lanes like a whole one's) and times `scale`, to `sum`'s lanes.
 #[inline(always)]
-fn exp_quantize<const SIMD: bool>(x: &[f32], max: f32, scales: &[f32], inv: f32, out: &mut [u8]) -> f32 {
-    assert!(scales.len() == x.len() && out.len() == x.len());
-    let whole = x.len() / LANES * LANES;
-    let mut lane_sum = [0f32; LANES];
+fn exp_quantize<const SIMD: bool>(w: &[f32], c: f32, inv: &[f32], out: &mut [u8], scale: f32, sum: &mut [f32; LANES]) {
+    assert!(inv.len() == w.len() && out.len() == w.len());
     #[cfg(target_arch = "x86_64")]
     if SIMD {
         // SAFETY: SIMD is only set on the VNNI and AMX paths, whose CPUs have avx512f and bw.
-        unsafe { exp_quantize_avx512(&x[..whole], max, &scales[..whole], inv, &mut out[..whole], &mut lane_sum) };
+        unsafe { exp_quantize_avx512(w, c, inv, out, scale, sum) };
+        return;
     }
-    if !SIMD || cfg!(not(target_arch = "x86_64")) {
-        for ((c, s), o) in x[..whole].as_chunks::<LANES>().0.iter().zip(scales.as_chunks::<LANES>().0).zip(out.as_chunks_mut::<LANES>().0) {
-            for l in 0..LANES {
-                let p = exp2_coarse((c[l] - max) * std::f32::consts::LOG2_E);
-                lane_sum[l] += p;
-                o[l] = quantize_unsigned(p * s[l], inv);
-            }
+    let mut lane_sum = [0f32; LANES];
+    for ((x, i), o) in w.chunks(LANES).zip(inv.chunks(LANES)).zip(out.chunks_mut(LANES)) {
+        for l in 0..x.len() {
+            let p = exp2_coarse(x[l] - c);
+            lane_sum[l] += p * i[l];
+            o[l] = round_unsigned(p);
         }
     }
-    let mut sum = lanes_sum(lane_sum);
-    for ((&v, &s), o) in x[whole..].iter().zip(&scales[whole..]).zip(&mut out[whole..]) {
-        let p = exp2_coarse((v - max) * std::f32::consts::LOG2_E);
-        sum += p;
-        *o = quantize_unsigned(p * s, inv);
+    for (s, l) in sum.iter_mut().zip(lane_sum) {
+        *s += l * scale;
     }
-    sum
 }
 
-/// The whole 16-lane chunks of `exp_quantize`, the same operations in the same order with the
-/// lane sums in a register (the compiler keeps the portable loop's array on the stack, and a
-/// store feeding the next load stalls every iteration).
+/// `exp_quantize` in registers: the same operations in the same order with the lane sums in a
+/// register (the compiler keeps the portable loop's array on the stack, and a store feeding the
+/// next load stalls every iteration).
 #[cfg(target_arch = "x86_64")]
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn exp_quantize_avx512(x: &[f32], max: f32, scales: &[f32], inv: f32, out: &mut [u8], lane_sum: &mut [f32; LANES]) {
+unsafe fn exp_quantize_avx512(w: &[f32], c: f32, inv: &[f32], out: &mut [u8], scale: f32, lane_sums: &mut [f32; LANES]) {
     use std::arch::x86_64::*;
-    debug_assert!(x.len() % LANES == 0 && scales.len() == x.len() && out.len() == x.len());
-    let (vmax, log2e, floor) = (_mm512_set1_ps(max), _mm512_set1_ps(std::f32::consts::LOG2_E), _mm512_set1_ps(EXP2_FLOOR));
-    let (vinv, top) = (_mm512_set1_ps(inv), _mm512_set1_ps(255.0));
-    let c = EXP2_CUBIC.map(|c| _mm512_set1_ps(c));
+    debug_assert!(inv.len() == w.len() && out.len() == w.len());
+    let (vc, floor) = (_mm512_set1_ps(c), _mm512_set1_ps(EXP2_FLOOR));
+    let k = EXP2_CUBIC.map(|c| _mm512_set1_ps(c));
     let mut sum = _mm512_setzero_ps();
-    // The rounded 16 values of chunk i, their exponentials added to `sum` in chunk order.
-    let mut chunk = |i: usize| {
+    // The rounded 16 values from i on (the lanes of `mask`; the others add nothing), their
+    // weighted exponentials added to `sum` in chunk order.
+    let mut chunk = |i: usize, mask: u16| {
         // exp2_coarse; _mm512_max_ps(a, b) is a > b ? a : b, as max_select.
-        let y = _mm512_max_ps(_mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(x.as_ptr().add(i)), vmax), log2e), floor);
+        let y = _mm512_max_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(mask, w.as_ptr().add(i)), vc), floor);
         // n = y rounded to nearest even (what adding and taking away EXP2_ROUND gives), and
         // poly * 2^n by vscalefps: the same exactly rounded product as multiplying by 2^n's bits.
         let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(y);
         let f = _mm512_sub_ps(y, n);
-        let poly = _mm512_add_ps(c[0], _mm512_mul_ps(f, _mm512_add_ps(c[1], _mm512_mul_ps(f, _mm512_add_ps(c[2], _mm512_mul_ps(f, c[3]))))));
+        let poly = _mm512_add_ps(k[0], _mm512_mul_ps(f, _mm512_add_ps(k[1], _mm512_mul_ps(f, _mm512_add_ps(k[2], _mm512_mul_ps(f, k[3]))))));
         let p = _mm512_scalef_ps(poly, n);
-        sum = _mm512_add_ps(sum, p);
-        // quantize_unsigned(p * scale, inv) for a product that is never negative: at most 255,
-        // then rounded to nearest even (vcvtps2dq in the default rounding mode, which nothing
-        // here changes).
-        let v = _mm512_mul_ps(_mm512_mul_ps(p, _mm512_loadu_ps(scales.as_ptr().add(i))), vinv);
-        _mm512_cvtps_epi32(_mm512_min_ps(v, top))
+        sum = _mm512_mask_add_ps(sum, mask, sum, _mm512_mul_ps(p, _mm512_maskz_loadu_ps(mask, inv.as_ptr().add(i))));
+        // round_unsigned(p): p is never negative, and a value past 255 saturates in the
+        // narrowing; rounded to nearest even (vcvtps2dq in the default rounding mode, which
+        // nothing here changes).
+        _mm512_cvtps_epi32(p)
     };
-    // 64 at a time, narrowed by two packs (which interleave the four chunks per 128-bit lane,
-    // put back in order by one permute) and stored whole: a narrowing store per 16 (vpmovusdb
-    // to memory) held the loop at its throughput.
+    // 64 at a time, narrowed by two saturating packs (which interleave the four chunks per
+    // 128-bit lane, put back in order by one permute) and stored whole: a narrowing store per
+    // 16 (vpmovusdb to memory) held the loop at its throughput.
     let order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
-    let whole = x.len() / 64 * 64;
+    let whole = w.len() / 64 * 64;
     for i in (0..whole).step_by(64) {
-        let (q0, q1, q2, q3) = (chunk(i), chunk(i + 16), chunk(i + 32), chunk(i + 48));
+        let (q0, q1, q2, q3) = (chunk(i, u16::MAX), chunk(i + 16, u16::MAX), chunk(i + 32, u16::MAX), chunk(i + 48, u16::MAX));
         let bytes = _mm512_packus_epi16(_mm512_packus_epi32(q0, q1), _mm512_packus_epi32(q2, q3));
         _mm512_storeu_si512(out.as_mut_ptr().add(i) as *mut __m512i, _mm512_permutexvar_epi32(order, bytes));
     }
-    for i in (whole..x.len()).step_by(LANES) {
-        _mm_storeu_si128(out.as_mut_ptr().add(i) as *mut __m128i, _mm512_cvtepi32_epi8(chunk(i)));
+    for i in (whole..w.len()).step_by(LANES) {
+        let mask = crate::kernels::ops::first_lanes(w.len() - i);
+        _mm512_mask_cvtusepi32_storeu_epi8(out.as_mut_ptr().add(i) as *mut i8, mask, chunk(i, mask));
     }
-    _mm512_storeu_ps(lane_sum.as_mut_ptr(), sum);
-}
-
-/// [max_j x_j, max_j (x_j + v_ln_j)] (NaNs skipped, -inf for none): a row's tile max, and the
-/// log of its largest probability times value scale before subtracting the max.
-#[inline(always)]
-fn max_pair<const SIMD: bool>(x: &[f32], v_ln: &[f32]) -> [f32; 2] {
-    assert_eq!(x.len(), v_ln.len());
-    #[cfg(target_arch = "x86_64")]
-    if SIMD {
-        // SAFETY: as in exp_quantize.
-        return unsafe { max_pair_avx512(x, v_ln) };
-    }
-    let mut lanes = [[f32::NEG_INFINITY; LANES]; 2];
-    let (chunks, tail) = x.as_chunks::<LANES>();
-    for (c, l) in chunks.iter().zip(v_ln.as_chunks::<LANES>().0) {
-        for i in 0..LANES {
-            lanes[0][i] = max_select(c[i], lanes[0][i]);
-            lanes[1][i] = max_select(c[i] + l[i], lanes[1][i]);
-        }
-    }
-    let mut m = lanes.map(lanes_max);
-    for (&s, &l) in tail.iter().zip(&v_ln[chunks.len() * LANES..]) {
-        m = [max_select(s, m[0]), max_select(s + l, m[1])];
-    }
-    m
-}
-
-/// `max_pair` in registers: a maximum does not depend on the order it is taken in.
-#[cfg(target_arch = "x86_64")]
-#[inline]
-#[target_feature(enable = "avx512f")]
-unsafe fn max_pair_avx512(x: &[f32], v_ln: &[f32]) -> [f32; 2] {
-    use std::arch::x86_64::*;
-    let (mut m0, mut m1) = (_mm512_set1_ps(f32::NEG_INFINITY), _mm512_set1_ps(f32::NEG_INFINITY));
-    for i in (0..x.len()).step_by(LANES) {
-        let mask = crate::kernels::ops::first_lanes(x.len() - i);
-        let s = _mm512_maskz_loadu_ps(mask, x.as_ptr().add(i));
-        let l = _mm512_maskz_loadu_ps(mask, v_ln.as_ptr().add(i));
-        m0 = _mm512_mask_max_ps(m0, mask, s, m0);
-        m1 = _mm512_mask_max_ps(m1, mask, _mm512_add_ps(s, l), m1);
-    }
-    [_mm512_reduce_max_ps(m0), _mm512_reduce_max_ps(m1)]
+    let to = lane_sums.as_mut_ptr();
+    _mm512_storeu_ps(to, _mm512_add_ps(_mm512_loadu_ps(to), _mm512_mul_ps(sum, _mm512_set1_ps(scale))));
 }
 
 const EXP2_FLOOR: f32 = -126.0;
+/// log2 255: the tile's largest weighted score quantizes to 255.
+const LOG2_255: f32 = 7.994_353_4;
 const EXP2_ROUND: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to a whole number
 /// 2^f on |f| <= 1/2, fitted to the relative error: c0 + f (c1 + f (c2 + f c3)).
 const EXP2_CUBIC: [f32; 4] = [0.999_928_95, 0.693_276_2, 0.242_604_05, 0.055_088_684];
@@ -342,11 +324,11 @@ fn exp2_coarse(y: f32) -> f32 {
     p * f32::from_bits(t.to_bits().wrapping_sub(EXP2_ROUND.to_bits() - 127) << 23)
 }
 
-/// round(x * inv) for x * inv in 0..=255 (probabilities: never negative), ties to even.
+/// x (a weighted probability: never negative) rounded to nearest even, at most 255.
 #[inline(always)]
-fn quantize_unsigned(x: f32, inv: f32) -> u8 {
+fn round_unsigned(x: f32) -> u8 {
     const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23, as in kernels::quantize
-    let y = (x * inv).clamp(0.0, 255.0);
+    let y = x.clamp(0.0, 255.0);
     (y + ROUND).to_bits().wrapping_sub(ROUND.to_bits()) as u8
 }
 
@@ -382,11 +364,11 @@ impl Task<'_> {
     /// `tile_softmax` for the int8 path: each row's probabilities times the value scales,
     /// quantized over the tile into b.int8.p (0 for keys the row does not see), in one pass.
     /// The exponential is `exp2_coarse`: the probabilities keep 8 bits, so 1e-4 is exact enough,
-    /// and it costs half of `exp_fast`. The quantization scale, the row's largest p_j v_scale_j,
-    /// comes before any exponential from `max_pair` (or the AMX epilogue, `maxima`, one
-    /// [max, weighted max] per row of `rows`).
+    /// and it costs half of `exp_fast`. The quantization scale, the row's largest weighted score,
+    /// comes before any exponential (from the AMX epilogue, `maxima`, one per row of `rows`,
+    /// which stored the weighted scores already).
     #[inline(always)]
-    pub(super) fn tile_softmax_i8<const VNNI: bool>(&self, kv: &HeadKv, b: &mut super::Buffers, rows: std::ops::Range<usize>, j0: usize, j1: usize, maxima: Option<&[[f32; 2]]>) {
+    pub(super) fn tile_softmax_i8<const VNNI: bool>(&self, kv: &HeadKv, b: &mut super::Buffers, rows: std::ops::Range<usize>, j0: usize, j1: usize, maxima: Option<&[f32]>) {
         let width = (j1 - j0).next_multiple_of(LANES);
         let b8 = &mut b.int8;
         for r in rows.clone() {
@@ -396,24 +378,27 @@ impl Task<'_> {
                 dst.fill(0);
                 continue;
             }
-            let seen = &mut b.p[r * KEY_TILE + a - j0..r * KEY_TILE + e - j0];
-            let [tile_max, weighted_max] = match maxima {
+            let weighted = &mut b.p[r * KEY_TILE + a - j0..r * KEY_TILE + e - j0];
+            let weighted_max = match maxima {
                 Some(m) => m[r - rows.start],
                 None => {
                     if let Some(cap) = self.s.softcap {
-                        softcap(seen, cap);
+                        // cap tanh(s / cap) in base 2: the cap converted with the scores.
+                        softcap(weighted, cap * std::f32::consts::LOG2_E);
                     }
-                    max_pair::<VNNI>(seen, &kv.v_ln[a..e])
+                    weighted.iter_mut().zip(&kv.v_log2[a..e]).for_each(|(x, l)| *x += l);
+                    max_of_simd::<VNNI>(weighted)
                 }
             };
-            let max = self.raise_max(r, tile_max, &mut b.max[r], &mut b.sum[r], &mut b.o);
-            // The largest p_j v_scale_j (to exp2_coarse's 1e-4; quantizing clamps at 255).
-            let m = if weighted_max > f32::NEG_INFINITY { exp2_coarse((weighted_max - max) * std::f32::consts::LOG2_E) } else { 0.0 };
-            let inv = if m > 0.0 { (255.0 / m).min(f32::MAX) } else { 0.0 };
-            b8.p_scale[r] = m / 255.0;
+            // The reference: see the module's notes. Its rescaling factor needs no more
+            // precision than the probabilities (it multiplies the sum and the output alike).
+            let max = self.raise_max(r, weighted_max, exp2_coarse, &mut b.max[r], &mut b8.sum_lanes[r], &mut b.o);
+            // One step of p8 is worth the largest p_j v_scale_j (to exp2_coarse's 1e-4) / 255.
+            let p_scale = exp2_coarse(weighted_max - max) * (1.0 / 255.0);
+            b8.p_scale[r] = p_scale;
             dst[..a - j0].fill(0);
             dst[e - j0..].fill(0);
-            b.sum[r] += exp_quantize::<VNNI>(seen, max, &kv.v_scale[a..e], inv, &mut dst[a - j0..e - j0]);
+            exp_quantize::<VNNI>(weighted, weighted_max - LOG2_255, &kv.v_inv[a..e], &mut dst[a - j0..e - j0], p_scale, &mut b8.sum_lanes[r]);
         }
         // AMX reads whole steps of 64 keys: the rest of the last one holds no probability.
         let step_end = width.next_multiple_of(AMX_STEP_KEYS);
@@ -500,13 +485,13 @@ impl Task<'_> {
     /// `tile_scores_i8` on AMX tiles: 32 rows x 32 keys per product, the keys read in place
     /// (their `[head_dim / 4][pitch][4]` layout is a tile's B operand at a row stride of pitch
     /// x 4 bytes). The integer sums equal the VNNI kernel's and the same float expressions follow,
-    /// so the scores are the same bits. Returns each row's `max_pair` over the keys it sees,
+    /// so the scores are the same bits. Returns each row's largest weighted score over the keys it sees,
     /// taken while the scores are in registers (no softcap here: `causal_attention_in` keeps
     /// softcapped models off AMX).
     ///
     /// Safety: AMX is available, head_dim fits it (`amx_fits`) and `start_task` readied `b`.
     #[inline(always)]
-    unsafe fn tile_scores_amx(&self, kv: &HeadKv, b: &mut super::Buffers, rb: usize, take: usize, j0: usize, j1: usize) -> [[f32; 2]; AMX_ROWS] {
+    unsafe fn tile_scores_amx(&self, kv: &HeadKv, b: &mut super::Buffers, rb: usize, take: usize, j0: usize, j1: usize) -> [f32; AMX_ROWS] {
         debug_assert!(self.s.softcap.is_none());
         let width = kv.groups * 4;
         let b8 = &mut b.int8;
@@ -517,11 +502,11 @@ impl Task<'_> {
         for j in (lo..hi).step_by(32) {
             crate::kernels::amx::tile_32x32(b8.q[rb * width..].as_ptr(), width, kv.k[j * 4..].as_ptr(), kv.pitch * 4, width / 64, b8.c.as_mut_ptr().add(j - j0), C_PITCH, Start::Bias(kv.k_offset[j..j + 32].as_ptr()));
         }
-        let keys = ScoreKeys { k_scale: &kv.k_scale[j0..], v_ln: &kv.v_ln[j0..] };
+        let keys = ScoreKeys { k_scale: &kv.k_scale[j0..], v_log2: &kv.v_log2[j0..] };
         std::array::from_fn(|i| {
             let (a, e) = if i < take { self.seen_in(rb + i, j0, j1) } else { (0, 0) };
             if a >= e {
-                return [f32::NEG_INFINITY; 2];
+                return f32::NEG_INFINITY;
             }
             let r = rb + i;
             scores_from_amx(&b8.c[i * C_PITCH..(i + 1) * C_PITCH], b8.q_scale[r], keys, a - j0, e - j0, &mut b.p[r * KEY_TILE..(r + 1) * KEY_TILE])
@@ -565,29 +550,31 @@ impl Task<'_> {
 #[derive(Clone, Copy)]
 struct ScoreKeys<'a> {
     k_scale: &'a [f32],
-    v_ln: &'a [f32],
+    v_log2: &'a [f32],
 }
 
 /// One row's scores over the tile slots it sees (a..e, from the tile's start) from its AMX
-/// sums `c` (which started from the key offsets): both scales applied as in `scores_vnni`, into `out`
-/// (its blocks of 16 that hold a..e); returns the row's `max_pair` over a..e, taken while the
+/// sums `c` (which started from the key offsets): both scales applied as in `scores_vnni`, then
+/// weighted (+ log2 v_scale) into `out` (its blocks of 16 that hold a..e), as `tile_softmax_i8`
+/// weights the other paths' scores; returns the largest over a..e, taken while the
 /// scores are in registers.
 #[cfg(target_arch = "x86_64")]
 #[inline]
 #[target_feature(enable = "avx512f")]
-unsafe fn scores_from_amx(c: &[i32], q_scale: f32, keys: ScoreKeys, a: usize, e: usize, out: &mut [f32]) -> [f32; 2] {
+unsafe fn scores_from_amx(c: &[i32], q_scale: f32, keys: ScoreKeys, a: usize, e: usize, out: &mut [f32]) -> f32 {
     use std::arch::x86_64::*;
     let end = e.next_multiple_of(LANES);
-    assert!(a < e && end <= c.len() && end <= out.len() && end <= keys.k_scale.len() && end <= keys.v_ln.len());
+    assert!(a < e && end <= c.len() && end <= out.len() && end <= keys.k_scale.len() && end <= keys.v_log2.len());
     let qs = _mm512_set1_ps(q_scale);
-    let (mut m0, mut m1) = (_mm512_set1_ps(f32::NEG_INFINITY), _mm512_set1_ps(f32::NEG_INFINITY));
-    // Scores of slots col..col + 16 into `out`; the lanes in `mask` (those within a..e) join the maxima.
+    let mut max = _mm512_set1_ps(f32::NEG_INFINITY);
+    // Weighted scores of slots col..col + 16 into `out`; the lanes in `mask` (those within
+    // a..e) join the maximum.
     let mut block = |col: usize, mask: u16| {
         let x = _mm512_cvtepi32_ps(_mm512_loadu_si512(c.as_ptr().add(col) as *const __m512i));
         let score = _mm512_mul_ps(_mm512_mul_ps(x, qs), _mm512_loadu_ps(keys.k_scale.as_ptr().add(col)));
-        _mm512_storeu_ps(out.as_mut_ptr().add(col), score);
-        m0 = _mm512_mask_max_ps(m0, mask, score, m0);
-        m1 = _mm512_mask_max_ps(m1, mask, _mm512_add_ps(score, _mm512_loadu_ps(keys.v_ln.as_ptr().add(col))), m1);
+        let weighted = _mm512_add_ps(score, _mm512_loadu_ps(keys.v_log2.as_ptr().add(col)));
+        _mm512_storeu_ps(out.as_mut_ptr().add(col), weighted);
+        max = _mm512_mask_max_ps(max, mask, weighted, max);
     };
     let lanes_within = |col: usize| {
         let (from, to) = (a.saturating_sub(col).min(LANES), (e - col).min(LANES));
@@ -608,7 +595,7 @@ unsafe fn scores_from_amx(c: &[i32], q_scale: f32, keys: ScoreKeys, a: usize, e:
             block(whole_to, lanes_within(whole_to));
         }
     }
-    [_mm512_reduce_max_ps(m0), _mm512_reduce_max_ps(m1)]
+    _mm512_reduce_max_ps(max)
 }
 
 /// o[i][0..32] += c[i] * p_scale[i] for the rows `adds` marks (`o` rows head_dim apart).
