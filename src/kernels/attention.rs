@@ -16,6 +16,7 @@ use super::ops::{exp_fast, exp_minus, max_of_simd, softcap};
 use super::{simd_level, SimdLevel};
 
 mod int8;
+pub use int8::Int8Kv;
 
 /// How prefill attention multiplies: f32 throughout (the default), or int8 products with f32
 /// scales and an f32 softmax (`int8.rs`), 4x the multiply rate of f32 FMA on VNNI CPUs at a
@@ -75,14 +76,22 @@ pub fn causal_attention(q: &[f32], k_cache: &[f32], v_cache: &[f32], s: AttnShap
     causal_attention_in(Precision::F32, q, k_cache, v_cache, s, out)
 }
 
-/// `causal_attention` in a given precision (int8 only for batches of INT8_MIN_TOKENS or more).
+/// `causal_attention` in a given precision (int8 only for batches of INT8_MIN_TOKENS or more),
+/// quantizing the cache afresh.
 pub fn causal_attention_in(precision: Precision, q: &[f32], k_cache: &[f32], v_cache: &[f32], s: AttnShape, out: &mut [f32]) {
-    best_attention(precision, true, q, k_cache, v_cache, s, out)
+    causal_attention_cached(precision, q, k_cache, v_cache, s, out, &mut Int8Kv::default())
 }
 
-/// `causal_attention_in` on the best SIMD path, or the best without AMX (for the tests, which
-/// check both against the portable twin).
-fn best_attention(precision: Precision, allow_amx: bool, q: &[f32], k_cache: &[f32], v_cache: &[f32], s: AttnShape, out: &mut [f32]) {
+/// `causal_attention_in` with the cache's int8 copy kept in `int8` between calls: int8
+/// attention quantizes only the slots written since (the caller tells it which, `forget_from`).
+pub fn causal_attention_cached(precision: Precision, q: &[f32], k_cache: &[f32], v_cache: &[f32], s: AttnShape, out: &mut [f32], int8: &mut Int8Kv) {
+    best_attention(precision, true, q, k_cache, v_cache, s, out, int8)
+}
+
+/// `causal_attention_cached` on the best SIMD path, or the best without AMX (for the tests,
+/// which check both against the portable twin).
+#[allow(clippy::too_many_arguments)]
+fn best_attention(precision: Precision, allow_amx: bool, q: &[f32], k_cache: &[f32], v_cache: &[f32], s: AttnShape, out: &mut [f32], int8: &mut Int8Kv) {
     let level = simd_level();
     #[cfg(target_arch = "x86_64")]
     let vnni = level == SimdLevel::Avx512 && std::arch::is_x86_feature_detected!("avx512vnni") && std::arch::is_x86_feature_detected!("avx512bw");
@@ -92,7 +101,7 @@ fn best_attention(precision: Precision, allow_amx: bool, q: &[f32], k_cache: &[f
     let amx = allow_amx && vnni && super::int8_gemm::best_kernel() == super::int8_gemm::Int8Kernel::Amx && int8::amx_fits(s.head_dim) && s.softcap.is_none();
     #[cfg(not(target_arch = "x86_64"))]
     let _ = allow_amx;
-    run(precision, q, k_cache, v_cache, s, out, |task, bufs, out| match level {
+    run(precision, q, k_cache, v_cache, s, out, int8, |task, bufs, out| match level {
         // SAFETY: AMX is available (best_kernel checked), and the CPU has what VNNI needs.
         #[cfg(target_arch = "x86_64")]
         SimdLevel::Avx512 if amx && task.kv8.is_some() => unsafe { task_avx512_amx(task, bufs, out) },
@@ -113,7 +122,12 @@ pub fn causal_attention_portable(q: &[f32], k_cache: &[f32], v_cache: &[f32], s:
 
 /// The portable twin of `causal_attention_in`.
 pub fn causal_attention_portable_in(precision: Precision, q: &[f32], k_cache: &[f32], v_cache: &[f32], s: AttnShape, out: &mut [f32]) {
-    run(precision, q, k_cache, v_cache, s, out, |task, bufs, out| task.attend::<false, false, false>(bufs, out));
+    portable_attention(precision, q, k_cache, v_cache, s, out, &mut Int8Kv::default())
+}
+
+/// The portable twin of `causal_attention_cached`.
+fn portable_attention(precision: Precision, q: &[f32], k_cache: &[f32], v_cache: &[f32], s: AttnShape, out: &mut [f32], int8: &mut Int8Kv) {
+    run(precision, q, k_cache, v_cache, s, out, int8, |task, bufs, out| task.attend::<false, false, false>(bufs, out));
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -142,7 +156,8 @@ struct OutPtr(*mut f32);
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
-fn run(precision: Precision, q: &[f32], k_cache: &[f32], v_cache: &[f32], s: AttnShape, out: &mut [f32], attend: impl Fn(Task, &mut Buffers, OutPtr) + Sync) {
+#[allow(clippy::too_many_arguments)]
+fn run(precision: Precision, q: &[f32], k_cache: &[f32], v_cache: &[f32], s: AttnShape, out: &mut [f32], int8: &mut Int8Kv, attend: impl Fn(Task, &mut Buffers, OutPtr) + Sync) {
     let (hd, row) = (s.head_dim, s.n_heads * s.head_dim);
     assert!(s.n_kv_heads > 0 && s.n_heads % s.n_kv_heads == 0 && s.kv_stride % LANES == 0, "attention shape {s:?}");
     assert!(q.len() % row.max(1) == 0 && out.len() == q.len());
@@ -154,8 +169,9 @@ fn run(precision: Precision, q: &[f32], k_cache: &[f32], v_cache: &[f32], s: Att
     let per_head = hd * s.kv_stride;
     assert!(k_cache.len() >= s.n_kv_heads * per_head && v_cache.len() >= s.n_kv_heads * per_head);
     let blocks = tokens.div_ceil(TOKENS_PER_TASK);
-    // Every slot a query of this batch sees, quantized once for all tasks.
-    let kv8 = (precision == Precision::Int8 && tokens >= INT8_MIN_TOKENS).then(|| int8::QuantizedKv::new(k_cache, v_cache, s, s.pos0 + tokens - s.kv_base));
+    // Every slot a query of this batch sees, quantized once for all tasks (those not quantized
+    // by an earlier call).
+    let kv8 = (precision == Precision::Int8 && tokens >= INT8_MIN_TOKENS).then(|| int8.update(k_cache, v_cache, s, s.pos0 + tokens - s.kv_base));
     let out_ptr = OutPtr(out.as_mut_ptr());
     (0..s.n_kv_heads * blocks).into_par_iter().for_each_init(Buffers::default, |bufs, i| {
         let (kvh, b) = (i % s.n_kv_heads, i / s.n_kv_heads);
@@ -636,7 +652,7 @@ mod tests {
                 o
             };
             let (best, portable) = (run(causal_attention_in, Precision::Int8), run(causal_attention_portable_in, Precision::Int8));
-            let without_amx = run(|p, q, k, v, s, o| best_attention(p, false, q, k, v, s, o), Precision::Int8);
+            let without_amx = run(|p, q, k, v, s, o| best_attention(p, false, q, k, v, s, o, &mut Int8Kv::default()), Precision::Int8);
             let exact = run(causal_attention_portable_in, Precision::F32);
             let case = format!("hd {hd} {window:?} {pos0}+{tokens}, {n_heads} heads on {n_kv_heads}");
             assert!(best.iter().zip(&portable).all(|(a, b)| a.to_bits() == b.to_bits()), "{case}: best SIMD and portable int8 differ");
@@ -647,6 +663,65 @@ mod tests {
             assert!(worst < 0.02, "{case}: int8 off f32 by {worst}");
             assert!(worst > 0.0, "{case}: the int8 path did not run");
         }
+    }
+
+    #[test]
+    fn int8_copy_kept_between_chunks_matches_its_twin_and_forgets_rewritten_slots() {
+        // A prompt in chunks through a kept int8 copy on the best path and another on the
+        // portable one: the same bits, near f32. Then the cache goes back to the first chunk's
+        // end and takes other tokens: the copy told so gives the bits of a copy that only ever
+        // saw those (a stale slot would differ).
+        let val = |i: usize| ((i * 7919 % 1000) as f32 / 500.0) - 1.0;
+        let (n_heads, n_kv_heads, hd, stride) = (8, 2, 64, 320);
+        let s = |pos0| AttnShape { n_heads, n_kv_heads, head_dim: hd, pos0, kv_stride: stride, kv_base: 0, window: None, scale: 0.125, softcap: None };
+        // Position p's key and value rows ([n_kv_heads * hd]) and query row, from a seed.
+        let write = |k: &mut [f32], v: &mut [f32], p: usize, seed: usize| {
+            for h in 0..n_kv_heads {
+                for d in 0..hd {
+                    k[(h * hd + d) * stride + p] = 2.0 * val(seed + p * 131 + h * hd + d) + if d == 5 { 3.0 } else { 0.0 };
+                    v[(h * stride + p) * hd + d] = val(seed + p * 137 + h * hd + d + 7);
+                }
+            }
+        };
+        let queries = |pos0: usize, n: usize| -> Vec<f32> { (0..n * n_heads * hd).map(|i| 2.0 * val(pos0 * 4099 + i + 101)).collect() };
+        let (mut k, mut v) = (vec![0f32; n_kv_heads * hd * stride], vec![0f32; n_kv_heads * hd * stride]);
+        let (mut kept, mut kept_portable) = (Int8Kv::default(), Int8Kv::default());
+        // Writes chunk pos0..pos0+n (seed) as KvCache::append does, attends it through `copy`.
+        let mut chunk = |k: &mut Vec<f32>, v: &mut Vec<f32>, copies: &mut [&mut Int8Kv], pos0: usize, n: usize, seed: usize| -> Vec<Vec<f32>> {
+            for p in pos0..pos0 + n {
+                write(k, v, p, seed);
+            }
+            let q = queries(pos0, n);
+            copies
+                .iter_mut()
+                .enumerate()
+                .map(|(i, copy)| {
+                    copy.forget_from(pos0);
+                    let mut o = vec![f32::NAN; q.len()];
+                    if i == 1 {
+                        portable_attention(Precision::Int8, &q, k, v, s(pos0), &mut o, copy);
+                    } else {
+                        causal_attention_cached(Precision::Int8, &q, k, v, s(pos0), &mut o, copy);
+                    }
+                    o
+                })
+                .collect()
+        };
+        for (pos0, n) in [(0, 100), (100, 60), (160, 140)] {
+            let outs = chunk(&mut k, &mut v, &mut [&mut kept, &mut kept_portable], pos0, n, 0);
+            assert!(outs[0].iter().zip(&outs[1]).all(|(a, b)| a.to_bits() == b.to_bits()), "chunk at {pos0}: kept copies differ between the best path and the portable one");
+            let mut exact = vec![0f32; outs[0].len()];
+            causal_attention_portable(&queries(pos0, n), &k, &v, s(pos0), &mut exact);
+            let worst = outs[0].iter().zip(&exact).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(worst > 0.0 && worst < 0.02, "chunk at {pos0}: int8 off f32 by {worst}");
+        }
+        // Back to position 100, other tokens: the kept copy against a new one fed the same.
+        let rewritten = chunk(&mut k, &mut v, &mut [&mut kept], 100, 200, 55_555).remove(0);
+        let mut fresh = Int8Kv::default();
+        let (mut k2, mut v2) = (k.clone(), v.clone());
+        chunk(&mut k2, &mut v2, &mut [&mut fresh], 0, 100, 0);
+        let want = chunk(&mut k2, &mut v2, &mut [&mut fresh], 100, 200, 55_555).remove(0);
+        assert!(rewritten.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "the kept copy did not forget the rewritten slots");
     }
 
     #[test]

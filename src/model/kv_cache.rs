@@ -7,6 +7,8 @@
 //! fit, the positions its first query still sees move to the front (one copy of the window per
 //! chunk's worth of tokens, amortized), so memory follows the window, not the context.
 
+use crate::kernels::attention::Int8Kv;
+
 /// One layer's keys and values.
 struct LayerKv {
     k: Vec<f32>,
@@ -17,6 +19,9 @@ struct LayerKv {
     /// The position held in slot 0 (0 unless the layer has a window).
     base: usize,
     window: Option<usize>,
+    /// Int8 attention's quantized copy, told of every slot written or moved (empty unless
+    /// int8 attention runs).
+    int8: Int8Kv,
 }
 
 pub struct KvCache {
@@ -73,7 +78,7 @@ impl KvCache {
                 };
                 let stride = slots.next_multiple_of(POSITION_BLOCK);
                 let size = n_kv_heads * stride * head_dim;
-                LayerKv { k: vec![0.0; size], v: vec![0.0; size], stride, base: 0, window }
+                LayerKv { k: vec![0.0; size], v: vec![0.0; size], stride, base: 0, window, int8: Int8Kv::default() }
             })
             .collect();
         KvCache { layers, n_kv_heads, head_dim, capacity, len: 0, scratch: Scratch::default() }
@@ -105,6 +110,7 @@ impl KvCache {
             l.make_room(pos0, m, n_kv_heads, hd);
         }
         let (cap, base) = (l.stride, l.base);
+        l.int8.forget_from(pos0 - base);
         for (t, (kr, vr)) in k.chunks_exact(row).zip(v.chunks_exact(row)).enumerate() {
             let slot = pos0 + t - base;
             for h in 0..n_kv_heads {
@@ -117,9 +123,9 @@ impl KvCache {
         }
     }
 
-    /// Bytes of the key and value buffers.
+    /// Bytes of the key and value buffers (and int8 attention's copies).
     pub fn memory_bytes(&self) -> usize {
-        self.layers.iter().map(|l| (l.k.len() + l.v.len()) * 4).sum()
+        self.layers.iter().map(|l| (l.k.len() + l.v.len()) * 4 + l.int8.memory_bytes()).sum()
     }
 
     /// The longest prefix, at most `len` tokens, the cache can continue from: `len`, unless a
@@ -134,8 +140,12 @@ impl KvCache {
     /// returns how many it keeps: `resumable(len)`.
     pub fn truncate(&mut self, len: usize) -> usize {
         self.len = self.resumable(len);
-        if self.len == 0 {
-            self.layers.iter_mut().for_each(|l| l.base = 0);
+        let len = self.len;
+        for l in &mut self.layers {
+            if len == 0 {
+                l.base = 0;
+            }
+            l.int8.forget_from(len.saturating_sub(l.base));
         }
         self.len
     }
@@ -150,6 +160,12 @@ impl KvCache {
         let l = &self.layers[layer];
         LayerView { k: &l.k, v: &l.v, stride: l.stride, base: l.base }
     }
+
+    /// Layer `layer`'s keys and values, and int8 attention's copy of them to keep current.
+    pub fn layer_with_int8(&mut self, layer: usize) -> (LayerView<'_>, &mut Int8Kv) {
+        let l = &mut self.layers[layer];
+        (LayerView { k: &l.k, v: &l.v, stride: l.stride, base: l.base }, &mut l.int8)
+    }
 }
 
 impl LayerKv {
@@ -157,6 +173,8 @@ impl LayerKv {
     /// (moving the rest to the front), then grows the buffers if the chunk is still too big.
     fn make_room(&mut self, pos0: usize, m: usize, n_kv_heads: usize, hd: usize) {
         let stride = self.stride;
+        // Slots move or the buffers grow: the int8 copy starts again.
+        self.int8.forget_from(0);
         let keep_from = self.window.map_or(self.base, |w| (pos0 + 1).saturating_sub(w).clamp(self.base, pos0));
         let (drop, keep) = (keep_from - self.base, pos0 - keep_from);
         if drop > 0 {

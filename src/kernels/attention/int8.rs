@@ -38,17 +38,73 @@ use crate::kernels::aligned::AlignedVec;
 use crate::kernels::ops::{lanes_sum, max_abs, max_of_simd, max_select, softcap, sum};
 use crate::kernels::quantize::{quantize_value, QMAX};
 
-/// Every slot a batch sees, quantized once per attention call for all its tasks.
+/// The int8 copy of one layer's cache, kept between attention calls so that each call
+/// quantizes only the slots written since the one before (the cache says which:
+/// `forget_from`). The keys' mean, which quantization takes out, is fixed when the copy starts
+/// from slot 0: re-quantizing the whole cache for each chunk was O(length^2) and 2% of a
+/// 2,048-token prefill.
+#[derive(Default)]
+pub struct Int8Kv {
+    kv: Option<QuantizedKv>,
+    /// Slots 0..valid are quantized from the cache's current contents.
+    valid: usize,
+}
+
+impl Int8Kv {
+    /// Slots from `slot` on were (or will be) rewritten: they are quantized again when next seen
+    /// (from 0: the whole copy, with a new key mean).
+    pub fn forget_from(&mut self, slot: usize) {
+        self.valid = self.valid.min(slot);
+    }
+
+    /// Bytes held.
+    pub fn memory_bytes(&self) -> usize {
+        self.kv.as_ref().map_or(0, |kv| kv.heads.iter().map(HeadStore::bytes).sum())
+    }
+
+    /// Quantizes slots valid..n of every KV head (a new copy when the cache's layout changed)
+    /// and returns the copy of slots 0..n.
+    pub(super) fn update(&mut self, k_cache: &[f32], v_cache: &[f32], s: AttnShape, n: usize) -> &QuantizedKv {
+        let (hd, stride) = (s.head_dim, s.kv_stride);
+        let same_layout = |kv: &QuantizedKv| kv.stride == stride && kv.base == s.kv_base && kv.head_dim == hd && kv.heads.len() == s.n_kv_heads && kv.centered == s.softcap.is_none();
+        if !self.kv.as_ref().is_some_and(same_layout) {
+            self.kv = Some(QuantizedKv::empty(s));
+            self.valid = 0;
+        }
+        let from = self.valid.min(n);
+        let kv = self.kv.as_mut().expect("made above");
+        kv.heads.par_iter_mut().enumerate().for_each(|(h, store)| {
+            let (kt, v) = (&k_cache[h * hd * stride..(h + 1) * hd * stride], &v_cache[h * hd * stride..(h + 1) * hd * stride]);
+            #[cfg(target_arch = "x86_64")]
+            if crate::kernels::simd_level() == crate::kernels::SimdLevel::Avx512 {
+                // SAFETY: the CPU has avx512f and avx512bw (SimdLevel::Avx512).
+                return unsafe { quantize_head_avx512(kt, v, s, from, n, store) };
+            }
+            quantize_head(kt, v, s, from, n, store)
+        });
+        self.valid = n;
+        kv
+    }
+}
+
+/// The quantized slots of every KV head, in the layout of a cache of `stride` slots per head
+/// with position `base` in slot 0.
 pub(super) struct QuantizedKv {
     heads: Vec<HeadStore>,
     groups: usize,
     pitch: usize,
     head_dim: usize,
+    stride: usize,
+    base: usize,
+    /// Whether the keys' mean is taken out (not with a softcap, which is not shift-invariant).
+    centered: bool,
 }
 
 /// Keys and values start on a cache line (AMX tile rows must not straddle two); values hold 64
 /// slots more than the cache, as AMX reads whole steps of 64 keys.
 struct HeadStore {
+    /// Each key dimension's mean over the slots there were when the copy started.
+    mean: Vec<f32>,
     k: AlignedVec<i8>,
     /// Per slot (pitch of them, 0 past the cache): -128 x the sum of its quantized key, which
     /// takes the queries' +128 offset out of a score (the start of AMX's products).
@@ -61,6 +117,12 @@ struct HeadStore {
     /// 1 / each slot's value scale (0 past the cache): takes it back out of the weighted
     /// probabilities for the row's sum.
     v_inv: Vec<f32>,
+}
+
+impl HeadStore {
+    fn bytes(&self) -> usize {
+        self.k.len() + self.v.len() + 4 * (self.mean.len() + self.k_offset.len() + self.k_scale.len() + self.v_log2.len() + self.v_inv.len())
+    }
 }
 
 /// One KV head's quantized keys and values.
@@ -77,23 +139,22 @@ pub(super) struct HeadKv<'a> {
 }
 
 impl QuantizedKv {
-    /// Quantizes slots 0..n of every KV head (the rest up to kv_stride stay zero).
-    pub(super) fn new(k_cache: &[f32], v_cache: &[f32], s: AttnShape, n: usize) -> Self {
+    /// No slots yet, room for the cache's.
+    fn empty(s: AttnShape) -> Self {
         let (hd, stride) = (s.head_dim, s.kv_stride);
         let (groups, pitch) = (hd.div_ceil(4), stride + LANES);
         let heads = (0..s.n_kv_heads)
-            .into_par_iter()
-            .map(|h| {
-                let (kt, v) = (&k_cache[h * hd * stride..(h + 1) * hd * stride], &v_cache[h * hd * stride..(h + 1) * hd * stride]);
-                #[cfg(target_arch = "x86_64")]
-                if crate::kernels::simd_level() == crate::kernels::SimdLevel::Avx512 {
-                    // SAFETY: the CPU has avx512f and avx512bw (SimdLevel::Avx512).
-                    return unsafe { quantize_head_avx512(kt, v, s, n, groups, pitch) };
-                }
-                quantize_head(kt, v, s, n, groups, pitch)
+            .map(|_| HeadStore {
+                mean: vec![0.0; hd],
+                k: AlignedVec::filled(0, groups * pitch * 4),
+                k_offset: AlignedVec::filled(0, pitch),
+                k_scale: vec![0.0; stride],
+                v: AlignedVec::filled(0, (stride + AMX_STEP_KEYS) * hd),
+                v_log2: vec![0.0; stride],
+                v_inv: vec![0.0; stride],
             })
             .collect();
-        QuantizedKv { heads, groups, pitch, head_dim: hd }
+        QuantizedKv { heads, groups, pitch, head_dim: hd, stride, base: s.kv_base, centered: s.softcap.is_none() }
     }
 
     pub(super) fn head(&self, h: usize) -> HeadKv<'_> {
@@ -103,40 +164,37 @@ impl QuantizedKv {
     }
 }
 
-/// One KV head's keys and values quantized (slots 0..n of `kt`, [head_dim][kv_stride], and `v`,
-/// [kv_stride][head_dim]).
+/// Slots from..n of one KV head's keys and values quantized into `store` (`kt` [head_dim]
+/// [kv_stride], `v` [kv_stride][head_dim]); from 0, the keys' mean is taken first.
 #[inline(always)]
-fn quantize_head(kt: &[f32], v: &[f32], s: AttnShape, n: usize, groups: usize, pitch: usize) -> HeadStore {
+fn quantize_head(kt: &[f32], v: &[f32], s: AttnShape, from: usize, n: usize, store: &mut HeadStore) {
     let (hd, stride) = (s.head_dim, s.kv_stride);
-    let mut store = HeadStore {
-        k: AlignedVec::filled(0, groups * pitch * 4),
-        k_offset: AlignedVec::filled(0, pitch),
-        k_scale: vec![0.0; stride],
-        v: AlignedVec::filled(0, (stride + AMX_STEP_KEYS) * hd),
-        v_log2: vec![0.0; stride],
-        v_inv: vec![0.0; stride],
-    };
+    let pitch = stride + LANES;
     // Keys: dimension d of slot j at kt[d * stride + j]; slots are the inner loop.
     // Each dimension's mean over the slots is taken out first: q.(k - mean) differs
     // from q.k by the same amount for every key of a row, which the softmax ignores,
     // and keys share large offsets in a few dimensions that would otherwise set
     // every slot's scale. A softcap is not shift-invariant, so it keeps them.
-    let mean: Vec<f32> = (0..hd)
-        .map(|d| if s.softcap.is_some() || n == 0 { 0.0 } else { sum(&kt[d * stride..d * stride + n]) / n as f32 })
-        .collect();
-    let mut k_max = vec![0f32; n];
+    if from == 0 {
+        for (d, m) in store.mean.iter_mut().enumerate() {
+            *m = if s.softcap.is_some() || n == 0 { 0.0 } else { sum(&kt[d * stride..d * stride + n]) / n as f32 };
+        }
+    }
+    let mean = &store.mean;
+    let mut k_max = vec![0f32; n - from];
     for d in 0..hd {
-        for (m, &x) in k_max.iter_mut().zip(&kt[d * stride..d * stride + n]) {
+        for (m, &x) in k_max.iter_mut().zip(&kt[d * stride + from..d * stride + n]) {
             *m = m.max((x - mean[d]).abs());
         }
     }
     let k_inv: Vec<f32> = k_max.iter().map(|&m| inverse_scale(m)).collect();
-    for (sc, &m) in store.k_scale.iter_mut().zip(&k_max) {
+    for (sc, &m) in store.k_scale[from..n].iter_mut().zip(&k_max) {
         *sc = m / QMAX;
     }
+    store.k_offset[from..n].fill(0);
     for d in 0..hd {
         let row = &mut store.k[(d / 4) * pitch * 4..(d / 4 + 1) * pitch * 4];
-        for (j, (&x, &inv)) in kt[d * stride..d * stride + n].iter().zip(&k_inv).enumerate() {
+        for (j, (&x, &inv)) in (from..n).zip(kt[d * stride + from..d * stride + n].iter().zip(&k_inv)) {
             let q = quantize_value(x - mean[d], inv);
             row[j * 4 + d % 4] = q;
             store.k_offset[j] -= 128 * q as i32;
@@ -144,7 +202,7 @@ fn quantize_head(kt: &[f32], v: &[f32], s: AttnShape, n: usize, groups: usize, p
     }
     // Values: slot j's dimensions contiguous at v[j * hd..]. A scale is at least V_SCALE_MIN
     // (an all-zero or non-finite slot gets it, with zeros), so that 1 / scale stays finite.
-    for (j, vj) in v[..n * hd].chunks_exact(hd.max(1)).enumerate().take(n) {
+    for (j, vj) in (from..n).zip(v[from * hd..n * hd].chunks_exact(hd.max(1))) {
         let m = max_abs(vj);
         let (scale, inv) = if m.is_finite() && m / QMAX >= V_SCALE_MIN { (m / QMAX, QMAX / m) } else { (V_SCALE_MIN, if m.is_finite() { 1.0 / V_SCALE_MIN } else { 0.0 }) };
         store.v_log2[j] = scale.log2();
@@ -154,7 +212,6 @@ fn quantize_head(kt: &[f32], v: &[f32], s: AttnShape, n: usize, groups: usize, p
             group[dd * 4 + j % 4] = quantize_value(x, inv);
         }
     }
-    store
 }
 
 /// The smallest value scale (2^-64): a tile's weighted probabilities are at most 255, so the
@@ -165,8 +222,8 @@ const V_SCALE_MIN: f32 = f32::from_bits((127 - 64) << 23);
 /// 16 wide instead of 4 (it was 5% of a 2,048-token prefill, every chunk quantizing the cache).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn quantize_head_avx512(kt: &[f32], v: &[f32], s: AttnShape, n: usize, groups: usize, pitch: usize) -> HeadStore {
-    quantize_head(kt, v, s, n, groups, pitch)
+unsafe fn quantize_head_avx512(kt: &[f32], v: &[f32], s: AttnShape, from: usize, n: usize, store: &mut HeadStore) {
+    quantize_head(kt, v, s, from, n, store)
 }
 
 /// 127 / max_abs, or 0 for an all-zero (or non-finite) vector, which then quantizes to zeros.
