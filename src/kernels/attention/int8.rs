@@ -453,14 +453,22 @@ impl Task<'_> {
             // One step of p8 is worth the largest p_j v_scale_j (to exp2_coarse's 1e-4) / 255.
             let p_scale = exp2_coarse(weighted_max - max) * (1.0 / 255.0);
             b8.p_scale[r] = p_scale;
-            dst[..a - j0].fill(0);
-            dst[e - j0..].fill(0);
+            // Most rows see the whole tile: a memset call per empty fill cost more than the
+            // row's test.
+            if a > j0 {
+                dst[..a - j0].fill(0);
+            }
+            if e - j0 < width {
+                dst[e - j0..].fill(0);
+            }
             exp_quantize::<VNNI>(weighted, weighted_max - LOG2_255, &kv.v_inv[a..e], &mut dst[a - j0..e - j0], p_scale, &mut b8.sum_lanes[r]);
         }
         // AMX reads whole steps of 64 keys: the rest of the last one holds no probability.
         let step_end = width.next_multiple_of(AMX_STEP_KEYS);
-        for r in rows {
-            b8.p[r * KEY_TILE + width..r * KEY_TILE + step_end].fill(0);
+        if step_end > width {
+            for r in rows {
+                b8.p[r * KEY_TILE + width..r * KEY_TILE + step_end].fill(0);
+            }
         }
     }
 
