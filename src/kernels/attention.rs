@@ -12,7 +12,7 @@
 
 use rayon::prelude::*;
 
-use super::ops::{exp_fast, exp_minus, max_of_simd, softcap};
+use super::ops::{exp_fast, exp_minus_simd, max_of_simd, softcap};
 use super::{simd_level, SimdLevel};
 
 mod int8;
@@ -394,7 +394,7 @@ impl Task<'_> {
                 Some((a, e, max)) => {
                     row[..a - j0].fill(0.0);
                     row[e - j0..].fill(0.0);
-                    b.sum[r] += exp_minus(&mut row[a - j0..e - j0], max);
+                    b.sum[r] += exp_minus_simd::<FMA>(&mut row[a - j0..e - j0], max);
                 }
                 None => row.fill(0.0),
             }
