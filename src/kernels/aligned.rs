@@ -33,7 +33,11 @@ impl<T: Plain> AlignedVec<T> {
     pub fn filled(value: T, len: usize) -> Self {
         let lines = vec![Line([0; 64]); (len * size_of::<T>()).div_ceil(64)];
         let mut v = AlignedVec { lines, len, _t: PhantomData };
-        v.fill(value);
+        // The lines start zeroed: a zero value needs no second pass (the int8 GEMM packs its
+        // activations into a fresh zeroed buffer per call).
+        if !is_zero(value) {
+            v.fill(value);
+        }
         v
     }
 
@@ -46,6 +50,12 @@ impl<T: Plain> AlignedVec<T> {
         self.len = len;
         self.fill(value);
     }
+}
+
+/// Whether every byte of `value` is zero.
+fn is_zero<T: Plain>(value: T) -> bool {
+    // SAFETY: a Plain value is size_of::<T>() initialized bytes.
+    unsafe { std::slice::from_raw_parts(&value as *const T as *const u8, size_of::<T>()) }.iter().all(|&b| b == 0)
 }
 
 impl<T: Plain> Default for AlignedVec<T> {
@@ -77,6 +87,7 @@ mod tests {
     #[test]
     fn starts_on_a_cache_line_and_holds_its_values() {
         for len in [0, 1, 63, 64, 65, 1000] {
+            assert!(AlignedVec::filled(0i32, len).iter().all(|&x| x == 0));
             let mut v = AlignedVec::filled(7i32, len);
             assert_eq!(v.as_ptr() as usize % 64, 0);
             assert_eq!(v.len(), len);
