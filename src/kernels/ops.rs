@@ -18,10 +18,26 @@ fn rows_per_task(len: usize, row: usize) -> usize {
 pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     let dim = w.len();
     let rows = rows_per_task(x.len(), dim);
-    out.par_chunks_mut(rows * dim).zip(x.par_chunks(rows * dim)).for_each(|(o, xs)| rms_norm_rows(xs, w, eps, o));
+    let level = super::simd_level();
+    out.par_chunks_mut(rows * dim).zip(x.par_chunks(rows * dim)).for_each(|(o, xs)| match level {
+        // SAFETY: Avx512 is only selected when the CPU has avx512f.
+        #[cfg(target_arch = "x86_64")]
+        super::SimdLevel::Avx512 => unsafe { rms_norm_rows_avx512(xs, w, eps, o) },
+        _ => rms_norm_rows(xs, w, eps, o),
+    });
 }
 
-fn rms_norm_rows(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+/// `rms_norm_rows` compiled for AVX-512 (the baseline build gave it SSE: 3.5% of a prefill);
+/// the same operations in the same order, so the same bits.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn rms_norm_rows_avx512(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    rms_norm_rows(x, w, eps, out)
+}
+
+/// The portable twin of `rms_norm` (rows one after another).
+#[inline(always)]
+pub fn rms_norm_rows(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     let dim = w.len();
     for (xr, or) in x.chunks_exact(dim).zip(out.chunks_exact_mut(dim)) {
         let ss = sum_of_squares(xr) / dim as f32;
@@ -321,20 +337,50 @@ pub enum RopeStyle {
 /// `cos`/`sin` are [tokens][half] with `half` rotated pairs per head (half <= head_dim / 2).
 pub fn apply_rope(x: &mut [f32], head_dim: usize, style: RopeStyle, cos: &[f32], sin: &[f32], half: usize) {
     let row_len = x.len() / (cos.len() / half);
+    let level = super::simd_level();
     x.par_chunks_mut(row_len).enumerate().for_each(|(t, row)| {
         let (c, s) = (&cos[t * half..(t + 1) * half], &sin[t * half..(t + 1) * half]);
-        for head in row.chunks_exact_mut(head_dim) {
-            for i in 0..half {
-                let (a, b) = match style {
-                    RopeStyle::Neox => (i, i + half),
-                    RopeStyle::Interleaved => (2 * i, 2 * i + 1),
-                };
-                let (x0, x1) = (head[a], head[b]);
-                head[a] = x0 * c[i] - x1 * s[i];
-                head[b] = x1 * c[i] + x0 * s[i];
-            }
+        match level {
+            // SAFETY: Avx512 is only selected when the CPU has avx512f.
+            #[cfg(target_arch = "x86_64")]
+            super::SimdLevel::Avx512 => unsafe { rope_row_avx512(row, head_dim, style, c, s) },
+            _ => rope_row(row, head_dim, style, c, s),
         }
     });
+}
+
+/// `rope_row` compiled for AVX-512 (same operations, same bits).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn rope_row_avx512(row: &mut [f32], head_dim: usize, style: RopeStyle, c: &[f32], s: &[f32]) {
+    rope_row(row, head_dim, style, c, s)
+}
+
+/// One token's heads rotated by its angles (`c`, `s`: `half` values each); the portable twin of
+/// `apply_rope`.
+#[inline(always)]
+pub fn rope_row(row: &mut [f32], head_dim: usize, style: RopeStyle, c: &[f32], s: &[f32]) {
+    let half = c.len();
+    for head in row.chunks_exact_mut(head_dim) {
+        match style {
+            RopeStyle::Neox => {
+                // The two halves as separate slices, so the loop vectorizes.
+                let (lo, hi) = head[..2 * half].split_at_mut(half);
+                for (((x0, x1), &c), &s) in lo.iter_mut().zip(hi.iter_mut()).zip(c).zip(s) {
+                    let (a, b) = (*x0, *x1);
+                    *x0 = a * c - b * s;
+                    *x1 = b * c + a * s;
+                }
+            }
+            RopeStyle::Interleaved => {
+                for ((pair, &c), &s) in head[..2 * half].chunks_exact_mut(2).zip(c).zip(s) {
+                    let (a, b) = (pair[0], pair[1]);
+                    pair[0] = a * c - b * s;
+                    pair[1] = b * c + a * s;
+                }
+            }
+        }
+    }
 }
 
 /// y += a * x (the shadow path's rank-1 updates).
@@ -362,31 +408,38 @@ pub fn axpy_portable(y: &mut [f32], a: f32, x: &[f32]) {
     }
 }
 
-/// y = sum_e a_e x_e over `terms` (a_e, x_e), in their order: y = a_0 x_0, then y += a_e x_e, as
-/// `axpy` would do them one by one (the same bits), but each block of y stays in registers while
-/// every term is added, so y is written once instead of loaded and stored per term (the shadow
-/// path's rows with several outliers).
-pub fn weighted_sum(y: &mut [f32], terms: &[(f32, &[f32])]) {
+/// y = sum_e a_e x_e over `terms` (a_e, x_e), in their order: y = a_0 x_0 (or, with `add_to_y`,
+/// y += a_0 x_0), then y += a_e x_e, as `axpy` would do them one by one (the same bits), but
+/// each block of y stays in registers while every term is added, so y is written once instead
+/// of loaded and stored per term (the shadow path's rows with several outliers).
+pub fn weighted_sum(y: &mut [f32], terms: &[(f32, &[f32])], add_to_y: bool) {
     assert!(!terms.is_empty() && terms.iter().all(|(_, x)| x.len() == y.len()));
     match super::simd_level() {
         // SAFETY: Avx512 is only selected when the CPU has avx512f; the lengths are checked.
         #[cfg(target_arch = "x86_64")]
-        super::SimdLevel::Avx512 => unsafe { weighted_sum_avx512(y, terms) },
-        _ => weighted_sum_portable(y, terms),
+        super::SimdLevel::Avx512 => unsafe { weighted_sum_avx512(y, terms, add_to_y) },
+        _ => weighted_sum_portable(y, terms, add_to_y),
     }
 }
 
 /// 64 lanes of y per pass over the terms (four registers), then 16 at a time, the tail masked.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn weighted_sum_avx512(y: &mut [f32], terms: &[(f32, &[f32])]) {
+unsafe fn weighted_sum_avx512(y: &mut [f32], terms: &[(f32, &[f32])], add_to_y: bool) {
     use std::arch::x86_64::*;
     let n = y.len();
     let mut i = 0;
     while i + 64 <= n {
         let (a0, x0) = terms[0];
         let a = _mm512_set1_ps(a0);
-        let mut acc: [__m512; 4] = std::array::from_fn(|v| _mm512_mul_ps(a, _mm512_loadu_ps(x0.as_ptr().add(i + 16 * v))));
+        let mut acc: [__m512; 4] = std::array::from_fn(|v| {
+            let first = _mm512_mul_ps(a, _mm512_loadu_ps(x0.as_ptr().add(i + 16 * v)));
+            if add_to_y {
+                _mm512_add_ps(_mm512_loadu_ps(y.as_ptr().add(i + 16 * v)), first)
+            } else {
+                first
+            }
+        });
         for &(ae, xe) in &terms[1..] {
             let a = _mm512_set1_ps(ae);
             for (v, acc) in acc.iter_mut().enumerate() {
@@ -402,6 +455,9 @@ unsafe fn weighted_sum_avx512(y: &mut [f32], terms: &[(f32, &[f32])]) {
         let mask = first_lanes(n - i);
         let (a0, x0) = terms[0];
         let mut acc = _mm512_mul_ps(_mm512_set1_ps(a0), _mm512_maskz_loadu_ps(mask, x0.as_ptr().add(i)));
+        if add_to_y {
+            acc = _mm512_add_ps(_mm512_maskz_loadu_ps(mask, y.as_ptr().add(i)), acc);
+        }
         for &(ae, xe) in &terms[1..] {
             acc = _mm512_add_ps(acc, _mm512_mul_ps(_mm512_set1_ps(ae), _mm512_maskz_loadu_ps(mask, xe.as_ptr().add(i))));
         }
@@ -411,10 +467,14 @@ unsafe fn weighted_sum_avx512(y: &mut [f32], terms: &[(f32, &[f32])]) {
 }
 
 /// The portable twin of `weighted_sum`: the same products and sums in the same order.
-pub fn weighted_sum_portable(y: &mut [f32], terms: &[(f32, &[f32])]) {
+pub fn weighted_sum_portable(y: &mut [f32], terms: &[(f32, &[f32])], add_to_y: bool) {
     let (a0, x0) = terms[0];
-    for (y, &x) in y.iter_mut().zip(x0) {
-        *y = a0 * x;
+    if add_to_y {
+        axpy_portable(y, a0, x0);
+    } else {
+        for (y, &x) in y.iter_mut().zip(x0) {
+            *y = a0 * x;
+        }
     }
     for &(a, x) in &terms[1..] {
         axpy_portable(y, a, x);
@@ -561,14 +621,24 @@ mod tests {
             for count in 1..=5 {
                 let terms: Vec<(f32, &[f32])> = cols[..count].iter().enumerate().map(|(t, c)| (0.5 - t as f32 * 0.9, c.as_slice())).collect();
                 let (mut ws, mut wp) = (vec![f32::NAN; n], vec![f32::NAN; n]);
-                unsafe { weighted_sum_avx512(&mut ws, &terms) };
-                weighted_sum_portable(&mut wp, &terms);
+                unsafe { weighted_sum_avx512(&mut ws, &terms, false) };
+                weighted_sum_portable(&mut wp, &terms, false);
                 let mut by_axpy: Vec<f32> = terms[0].1.iter().map(|&x| terms[0].0 * x).collect();
                 for &(a, x) in &terms[1..] {
                     axpy_portable(&mut by_axpy, a, x);
                 }
                 assert_eq!(ws, wp, "weighted_sum n={n} terms={count}");
                 assert_eq!(wp, by_axpy, "weighted_sum portable n={n} terms={count}");
+                // Added onto y's values: the same as axpy term by term onto y.
+                let start: Vec<f32> = (0..n).map(|i| val(i + 11)).collect();
+                let (mut ws, mut wp, mut by_axpy) = (start.clone(), start.clone(), start.clone());
+                unsafe { weighted_sum_avx512(&mut ws, &terms, true) };
+                weighted_sum_portable(&mut wp, &terms, true);
+                for &(a, x) in &terms {
+                    axpy_portable(&mut by_axpy, a, x);
+                }
+                assert_eq!(ws, wp, "weighted_sum onto y n={n} terms={count}");
+                assert_eq!(wp, by_axpy, "weighted_sum onto y portable n={n} terms={count}");
             }
             // Plant values beyond the limit at the edges of blocks and in the tail.
             let mut y = x.clone();

@@ -380,6 +380,45 @@ fn elementwise_kernels_match_their_twins() {
 }
 
 #[test]
+fn rms_norm_and_rope_match_their_twins_and_the_definition() {
+    for_random_cases("rms_norm_and_rope_match_their_twins_and_the_definition", |rng| {
+        // RMSNorm: built for AVX-512 and portable from one body: the same bits.
+        let (rows, dim) = (1 + below(rng, 4), 1 + below(rng, 300));
+        let x = floats(rng, rows * dim);
+        let w = floats(rng, dim);
+        let (mut got, mut twin) = (vec![0f32; rows * dim], vec![0f32; rows * dim]);
+        ops::rms_norm(&x, &w, 1e-5, &mut got);
+        ops::rms_norm_rows(&x, &w, 1e-5, &mut twin);
+        assert!(got == twin, "rms_norm rows={rows} dim={dim}");
+        // RoPE, both pairings, full and partial rotation: the same bits as the element-by-element
+        // definition.
+        let head_dim = 2 * (1 + below(rng, 40));
+        let (heads, tokens) = (1 + below(rng, 3), 1 + below(rng, 3));
+        let half = 1 + below(rng, head_dim / 2);
+        let angles = floats(rng, tokens * half);
+        let (cos, sin): (Vec<f32>, Vec<f32>) = angles.iter().map(|a| (a.cos(), a.sin())).unzip();
+        for style in [ops::RopeStyle::Neox, ops::RopeStyle::Interleaved] {
+            let x0 = floats(rng, tokens * heads * head_dim);
+            let mut got = x0.clone();
+            ops::apply_rope(&mut got, head_dim, style, &cos, &sin, half);
+            let mut want = x0.clone();
+            for (t, row) in want.chunks_exact_mut(heads * head_dim).enumerate() {
+                for head in row.chunks_exact_mut(head_dim) {
+                    for i in 0..half {
+                        let (a, b) = if style == ops::RopeStyle::Neox { (i, i + half) } else { (2 * i, 2 * i + 1) };
+                        let (c, s) = (cos[t * half + i], sin[t * half + i]);
+                        let (x0, x1) = (head[a], head[b]);
+                        head[a] = x0 * c - x1 * s;
+                        head[b] = x1 * c + x0 * s;
+                    }
+                }
+            }
+            assert!(got == want, "rope {style:?} head_dim={head_dim} half={half}");
+        }
+    });
+}
+
+#[test]
 fn quantized_dot_products_equal_their_portable_twin_bit_for_bit() {
     let levels = QdotLevel::available();
     let types: Vec<DType> = DType::ALL.into_iter().filter(|d| d.is_quantized()).collect();
