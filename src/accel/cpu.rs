@@ -36,6 +36,10 @@ impl Accelerator for CpuAccelerator {
         format!("CPU reference accelerator ({})", self.kernel.name())
     }
 
+    fn runs_on_host_cores(&self) -> bool {
+        true
+    }
+
     fn compile(&self, spec: &GraphSpec) -> Result<(Box<dyn CompiledGraph>, CompileReport)> {
         let t0 = Instant::now();
         spec.validate()?;

@@ -92,6 +92,13 @@ pub trait Accelerator: Send + Sync {
 
     fn compile(&self, spec: &GraphSpec) -> Result<(Box<dyn CompiledGraph>, CompileReport)>;
 
+    /// Whether its graphs run on the host CPU's own cores (a CPU runtime, not a separate
+    /// device). Then the shadow work cannot overlap a graph for free: it competes for the same
+    /// cores, and adding it straight into the finished outputs saves a buffer pass.
+    fn runs_on_host_cores(&self) -> bool {
+        false
+    }
+
     /// Whether its graphs need `GraphSpec::output_ranges` (8-bit graph outputs).
     fn needs_output_ranges(&self) -> bool {
         false

@@ -284,6 +284,15 @@ impl Accelerator for OrtAccelerator {
         }
     }
 
+    fn runs_on_host_cores(&self) -> bool {
+        // QNN's emulation here also runs on the CPU, but it stands in for a separate NPU.
+        match &self.provider {
+            Provider::Cpu => true,
+            Provider::QnnHtp(_) => false,
+            Provider::OpenVino(device) => device == "CPU",
+        }
+    }
+
     fn needs_output_ranges(&self) -> bool {
         matches!(self.provider, Provider::QnnHtp(_))
     }

@@ -210,15 +210,13 @@ impl ShadowPoint {
         o
     }
 
-    /// The shadow product of `x` ([m][k], the same input the accelerator quantizes): for each
-    /// linear, remainder . W over the outliers, as dense rows for the rows that have any.
-    /// None when nothing was clipped.
-    pub fn compute(&self, x: &[f32], pool: &BufferPool) -> Option<ShadowDelta> {
+    /// The outliers of `x` ([m][k]) and, sorted and distinct, the cold channels among them
+    /// (counted in the work totals). None when nothing was clipped.
+    fn find(&self, x: &[f32]) -> Option<(Outliers, Vec<u32>)> {
         let o = self.outliers(x);
         if o.is_empty() {
             return None;
         }
-        // The distinct cold channels of this call get their columns gathered once here.
         let mut cold: Vec<u32> = o.cols.iter().copied().filter(|&c| self.hot_slot[c as usize] == COLD).collect();
         let cold_elems = cold.len();
         cold.sort_unstable();
@@ -227,30 +225,47 @@ impl ShadowPoint {
         c.calls.fetch_add(1, Relaxed);
         c.outliers.fetch_add(o.len() as u64, Relaxed);
         c.cold.fetch_add(cold_elems as u64, Relaxed);
+        Some((o, cold))
+    }
 
+    /// For every row with outliers, `sum(i, terms)` with row slot i's (remainder, weight
+    /// column) pairs for linear `lin`, rows in parallel; the `cold` channels' columns are
+    /// gathered once here.
+    fn each_row(&self, lin: &ShadowWeights, o: &Outliers, cold: &[u32], rows: impl IndexedParallelIterator<Item = usize>, sum: impl Fn(usize, &[(f32, &[f32])]) + Sync) {
+        let n = lin.n;
+        let mut cold_columns = vec![0f32; cold.len() * n];
+        lin.weight.gather_columns(cold, &mut cold_columns);
+        let column = |ch: u32| -> &[f32] {
+            match self.hot_slot[ch as usize] {
+                COLD => {
+                    let i = cold.binary_search(&ch).expect("cold channel gathered");
+                    &cold_columns[i * n..(i + 1) * n]
+                }
+                slot => &lin.hot_columns[slot as usize * n..(slot as usize + 1) * n],
+            }
+        };
+        rows.for_each_init(Vec::new, |terms, i| {
+            terms.clear();
+            terms.extend(o.row(i).map(|e| (o.remainders[e], column(o.cols[e]))));
+            sum(i, terms);
+        });
+    }
+
+    /// The shadow product of `x` ([m][k], the same input the accelerator quantizes): for each
+    /// linear, remainder . W over the outliers, as dense rows for the rows that have any, to be
+    /// merged when the accelerator is done. None when nothing was clipped.
+    pub fn compute(&self, x: &[f32], pool: &BufferPool) -> Option<ShadowDelta> {
+        let (o, cold) = self.find(x)?;
         let per_linear = self
             .linears
             .iter()
             .map(|lin| {
                 let n = lin.n;
-                let mut cold_columns = vec![0f32; cold.len() * n];
-                lin.weight.gather_columns(&cold, &mut cold_columns);
-                let column = |ch: u32| -> &[f32] {
-                    match self.hot_slot[ch as usize] {
-                        COLD => {
-                            let i = cold.binary_search(&ch).expect("cold channel gathered");
-                            &cold_columns[i * n..(i + 1) * n]
-                        }
-                        slot => &lin.hot_columns[slot as usize * n..(slot as usize + 1) * n],
-                    }
-                };
                 let mut delta = pool.take(o.rows.len() * n);
-                delta[..o.rows.len() * n].par_chunks_mut(n).enumerate().for_each_init(Vec::new, |terms, (i, d)| {
-                    // The sum writes the whole row, so reused buffers need no clearing.
-                    terms.clear();
-                    terms.extend(o.row(i).map(|e| (o.remainders[e], column(o.cols[e]))));
-                    weighted_sum(d, terms);
-                });
+                let rows = SharedRows(delta.as_mut_ptr());
+                // The sum writes the whole row, so reused buffers need no clearing.
+                // SAFETY: each row slot i is visited once, and its n values lie inside `delta`.
+                self.each_row(lin, &o, &cold, (0..o.rows.len()).into_par_iter(), |i, terms| weighted_sum(unsafe { rows.row(i, n) }, terms, false));
                 delta
             })
             .collect();
@@ -274,11 +289,32 @@ impl ShadowPoint {
         }
     }
 
-    /// Compute and merge in one go (when nothing else runs meanwhile, as in decode).
-    pub fn apply(&self, x: &[f32], outputs: &mut [&mut [f32]], pool: &BufferPool) {
-        if let Some(d) = self.compute(x, pool) {
-            self.merge(d, outputs, pool);
+    /// The shadow product added straight into the accelerator's finished outputs (`outputs[i]`:
+    /// [m][n_i]), for when nothing runs meanwhile (decode, or an accelerator on the CPU's own
+    /// cores): each output row is read and written once, with no delta buffer between.
+    pub fn apply(&self, x: &[f32], outputs: &mut [&mut [f32]]) {
+        let Some((o, cold)) = self.find(x) else { return };
+        for (lin, out) in self.linears.iter().zip(outputs.iter_mut()) {
+            let n = lin.n;
+            assert!(o.rows.last().is_none_or(|&r| (r as usize + 1) * n <= out.len()), "shadow rows beyond the output");
+            let rows = SharedRows(out.as_mut_ptr());
+            // SAFETY: the outlier rows are distinct and inside `out` (checked above).
+            self.each_row(lin, &o, &cold, (0..o.rows.len()).into_par_iter(), |i, terms| weighted_sum(unsafe { rows.row(o.rows[i] as usize, n) }, terms, true));
         }
+    }
+}
+
+/// Rows of a buffer written from several threads, each row by one of them.
+struct SharedRows(*mut f32);
+// SAFETY: callers write disjoint rows (see `row`).
+unsafe impl Sync for SharedRows {}
+
+impl SharedRows {
+    /// # Safety
+    /// Row r (n values) must lie in the buffer, and no other thread may use it meanwhile.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn row(&self, r: usize, n: usize) -> &mut [f32] {
+        std::slice::from_raw_parts_mut(self.0.add(r * n), n)
     }
 }
 
@@ -345,7 +381,7 @@ mod tests {
         for hot in [vec![], vec![3], vec![3, 50, 95, 0]] {
             let sp = ShadowPoint::new(&plan_with_hot(LinearGroup::Qkv, s, hot.clone()), &[&weight], false);
             let mut z = int8_only.clone();
-            sp.apply(&x, &mut [&mut z], &BufferPool::default());
+            sp.apply(&x, &mut [&mut z]);
             let err = z.iter().zip(&reference).map(|(a, b)| (a - b).abs() / (1.0 + b.abs())).fold(0f32, f32::max);
             assert!(err < 1e-5, "hot {hot:?}: relative error {err}");
             let work = sp.work();
@@ -358,7 +394,7 @@ mod tests {
         // Hot-only: the cold outliers stay clipped and are counted as dropped.
         let sp = ShadowPoint::new(&plan_with_hot(LinearGroup::Qkv, s, vec![3]), &[&weight], true);
         let mut z = int8_only.clone();
-        sp.apply(&x, &mut [&mut z], &BufferPool::default());
+        sp.apply(&x, &mut [&mut z]);
         assert_eq!(sp.work(), ShadowWork { calls: 1, outliers: 2, cold: 0, dropped: 3 });
         let row4 = 4 * n..5 * n; // row 4 only had a hot outlier: exact
         assert!(z[row4.clone()].iter().zip(&reference[row4]).all(|(a, b)| (a - b).abs() <= 1e-4 * (1.0 + b.abs())));
@@ -373,7 +409,7 @@ mod tests {
         let (wa, wb) = (Tensor::from_vec(vec![5, k], (0..5 * k).map(|i| int(i, 9) * 0.1).collect()), Tensor::from_vec(vec![4, k], (0..4 * k).map(|i| int(i + 1, 9) * 0.1).collect()));
         let sp = ShadowPoint::new(&plan_with_hot(LinearGroup::GateUp, s, vec![]), &[&wa, &wb], false);
         let (mut a, mut b) = (vec![1f32; m * 5], vec![2f32; m * 4]);
-        sp.apply(&x, &mut [&mut a, &mut b], &BufferPool::default());
+        sp.apply(&x, &mut [&mut a, &mut b]);
         let r = 50.0 - 12.7;
         for j in 0..5 {
             assert!((a[5 + j] - (1.0 + r * wa.data()[j * k + 7])).abs() < 1e-5);
@@ -382,5 +418,32 @@ mod tests {
         for j in 0..4 {
             assert!((b[4 + j] - (2.0 + r * wb.data()[j * k + 7])).abs() < 1e-5);
         }
+    }
+
+    #[test]
+    fn computed_then_merged_equals_added_in_place() {
+        // The two ways to run the shadow (beside a separate device; after a graph on the same
+        // cores) give the same outputs up to the order of float additions. Hot and cold
+        // channels, several outliers per row, rows without any.
+        let (m, k, n) = (6, 64, 48);
+        let s = 0.05f32;
+        let mut x: Vec<f32> = (0..m * k).map(|i| int(i, 120) * s).collect();
+        for &(r, c, v) in &[(0usize, 3usize, 40.0f32), (0, 9, -25.0), (0, 50, 12.0), (2, 3, -60.0), (5, 63, 30.0)] {
+            x[r * k + c] = v;
+        }
+        let (wa, wb) = (Tensor::from_vec(vec![n, k], (0..n * k).map(|i| int(i, 9) * 0.01).collect()), Tensor::from_vec(vec![n / 2, k], (0..n / 2 * k).map(|i| int(i + 5, 9) * 0.01).collect()));
+        let sp = ShadowPoint::new(&plan_with_hot(LinearGroup::GateUp, s, vec![3]), &[&wa, &wb], false);
+        let start_a: Vec<f32> = (0..m * n).map(|i| int(i + 1, 50) * 0.1).collect();
+        let start_b: Vec<f32> = (0..m * n / 2).map(|i| int(i + 2, 50) * 0.1).collect();
+        let (mut a1, mut b1, mut a2, mut b2) = (start_a.clone(), start_b.clone(), start_a.clone(), start_b.clone());
+        let pool = BufferPool::default();
+        let delta = sp.compute(&x, &pool).expect("outliers found");
+        sp.merge(delta, &mut [&mut a1, &mut b1], &pool);
+        sp.apply(&x, &mut [&mut a2, &mut b2]);
+        for (got, want) in a2.iter().chain(&b2).zip(a1.iter().chain(&b1)) {
+            assert!((got - want).abs() <= 1e-5 * (1.0 + want.abs()), "{got} vs {want}");
+        }
+        assert_ne!(a1, start_a, "the shadow changed something");
+        assert_eq!(a2[n..2 * n], start_a[n..2 * n], "row 1 has no outliers");
     }
 }

@@ -358,6 +358,16 @@ impl LinearExecutor for AccelChunk<'_> {
     fn run(&self, layer: usize, group: LinearGroup, input: &[f32], m: usize, outputs: &mut [&mut [f32]]) -> Result<()> {
         let start = Instant::now();
         let shadow = self.npu.layers[layer].shadow(group);
+        if self.npu.accel.runs_on_host_cores() {
+            // Nothing to overlap with: the graph's threads are the shadow's.
+            self.run_graph(layer, group, input, m, outputs)?;
+            let t0 = Instant::now();
+            if let Some(s) = shadow {
+                s.apply(input, outputs);
+            }
+            self.record(layer, group, start, t0.elapsed());
+            return Ok(());
+        }
         let pool = &self.npu.shadow_buffers;
         let timed_shadow = || {
             let t0 = Instant::now();
@@ -368,9 +378,7 @@ impl LinearExecutor for AccelChunk<'_> {
         if let (Some(s), Some(d)) = (shadow, delta) {
             s.merge(d, outputs, pool);
         }
-        if let Some(p) = self.npu.profile.lock().unwrap().as_mut() {
-            p.push(GroupTiming { chunk: self.chunk, layer, group, rows: self.rows, start, end: Instant::now(), shadow: shadow_time });
-        }
+        self.record(layer, group, start, shadow_time);
         Ok(())
     }
 
@@ -380,6 +388,13 @@ impl LinearExecutor for AccelChunk<'_> {
 }
 
 impl AccelChunk<'_> {
+    /// Adds a group's timing to the profile, when one is being taken.
+    fn record(&self, layer: usize, group: LinearGroup, start: Instant, shadow: std::time::Duration) {
+        if let Some(p) = self.npu.profile.lock().unwrap().as_mut() {
+            p.push(GroupTiming { chunk: self.chunk, layer, group, rows: self.rows, start, end: Instant::now(), shadow });
+        }
+    }
+
     fn run_graph(&self, layer: usize, group: LinearGroup, input: &[f32], m: usize, outputs: &mut [&mut [f32]]) -> Result<()> {
         let g = self.npu.graph(layer, group, self.rows)?;
         if m == self.rows {
@@ -417,7 +432,7 @@ impl LinearExecutor for CpuInt8<'_> {
         let l = &self.npu.layers[layer];
         w8a8(self.npu.cpu_kernel, input, m, l.scales[group.index()], &l.linears[group.index()], group.adds_to_residual(), outputs);
         if let Some(s) = l.shadow(group) {
-            s.apply(input, outputs, &self.npu.shadow_buffers);
+            s.apply(input, outputs);
         }
         Ok(())
     }
