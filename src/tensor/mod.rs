@@ -162,25 +162,48 @@ impl Tensor {
     }
 
     /// Columns `cols` of a 2-D [n, k] tensor, each as n contiguous values: `out[i][..]` = column
-    /// cols[i]. An encoded tensor decodes only the blocks holding those columns.
+    /// cols[i]. An encoded tensor decodes only the blocks holding those columns. Weight rows are
+    /// read once for all the columns, rows in parallel (a column at a time read one cache line
+    /// per value, n of them, again for every column: 3-5% of a prefill with shadow work).
     pub fn gather_columns(&self, cols: &[u32], out: &mut [f32]) {
+        use rayon::prelude::*;
         let (n, k) = (self.shape[0], self.shape[1]);
-        let Some(e) = self.encoded() else {
-            let w = self.data();
-            for (&c, col) in cols.iter().zip(out.chunks_exact_mut(n)) {
-                for (j, v) in col.iter_mut().enumerate() {
-                    *v = w[j * k + c as usize];
-                }
-            }
-            return;
+        assert_eq!(out.len(), cols.len() * n, "gather_columns: output size");
+        let into = SharedOut(out.as_mut_ptr());
+        let put = |j: usize, i: usize, v: f32| {
+            // SAFETY: i < cols.len() and j < n, so the index is inside `out`; each (i, j) is
+            // written by the one task that has row j.
+            unsafe { into.write(i * n + j, v) };
         };
-        // Only the wanted weights are decoded, each from the bits it needs.
-        let (weights, size) = e.dtype.block();
-        for j in 0..n {
-            let row = e.row(j);
-            for (i, &c) in cols.iter().enumerate() {
-                let b = c as usize / weights;
-                out[i * n + j] = dtype::dequantize_one(e.dtype, &row[b * size..(b + 1) * size], c as usize % weights);
+        match self.encoded() {
+            None => {
+                let w = self.data();
+                (0..n).into_par_iter().with_min_len(256).for_each(|j| {
+                    let row = &w[j * k..(j + 1) * k];
+                    // The rows are far apart (a line and often a page each): ask for later rows'
+                    // values ahead, or every value waits on memory in turn.
+                    #[cfg(target_arch = "x86_64")]
+                    if j + PREFETCH_ROWS < n {
+                        for &c in cols {
+                            // SAFETY: a prefetch of an address inside `w`; it never faults.
+                            unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(w.as_ptr().add((j + PREFETCH_ROWS) * k + c as usize) as *const i8) };
+                        }
+                    }
+                    for (i, &c) in cols.iter().enumerate() {
+                        put(j, i, row[c as usize]);
+                    }
+                });
+            }
+            Some(e) => {
+                // Only the wanted weights are decoded, each from the bits it needs.
+                let (weights, size) = e.dtype.block();
+                (0..n).into_par_iter().with_min_len(256).for_each(|j| {
+                    let row = e.row(j);
+                    for (i, &c) in cols.iter().enumerate() {
+                        let b = c as usize / weights;
+                        put(j, i, dtype::dequantize_one(e.dtype, &row[b * size..(b + 1) * size], c as usize % weights));
+                    }
+                });
             }
         }
     }
@@ -196,8 +219,44 @@ impl Tensor {
     }
 }
 
+/// How many rows ahead `gather_columns` asks memory for the values it will read.
+const PREFETCH_ROWS: usize = 16;
+
+/// `gather_columns`' output, written from several threads at disjoint indices.
+struct SharedOut(*mut f32);
+// SAFETY: writers use disjoint indices (see `gather_columns`).
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    /// # Safety
+    /// `at` must be inside the buffer, and no other thread may use it meanwhile.
+    unsafe fn write(&self, at: usize, v: f32) {
+        *self.0.add(at) = v;
+    }
+}
+
 impl fmt::Debug for Tensor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Tensor{:?} {}{}", self.shape, self.dtype().name(), if self.is_mapped() { " (mapped)" } else { "" })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gathered_columns_are_the_columns() {
+        // More rows than one parallel block, columns out of order and at the edges.
+        let (n, k) = (1000, 37);
+        let t = Tensor::from_vec(vec![n, k], (0..n * k).map(|i| i as f32 * 0.5 - 3.0).collect());
+        let cols = [36u32, 0, 5, 6, 20];
+        let mut out = vec![f32::NAN; cols.len() * n];
+        t.gather_columns(&cols, &mut out);
+        for (i, &c) in cols.iter().enumerate() {
+            for j in 0..n {
+                assert_eq!(out[i * n + j], t.data()[j * k + c as usize], "column {c} row {j}");
+            }
+        }
     }
 }
