@@ -1,5 +1,5 @@
 //! int8 GEMM throughput of the accelerator's kernels against rten-gemm's u8 x i8 GEMM, in one run:
-//!     cargo run --release --example int8_gemm_bench
+//!     cargo run --release --example int8_gemm_bench [-- --ours | --kernel amx]
 //! Shapes: M=256 (one prefill chunk) times TinyLlama's projections (K x N: 2048 x 2048 q/o,
 //! 2048 x 256 k/v, 2048 x 5632 gate/up, 5632 x 2048 down), 1 and 2 threads. Weights are
 //! prepacked for both (as at model load); activation packing is timed. GOP/s counts 2 ops per
@@ -18,7 +18,10 @@ use llm_npu::measure::bench::median_secs;
 fn main() {
     let m = 256usize;
     let mut rng = Rng::new(1);
-    let only_ours = std::env::args().any(|a| a == "--ours");
+    let args: Vec<String> = std::env::args().collect();
+    let only_ours = args.iter().any(|a| a == "--ours");
+    // `--kernel NAME`: only that kernel of ours (e.g. amx), for profiling one kernel.
+    let only_kernel = args.iter().position(|a| a == "--kernel").and_then(|i| args.get(i + 1)).cloned();
     println!("| threads | K x N | kernel | ms | GOP/s | % of int8 peak |");
     println!("| ---: | ---: | --- | ---: | ---: | ---: |");
     for threads in [1usize, 2] {
@@ -37,12 +40,12 @@ fn main() {
             let packed = PackedI8Weights::new(&w, n, k);
             let mut y = vec![0i32; m * n];
             for kernel in [Int8Kernel::Amx, Int8Kernel::Avx512Vnni, Int8Kernel::Avx512VlVnni, Int8Kernel::AvxVnni, Int8Kernel::Avx2] {
-                if kernel.is_supported() {
+                if kernel.is_supported() && only_kernel.as_deref().is_none_or(|name| name == kernel.name()) {
                     let s = pool.install(|| median_secs(10, || gemm_i8(kernel, &x, m, &packed, &mut y)));
                     row(&format!("llm-npu {}", kernel.name()), s);
                 }
             }
-            if only_ours {
+            if only_ours || only_kernel.is_some() {
                 continue;
             }
             // rten-gemm: A [m, k] u8 (the offset activations), B [k, n] i8 prepacked.
