@@ -13,8 +13,8 @@
 
 pub mod plan;
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Mutex, OnceLock};
 
 use rayon::prelude::*;
 
@@ -153,7 +153,17 @@ pub struct ShadowPoint {
     hot_only: bool,
     linears: Vec<ShadowWeights>,
     counters: Counters,
+    /// Columns of cold channels kept once read (every linear's, concatenated), up to
+    /// `WARM_CHANNELS` channels: a cold channel's column is n reads a cache line (and often a
+    /// page) apart, 5% of a prefill when read anew at every call, and the same channels recur.
+    warm: Vec<OnceLock<Box<[f32]>>>,
+    warm_count: AtomicUsize,
+    /// Where each linear's column starts in a warm entry.
+    warm_offsets: Vec<usize>,
 }
+
+/// Cold channels per input whose columns are kept after their first use.
+const WARM_CHANNELS: usize = 32;
 
 /// Shadow results waiting to be merged: for each linear, one dense row per input row with
 /// outliers.
@@ -191,19 +201,45 @@ impl ShadowPoint {
         for (slot, &c) in plan.hot.iter().enumerate() {
             hot_slot[c as usize] = slot as u32;
         }
-        ShadowPoint {
-            scale: plan.scale,
-            k,
-            hot_slot,
-            hot_only,
-            linears: weights.iter().map(|w| ShadowWeights::new(w, &plan.hot)).collect(),
-            counters: Counters::default(),
-        }
+        let linears: Vec<ShadowWeights> = weights.iter().map(|w| ShadowWeights::new(w, &plan.hot)).collect();
+        let warm_offsets = linears.iter().scan(0, |at, l| Some(std::mem::replace(at, *at + l.n))).collect();
+        ShadowPoint { scale: plan.scale, k, hot_slot, hot_only, linears, counters: Counters::default(), warm: (0..k).map(|_| OnceLock::new()).collect(), warm_count: AtomicUsize::new(0), warm_offsets }
     }
 
-    /// Bytes of float weight columns kept resident (the hot set).
+    /// Bytes of float weight columns kept resident (the hot set, and the cold channels' columns
+    /// kept so far).
     pub fn resident_bytes(&self) -> usize {
-        self.linears.iter().map(|l| l.hot_columns.len() * 4).sum()
+        let hot: usize = self.linears.iter().map(|l| l.hot_columns.len() * 4).sum();
+        let per_warm: usize = self.linears.iter().map(|l| l.n * 4).sum();
+        hot + self.warm_count.load(Relaxed) * per_warm
+    }
+
+    /// Keeps the columns of `cold` channels not yet kept, while the budget lasts; returns the
+    /// channels still to be read for this call alone.
+    fn warm_up(&self, mut cold: Vec<u32>) -> Vec<u32> {
+        let room = WARM_CHANNELS.saturating_sub(self.warm_count.load(Relaxed)).min(cold.len());
+        let rest = cold.split_off(room);
+        let new = cold;
+        if new.is_empty() {
+            return rest;
+        }
+        let gathered: Vec<Vec<f32>> = self
+            .linears
+            .iter()
+            .map(|lin| {
+                let mut columns = vec![0f32; new.len() * lin.n];
+                lin.weight.gather_columns(&new, &mut columns);
+                columns
+            })
+            .collect();
+        for (i, &ch) in new.iter().enumerate() {
+            let entry: Box<[f32]> = self.linears.iter().zip(&gathered).flat_map(|(lin, g)| g[i * lin.n..(i + 1) * lin.n].iter().copied()).collect();
+            // Two calls racing to keep the same channel: the first one's copy stays.
+            if self.warm[ch as usize].set(entry).is_ok() {
+                self.warm_count.fetch_add(1, Relaxed);
+            }
+        }
+        rest
     }
 
     /// Bytes that keeping every channel's columns resident would take (all the float weights).
@@ -234,7 +270,7 @@ impl ShadowPoint {
         if o.is_empty() {
             return None;
         }
-        let mut cold: Vec<u32> = o.cols.iter().copied().filter(|&c| self.hot_slot[c as usize] == COLD).collect();
+        let mut cold: Vec<u32> = o.cols.iter().copied().filter(|&c| self.hot_slot[c as usize] == COLD && self.warm[c as usize].get().is_none()).collect();
         let cold_elems = cold.len();
         cold.sort_unstable();
         cold.dedup();
@@ -242,22 +278,27 @@ impl ShadowPoint {
         c.calls.fetch_add(1, Relaxed);
         c.outliers.fetch_add(o.len() as u64, Relaxed);
         c.cold.fetch_add(cold_elems as u64, Relaxed);
+        let cold = self.warm_up(cold);
         Some((o, cold))
     }
 
     /// For every row with outliers, `sum(i, terms)` with row slot i's (remainder, weight
     /// column) pairs for linear `lin`, rows in parallel; the `cold` channels' columns are
     /// gathered once here.
-    fn each_row(&self, lin: &ShadowWeights, o: &Outliers, cold: &[u32], rows: impl IndexedParallelIterator<Item = usize>, sum: impl Fn(usize, &[(f32, &[f32])]) + Sync) {
+    fn each_row(&self, li: usize, o: &Outliers, cold: &[u32], rows: impl IndexedParallelIterator<Item = usize>, sum: impl Fn(usize, &[(f32, &[f32])]) + Sync) {
+        let lin = &self.linears[li];
         let n = lin.n;
         let mut cold_columns = vec![0f32; cold.len() * n];
         lin.weight.gather_columns(cold, &mut cold_columns);
         let column = |ch: u32| -> &[f32] {
             match self.hot_slot[ch as usize] {
-                COLD => {
-                    let i = cold.binary_search(&ch).expect("cold channel gathered");
-                    &cold_columns[i * n..(i + 1) * n]
-                }
+                COLD => match self.warm[ch as usize].get() {
+                    Some(kept) => &kept[self.warm_offsets[li]..self.warm_offsets[li] + n],
+                    None => {
+                        let i = cold.binary_search(&ch).expect("cold channel gathered");
+                        &cold_columns[i * n..(i + 1) * n]
+                    }
+                },
                 slot => &lin.hot_columns[slot as usize * n..(slot as usize + 1) * n],
             }
         };
@@ -276,13 +317,14 @@ impl ShadowPoint {
         let per_linear = self
             .linears
             .iter()
-            .map(|lin| {
+            .enumerate()
+            .map(|(li, lin)| {
                 let n = lin.n;
                 let mut delta = pool.take(o.rows.len() * n);
                 let rows = SharedRows(delta.as_mut_ptr());
                 // The sum writes the whole row, so reused buffers need no clearing.
                 // SAFETY: each row slot i is visited once, and its n values lie inside `delta`.
-                self.each_row(lin, &o, &cold, (0..o.rows.len()).into_par_iter(), |i, terms| weighted_sum(unsafe { rows.row(i, n) }, terms, false));
+                self.each_row(li, &o, &cold, (0..o.rows.len()).into_par_iter(), |i, terms| weighted_sum(unsafe { rows.row(i, n) }, terms, false));
                 delta
             })
             .collect();
@@ -311,12 +353,12 @@ impl ShadowPoint {
     /// cores): each output row is read and written once, with no delta buffer between.
     pub fn apply(&self, x: &[f32], outputs: &mut [&mut [f32]]) {
         let Some((o, cold)) = self.find(x) else { return };
-        for (lin, out) in self.linears.iter().zip(outputs.iter_mut()) {
+        for (li, (lin, out)) in self.linears.iter().zip(outputs.iter_mut()).enumerate() {
             let n = lin.n;
             assert!(o.rows.last().is_none_or(|&r| (r as usize + 1) * n <= out.len()), "shadow rows beyond the output");
             let rows = SharedRows(out.as_mut_ptr());
             // SAFETY: the outlier rows are distinct and inside `out` (checked above).
-            self.each_row(lin, &o, &cold, (0..o.rows.len()).into_par_iter(), |i, terms| weighted_sum(unsafe { rows.row(o.rows[i] as usize, n) }, terms, true));
+            self.each_row(li, &o, &cold, (0..o.rows.len()).into_par_iter(), |i, terms| weighted_sum(unsafe { rows.row(o.rows[i] as usize, n) }, terms, true));
         }
     }
 }
@@ -452,6 +494,38 @@ mod tests {
         }
         for j in 0..4 {
             assert!((b[4 + j] - (2.0 + r * wb.data()[j * k + 7])).abs() < 1e-5);
+        }
+    }
+
+    #[test]
+    fn cold_columns_are_kept_up_to_the_budget_and_give_the_same_sums() {
+        // Outliers in WARM_CHANNELS + 8 distinct cold channels (no hot set): the first call keeps
+        // WARM_CHANNELS of them, the second reads only the 8 beyond the budget anew, and both
+        // calls' sums are the same.
+        let (m, k, n) = (48, 64, 24);
+        let s = 0.1f32;
+        let mut x: Vec<f32> = (0..m * k).map(|i| int(i, 100) * s).collect();
+        let channels = WARM_CHANNELS + 8;
+        for ch in 0..channels {
+            x[ch * k + ch] = 30.0 + ch as f32;
+        }
+        let w = Tensor::from_vec(vec![n, k], (0..n * k).map(|i| int(i, 9) * 0.01).collect());
+        let sp = ShadowPoint::new(&plan_with_hot(LinearGroup::O, s, vec![]), &[&w], false);
+        let before = sp.resident_bytes();
+        let start: Vec<f32> = (0..m * n).map(|i| int(i + 3, 50) * 0.1).collect();
+        let (mut first, mut second) = (start.clone(), start.clone());
+        sp.apply(&x, &mut [&mut first]);
+        assert_eq!(sp.work().cold, channels as u64);
+        assert_eq!(sp.resident_bytes() - before, WARM_CHANNELS * n * 4);
+        sp.apply(&x, &mut [&mut second]);
+        assert_eq!(sp.work().cold, channels as u64 + 8, "only the channels beyond the budget are read again");
+        assert_eq!(first, second);
+        for ch in 0..channels {
+            let r = 30.0 + ch as f32 - 12.7;
+            for j in 0..n {
+                let want = start[ch * n + j] + r * w.data()[j * k + ch];
+                assert!((first[ch * n + j] - want).abs() <= 1e-5 * (1.0 + want.abs()), "channel {ch}");
+            }
         }
     }
 
