@@ -169,6 +169,9 @@ impl Tensor {
         use rayon::prelude::*;
         let (n, k) = (self.shape[0], self.shape[1]);
         assert_eq!(out.len(), cols.len() * n, "gather_columns: output size");
+        if cols.is_empty() {
+            return;
+        }
         let into = SharedOut(out.as_mut_ptr());
         let put = |j: usize, i: usize, v: f32| {
             // SAFETY: i < cols.len() and j < n, so the index is inside `out`; each (i, j) is
