@@ -290,32 +290,48 @@ pub fn gemm_i8_with(kernel: Int8Kernel, x: &[i8], m: usize, w: &PackedI8Weights,
 
 /// The int8 product of packed activations and packed weights, through `epilogue`.
 pub fn gemm_packed_with(xp: &PackedI8Acts, w: &PackedI8Weights, epilogue: &dyn Epilogue) {
-    let (n, m, kernel) = (w.n, xp.m, xp.kernel);
-    assert_eq!(xp.k, w.k, "activations and weights disagree on k");
+    gemm_packed_group(xp, &[(w, epilogue)]);
+}
+
+/// Several products of the same packed activations (a linear group: q/k/v, gate/up), each
+/// through its own epilogue, in one parallel loop over all their column blocks: one wait for
+/// the threads instead of one per weight, and the small ones (k, v) balance against the rest.
+pub fn gemm_packed_group(xp: &PackedI8Acts, jobs: &[(&PackedI8Weights, &dyn Epilogue)]) {
+    let kernel = xp.kernel;
     assert!(kernel.is_supported(), "int8 kernel {} is not supported on this CPU", kernel.name());
-    (0..n.div_ceil(NC)).into_par_iter().for_each(|b| {
-        let n0 = b * NC;
-        #[cfg(target_arch = "x86_64")]
-        if kernel.row_panels(xp.mr) {
-            return amx_columns(xp, w, n0, epilogue);
-        }
-        let panels = (NC.min(n - n0)).div_ceil(NR_I8);
-        let mut acc = [0i32; MAX_MR * NR_I8];
-        for p in 0..m.div_ceil(xp.mr) {
-            let tokens = xp.mr.min(m - p * xp.mr);
-            for j in 0..panels {
-                let col0 = n0 + j * NR_I8;
-                let cols = NR_I8.min(n - col0);
-                let tile = Tile { x: xp.panel(p).as_ptr(), w: w.panel(col0 / NR_I8).as_ptr(), offsets: w.offsets[col0..].as_ptr(), groups: w.k4 / 4, mr: xp.mr, tokens, cols };
-                // SAFETY: the panels hold `groups` k-groups; `acc` holds MAX_MR rows of NR_I8.
-                // Each (p, col0) tile is produced by this task alone, as the epilogue requires.
-                unsafe {
-                    tile.run(kernel, acc.as_mut_ptr(), NR_I8);
-                    epilogue.tile(p * xp.mr, col0, tokens, cols, &acc, NR_I8);
-                }
+    for (w, _) in jobs {
+        assert_eq!(xp.k, w.k, "activations and weights disagree on k");
+    }
+    let blocks: Vec<(usize, usize)> = jobs.iter().enumerate().flat_map(|(i, (w, _))| (0..w.n.div_ceil(NC)).map(move |b| (i, b * NC))).collect();
+    blocks.into_par_iter().for_each(|(i, n0)| {
+        let (w, epilogue) = jobs[i];
+        column_block(xp, w, n0, epilogue);
+    });
+}
+
+/// Columns n0..n0 + NC of one product, every token.
+fn column_block(xp: &PackedI8Acts, w: &PackedI8Weights, n0: usize, epilogue: &dyn Epilogue) {
+    let (n, m, kernel) = (w.n, xp.m, xp.kernel);
+    #[cfg(target_arch = "x86_64")]
+    if kernel.row_panels(xp.mr) {
+        return amx_columns(xp, w, n0, epilogue);
+    }
+    let panels = (NC.min(n - n0)).div_ceil(NR_I8);
+    let mut acc = [0i32; MAX_MR * NR_I8];
+    for p in 0..m.div_ceil(xp.mr) {
+        let tokens = xp.mr.min(m - p * xp.mr);
+        for j in 0..panels {
+            let col0 = n0 + j * NR_I8;
+            let cols = NR_I8.min(n - col0);
+            let tile = Tile { x: xp.panel(p).as_ptr(), w: w.panel(col0 / NR_I8).as_ptr(), offsets: w.offsets[col0..].as_ptr(), groups: w.k4 / 4, mr: xp.mr, tokens, cols };
+            // SAFETY: the panels hold `groups` k-groups; `acc` holds MAX_MR rows of NR_I8.
+            // Each (p, col0) tile is produced by this task alone, as the epilogue requires.
+            unsafe {
+                tile.run(kernel, acc.as_mut_ptr(), NR_I8);
+                epilogue.tile(p * xp.mr, col0, tokens, cols, &acc, NR_I8);
             }
         }
-    });
+    }
 }
 
 /// Tokens per AMX call: two 16-row tiles.

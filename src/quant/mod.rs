@@ -13,7 +13,7 @@ use rayon::prelude::*;
 
 use crate::kernels::matvec::WeightRows;
 use crate::kernels::ops::max_abs;
-use crate::kernels::int8_gemm::{gemm_i8, gemm_packed_with, Epilogue, Int8Kernel, PackedI8Acts, PackedI8Weights};
+use crate::kernels::int8_gemm::{gemm_i8, gemm_packed_group, Epilogue, Int8Kernel, PackedI8Acts, PackedI8Weights};
 use crate::kernels::quantize::{quantize, quantize_value, scale_for};
 use crate::tensor::Tensor;
 
@@ -96,13 +96,20 @@ impl Int8Linear {
 /// i; with `residual` the single output is added to (x += W x_q).
 pub fn w8a8(kernel: Int8Kernel, input: &[f32], rows: usize, input_scale: f32, linears: &[Arc<Int8Linear>], residual: bool, outputs: &mut [&mut [f32]]) {
     let xp = PackedI8Acts::quantized(input, rows, linears[0].in_features(), input_scale, kernel);
-    for (lin, out) in linears.iter().zip(outputs.iter_mut()) {
-        let n = lin.out_features();
-        assert_eq!(out.len(), rows * n);
-        let scales: Vec<f32> = (0..n).map(|j| input_scale * lin.scale(j)).collect();
-        let epilogue = Dequantize { out: out.as_mut_ptr(), ld: n, scales: &scales, bias: lin.bias.as_deref(), residual };
-        gemm_packed_with(&xp, &lin.weights, &epilogue);
-    }
+    assert_eq!(linears.len(), outputs.len());
+    let scales: Vec<Vec<f32>> = linears.iter().map(|lin| (0..lin.out_features()).map(|j| input_scale * lin.scale(j)).collect()).collect();
+    let epilogues: Vec<Dequantize> = linears
+        .iter()
+        .zip(outputs.iter_mut())
+        .zip(&scales)
+        .map(|((lin, out), scales)| {
+            let n = lin.out_features();
+            assert_eq!(out.len(), rows * n);
+            Dequantize { out: out.as_mut_ptr(), ld: n, scales, bias: lin.bias.as_deref(), residual }
+        })
+        .collect();
+    let jobs: Vec<(&PackedI8Weights, &dyn Epilogue)> = linears.iter().zip(&epilogues).map(|(lin, e)| (&lin.weights, e as &dyn Epilogue)).collect();
+    gemm_packed_group(&xp, &jobs);
 }
 
 /// W8A8 with a dynamic activation scale per row (each row's own max |x|), for the LM head: it
