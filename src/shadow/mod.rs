@@ -282,30 +282,39 @@ impl ShadowPoint {
         Some((o, cold))
     }
 
-    /// For every row with outliers, `sum(i, terms)` with row slot i's (remainder, weight
-    /// column) pairs for linear `lin`, rows in parallel; the `cold` channels' columns are
-    /// gathered once here.
-    fn each_row(&self, li: usize, o: &Outliers, cold: &[u32], rows: impl IndexedParallelIterator<Item = usize>, sum: impl Fn(usize, &[(f32, &[f32])]) + Sync) {
-        let lin = &self.linears[li];
-        let n = lin.n;
-        let mut cold_columns = vec![0f32; cold.len() * n];
-        lin.weight.gather_columns(cold, &mut cold_columns);
-        let column = |ch: u32| -> &[f32] {
+    /// For every linear li and row slot i with outliers, `sum(li, i, terms)` with the row's
+    /// (remainder, weight column) pairs, all linears' rows in one parallel loop (one wait for
+    /// the threads per input, not per linear); the `cold` channels' columns are gathered here.
+    fn each_row(&self, o: &Outliers, cold: &[u32], sum: impl Fn(usize, usize, &[(f32, &[f32])]) + Sync) {
+        let cold_columns: Vec<Vec<f32>> = self
+            .linears
+            .iter()
+            .map(|lin| {
+                let mut columns = vec![0f32; cold.len() * lin.n];
+                lin.weight.gather_columns(cold, &mut columns);
+                columns
+            })
+            .collect();
+        let column = |li: usize, ch: u32| -> &[f32] {
+            let lin = &self.linears[li];
+            let n = lin.n;
             match self.hot_slot[ch as usize] {
                 COLD => match self.warm[ch as usize].get() {
                     Some(kept) => &kept[self.warm_offsets[li]..self.warm_offsets[li] + n],
                     None => {
                         let i = cold.binary_search(&ch).expect("cold channel gathered");
-                        &cold_columns[i * n..(i + 1) * n]
+                        &cold_columns[li][i * n..(i + 1) * n]
                     }
                 },
                 slot => &lin.hot_columns[slot as usize * n..(slot as usize + 1) * n],
             }
         };
-        rows.for_each_init(Vec::new, |terms, i| {
+        let rows = o.rows.len();
+        (0..self.linears.len() * rows).into_par_iter().for_each_init(Vec::new, |terms, at| {
+            let (li, i) = (at / rows, at % rows);
             terms.clear();
-            terms.extend(o.row(i).map(|e| (o.remainders[e], column(o.cols[e]))));
-            sum(i, terms);
+            terms.extend(o.row(i).map(|e| (o.remainders[e], column(li, o.cols[e]))));
+            sum(li, i, terms);
         });
     }
 
@@ -314,20 +323,12 @@ impl ShadowPoint {
     /// merged when the accelerator is done. None when nothing was clipped.
     pub fn compute(&self, x: &[f32], pool: &BufferPool) -> Option<ShadowDelta> {
         let (o, cold) = self.find(x)?;
-        let per_linear = self
-            .linears
-            .iter()
-            .enumerate()
-            .map(|(li, lin)| {
-                let n = lin.n;
-                let mut delta = pool.take(o.rows.len() * n);
-                let rows = SharedRows(delta.as_mut_ptr());
-                // The sum writes the whole row, so reused buffers need no clearing.
-                // SAFETY: each row slot i is visited once, and its n values lie inside `delta`.
-                self.each_row(li, &o, &cold, (0..o.rows.len()).into_par_iter(), |i, terms| weighted_sum(unsafe { rows.row(i, n) }, terms, false));
-                delta
-            })
-            .collect();
+        let mut per_linear: Vec<Vec<f32>> = self.linears.iter().map(|lin| pool.take(o.rows.len() * lin.n)).collect();
+        let deltas: Vec<SharedRows> = per_linear.iter_mut().map(|d| SharedRows(d.as_mut_ptr())).collect();
+        // The sum writes the whole row, so reused buffers need no clearing.
+        // SAFETY: each (linear, row slot) is visited once, and its n values lie inside that
+        // linear's delta (o.rows.len() rows of n).
+        self.each_row(&o, &cold, |li, i, terms| weighted_sum(unsafe { deltas[li].row(i, self.linears[li].n) }, terms, false));
         Some(ShadowDelta { rows: o.rows, per_linear })
     }
 
@@ -353,13 +354,13 @@ impl ShadowPoint {
     /// cores): each output row is read and written once, with no delta buffer between.
     pub fn apply(&self, x: &[f32], outputs: &mut [&mut [f32]]) {
         let Some((o, cold)) = self.find(x) else { return };
-        for (li, (lin, out)) in self.linears.iter().zip(outputs.iter_mut()).enumerate() {
-            let n = lin.n;
-            assert!(o.rows.last().is_none_or(|&r| (r as usize + 1) * n <= out.len()), "shadow rows beyond the output");
-            let rows = SharedRows(out.as_mut_ptr());
-            // SAFETY: the outlier rows are distinct and inside `out` (checked above).
-            self.each_row(li, &o, &cold, (0..o.rows.len()).into_par_iter(), |i, terms| weighted_sum(unsafe { rows.row(o.rows[i] as usize, n) }, terms, true));
+        assert_eq!(outputs.len(), self.linears.len(), "one output per linear");
+        for (lin, out) in self.linears.iter().zip(outputs.iter()) {
+            assert!(o.rows.last().is_none_or(|&r| (r as usize + 1) * lin.n <= out.len()), "shadow rows beyond the output");
         }
+        let outs: Vec<SharedRows> = outputs.iter_mut().map(|out| SharedRows(out.as_mut_ptr())).collect();
+        // SAFETY: the outlier rows are distinct and inside each output (checked above).
+        self.each_row(&o, &cold, |li, i, terms| weighted_sum(unsafe { outs[li].row(o.rows[i] as usize, self.linears[li].n) }, terms, true));
     }
 }
 
