@@ -289,7 +289,7 @@ impl Accelerator for OrtAccelerator {
         match &self.provider {
             Provider::Cpu => true,
             Provider::QnnHtp(_) => false,
-            Provider::OpenVino(device) => device == "CPU",
+            Provider::OpenVino(device) => device.eq_ignore_ascii_case("CPU"),
         }
     }
 
