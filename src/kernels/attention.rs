@@ -13,6 +13,7 @@
 use rayon::prelude::*;
 
 use super::ops::{exp_fast, exp_minus_simd, max_of_simd, softcap};
+use super::disjoint::DisjointWrites;
 use super::{simd_level, SimdLevel};
 
 mod int8;
@@ -132,32 +133,26 @@ fn portable_attention(precision: Precision, q: &[f32], k_cache: &[f32], v_cache:
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
-unsafe fn task_avx512(task: Task, bufs: &mut Buffers, out: OutPtr) {
+unsafe fn task_avx512(task: Task, bufs: &mut Buffers, out: DisjointWrites) {
     task.attend::<true, false, false>(bufs, out)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma")]
-unsafe fn task_avx512_vnni(task: Task, bufs: &mut Buffers, out: OutPtr) {
+unsafe fn task_avx512_vnni(task: Task, bufs: &mut Buffers, out: DisjointWrites) {
     task.attend::<true, true, false>(bufs, out)
 }
 
 /// Safety: AMX must be available and the head size fit it (`int8::amx_fits`).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma")]
-unsafe fn task_avx512_amx(task: Task, bufs: &mut Buffers, out: OutPtr) {
+unsafe fn task_avx512_amx(task: Task, bufs: &mut Buffers, out: DisjointWrites) {
     task.attend::<true, true, true>(bufs, out)
 }
 
-/// The output, shared by tasks that write disjoint (token, head) rows of it.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: each task writes only the rows of its own tokens and KV head's query heads.
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
 
 #[allow(clippy::too_many_arguments)]
-fn run(precision: Precision, q: &[f32], k_cache: &[f32], v_cache: &[f32], s: AttnShape, out: &mut [f32], int8: &mut Int8Kv, attend: impl Fn(Task, &mut Buffers, OutPtr) + Sync) {
+fn run(precision: Precision, q: &[f32], k_cache: &[f32], v_cache: &[f32], s: AttnShape, out: &mut [f32], int8: &mut Int8Kv, attend: impl Fn(Task, &mut Buffers, DisjointWrites) + Sync) {
     let (hd, row) = (s.head_dim, s.n_heads * s.head_dim);
     assert!(s.n_kv_heads > 0 && s.n_heads % s.n_kv_heads == 0 && s.kv_stride % LANES == 0, "attention shape {s:?}");
     assert!(q.len() % row.max(1) == 0 && out.len() == q.len());
@@ -172,7 +167,7 @@ fn run(precision: Precision, q: &[f32], k_cache: &[f32], v_cache: &[f32], s: Att
     // Every slot a query of this batch sees, quantized once for all tasks (those not quantized
     // by an earlier call).
     let kv8 = (precision == Precision::Int8 && tokens >= INT8_MIN_TOKENS).then(|| int8.update(k_cache, v_cache, s, s.pos0 + tokens - s.kv_base));
-    let out_ptr = OutPtr(out.as_mut_ptr());
+    let out_ptr = DisjointWrites::new(out);
     (0..s.n_kv_heads * blocks).into_par_iter().for_each_init(Buffers::default, |bufs, i| {
         let (kvh, b) = (i % s.n_kv_heads, i / s.n_kv_heads);
         let t0 = b * TOKENS_PER_TASK;
@@ -262,7 +257,7 @@ impl Task<'_> {
     }
 
     #[inline(always)]
-    fn attend<const FMA: bool, const VNNI: bool, const AMX: bool>(&self, b: &mut Buffers, out: OutPtr) {
+    fn attend<const FMA: bool, const VNNI: bool, const AMX: bool>(&self, b: &mut Buffers, out: DisjointWrites) {
         let (hd, group) = (self.s.head_dim, self.group());
         let rows = (self.t1 - self.t0) * group;
         let row_len = self.s.n_heads * hd;
@@ -308,9 +303,10 @@ impl Task<'_> {
         for r in 0..rows {
             let (t, h) = (self.t0 + r / group, self.kvh * group + r % group);
             let inv = 1.0 / b.sum[r];
-            // SAFETY: row (t, h) of `out` is written by this task alone (see OutPtr); run()
-            // checked that out holds every token's n_heads * head_dim values.
-            let dst = unsafe { std::slice::from_raw_parts_mut(out.0.add(t * row_len + h * hd), hd) };
+            // SAFETY: row (t, h) of `out` is written by this task alone (its tokens, its KV
+            // head's query heads); run() checked that out holds every token's n_heads * head_dim
+            // values.
+            let dst = unsafe { out.slice(t * row_len + h * hd, hd) };
             for (d, &o) in dst.iter_mut().zip(&b.o[r * hd..(r + 1) * hd]) {
                 *d = o * inv;
             }

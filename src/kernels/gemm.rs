@@ -11,6 +11,7 @@
 
 use rayon::prelude::*;
 
+use super::disjoint::DisjointWrites;
 use super::{simd_level, SimdLevel};
 
 /// Tokens per microkernel tile (broadcast operand).
@@ -106,7 +107,7 @@ pub fn gemm_packed(xp: &PackedF32Acts, w: &[f32], n: usize, y: &mut [f32], accum
         }
         return;
     }
-    let y_out = SharedOut(y.as_mut_ptr());
+    let y_out = DisjointWrites::new(y);
     (0..n.div_ceil(NC)).into_par_iter().for_each_init(Vec::new, |wpack: &mut Vec<f32>, b| {
         let n0 = b * NC;
         let rows = NC.min(n - n0);
@@ -114,16 +115,9 @@ pub fn gemm_packed(xp: &PackedF32Acts, w: &[f32], n: usize, y: &mut [f32], accum
     });
 }
 
-/// The output pointer shared by tasks that write disjoint elements.
-#[derive(Clone, Copy)]
-struct SharedOut(*mut f32);
-// SAFETY: tasks write disjoint columns of y only (see gemm_packed).
-unsafe impl Send for SharedOut {}
-unsafe impl Sync for SharedOut {}
-
 /// One task: `rows` weight rows (output columns n0..n0+rows of y) against all token panels.
 #[allow(clippy::too_many_arguments)]
-fn block(xp: &PackedF32Acts, w: &[f32], rows: usize, wpack: &mut Vec<f32>, y: SharedOut, ldy: usize, n0: usize, accumulate: bool) {
+fn block(xp: &PackedF32Acts, w: &[f32], rows: usize, wpack: &mut Vec<f32>, y: DisjointWrites, ldy: usize, n0: usize, accumulate: bool) {
     let (m, k) = (xp.m, xp.k);
     let micro = rows.div_ceil(NR);
     wpack.clear();
@@ -140,7 +134,7 @@ fn block(xp: &PackedF32Acts, w: &[f32], rows: usize, wpack: &mut Vec<f32>, y: Sh
                 // SAFETY: the panels hold kc x MR and kc x NR floats; the tile's `tokens` rows and
                 // `cols` columns lie inside y and belong to this task; avx512f was detected.
                 unsafe {
-                    let out = y.0.add(p * MR * ldy + n0 + j * NR);
+                    let out = y.ptr().add(p * MR * ldy + n0 + j * NR);
                     kernel_avx512(xpanel.as_ptr(), wt.as_ptr(), kc, out, ldy, tokens, cols, accumulate || k0 > 0)
                 }
             }

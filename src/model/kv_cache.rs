@@ -117,14 +117,14 @@ impl KvCache {
         // Keys are stored transposed ([dim][slot]): a row of slots per dimension, written
         // contiguously, dimensions in parallel (token by token was one cache line per value,
         // on one core: 1% of a 2,048-token prefill).
-        // A decode step's one token stays on this thread.
-        let dims_per_task = if m >= 16 { 16 } else { usize::MAX };
-        l.k.par_chunks_mut(cap).with_min_len(dims_per_task).enumerate().for_each(|(dim, slots)| {
+        // A decode step's token (or a few) stays on this thread: one task for all.
+        let at_least = |per_task: usize| if m >= 16 { per_task } else { usize::MAX };
+        l.k.par_chunks_mut(cap).with_min_len(at_least(16)).enumerate().for_each(|(dim, slots)| {
             for (t, dst) in slots[slot0..slot0 + m].iter_mut().enumerate() {
                 *dst = k[t * row + dim];
             }
         });
-        l.v.par_chunks_mut(cap * hd).with_min_len(if m >= 16 { 1 } else { usize::MAX }).enumerate().for_each(|(h, head)| {
+        l.v.par_chunks_mut(cap * hd).with_min_len(at_least(1)).enumerate().for_each(|(h, head)| {
             for (t, vr) in v.chunks_exact(row).enumerate() {
                 let at = (slot0 + t) * hd;
                 head[at..at + hd].copy_from_slice(&vr[h * hd..(h + 1) * hd]);

@@ -18,6 +18,7 @@ use std::sync::{Mutex, OnceLock};
 
 use rayon::prelude::*;
 
+use crate::kernels::disjoint::DisjointWrites;
 use crate::kernels::ops::{axpy, find_beyond, weighted_sum};
 use crate::kernels::quantize::{quantize_value, QMAX};
 use crate::tensor::Tensor;
@@ -324,11 +325,14 @@ impl ShadowPoint {
     pub fn compute(&self, x: &[f32], pool: &BufferPool) -> Option<ShadowDelta> {
         let (o, cold) = self.find(x)?;
         let mut per_linear: Vec<Vec<f32>> = self.linears.iter().map(|lin| pool.take(o.rows.len() * lin.n)).collect();
-        let deltas: Vec<SharedRows> = per_linear.iter_mut().map(|d| SharedRows(d.as_mut_ptr())).collect();
+        let deltas: Vec<DisjointWrites> = per_linear.iter_mut().map(|d| DisjointWrites::new(d)).collect();
         // The sum writes the whole row, so reused buffers need no clearing.
         // SAFETY: each (linear, row slot) is visited once, and its n values lie inside that
         // linear's delta (o.rows.len() rows of n).
-        self.each_row(&o, &cold, |li, i, terms| weighted_sum(unsafe { deltas[li].row(i, self.linears[li].n) }, terms, false));
+        self.each_row(&o, &cold, |li, i, terms| {
+            let n = self.linears[li].n;
+            weighted_sum(unsafe { deltas[li].slice(i * n, n) }, terms, false)
+        });
         Some(ShadowDelta { rows: o.rows, per_linear })
     }
 
@@ -358,25 +362,15 @@ impl ShadowPoint {
         for (lin, out) in self.linears.iter().zip(outputs.iter()) {
             assert!(o.rows.last().is_none_or(|&r| (r as usize + 1) * lin.n <= out.len()), "shadow rows beyond the output");
         }
-        let outs: Vec<SharedRows> = outputs.iter_mut().map(|out| SharedRows(out.as_mut_ptr())).collect();
+        let outs: Vec<DisjointWrites> = outputs.iter_mut().map(|out| DisjointWrites::new(out)).collect();
         // SAFETY: the outlier rows are distinct and inside each output (checked above).
-        self.each_row(&o, &cold, |li, i, terms| weighted_sum(unsafe { outs[li].row(o.rows[i] as usize, self.linears[li].n) }, terms, true));
+        self.each_row(&o, &cold, |li, i, terms| {
+            let n = self.linears[li].n;
+            weighted_sum(unsafe { outs[li].slice(o.rows[i] as usize * n, n) }, terms, true)
+        });
     }
 }
 
-/// Rows of a buffer written from several threads, each row by one of them.
-struct SharedRows(*mut f32);
-// SAFETY: callers write disjoint rows (see `row`).
-unsafe impl Sync for SharedRows {}
-
-impl SharedRows {
-    /// # Safety
-    /// Row r (n values) must lie in the buffer, and no other thread may use it meanwhile.
-    #[allow(clippy::mut_from_ref)]
-    unsafe fn row(&self, r: usize, n: usize) -> &mut [f32] {
-        std::slice::from_raw_parts_mut(self.0.add(r * n), n)
-    }
-}
 
 #[cfg(test)]
 mod tests {

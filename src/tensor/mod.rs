@@ -172,7 +172,7 @@ impl Tensor {
         if cols.is_empty() {
             return;
         }
-        let into = SharedOut(out.as_mut_ptr());
+        let into = crate::kernels::disjoint::DisjointWrites::new(out);
         let put = |j: usize, i: usize, v: f32| {
             // SAFETY: i < cols.len() and j < n, so the index is inside `out`; each (i, j) is
             // written by the one task that has row j.
@@ -224,19 +224,6 @@ impl Tensor {
 
 /// How many rows ahead `gather_columns` asks memory for the values it will read.
 const PREFETCH_ROWS: usize = 16;
-
-/// `gather_columns`' output, written from several threads at disjoint indices.
-struct SharedOut(*mut f32);
-// SAFETY: writers use disjoint indices (see `gather_columns`).
-unsafe impl Sync for SharedOut {}
-
-impl SharedOut {
-    /// # Safety
-    /// `at` must be inside the buffer, and no other thread may use it meanwhile.
-    unsafe fn write(&self, at: usize, v: f32) {
-        *self.0.add(at) = v;
-    }
-}
 
 impl fmt::Debug for Tensor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
