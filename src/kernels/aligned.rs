@@ -16,6 +16,8 @@ unsafe impl Plain for i8 {}
 unsafe impl Plain for u8 {}
 // SAFETY: plain integers.
 unsafe impl Plain for i32 {}
+// SAFETY: every bit pattern is some f32 (a NaN at worst); all zeros is 0.0.
+unsafe impl Plain for f32 {}
 
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]

@@ -250,8 +250,10 @@ pub(super) struct Buffers {
     /// Per row: its running sum of probabilities in 16 lane sums, added up once at the end
     /// (`finish_sums`) rather than per key tile.
     sum_lanes: Vec<[f32; LANES]>,
-    /// A block of rows' q.k sums over the key tile from AMX, [AMX_ROWS][C_PITCH] int32.
-    c: AlignedVec<i32>,
+    /// A block of rows' q.k sums over the key tile from AMX, [AMX_ROWS][C_PITCH] int32, which
+    /// the epilogue overwrites in place with the weighted scores (f32): one buffer of the
+    /// block's in L1 rather than two.
+    c: AlignedVec<f32>,
 }
 
 impl Buffers {
@@ -273,7 +275,7 @@ impl Buffers {
         self.sum_lanes.clear();
         self.sum_lanes.resize(rows, [0.0; LANES]);
         if self.c.len() != AMX_ROWS * C_PITCH {
-            self.c = AlignedVec::filled(0, AMX_ROWS * C_PITCH);
+            self.c = AlignedVec::filled(0.0, AMX_ROWS * C_PITCH);
         }
         self.q_scale.clear();
         for (r, row) in q[..rows * hd].chunks_exact(hd).enumerate() {
@@ -302,7 +304,7 @@ fn exp_quantize<const SIMD: bool>(w: &[f32], c: f32, inv: &[f32], out: &mut [u8]
     for ((x, i), o) in w.chunks(LANES).zip(inv.chunks(LANES)).zip(out.chunks_mut(LANES)) {
         for l in 0..x.len() {
             let p = exp2_coarse(x[l] - c);
-            lane_sum[l] += p * i[l];
+            lane_sum[l] = p.mul_add(i[l], lane_sum[l]);
             o[l] = round_unsigned(p);
         }
     }
@@ -332,9 +334,9 @@ unsafe fn exp_quantize_avx512(w: &[f32], c: f32, inv: &[f32], out: &mut [u8], sc
         // poly * 2^n by vscalefps: the same exactly rounded product as multiplying by 2^n's bits.
         let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(y);
         let f = _mm512_sub_ps(y, n);
-        let poly = _mm512_add_ps(k[0], _mm512_mul_ps(f, _mm512_add_ps(k[1], _mm512_mul_ps(f, _mm512_add_ps(k[2], _mm512_mul_ps(f, k[3]))))));
+        let poly = _mm512_fmadd_ps(_mm512_fmadd_ps(_mm512_fmadd_ps(k[3], f, k[2]), f, k[1]), f, k[0]);
         let p = _mm512_scalef_ps(poly, n);
-        sum = _mm512_mask_add_ps(sum, mask, sum, _mm512_mul_ps(p, _mm512_maskz_loadu_ps(mask, inv.as_ptr().add(i))));
+        sum = _mm512_mask3_fmadd_ps(p, _mm512_maskz_loadu_ps(mask, inv.as_ptr().add(i)), sum, mask);
         // round_unsigned(p): p is never negative, and a value past 255 saturates in the
         // narrowing; rounded to nearest even (vcvtps2dq in the default rounding mode, which
         // nothing here changes).
@@ -362,20 +364,22 @@ const EXP2_FLOOR: f32 = -126.0;
 /// log2 255: the tile's largest weighted score quantizes to 255.
 const LOG2_255: f32 = 7.994_353_4;
 const EXP2_ROUND: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to a whole number
-/// 2^f on |f| <= 1/2, fitted to the relative error: c0 + f (c1 + f (c2 + f c3)).
+/// 2^f on |f| <= 1/2, fitted to the relative error: c0 + f (c1 + f (c2 + f c3)), each step one
+/// fused multiply-add.
 const EXP2_CUBIC: [f32; 4] = [0.999_928_95, 0.693_276_2, 0.242_604_05, 0.055_088_684];
 
 /// 2^y for y <= 0 within 8e-5 (relative): 2^n exactly from the exponent bits, 2^f on
 /// |f| <= 1/2 by a cubic fitted to the relative error. Below 2^-126 it flushes to 2^-126 times
-/// the cubic, which is nothing next to the row's maximum of 1. Plain multiplies and adds (no
-/// fused ones) so the portable build gives the same bits as the vectorized one.
+/// the cubic, which is nothing next to the row's maximum of 1. Fused multiply-adds (`mul_add`,
+/// exactly rounded on every target) so the portable build gives the same bits as the vectorized
+/// one, in three instructions instead of six.
 #[inline(always)]
 fn exp2_coarse(y: f32) -> f32 {
     let y = max_select(y, EXP2_FLOOR);
     let t = y + EXP2_ROUND;
     let f = y - (t - EXP2_ROUND);
     let [c0, c1, c2, c3] = EXP2_CUBIC;
-    let p = c0 + f * (c1 + f * (c2 + f * c3));
+    let p = c3.mul_add(f, c2).mul_add(f, c1).mul_add(f, c0);
     // t's low bits hold n (two's complement): 2^n has the exponent field n + 127.
     p * f32::from_bits(t.to_bits().wrapping_sub(EXP2_ROUND.to_bits() - 127) << 23)
 }
@@ -434,16 +438,21 @@ impl Task<'_> {
                 dst.fill(0);
                 continue;
             }
-            let weighted = &mut b.p[r * KEY_TILE + a - j0..r * KEY_TILE + e - j0];
-            let weighted_max = match maxima {
-                Some(m) => m[r - rows.start],
+            let (weighted, weighted_max) = match maxima {
+                // AMX's epilogue left the weighted scores in place of its sums.
+                Some(m) => {
+                    let at = (r - rows.start) * C_PITCH;
+                    (&b8.c[at + a - j0..at + e - j0], m[r - rows.start])
+                }
                 None => {
+                    let weighted = &mut b.p[r * KEY_TILE + a - j0..r * KEY_TILE + e - j0];
                     if let Some(cap) = self.s.softcap {
                         // cap tanh(s / cap) in base 2: the cap converted with the scores.
                         softcap(weighted, cap * std::f32::consts::LOG2_E);
                     }
                     weighted.iter_mut().zip(&kv.v_log2[a..e]).for_each(|(x, l)| *x += l);
-                    max_of_simd::<VNNI>(weighted)
+                    let max = max_of_simd::<VNNI>(weighted);
+                    (&*weighted, max)
                 }
             };
             // The reference: see the module's notes. Its rescaling factor needs no more
@@ -564,7 +573,7 @@ impl Task<'_> {
         // Keys j..j + 32 of every group row: j + 32 <= kv_stride + 16 = pitch.
         assert!(hi <= kv.pitch - 16 && hi - j0 <= KEY_TILE && b8.q.len() >= (rb + AMX_ROWS) * width && b8.c.len() >= AMX_ROWS * C_PITCH);
         for j in (lo..hi).step_by(32) {
-            crate::kernels::amx::tile_32x32(b8.q[rb * width..].as_ptr(), width, kv.k[j * 4..].as_ptr(), kv.pitch * 4, width / 64, b8.c.as_mut_ptr().add(j - j0), C_PITCH, Start::Bias(kv.k_offset[j..j + 32].as_ptr()));
+            crate::kernels::amx::tile_32x32(b8.q[rb * width..].as_ptr(), width, kv.k[j * 4..].as_ptr(), kv.pitch * 4, width / 64, b8.c.as_mut_ptr().add(j - j0) as *mut i32, C_PITCH, Start::Bias(kv.k_offset[j..j + 32].as_ptr()));
         }
         let keys = ScoreKeys { k_scale: &kv.k_scale[j0..], v_log2: &kv.v_log2[j0..] };
         std::array::from_fn(|i| {
@@ -573,7 +582,7 @@ impl Task<'_> {
                 return f32::NEG_INFINITY;
             }
             let r = rb + i;
-            scores_from_amx(&b8.c[i * C_PITCH..(i + 1) * C_PITCH], b8.q_scale[r], keys, a - j0, e - j0, &mut b.p[r * KEY_TILE..(r + 1) * KEY_TILE])
+            scores_from_amx(&mut b8.c[i * C_PITCH..(i + 1) * C_PITCH], b8.q_scale[r], keys, a - j0, e - j0)
         })
     }
 
@@ -603,7 +612,7 @@ impl Task<'_> {
             let v_at = (j0 + k_lo) * hd;
             assert!(k_hi <= KEY_TILE && v_at + (k_hi - k_lo) * hd <= kv.v.len() && b8.p.len() >= (rb + AMX_ROWS) * KEY_TILE);
             for d in (0..hd).step_by(32) {
-                crate::kernels::amx::tile_32x32(b8.p[rb * KEY_TILE + k_lo..].as_ptr(), KEY_TILE, kv.v[v_at + d * 4..].as_ptr(), hd * 4, (k_hi - k_lo) / AMX_STEP_KEYS, b8.c.as_mut_ptr(), 32, Start::Zero);
+                crate::kernels::amx::tile_32x32(b8.p[rb * KEY_TILE + k_lo..].as_ptr(), KEY_TILE, kv.v[v_at + d * 4..].as_ptr(), hd * 4, (k_hi - k_lo) / AMX_STEP_KEYS, b8.c.as_mut_ptr() as *mut i32, 32, Start::Zero);
                 values_from_amx(&b8.c, &adds, &b8.p_scale[rb..rb + take], &mut b.o[rb * hd + d..], hd);
             }
         }
@@ -618,26 +627,27 @@ struct ScoreKeys<'a> {
 }
 
 /// One row's scores over the tile slots it sees (a..e, from the tile's start) from its AMX
-/// sums `c` (which started from the key offsets): both scales applied as in `scores_vnni`, then
-/// weighted (+ log2 v_scale) into `out` (its blocks of 16 that hold a..e), as `tile_softmax_i8`
-/// weights the other paths' scores; returns the largest over a..e, taken while the
-/// scores are in registers.
+/// sums in `c` (int32 bits, which started from the key offsets): both scales applied as in
+/// `scores_vnni`, then weighted (+ log2 v_scale) as `tile_softmax_i8` weights the other paths'
+/// scores, written over the sums in place (the blocks of 16 that hold a..e); returns the
+/// largest over a..e, taken while the scores are in registers.
 #[cfg(target_arch = "x86_64")]
 #[inline]
 #[target_feature(enable = "avx512f")]
-unsafe fn scores_from_amx(c: &[i32], q_scale: f32, keys: ScoreKeys, a: usize, e: usize, out: &mut [f32]) -> f32 {
+unsafe fn scores_from_amx(c: &mut [f32], q_scale: f32, keys: ScoreKeys, a: usize, e: usize) -> f32 {
     use std::arch::x86_64::*;
     let end = e.next_multiple_of(LANES);
-    assert!(a < e && end <= c.len() && end <= out.len() && end <= keys.k_scale.len() && end <= keys.v_log2.len());
+    assert!(a < e && end <= c.len() && end <= keys.k_scale.len() && end <= keys.v_log2.len());
     let qs = _mm512_set1_ps(q_scale);
     let mut max = _mm512_set1_ps(f32::NEG_INFINITY);
     // Weighted scores of slots col..col + 16 into `out`; the lanes in `mask` (those within
     // a..e) join the maximum.
     let mut block = |col: usize, mask: u16| {
-        let x = _mm512_cvtepi32_ps(_mm512_loadu_si512(c.as_ptr().add(col) as *const __m512i));
+        let at = c.as_mut_ptr().add(col);
+        let x = _mm512_cvtepi32_ps(_mm512_loadu_si512(at as *const __m512i));
         let score = _mm512_mul_ps(_mm512_mul_ps(x, qs), _mm512_loadu_ps(keys.k_scale.as_ptr().add(col)));
         let weighted = _mm512_add_ps(score, _mm512_loadu_ps(keys.v_log2.as_ptr().add(col)));
-        _mm512_storeu_ps(out.as_mut_ptr().add(col), weighted);
+        _mm512_storeu_ps(at, weighted);
         max = _mm512_mask_max_ps(max, mask, weighted, max);
     };
     let lanes_within = |col: usize| {
@@ -662,11 +672,12 @@ unsafe fn scores_from_amx(c: &[i32], q_scale: f32, keys: ScoreKeys, a: usize, e:
     _mm512_reduce_max_ps(max)
 }
 
-/// o[i][0..32] += c[i] * p_scale[i] for the rows `adds` marks (`o` rows head_dim apart).
+/// o[i][0..32] += c[i] * p_scale[i] for the rows `adds` marks (`c` int32 bits, `o` rows
+/// head_dim apart).
 #[cfg(target_arch = "x86_64")]
 #[inline]
 #[target_feature(enable = "avx512f")]
-unsafe fn values_from_amx(c: &[i32], adds: &[bool; AMX_ROWS], p_scale: &[f32], o: &mut [f32], hd: usize) {
+unsafe fn values_from_amx(c: &[f32], adds: &[bool; AMX_ROWS], p_scale: &[f32], o: &mut [f32], hd: usize) {
     use std::arch::x86_64::*;
     assert!(c.len() >= AMX_ROWS * 32);
     for (i, &scale) in p_scale.iter().enumerate() {
