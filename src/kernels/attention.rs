@@ -57,8 +57,11 @@ pub struct AttnShape {
 
 /// Lanes per vector: one 512-bit register of f32.
 const LANES: usize = 16;
-/// Query tokens per task; with the group's heads they are the rows sharing each K/V tile.
-const TOKENS_PER_TASK: usize = 8;
+/// Query tokens per task; with the group's heads they are the rows sharing each K/V tile (and
+/// its copy, `tile_scores`). 16 rather than 8: the f32 kernel at the last 512 tokens of a
+/// 4,096-token prompt 93-98 -> 82-86 ms per TinyLlama layer (attention_bench, alternating);
+/// 32 was no clearer, with half the tasks to share among threads.
+const TOKENS_PER_TASK: usize = 16;
 /// Keys per tile (a multiple of LANES): K and V tiles of 2 x 256 x head_dim floats (128 KB at
 /// head_dim 64) stay in L2 while every row of the task uses them.
 const KEY_TILE: usize = 256;
