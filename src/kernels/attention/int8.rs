@@ -541,7 +541,7 @@ use crate::kernels::amx::Start;
 #[cfg(target_arch = "x86_64")]
 impl Task<'_> {
     /// The int8 path's three steps on one key tile with AMX, 32 rows at a time (one block's
-    /// scores, 32 x 256 floats, fit L1, where all of a task's 64 rows do not; measured the same
+    /// scores, 32 x 256 floats, fit L1, where all of a task's rows do not; measured the same
     /// speed as taking every row through each step in turn).
     ///
     /// Safety: AMX is available, head_dim fits it (`amx_fits`) and `start_task` readied `b`.
