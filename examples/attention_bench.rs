@@ -1,13 +1,13 @@
 //! Prefill attention of one layer of the TinyLlama shape (32 query heads, 4 KV heads, head_dim
 //! 64): the last 512-token chunk of a prompt of 512, 2,048 and 4,096 tokens, against this
-//! machine's f32 FMA peak measured in the same run (and, for the int8 kernel, the vpdpbusd
-//! peak). The tiled kernel in f32 and in int8, and their portable twins (`--simd-only` skips
+//! machine's f32 FMA peak measured in the same run (and, for the int8 kernel, the int8 peak).
+//! The tiled kernel in f32, bf16 (AMX; f32 without it) and int8, and their portable twins (`--simd-only` skips
 //! those: minutes at 4,096); `--only int8` (or f32) keeps the kernels whose name has that word,
 //! for a profile of one of them.
 //!
 //!     cargo run --release --example attention_bench [-- REPS] [--simd-only] [--only WORD]
 
-use llm_npu::kernels::attention::{causal_attention_cached, causal_attention_in, causal_attention_portable_in, AttnShape, Int8Kv, Precision};
+use llm_npu::kernels::attention::{causal_attention_cached, causal_attention_in, causal_attention_portable_in, AttnShape, KeptKv, Precision};
 use llm_npu::measure::bench::median_secs;
 use llm_npu::util::Rng;
 
@@ -40,18 +40,26 @@ fn main() {
         // The best path keeps the cache's int8 copy as a prefill does: the earlier chunks'
         // slots were quantized by their own calls, so each rep quantizes only the last chunk's
         // (forget_from). The portable twins quantize the whole cache on every call.
-        let mut int8 = Int8Kv::default();
+        let mut int8 = KeptKv::default();
         causal_attention_cached(Precision::Int8, &q, &k, &v, s, &mut out, &mut int8);
         let mut kept = |p: Precision, q: &[f32], k: &[f32], v: &[f32], s: AttnShape, o: &mut [f32]| {
             int8.forget_from(pos0);
             causal_attention_cached(p, q, k, v, s, o, &mut int8)
         };
         type Kernel<'a> = &'a mut dyn FnMut(Precision, &[f32], &[f32], &[f32], AttnShape, &mut [f32]);
-        let (mut plain, mut portable_f32, mut portable_int8) = (causal_attention_in, causal_attention_portable_in, causal_attention_portable_in);
-        let kernels: [(&str, Kernel, Precision, bool); 4] = [
+        let mut bf16 = KeptKv::default();
+        causal_attention_cached(Precision::Bf16, &q, &k, &v, s, &mut out, &mut bf16);
+        let mut kept_bf16 = |p: Precision, q: &[f32], k: &[f32], v: &[f32], s: AttnShape, o: &mut [f32]| {
+            bf16.forget_from(pos0);
+            causal_attention_cached(p, q, k, v, s, o, &mut bf16)
+        };
+        let (mut plain, mut portable_f32, mut portable_bf16, mut portable_int8) = (causal_attention_in, causal_attention_portable_in, causal_attention_portable_in, causal_attention_portable_in);
+        let kernels: [(&str, Kernel, Precision, bool); 6] = [
             ("f32 tiled (best SIMD)", &mut plain, Precision::F32, false),
+            ("bf16 tiled (best SIMD)", &mut kept_bf16, Precision::Bf16, false),
             ("int8 tiled (best SIMD)", &mut kept, Precision::Int8, false),
             ("f32 portable twin", &mut portable_f32, Precision::F32, true),
+            ("bf16 portable twin", &mut portable_bf16, Precision::Bf16, true),
             ("int8 portable twin", &mut portable_int8, Precision::Int8, true),
         ];
         for (name, kernel, precision, portable) in kernels {
@@ -60,7 +68,13 @@ fn main() {
             }
             let t = median_secs(reps, || kernel(precision, &q, &k, &v, s, &mut out));
             let gflops = flops / t / 1e9;
-            let peak = if precision == Precision::Int8 { limits.int8_gops } else { limits.f32_gflops };
+            // tdpbf16ps does half of tdpbusd's multiply-adds per instruction.
+            let amx = limits.int8_kernel.contains("AMX");
+            let peak = match precision {
+                Precision::Int8 => limits.int8_gops,
+                Precision::Bf16 if amx => limits.int8_gops / 2.0,
+                _ => limits.f32_gflops,
+            };
             println!("| {prompt} | {chunk} | {name} | {:.1} | {gflops:.0} | {:.2} |", t * 1e3, gflops / peak);
         }
     }

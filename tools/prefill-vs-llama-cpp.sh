@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Prefill side by side with llama.cpp (issue 16), alternating in one run so both see the same
 # machine: this machine's limits, then for each round llm-npu npu (f32 attention, then
-# --int8-attention) and f32, llama.cpp BF16 and Q8_0.
+# --bf16-attention, then --int8-attention) and f32, llama.cpp BF16 and Q8_0.
 #   tools/prefill-vs-llama-cpp.sh HF_DIR GGUF_PREFIX [ROUNDS] [PROMPTS]
 # HF_DIR: the synth TinyLlama (llm-npu demo makes it; its config's max_position_embeddings must
 # cover the longest prompt); GGUF_PREFIX: ../shared/tools/llama-cpp-peer.sh gguf HF_DIR PREFIX bf16 q8_0.
@@ -15,6 +15,7 @@ threads=$(nproc)
 for r in $(seq "$rounds"); do
   echo "== round $r"
   "$ours" bench -m "$hf" -p "$prompts" -n 0 -r 1 -t "$threads" --backend npu
+  "$ours" bench -m "$hf" -p "$prompts" -n 0 -r 1 -t "$threads" --backend npu --bf16-attention
   "$ours" bench -m "$hf" -p "$prompts" -n 0 -r 1 -t "$threads" --backend npu --int8-attention
   "$ours" bench -m "$hf" -p 512 -n 0 -r 1 -t "$threads"
   for t in bf16 q8_0; do

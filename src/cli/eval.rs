@@ -41,7 +41,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
     // The npu options go to whichever side is npu; the f32 side takes none of them.
     // A BitStack is compared with the model's own weights.
     if a.model.backend != BackendArg::Npu && a.ref_backend != BackendArg::Npu && a.model.npu != NpuArgs::default() {
-        bail!("the npu options (--accelerator, --calibration, --int8-attention, the shadow options, ...) apply when --backend or --ref-backend is npu");
+        bail!("the npu options (--accelerator, --calibration, --int8-attention, --bf16-attention, the shadow options, ...) apply when --backend or --ref-backend is npu");
     }
     let f32_args = ModelArgs { npu: NpuArgs::default(), chunk_size: None, bitstack: None, memory: None, ..a.model.clone() };
     let args_for = |b: BackendArg| if b == BackendArg::Npu { &a.model } else { &f32_args };

@@ -16,6 +16,8 @@ unsafe impl Plain for i8 {}
 unsafe impl Plain for u8 {}
 // SAFETY: plain integers.
 unsafe impl Plain for i32 {}
+// SAFETY: plain integers (bf16 bit patterns among them).
+unsafe impl Plain for u16 {}
 // SAFETY: every bit pattern is some f32 (a NaN at worst); all zeros is 0.0.
 unsafe impl Plain for f32 {}
 

@@ -37,6 +37,19 @@ pub fn available() -> bool {
     })
 }
 
+/// True when, besides `available()`, the CPU has AMX-BF16 (`tdpbf16ps`).
+pub fn bf16_available() -> bool {
+    #[cfg(all(target_arch = "x86_64", not(miri)))]
+    {
+        // CPUID.(EAX=7,ECX=0):EDX bit 22 AMX-BF16.
+        available() && std::arch::x86_64::__cpuid_count(7, 0).edx & (1 << 22) != 0
+    }
+    #[cfg(not(all(target_arch = "x86_64", not(miri))))]
+    {
+        false
+    }
+}
+
 /// `ldtilecfg`'s 64-byte operand (palette 1): bytes per row and rows of each tile.
 #[repr(C, align(64))]
 struct TileConfig {
@@ -116,11 +129,33 @@ pub enum Start {
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn tile_32x32(a: *const u8, lda: usize, b: *const i8, ldb: usize, k_steps: usize, c: *mut i32, ldc: usize, start: Start) {
+    tile_32x32_with::<false>(a, lda, b as *const u8, ldb, k_steps, c as *mut u8, ldc, start)
+}
+
+/// `tile_32x32` in bf16 (`tdpbf16ps`): c[32][32] f32 (+)= a . b for 32 rows of bf16 (32 of k
+/// per 64-byte step) and 32 columns of bf16 in pairs of k (a group row of 16 columns x 2 and,
+/// 64 bytes on, the next 16; 16 group rows per step). Each product of two bf16 is exact in f32
+/// and is added in k order, rounded to nearest even (denormals flushed).
+///
+/// # Safety
+/// `bf16_available()` must be true; the operands as `tile_32x32`'s (bf16 for bytes), no bias.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn tile_32x32_bf16(a: *const u16, lda: usize, b: *const u16, ldb: usize, k_steps: usize, c: *mut f32, ldc: usize, start: Start) {
+    debug_assert!(!matches!(start, Start::Bias(_)));
+    tile_32x32_with::<true>(a as *const u8, lda, b as *const u8, ldb, k_steps, c as *mut u8, ldc, start)
+}
+
+/// The tile loop of both: `tdpbf16ps` when BF16, else `tdpbusd`; c holds 4-byte elements.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn tile_32x32_with<const BF16: bool>(a: *const u8, lda: usize, b: *const u8, ldb: usize, k_steps: usize, c: *mut u8, ldc: usize, start: Start) {
     use std::arch::asm;
     configure_thread();
     // tmm0..3: the four 16x16 results; tmm4/5: rows 0-15 / 16-31 of a; tmm6/7: columns 0-15 /
     // 16-31 of b.
-    let (c1, c2, c3, ldc_bytes) = (c.add(16), c.add(16 * ldc), c.add(16 * ldc + 16), ldc * 4);
+    let (c1, c2, c3, ldc_bytes) = (c.add(64), c.add(64 * ldc), c.add(64 * ldc + 64), ldc * 4);
     match start {
         Start::Accumulate => asm!(
             "tileloadd tmm0, [{c0} + {ldc}*1]",
@@ -148,23 +183,39 @@ pub unsafe fn tile_32x32(a: *const u8, lda: usize, b: *const i8, ldb: usize, k_s
             // The next step's b into L1: tile loads from L2 stall for their latency.
             let next = b0.add(16 * ldb);
             for row in 0..16 {
-                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(next.add(row * ldb));
-                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(next.add(row * ldb + 64));
+                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(next.add(row * ldb) as *const i8);
+                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(next.add(row * ldb + 64) as *const i8);
             }
         }
-        asm!(
-            "tileloadd tmm4, [{a0} + {lda}*1]",
-            "tileloadd tmm6, [{b0} + {ldb}*1]",
-            "tileloadd tmm7, [{b1} + {ldb}*1]",
-            "tdpbusd tmm0, tmm4, tmm6",
-            "tileloadd tmm5, [{a1} + {lda}*1]",
-            "tdpbusd tmm1, tmm4, tmm7",
-            "tdpbusd tmm2, tmm5, tmm6",
-            "tdpbusd tmm3, tmm5, tmm7",
-            a0 = in(reg) a0, a1 = in(reg) a1, b0 = in(reg) b0, b1 = in(reg) b0.add(64),
-            lda = in(reg) lda, ldb = in(reg) ldb,
-            options(nostack, readonly),
-        );
+        if BF16 {
+            asm!(
+                "tileloadd tmm4, [{a0} + {lda}*1]",
+                "tileloadd tmm6, [{b0} + {ldb}*1]",
+                "tileloadd tmm7, [{b1} + {ldb}*1]",
+                "tdpbf16ps tmm0, tmm4, tmm6",
+                "tileloadd tmm5, [{a1} + {lda}*1]",
+                "tdpbf16ps tmm1, tmm4, tmm7",
+                "tdpbf16ps tmm2, tmm5, tmm6",
+                "tdpbf16ps tmm3, tmm5, tmm7",
+                a0 = in(reg) a0, a1 = in(reg) a1, b0 = in(reg) b0, b1 = in(reg) b0.add(64),
+                lda = in(reg) lda, ldb = in(reg) ldb,
+                options(nostack, readonly),
+            );
+        } else {
+            asm!(
+                "tileloadd tmm4, [{a0} + {lda}*1]",
+                "tileloadd tmm6, [{b0} + {ldb}*1]",
+                "tileloadd tmm7, [{b1} + {ldb}*1]",
+                "tdpbusd tmm0, tmm4, tmm6",
+                "tileloadd tmm5, [{a1} + {lda}*1]",
+                "tdpbusd tmm1, tmm4, tmm7",
+                "tdpbusd tmm2, tmm5, tmm6",
+                "tdpbusd tmm3, tmm5, tmm7",
+                a0 = in(reg) a0, a1 = in(reg) a1, b0 = in(reg) b0, b1 = in(reg) b0.add(64),
+                lda = in(reg) lda, ldb = in(reg) ldb,
+                options(nostack, readonly),
+            );
+        }
     }
     asm!(
         "tilestored [{c0} + {ldc}*1], tmm0",

@@ -16,22 +16,47 @@ use super::ops::{exp_fast, exp_minus_simd, max_of_simd, softcap};
 use super::disjoint::DisjointWrites;
 use super::{simd_level, SimdLevel};
 
+mod bf16;
 mod int8;
+pub use bf16::{bf16_bits, bf16_value, Bf16Kv};
 pub use int8::Int8Kv;
 
-/// How prefill attention multiplies: f32 throughout (the default), or int8 products with f32
+/// How prefill attention multiplies: f32 throughout (the default); bf16 products into f32 sums
+/// on AMX tiles (`bf16.rs`; f32 where the CPU has no AMX-BF16); or int8 products with f32
 /// scales and an f32 softmax (`int8.rs`), 4x the multiply rate of f32 FMA on VNNI CPUs at a
 /// measured accuracy cost (README "Long prompts").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Precision {
     #[default]
     F32,
+    Bf16,
     Int8,
 }
 
-/// Batches shorter than this attend in f32 whatever the precision: quantizing the cache costs
+/// Batches shorter than this attend in f32 whatever the precision: converting the cache costs
 /// about as much as attending with one token's rows, so decode stays f32.
 pub const INT8_MIN_TOKENS: usize = 16;
+
+/// The cache's copies in the precisions attention multiplies in, kept between calls: each
+/// call converts only the slots written since (the cache says which: `forget_from`).
+#[derive(Default)]
+pub struct KeptKv {
+    int8: Int8Kv,
+    bf16: Bf16Kv,
+}
+
+impl KeptKv {
+    /// Slots from `slot` on were (or will be) rewritten.
+    pub fn forget_from(&mut self, slot: usize) {
+        self.int8.forget_from(slot);
+        self.bf16.forget_from(slot);
+    }
+
+    /// Bytes held.
+    pub fn memory_bytes(&self) -> usize {
+        self.int8.memory_bytes() + self.bf16.memory_bytes()
+    }
+}
 
 
 /// Shapes of one causal attention call.
@@ -67,6 +92,8 @@ const TOKENS_PER_TASK: usize = 16;
 const KEY_TILE: usize = 256;
 /// Query rows per microkernel pass: each key and value vector loaded serves this many rows.
 const ROWS: usize = 4;
+/// Query rows per AMX block: two 16-row tiles of `amx::tile_32x32`.
+const AMX_ROWS: usize = 32;
 /// Floats between the dimensions of a packed key tile: KEY_TILE plus one cache line, so that
 /// consecutive dimensions fall in different L1 sets.
 const PACKED_PITCH: usize = KEY_TILE + LANES;
@@ -83,19 +110,19 @@ pub fn causal_attention(q: &[f32], k_cache: &[f32], v_cache: &[f32], s: AttnShap
 /// `causal_attention` in a given precision (int8 only for batches of INT8_MIN_TOKENS or more),
 /// quantizing the cache afresh.
 pub fn causal_attention_in(precision: Precision, q: &[f32], k_cache: &[f32], v_cache: &[f32], s: AttnShape, out: &mut [f32]) {
-    causal_attention_cached(precision, q, k_cache, v_cache, s, out, &mut Int8Kv::default())
+    causal_attention_cached(precision, q, k_cache, v_cache, s, out, &mut KeptKv::default())
 }
 
-/// `causal_attention_in` with the cache's int8 copy kept in `int8` between calls: int8
-/// attention quantizes only the slots written since (the caller tells it which, `forget_from`).
-pub fn causal_attention_cached(precision: Precision, q: &[f32], k_cache: &[f32], v_cache: &[f32], s: AttnShape, out: &mut [f32], int8: &mut Int8Kv) {
-    best_attention(precision, true, q, k_cache, v_cache, s, out, int8)
+/// `causal_attention_in` with the cache's int8 or bf16 copy kept in `kept` between calls:
+/// each call converts only the slots written since (the caller tells it which, `forget_from`).
+pub fn causal_attention_cached(precision: Precision, q: &[f32], k_cache: &[f32], v_cache: &[f32], s: AttnShape, out: &mut [f32], kept: &mut KeptKv) {
+    best_attention(precision, true, q, k_cache, v_cache, s, out, kept)
 }
 
 /// `causal_attention_cached` on the best SIMD path, or the best without AMX (for the tests,
 /// which check both against the portable twin).
 #[allow(clippy::too_many_arguments)]
-fn best_attention(precision: Precision, allow_amx: bool, q: &[f32], k_cache: &[f32], v_cache: &[f32], s: AttnShape, out: &mut [f32], int8: &mut Int8Kv) {
+fn best_attention(precision: Precision, allow_amx: bool, q: &[f32], k_cache: &[f32], v_cache: &[f32], s: AttnShape, out: &mut [f32], kept: &mut KeptKv) {
     let level = simd_level();
     #[cfg(target_arch = "x86_64")]
     let vnni = level == SimdLevel::Avx512 && std::arch::is_x86_feature_detected!("avx512vnni") && std::arch::is_x86_feature_detected!("avx512bw");
@@ -103,9 +130,17 @@ fn best_attention(precision: Precision, allow_amx: bool, q: &[f32], k_cache: &[f
     // softcap comes between the scores and their maxima (taken in the AMX epilogue).
     #[cfg(target_arch = "x86_64")]
     let amx = allow_amx && vnni && super::int8_gemm::best_kernel() == super::int8_gemm::Int8Kernel::Amx && int8::amx_fits(s.head_dim) && s.softcap.is_none();
+    // bf16 only on AMX tiles, with AVX512-BF16 for the conversions (Sapphire Rapids has both);
+    // elsewhere the f32 kernels.
+    #[cfg(target_arch = "x86_64")]
+    let amx_bf16 = allow_amx && level == SimdLevel::Avx512 && super::int8_gemm::best_kernel() == super::int8_gemm::Int8Kernel::Amx && super::amx::bf16_available() && std::arch::is_x86_feature_detected!("avx512bf16") && bf16::fits(s.head_dim);
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = allow_amx;
-    run(precision, q, k_cache, v_cache, s, out, int8, |task, bufs, out| match level {
+    let (_, amx_bf16) = (allow_amx, false);
+    let precision = if precision == Precision::Bf16 && !amx_bf16 { Precision::F32 } else { precision };
+    run(precision, q, k_cache, v_cache, s, out, kept, |task, bufs, out| match level {
+        // SAFETY: AMX-BF16 and AVX512-BF16 are available (checked above) and head_dim fits.
+        #[cfg(target_arch = "x86_64")]
+        SimdLevel::Avx512 if task.kv16.is_some() => unsafe { task_avx512_amx_bf16(task, bufs, out) },
         // SAFETY: AMX is available (best_kernel checked), and the CPU has what VNNI needs.
         #[cfg(target_arch = "x86_64")]
         SimdLevel::Avx512 if amx && task.kv8.is_some() => unsafe { task_avx512_amx(task, bufs, out) },
@@ -126,12 +161,12 @@ pub fn causal_attention_portable(q: &[f32], k_cache: &[f32], v_cache: &[f32], s:
 
 /// The portable twin of `causal_attention_in`.
 pub fn causal_attention_portable_in(precision: Precision, q: &[f32], k_cache: &[f32], v_cache: &[f32], s: AttnShape, out: &mut [f32]) {
-    portable_attention(precision, q, k_cache, v_cache, s, out, &mut Int8Kv::default())
+    portable_attention(precision, q, k_cache, v_cache, s, out, &mut KeptKv::default())
 }
 
 /// The portable twin of `causal_attention_cached`.
-fn portable_attention(precision: Precision, q: &[f32], k_cache: &[f32], v_cache: &[f32], s: AttnShape, out: &mut [f32], int8: &mut Int8Kv) {
-    run(precision, q, k_cache, v_cache, s, out, int8, |task, bufs, out| task.attend::<false, false, false>(bufs, out));
+fn portable_attention(precision: Precision, q: &[f32], k_cache: &[f32], v_cache: &[f32], s: AttnShape, out: &mut [f32], kept: &mut KeptKv) {
+    run(precision, q, k_cache, v_cache, s, out, kept, |task, bufs, out| task.attend::<false, false, false>(bufs, out));
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -153,9 +188,16 @@ unsafe fn task_avx512_amx(task: Task, bufs: &mut Buffers, out: DisjointWrites) {
     task.attend::<true, true, true>(bufs, out)
 }
 
+/// Safety: AMX-BF16 and AVX512-BF16 must be available and the head size fit (`bf16::fits`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16,fma")]
+unsafe fn task_avx512_amx_bf16(task: Task, bufs: &mut Buffers, out: DisjointWrites) {
+    task.attend::<true, false, true>(bufs, out)
+}
+
 
 #[allow(clippy::too_many_arguments)]
-fn run(precision: Precision, q: &[f32], k_cache: &[f32], v_cache: &[f32], s: AttnShape, out: &mut [f32], int8: &mut Int8Kv, attend: impl Fn(Task, &mut Buffers, DisjointWrites) + Sync) {
+fn run(precision: Precision, q: &[f32], k_cache: &[f32], v_cache: &[f32], s: AttnShape, out: &mut [f32], kept: &mut KeptKv, attend: impl Fn(Task, &mut Buffers, DisjointWrites) + Sync) {
     let (hd, row) = (s.head_dim, s.n_heads * s.head_dim);
     assert!(s.n_kv_heads > 0 && s.n_heads % s.n_kv_heads == 0 && s.kv_stride % LANES == 0, "attention shape {s:?}");
     assert!(q.len() % row.max(1) == 0 && out.len() == q.len());
@@ -169,7 +211,9 @@ fn run(precision: Precision, q: &[f32], k_cache: &[f32], v_cache: &[f32], s: Att
     let blocks = tokens.div_ceil(TOKENS_PER_TASK);
     // Every slot a query of this batch sees, quantized once for all tasks (those not quantized
     // by an earlier call).
-    let kv8 = (precision == Precision::Int8 && tokens >= INT8_MIN_TOKENS).then(|| int8.update(k_cache, v_cache, s, s.pos0 + tokens - s.kv_base));
+    let seen = s.pos0 + tokens - s.kv_base;
+    let kv8 = (precision == Precision::Int8 && tokens >= INT8_MIN_TOKENS).then(|| kept.int8.update(k_cache, v_cache, s, seen));
+    let kv16 = (precision == Precision::Bf16 && tokens >= INT8_MIN_TOKENS && bf16::fits(hd)).then(|| kept.bf16.update(k_cache, v_cache, s, seen));
     let out_ptr = DisjointWrites::new(out);
     (0..s.n_kv_heads * blocks).into_par_iter().for_each_init(Buffers::default, |bufs, i| {
         let (kvh, b) = (i % s.n_kv_heads, i / s.n_kv_heads);
@@ -183,6 +227,7 @@ fn run(precision: Precision, q: &[f32], k_cache: &[f32], v_cache: &[f32], s: Att
             t0,
             t1: (t0 + TOKENS_PER_TASK).min(tokens),
             kv8: kv8.as_ref().map(|kv| kv.head(kvh)),
+            kv16: kv16.as_ref().map(|kv| kv.head(kvh)),
             token_of_row: DivideBy::new(s.n_heads / s.n_kv_heads),
         };
         attend(task, bufs, out_ptr);
@@ -205,6 +250,8 @@ struct Buffers {
     o: Vec<f32>,
     /// The int8 path's query rows and probabilities, with their scales (`int8.rs`).
     int8: int8::Buffers,
+    /// The bf16 path's query rows, scores, probabilities and outputs (`bf16.rs`).
+    bf16: bf16::Buffers,
 }
 
 /// Query tokens t0..t1 of one KV head.
@@ -220,6 +267,8 @@ struct Task<'a> {
     t1: usize,
     /// This KV head's int8 keys and values when attention runs in int8.
     kv8: Option<int8::HeadKv<'a>>,
+    /// This KV head's bf16 keys and values when attention runs in bf16.
+    kv16: Option<bf16::HeadKv<'a>>,
     /// Row -> token: a division by the group per call of `keys_of`, which runs several times
     /// per row and key tile.
     token_of_row: DivideBy,
@@ -295,6 +344,15 @@ impl Task<'_> {
                 self.tile_values_i8::<VNNI>(kv, b, rows, j0, j1);
             }
             b.int8.finish_sums(&mut b.sum);
+        } else if let Some(kv) = &self.kv16 {
+            b.bf16.start_task(&b.q, rows, hd, self.s.scale);
+            for j0 in (first..end).step_by(KEY_TILE) {
+                let j1 = (j0 + KEY_TILE).min(end);
+                // SAFETY: AMX is only set by task_avx512_amx_bf16, whose caller checked AMX-BF16,
+                // AVX512-BF16 and the head size; without it the portable code runs.
+                unsafe { self.tile_bf16::<AMX>(kv, b, rows, j0, j1) };
+            }
+            b.o.copy_from_slice(b.bf16.outputs(rows, hd));
         } else {
             for j0 in (first..end).step_by(KEY_TILE) {
                 let j1 = (j0 + KEY_TILE).min(end);
@@ -651,7 +709,7 @@ mod tests {
                 o
             };
             let (best, portable) = (run(causal_attention_in, Precision::Int8), run(causal_attention_portable_in, Precision::Int8));
-            let without_amx = run(|p, q, k, v, s, o| best_attention(p, false, q, k, v, s, o, &mut Int8Kv::default()), Precision::Int8);
+            let without_amx = run(|p, q, k, v, s, o| best_attention(p, false, q, k, v, s, o, &mut KeptKv::default()), Precision::Int8);
             let exact = run(causal_attention_portable_in, Precision::F32);
             let case = format!("hd {hd} {window:?} {pos0}+{tokens}, {n_heads} heads on {n_kv_heads}");
             assert!(best.iter().zip(&portable).all(|(a, b)| a.to_bits() == b.to_bits()), "{case}: best SIMD and portable int8 differ");
@@ -661,6 +719,75 @@ mod tests {
             let worst = best.iter().zip(&exact).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
             assert!(worst < 0.02, "{case}: int8 off f32 by {worst}");
             assert!(worst > 0.0, "{case}: the int8 path did not run");
+        }
+    }
+
+    #[test]
+    fn bf16_attention_matches_its_portable_twin_and_stays_near_f32() {
+        // As the int8 test's cases, with head sizes the tiles take (32, 64, 96) and one they do
+        // not (80: f32 on every path). Where the CPU has no AMX-BF16 the best path is f32.
+        let val = |i: usize| ((i * 7919 % 1000) as f32 / 500.0) - 1.0;
+        let cases = [(64, None, 700usize, 37usize), (64, Some(300), 900, 20), (64, None, 0, 600), (32, None, 100, 33), (96, Some(40), 60, 70), (80, None, 100, 33)];
+        let tiles = crate::kernels::amx::bf16_available() && crate::kernels::int8_gemm::best_kernel() == crate::kernels::int8_gemm::Int8Kernel::Amx && std::arch::is_x86_feature_detected!("avx512bf16");
+        for ((hd, window, pos0, tokens), (n_heads, n_kv_heads)) in cases.into_iter().flat_map(|c| [(8, 2), (8, 1), (6, 2)].map(|h| (c, h))) {
+            let stride = (pos0 + tokens).next_multiple_of(LANES);
+            let s = AttnShape { n_heads, n_kv_heads, head_dim: hd, pos0, kv_stride: stride, kv_base: 0, window, scale: 1.0 / (hd as f32).sqrt(), softcap: None };
+            let k: Vec<f32> = (0..n_kv_heads * stride * hd).map(|i| 2.0 * val(i)).collect();
+            let v: Vec<f32> = (0..n_kv_heads * stride * hd).map(|i| val(i + 13)).collect();
+            let q: Vec<f32> = (0..tokens * n_heads * hd).map(|i| 2.0 * val(i + 101)).collect();
+            let run = |f: fn(Precision, &[f32], &[f32], &[f32], AttnShape, &mut [f32]), p| {
+                let mut o = vec![f32::NAN; q.len()];
+                f(p, &q, &k, &v, s, &mut o);
+                o
+            };
+            let (best, portable) = (run(causal_attention_in, Precision::Bf16), run(causal_attention_portable_in, Precision::Bf16));
+            let (f32_best, exact) = (run(causal_attention_in, Precision::F32), run(causal_attention_portable_in, Precision::F32));
+            let case = format!("hd {hd} {window:?} {pos0}+{tokens}, {n_heads} heads on {n_kv_heads}");
+            let off = |x: &[f32], y: &[f32]| x.iter().zip(y).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            if !bf16::fits(hd) {
+                assert!(best == f32_best && portable == exact, "{case}: a head size the tiles do not take must run in f32");
+                continue;
+            }
+            if tiles {
+                // The same products and exponentials; AMX's f32 sums of the products differ
+                // from sequential rounding in the last bits, which can move a probability
+                // across a bf16 rounding step (1.3e-4 at most seen in the outputs, most cases
+                // 1e-7).
+                assert!(off(&best, &portable) < 5e-4, "{case}: AMX bf16 and its portable twin differ by {}", off(&best, &portable));
+            } else {
+                assert!(best == f32_best, "{case}: without AMX-BF16 bf16 must run the f32 kernels");
+            }
+            // Outputs are averages of values in -1..1; bf16 keeps 8 significant bits.
+            let worst = off(&portable, &exact);
+            assert!(worst > 0.0 && worst < 0.01, "{case}: bf16 off f32 by {worst}");
+            assert!(off(&best, &exact) < 0.01, "{case}: best bf16 off f32 by {}", off(&best, &exact));
+        }
+    }
+
+    #[test]
+    fn bf16_copy_kept_between_chunks_equals_a_fresh_one_and_forgets_rewritten_slots() {
+        // A prompt in chunks through a kept bf16 copy gives the bits of a copy converted afresh
+        // for each call; after the cache goes back and takes other tokens, too.
+        let val = |i: usize| ((i * 7919 % 1000) as f32 / 500.0) - 1.0;
+        let (n_heads, n_kv_heads, hd, stride) = (8, 2, 64, 320);
+        let s = |pos0| AttnShape { n_heads, n_kv_heads, head_dim: hd, pos0, kv_stride: stride, kv_base: 0, window: None, scale: 0.125, softcap: None };
+        let (mut k, mut v) = (vec![0f32; n_kv_heads * hd * stride], vec![0f32; n_kv_heads * hd * stride]);
+        let mut kept = KeptKv::default();
+        for (pos0, n, seed) in [(0, 100, 0), (100, 60, 0), (160, 140, 0), (100, 200, 55_555)] {
+            for h in 0..n_kv_heads {
+                for p in pos0..pos0 + n {
+                    for d in 0..hd {
+                        k[(h * hd + d) * stride + p] = 2.0 * val(seed + p * 131 + h * hd + d);
+                        v[(h * stride + p) * hd + d] = val(seed + p * 137 + h * hd + d + 7);
+                    }
+                }
+            }
+            let q: Vec<f32> = (0..n * n_heads * hd).map(|i| 2.0 * val(seed + pos0 * 4099 + i + 101)).collect();
+            let (mut a, mut b) = (vec![0f32; q.len()], vec![0f32; q.len()]);
+            kept.forget_from(pos0);
+            causal_attention_cached(Precision::Bf16, &q, &k, &v, s(pos0), &mut a, &mut kept);
+            causal_attention_in(Precision::Bf16, &q, &k, &v, s(pos0), &mut b);
+            assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()), "chunk at {pos0} (seed {seed}): the kept copy differs from a fresh one");
         }
     }
 
@@ -684,9 +811,9 @@ mod tests {
         };
         let queries = |pos0: usize, n: usize| -> Vec<f32> { (0..n * n_heads * hd).map(|i| 2.0 * val(pos0 * 4099 + i + 101)).collect() };
         let (mut k, mut v) = (vec![0f32; n_kv_heads * hd * stride], vec![0f32; n_kv_heads * hd * stride]);
-        let (mut kept, mut kept_portable) = (Int8Kv::default(), Int8Kv::default());
+        let (mut kept, mut kept_portable) = (KeptKv::default(), KeptKv::default());
         // Writes chunk pos0..pos0+n (seed) as KvCache::append does, attends it through `copy`.
-        let mut chunk = |k: &mut Vec<f32>, v: &mut Vec<f32>, copies: &mut [&mut Int8Kv], pos0: usize, n: usize, seed: usize| -> Vec<Vec<f32>> {
+        let chunk = |k: &mut Vec<f32>, v: &mut Vec<f32>, copies: &mut [&mut KeptKv], pos0: usize, n: usize, seed: usize| -> Vec<Vec<f32>> {
             for p in pos0..pos0 + n {
                 write(k, v, p, seed);
             }
@@ -716,7 +843,7 @@ mod tests {
         }
         // Back to position 100, other tokens: the kept copy against a new one fed the same.
         let rewritten = chunk(&mut k, &mut v, &mut [&mut kept], 100, 200, 55_555).remove(0);
-        let mut fresh = Int8Kv::default();
+        let mut fresh = KeptKv::default();
         let (mut k2, mut v2) = (k.clone(), v.clone());
         chunk(&mut k2, &mut v2, &mut [&mut fresh], 0, 100, 0);
         let want = chunk(&mut k2, &mut v2, &mut [&mut fresh], 100, 200, 55_555).remove(0);

@@ -8,7 +8,7 @@
 //! chunk's worth of tokens, amortized), so memory follows the window, not the context.
 
 use rayon::prelude::*;
-use crate::kernels::attention::Int8Kv;
+use crate::kernels::attention::KeptKv;
 
 /// One layer's keys and values.
 struct LayerKv {
@@ -20,9 +20,9 @@ struct LayerKv {
     /// The position held in slot 0 (0 unless the layer has a window).
     base: usize,
     window: Option<usize>,
-    /// Int8 attention's quantized copy, told of every slot written or moved (empty unless
-    /// int8 attention runs).
-    int8: Int8Kv,
+    /// int8 or bf16 attention's copy, told of every slot written or moved (empty unless one
+    /// of them runs).
+    kept: KeptKv,
 }
 
 pub struct KvCache {
@@ -79,7 +79,7 @@ impl KvCache {
                 };
                 let stride = slots.next_multiple_of(POSITION_BLOCK);
                 let size = n_kv_heads * stride * head_dim;
-                LayerKv { k: vec![0.0; size], v: vec![0.0; size], stride, base: 0, window, int8: Int8Kv::default() }
+                LayerKv { k: vec![0.0; size], v: vec![0.0; size], stride, base: 0, window, kept: KeptKv::default() }
             })
             .collect();
         KvCache { layers, n_kv_heads, head_dim, capacity, len: 0, scratch: Scratch::default() }
@@ -111,7 +111,7 @@ impl KvCache {
             l.make_room(pos0, m, n_kv_heads, hd);
         }
         let (cap, base) = (l.stride, l.base);
-        l.int8.forget_from(pos0 - base);
+        l.kept.forget_from(pos0 - base);
         let slot0 = pos0 - base;
         assert_eq!(l.k.len(), n_kv_heads * hd * cap, "one row of slots per key dimension");
         // Keys are stored transposed ([dim][slot]): a row of slots per dimension, written
@@ -132,9 +132,9 @@ impl KvCache {
         });
     }
 
-    /// Bytes of the key and value buffers (and int8 attention's copies).
+    /// Bytes of the key and value buffers (and int8 or bf16 attention's copies).
     pub fn memory_bytes(&self) -> usize {
-        self.layers.iter().map(|l| (l.k.len() + l.v.len()) * 4 + l.int8.memory_bytes()).sum()
+        self.layers.iter().map(|l| (l.k.len() + l.v.len()) * 4 + l.kept.memory_bytes()).sum()
     }
 
     /// The longest prefix, at most `len` tokens, the cache can continue from: `len`, unless a
@@ -154,7 +154,7 @@ impl KvCache {
             if len == 0 {
                 l.base = 0;
             }
-            l.int8.forget_from(len.saturating_sub(l.base));
+            l.kept.forget_from(len.saturating_sub(l.base));
         }
         self.len
     }
@@ -170,10 +170,11 @@ impl KvCache {
         LayerView { k: &l.k, v: &l.v, stride: l.stride, base: l.base }
     }
 
-    /// Layer `layer`'s keys and values, and int8 attention's copy of them to keep current.
-    pub fn layer_with_int8(&mut self, layer: usize) -> (LayerView<'_>, &mut Int8Kv) {
+    /// Layer `layer`'s keys and values, and int8 or bf16 attention's copy of them to keep
+    /// current.
+    pub fn layer_with_copies(&mut self, layer: usize) -> (LayerView<'_>, &mut KeptKv) {
         let l = &mut self.layers[layer];
-        (LayerView { k: &l.k, v: &l.v, stride: l.stride, base: l.base }, &mut l.int8)
+        (LayerView { k: &l.k, v: &l.v, stride: l.stride, base: l.base }, &mut l.kept)
     }
 }
 
@@ -182,8 +183,8 @@ impl LayerKv {
     /// (moving the rest to the front), then grows the buffers if the chunk is still too big.
     fn make_room(&mut self, pos0: usize, m: usize, n_kv_heads: usize, hd: usize) {
         let stride = self.stride;
-        // Slots move or the buffers grow: the int8 copy starts again.
-        self.int8.forget_from(0);
+        // Slots move or the buffers grow: the int8 or bf16 copy starts again.
+        self.kept.forget_from(0);
         let keep_from = self.window.map_or(self.base, |w| (pos0 + 1).saturating_sub(w).clamp(self.base, pos0));
         let (drop, keep) = (keep_from - self.base, pos0 - keep_from);
         if drop > 0 {

@@ -555,11 +555,11 @@ impl Transformer {
         ops::apply_rope(q, hd, c.rope.style, cos, sin, hd / 2);
         ops::apply_rope(k, hd, c.rope.style, cos, sin, hd / 2);
         cache.append(li, st.pos0, k, v);
-        let (kv, int8) = cache.layer_with_int8(li);
+        let (kv, kept) = cache.layer_with_copies(li);
         let f = &c.features;
         let scale = f.attn_scale.unwrap_or(1.0 / (hd as f32).sqrt());
         let shape = attention::AttnShape { n_heads: c.num_heads, n_kv_heads: c.num_kv_heads, head_dim: hd, pos0: st.pos0, kv_stride: kv.stride, kv_base: kv.base, window: f.window(li), scale, softcap: f.attn_softcap };
-        attention::causal_attention_cached(precision, q, kv.k, kv.v, shape, attn, int8);
+        attention::causal_attention_cached(precision, q, kv.k, kv.v, shape, attn, kept);
         if let Some(o) = observer {
             o.observe(li, LinearGroup::O, attn, c.q_dim());
         }

@@ -33,7 +33,7 @@
 
 use rayon::prelude::*;
 
-use super::{AttnShape, Task, KEY_TILE, LANES, ROWS};
+use super::{AttnShape, Task, AMX_ROWS, KEY_TILE, LANES, ROWS};
 use crate::kernels::aligned::AlignedVec;
 use crate::kernels::ops::{lanes_sum, max_abs, max_of_simd, max_select, softcap, sum};
 use crate::kernels::quantize::{quantize_row_offset, quantize_value, QMAX};
@@ -322,20 +322,12 @@ fn exp_quantize<const SIMD: bool>(w: &[f32], c: f32, inv: &[f32], out: &mut [u8]
 unsafe fn exp_quantize_avx512(w: &[f32], c: f32, inv: &[f32], out: &mut [u8], scale: f32, lane_sums: &mut [f32; LANES]) {
     use std::arch::x86_64::*;
     debug_assert!(inv.len() == w.len() && out.len() == w.len());
-    let (vc, floor) = (_mm512_set1_ps(c), _mm512_set1_ps(EXP2_FLOOR));
-    let k = EXP2_CUBIC.map(|c| _mm512_set1_ps(c));
+    let vc = _mm512_set1_ps(c);
     let mut sum = _mm512_setzero_ps();
     // The rounded 16 values from i on (the lanes of `mask`; the others add nothing), their
     // weighted exponentials added to `sum` in chunk order.
     let mut chunk = |i: usize, mask: u16| {
-        // exp2_coarse; _mm512_max_ps(a, b) is a > b ? a : b, as max_select.
-        let y = _mm512_max_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(mask, w.as_ptr().add(i)), vc), floor);
-        // n = y rounded to nearest even (what adding and taking away EXP2_ROUND gives), and
-        // poly * 2^n by vscalefps: the same exactly rounded product as multiplying by 2^n's bits.
-        let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(y);
-        let f = _mm512_sub_ps(y, n);
-        let poly = _mm512_fmadd_ps(_mm512_fmadd_ps(_mm512_fmadd_ps(k[3], f, k[2]), f, k[1]), f, k[0]);
-        let p = _mm512_scalef_ps(poly, n);
+        let p = exp2_coarse_avx512(_mm512_sub_ps(_mm512_maskz_loadu_ps(mask, w.as_ptr().add(i)), vc));
         sum = _mm512_mask3_fmadd_ps(p, _mm512_maskz_loadu_ps(mask, inv.as_ptr().add(i)), sum, mask);
         // round_unsigned(p): p is never negative, and a value past 255 saturates in the
         // narrowing; rounded to nearest even (vcvtps2dq in the default rounding mode, which
@@ -374,7 +366,7 @@ const EXP2_CUBIC: [f32; 4] = [0.999_928_95, 0.693_276_2, 0.242_604_05, 0.055_088
 /// exactly rounded on every target) so the portable build gives the same bits as the vectorized
 /// one, in three instructions instead of six.
 #[inline(always)]
-fn exp2_coarse(y: f32) -> f32 {
+pub(super) fn exp2_coarse(y: f32) -> f32 {
     let y = max_select(y, EXP2_FLOOR);
     let t = y + EXP2_ROUND;
     let f = y - (t - EXP2_ROUND);
@@ -382,6 +374,23 @@ fn exp2_coarse(y: f32) -> f32 {
     let p = c3.mul_add(f, c2).mul_add(f, c1).mul_add(f, c0);
     // t's low bits hold n (two's complement): 2^n has the exponent field n + 127.
     p * f32::from_bits(t.to_bits().wrapping_sub(EXP2_ROUND.to_bits() - 127) << 23)
+}
+
+/// `exp2_coarse` on 16 lanes, the same operations (so the same bits).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn exp2_coarse_avx512(y: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    let k = EXP2_CUBIC.map(|c| _mm512_set1_ps(c));
+    // _mm512_max_ps(a, b) is a > b ? a : b, as max_select.
+    let y = _mm512_max_ps(y, _mm512_set1_ps(EXP2_FLOOR));
+    // n = y rounded to nearest even (what adding and taking away EXP2_ROUND gives), and
+    // poly * 2^n by vscalefps: the same exactly rounded product as multiplying by 2^n's bits.
+    let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(y);
+    let f = _mm512_sub_ps(y, n);
+    let poly = _mm512_fmadd_ps(_mm512_fmadd_ps(_mm512_fmadd_ps(k[3], f, k[2]), f, k[1]), f, k[0]);
+    _mm512_scalef_ps(poly, n)
 }
 
 /// x (a weighted probability: never negative) rounded to nearest even, at most 255.
@@ -523,8 +532,6 @@ impl Task<'_> {
     }
 }
 
-/// Query rows per AMX block: two 16-row tiles of `amx::tile_32x32`.
-const AMX_ROWS: usize = 32;
 /// Keys per AMX step in p.v (64 bytes of a probability row).
 const AMX_STEP_KEYS: usize = 64;
 /// int32 per row of `Buffers::c`: a tile's keys, plus the 16 a last 32-key product may add.
