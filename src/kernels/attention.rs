@@ -757,7 +757,8 @@ mod tests {
             } else {
                 assert!(best == f32_best, "{case}: without AMX-BF16 bf16 must run the f32 kernels");
             }
-            // Outputs are averages of values in -1..1; bf16 keeps 8 significant bits.
+            // Outputs are averages of values in -1..1; bf16 keeps 8 significant bits (0.0003-0.0039
+            // seen, int8 0.0014-0.0106 on the same cases).
             let worst = off(&portable, &exact);
             assert!(worst > 0.0 && worst < 0.01, "{case}: bf16 off f32 by {worst}");
             assert!(off(&best, &exact) < 0.01, "{case}: best bf16 off f32 by {}", off(&best, &exact));

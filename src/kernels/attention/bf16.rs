@@ -297,12 +297,21 @@ fn exp2_to_bf16_summed<const SIMD: bool>(x: &[f32], max: f32, out: &mut [u16]) -
 unsafe fn exp2_to_bf16_summed_avx512(x: &[f32], max: f32, out: &mut [u16]) -> f32 {
     use std::arch::x86_64::*;
     let vmax = _mm512_set1_ps(max);
+    let exp2 = |i: usize, mask: u16| exp2_coarse_avx512(_mm512_sub_ps(_mm512_maskz_loadu_ps(mask, x.as_ptr().add(i)), vmax));
+    // 32 at a time: one conversion of two vectors, one store, and their sum by one dot
+    // product with bf16 ones (each lane adds a pair), instead of widening them back to f32.
+    let ones: __m512bh = std::mem::transmute(_mm512_set1_epi16(0x3f80));
     let mut sum = _mm512_setzero_ps();
-    for i in (0..x.len()).step_by(LANES) {
+    let whole = x.len() / 32 * 32;
+    for i in (0..whole).step_by(32) {
+        // The second operand becomes the low half: slots i..i + 16.
+        let packed = _mm512_cvtne2ps_pbh(exp2(i + 16, u16::MAX), exp2(i, u16::MAX));
+        _mm512_storeu_si512(out.as_mut_ptr().add(i) as *mut __m512i, std::mem::transmute::<__m512bh, __m512i>(packed));
+        sum = _mm512_dpbf16_ps(sum, packed, ones);
+    }
+    for i in (whole..x.len()).step_by(LANES) {
         let mask = crate::kernels::ops::first_lanes(x.len() - i);
-        let p = exp2_coarse_avx512(_mm512_sub_ps(_mm512_maskz_loadu_ps(mask, x.as_ptr().add(i)), vmax));
-        let b = _mm512_cvtneps_pbh(p);
-        let bits: __m256i = std::mem::transmute(b);
+        let bits: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(exp2(i, mask)));
         _mm256_mask_storeu_epi16(out.as_mut_ptr().add(i) as *mut i16, mask, bits);
         // The rounded values back as f32: each bf16 in the high half of a lane.
         let back = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(bits)));
