@@ -9,6 +9,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use llm_npu::engine::{self, Engine, NpuEngine};
+use llm_npu::kernels::attention::{self, Precision};
 use llm_npu::model::LoadedModel;
 use llm_npu::prefill::dag::Dag;
 use llm_npu::prefill::schedule::Schedule;
@@ -114,7 +115,7 @@ pub fn build_engine(loaded: &Arc<LoadedModel>, args: &ModelArgs, backend: Backen
             npu.weight_bytes as f64 / (1u64 << 30) as f64,
             npu.accel.name(),
             npu.quantize_time.as_secs_f64(),
-            "attention and norms run in f32 on the CPU, the LM head in int8"
+            attention_summary(npu.attention_precision(), loaded.model.config.head_dim)
         );
         eprintln!("npu: {}", shadow_summary(npu));
     }
@@ -122,6 +123,17 @@ pub fn build_engine(loaded: &Arc<LoadedModel>, args: &ModelArgs, backend: Backen
         eprintln!("bitstack: {}", stack_summary(stack));
     }
     Ok(engine)
+}
+
+/// Where the npu engine's float work runs, and in what precision attention multiplies.
+fn attention_summary(precision: Precision, head_dim: usize) -> String {
+    let attention = match precision {
+        Precision::F32 => "attention in f32",
+        Precision::Int8 => "prefill attention in int8 (decode in f32)",
+        Precision::Bf16 if attention::bf16_runs(head_dim) => "prefill attention in bf16 on AMX tiles (decode in f32)",
+        Precision::Bf16 => "attention in f32 (--bf16-attention needs AMX-BF16 and a head size that is a multiple of 32)",
+    };
+    format!("{attention}, norms in f32 on the CPU, the LM head in int8")
 }
 
 /// Bytes of all weights as the engine holds them, and bits per weight of the layers' linears.

@@ -130,12 +130,7 @@ fn best_attention(precision: Precision, allow_amx: bool, q: &[f32], k_cache: &[f
     // softcap comes between the scores and their maxima (taken in the AMX epilogue).
     #[cfg(target_arch = "x86_64")]
     let amx = allow_amx && vnni && super::int8_gemm::best_kernel() == super::int8_gemm::Int8Kernel::Amx && int8::amx_fits(s.head_dim) && s.softcap.is_none();
-    // bf16 only on AMX tiles, with AVX512-BF16 for the conversions (Sapphire Rapids has both);
-    // elsewhere the f32 kernels.
-    #[cfg(target_arch = "x86_64")]
-    let amx_bf16 = allow_amx && level == SimdLevel::Avx512 && super::int8_gemm::best_kernel() == super::int8_gemm::Int8Kernel::Amx && super::amx::bf16_available() && std::arch::is_x86_feature_detected!("avx512bf16") && bf16::fits(s.head_dim);
-    #[cfg(not(target_arch = "x86_64"))]
-    let (_, amx_bf16) = (allow_amx, false);
+    let amx_bf16 = allow_amx && bf16_runs(s.head_dim);
     let precision = if precision == Precision::Bf16 && !amx_bf16 { Precision::F32 } else { precision };
     run(precision, q, k_cache, v_cache, s, out, kept, |task, bufs, out| match level {
         // SAFETY: AMX-BF16 and AVX512-BF16 are available (checked above) and head_dim fits.
@@ -152,6 +147,21 @@ fn best_attention(precision: Precision, allow_amx: bool, q: &[f32], k_cache: &[f
         SimdLevel::Avx512 => unsafe { task_avx512(task, bufs, out) },
         _ => task.attend::<false, false, false>(bufs, out),
     });
+}
+
+/// Whether `Precision::Bf16` runs in bf16 at this head size on this CPU: on AMX tiles where the
+/// GEMMs use them (LLM_NPU_INT8 can turn both off), with AVX512-BF16 for the conversions
+/// (Sapphire Rapids has both); elsewhere it runs the f32 kernels.
+pub fn bf16_runs(head_dim: usize) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        simd_level() == SimdLevel::Avx512 && super::int8_gemm::best_kernel() == super::int8_gemm::Int8Kernel::Amx && super::amx::bf16_available() && std::arch::is_x86_feature_detected!("avx512bf16") && bf16::fits(head_dim)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = head_dim;
+        false
+    }
 }
 
 /// The portable twin of `causal_attention`.

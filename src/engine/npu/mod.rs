@@ -123,6 +123,11 @@ pub struct NpuEngine {
 }
 
 impl NpuEngine {
+    /// The precision prefill attention was asked to run in.
+    pub fn attention_precision(&self) -> attention::Precision {
+        self.attention
+    }
+
     /// Quantizes the decoder's linear layers (progress: one step per layer) with the static
     /// scales of `cal` (already checked against the model; `calibration` says where it is from).
     pub fn new(loaded: Arc<LoadedModel>, cal: &Calibration, calibration: String, chunk_size: Option<usize>, opts: &NpuOptions, progress: &dyn Progress) -> Result<Self> {
