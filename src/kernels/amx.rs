@@ -187,34 +187,28 @@ unsafe fn tile_32x32_with<const BF16: bool>(a: *const u8, lda: usize, b: *const 
                 std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(next.add(row * ldb + 64) as *const i8);
             }
         }
+        // One k step: both halves of a against both halves of b, with `op`.
+        macro_rules! step {
+            ($op:literal) => {
+                asm!(
+                    "tileloadd tmm4, [{a0} + {lda}*1]",
+                    "tileloadd tmm6, [{b0} + {ldb}*1]",
+                    "tileloadd tmm7, [{b1} + {ldb}*1]",
+                    concat!($op, " tmm0, tmm4, tmm6"),
+                    "tileloadd tmm5, [{a1} + {lda}*1]",
+                    concat!($op, " tmm1, tmm4, tmm7"),
+                    concat!($op, " tmm2, tmm5, tmm6"),
+                    concat!($op, " tmm3, tmm5, tmm7"),
+                    a0 = in(reg) a0, a1 = in(reg) a1, b0 = in(reg) b0, b1 = in(reg) b0.add(64),
+                    lda = in(reg) lda, ldb = in(reg) ldb,
+                    options(nostack, readonly),
+                )
+            };
+        }
         if BF16 {
-            asm!(
-                "tileloadd tmm4, [{a0} + {lda}*1]",
-                "tileloadd tmm6, [{b0} + {ldb}*1]",
-                "tileloadd tmm7, [{b1} + {ldb}*1]",
-                "tdpbf16ps tmm0, tmm4, tmm6",
-                "tileloadd tmm5, [{a1} + {lda}*1]",
-                "tdpbf16ps tmm1, tmm4, tmm7",
-                "tdpbf16ps tmm2, tmm5, tmm6",
-                "tdpbf16ps tmm3, tmm5, tmm7",
-                a0 = in(reg) a0, a1 = in(reg) a1, b0 = in(reg) b0, b1 = in(reg) b0.add(64),
-                lda = in(reg) lda, ldb = in(reg) ldb,
-                options(nostack, readonly),
-            );
+            step!("tdpbf16ps");
         } else {
-            asm!(
-                "tileloadd tmm4, [{a0} + {lda}*1]",
-                "tileloadd tmm6, [{b0} + {ldb}*1]",
-                "tileloadd tmm7, [{b1} + {ldb}*1]",
-                "tdpbusd tmm0, tmm4, tmm6",
-                "tileloadd tmm5, [{a1} + {lda}*1]",
-                "tdpbusd tmm1, tmm4, tmm7",
-                "tdpbusd tmm2, tmm5, tmm6",
-                "tdpbusd tmm3, tmm5, tmm7",
-                a0 = in(reg) a0, a1 = in(reg) a1, b0 = in(reg) b0, b1 = in(reg) b0.add(64),
-                lda = in(reg) lda, ldb = in(reg) ldb,
-                options(nostack, readonly),
-            );
+            step!("tdpbusd");
         }
     }
     asm!(

@@ -699,29 +699,39 @@ mod tests {
         }
     }
 
+    type Kernel = fn(Precision, &[f32], &[f32], &[f32], AttnShape, &mut [f32]);
+
+    /// The precision tests' cases: each (head_dim, window, pos0, tokens) with 8 query heads on
+    /// 2 KV heads, 8 on 1 and 6 on 2; keys and queries in -2..2, values in -1..1. Calls
+    /// `check(case, head_dim, run)`, where `run(kernel, precision)` is that kernel's output.
+    fn for_each_case(cases: &[(usize, Option<usize>, usize, usize)], mut check: impl FnMut(&str, usize, &dyn Fn(Kernel, Precision) -> Vec<f32>)) {
+        let val = |i: usize| ((i * 7919 % 1000) as f32 / 500.0) - 1.0;
+        for (&(hd, window, pos0, tokens), (n_heads, n_kv_heads)) in cases.iter().flat_map(|c| [(8, 2), (8, 1), (6, 2)].map(|h| (c, h))) {
+            let stride = (pos0 + tokens).next_multiple_of(LANES);
+            let s = AttnShape { n_heads, n_kv_heads, head_dim: hd, pos0, kv_stride: stride, kv_base: 0, window, scale: 1.0 / (hd as f32).sqrt(), softcap: None };
+            let k: Vec<f32> = (0..n_kv_heads * stride * hd).map(|i| 2.0 * val(i)).collect();
+            let v: Vec<f32> = (0..n_kv_heads * stride * hd).map(|i| val(i + 13)).collect();
+            let q: Vec<f32> = (0..tokens * n_heads * hd).map(|i| 2.0 * val(i + 101)).collect();
+            let run = |f: Kernel, p| {
+                let mut o = vec![f32::NAN; q.len()];
+                f(p, &q, &k, &v, s, &mut o);
+                o
+            };
+            check(&format!("hd {hd} {window:?} {pos0}+{tokens}, {n_heads} heads on {n_kv_heads}"), hd, &run);
+        }
+    }
+
     #[test]
     fn int8_attention_equals_its_portable_twin_and_stays_near_f32() {
         // Lengths crossing KEY_TILE and TOKENS_PER_TASK, windows starting mid-tile, head sizes
         // that are and are not multiples of 16 (the SIMD values kernel) and of 4 (key groups).
         // Groups of 4, 8 and 3 query heads per KV head: tasks of 32, 64 and 24 rows (fewer at
         // the end), whole and partial AMX blocks.
-        let val = |i: usize| ((i * 7919 % 1000) as f32 / 500.0) - 1.0;
         let cases = [(64, None, 700usize, 37usize), (64, Some(300), 900, 20), (64, None, 0, 600), (80, None, 100, 33), (8, None, 5, 40), (6, Some(9), 30, 17)];
-        for ((hd, window, pos0, tokens), (n_heads, n_kv_heads)) in cases.into_iter().flat_map(|c| [(8, 2), (8, 1), (6, 2)].map(|h| (c, h))) {
-            let stride = (pos0 + tokens).next_multiple_of(LANES);
-            let s = AttnShape { n_heads, n_kv_heads, head_dim: hd, pos0, kv_stride: stride, kv_base: 0, window, scale: 1.0 / (hd as f32).sqrt(), softcap: None };
-            let k: Vec<f32> = (0..n_kv_heads * stride * hd).map(|i| 2.0 * val(i)).collect();
-            let v: Vec<f32> = (0..n_kv_heads * stride * hd).map(|i| val(i + 13)).collect();
-            let q: Vec<f32> = (0..tokens * n_heads * hd).map(|i| 2.0 * val(i + 101)).collect();
-            let run = |f: fn(Precision, &[f32], &[f32], &[f32], AttnShape, &mut [f32]), p| {
-                let mut o = vec![f32::NAN; q.len()];
-                f(p, &q, &k, &v, s, &mut o);
-                o
-            };
+        for_each_case(&cases, |case, _, run| {
             let (best, portable) = (run(causal_attention_in, Precision::Int8), run(causal_attention_portable_in, Precision::Int8));
             let without_amx = run(|p, q, k, v, s, o| best_attention(p, false, q, k, v, s, o, &mut KeptKv::default()), Precision::Int8);
             let exact = run(causal_attention_portable_in, Precision::F32);
-            let case = format!("hd {hd} {window:?} {pos0}+{tokens}, {n_heads} heads on {n_kv_heads}");
             assert!(best.iter().zip(&portable).all(|(a, b)| a.to_bits() == b.to_bits()), "{case}: best SIMD and portable int8 differ");
             assert!(without_amx.iter().zip(&portable).all(|(a, b)| a.to_bits() == b.to_bits()), "{case}: SIMD without AMX and portable int8 differ");
             // Outputs are averages of values in -1..1: int8 keys, queries, values and
@@ -729,36 +739,23 @@ mod tests {
             let worst = best.iter().zip(&exact).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
             assert!(worst < 0.02, "{case}: int8 off f32 by {worst}");
             assert!(worst > 0.0, "{case}: the int8 path did not run");
-        }
+        });
     }
 
     #[test]
     fn bf16_attention_matches_its_portable_twin_and_stays_near_f32() {
         // As the int8 test's cases, with head sizes the tiles take (32, 64, 96) and one they do
         // not (80: f32 on every path). Where the CPU has no AMX-BF16 the best path is f32.
-        let val = |i: usize| ((i * 7919 % 1000) as f32 / 500.0) - 1.0;
         let cases = [(64, None, 700usize, 37usize), (64, Some(300), 900, 20), (64, None, 0, 600), (32, None, 100, 33), (96, Some(40), 60, 70), (80, None, 100, 33)];
-        let tiles = crate::kernels::amx::bf16_available() && crate::kernels::int8_gemm::best_kernel() == crate::kernels::int8_gemm::Int8Kernel::Amx && std::arch::is_x86_feature_detected!("avx512bf16");
-        for ((hd, window, pos0, tokens), (n_heads, n_kv_heads)) in cases.into_iter().flat_map(|c| [(8, 2), (8, 1), (6, 2)].map(|h| (c, h))) {
-            let stride = (pos0 + tokens).next_multiple_of(LANES);
-            let s = AttnShape { n_heads, n_kv_heads, head_dim: hd, pos0, kv_stride: stride, kv_base: 0, window, scale: 1.0 / (hd as f32).sqrt(), softcap: None };
-            let k: Vec<f32> = (0..n_kv_heads * stride * hd).map(|i| 2.0 * val(i)).collect();
-            let v: Vec<f32> = (0..n_kv_heads * stride * hd).map(|i| val(i + 13)).collect();
-            let q: Vec<f32> = (0..tokens * n_heads * hd).map(|i| 2.0 * val(i + 101)).collect();
-            let run = |f: fn(Precision, &[f32], &[f32], &[f32], AttnShape, &mut [f32]), p| {
-                let mut o = vec![f32::NAN; q.len()];
-                f(p, &q, &k, &v, s, &mut o);
-                o
-            };
+        for_each_case(&cases, |case, hd, run| {
             let (best, portable) = (run(causal_attention_in, Precision::Bf16), run(causal_attention_portable_in, Precision::Bf16));
             let (f32_best, exact) = (run(causal_attention_in, Precision::F32), run(causal_attention_portable_in, Precision::F32));
-            let case = format!("hd {hd} {window:?} {pos0}+{tokens}, {n_heads} heads on {n_kv_heads}");
             let off = |x: &[f32], y: &[f32]| x.iter().zip(y).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
             if !bf16::fits(hd) {
                 assert!(best == f32_best && portable == exact, "{case}: a head size the tiles do not take must run in f32");
-                continue;
+                return;
             }
-            if tiles {
+            if bf16_runs(hd) {
                 // The same products and exponentials; AMX's f32 sums of the products differ
                 // from sequential rounding in the last bits, which can move a probability
                 // across a bf16 rounding step (1.3e-4 at most seen in the outputs, most cases
@@ -772,7 +769,7 @@ mod tests {
             let worst = off(&portable, &exact);
             assert!(worst > 0.0 && worst < 0.01, "{case}: bf16 off f32 by {worst}");
             assert!(off(&best, &exact) < 0.01, "{case}: best bf16 off f32 by {}", off(&best, &exact));
-        }
+        });
     }
 
     #[test]
