@@ -11,7 +11,7 @@ use super::report::Bar;
 
 #[derive(Args)]
 pub struct SynthArgs {
-    /// Model shape: tinyllama-1.1b, qwen2.5-0.5b, qwen1.5-1.8b, llama-3.2-1b, tiny
+    /// Model shape: tinyllama-1.1b, qwen2.5-0.5b, qwen1.5-1.8b, llama-3.2-1b, tiny, tiny-hd64 (tiny with TinyLlama's head size, 64)
     #[arg(long)]
     shape: String,
     /// Output folder

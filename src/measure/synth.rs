@@ -65,6 +65,8 @@ pub const SHAPES: &[Shape] = &[
     Shape { name: "qwen1.5-1.8b", family: "qwen2", hidden: 2048, intermediate: 5504, layers: 24, heads: 16, kv_heads: 16, vocab: 151936, rope_theta: 1e6, llama3_rope: None, tied: false, max_positions: 32768, rms_eps: 1e-6 },
     Shape { name: "llama-3.2-1b", family: "llama", hidden: 2048, intermediate: 8192, layers: 16, heads: 32, kv_heads: 8, vocab: 128256, rope_theta: 500000.0, llama3_rope: Some((32.0, 1.0, 4.0, 8192.0)), tied: true, max_positions: 131072, rms_eps: 1e-5 },
     Shape { name: "tiny", family: "llama", hidden: 64, intermediate: 172, layers: 4, heads: 8, kv_heads: 4, vocab: 512, rope_theta: 10000.0, llama3_rope: None, tied: false, max_positions: 1024, rms_eps: 1e-5 },
+    // TinyLlama's head size (64) in a tests-sized model: what the AMX attention kernels take.
+    Shape { name: "tiny-hd64", family: "llama", hidden: 256, intermediate: 688, layers: 2, heads: 4, kv_heads: 2, vocab: 512, rope_theta: 10000.0, llama3_rope: None, tied: false, max_positions: 1024, rms_eps: 1e-5 },
 ];
 
 pub fn shape(name: &str) -> Result<&'static Shape> {
