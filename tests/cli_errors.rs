@@ -325,6 +325,13 @@ fn bad_shadow_options_are_refused_with_the_option_named() {
     f32_args.pop();
     f32_args.push("--int8-attention");
     assert!(expect_error(&f32_args).contains("--int8-attention"));
+    f32_args.pop();
+    f32_args.push("--bf16-attention");
+    assert!(expect_error(&f32_args).contains("--bf16-attention"));
+    // Two attention precisions at once: clap's usage error (exit 2), naming both.
+    let both = Command::new(env!("CARGO_BIN_EXE_llm-npu")).args(["logits", "-m", m.to_str().unwrap(), "--token-ids", "1,2", "--out", &out, "--backend", "npu", "--bf16-attention", "--int8-attention"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&both.stderr);
+    assert!(both.status.code() == Some(2) && stderr.contains("--bf16-attention") && stderr.contains("--int8-attention"), "{stderr}");
 }
 
 #[test]
