@@ -283,7 +283,8 @@ fn attention_matches_its_twin_and_the_definition() {
     for_random_cases("attention_matches_its_twin_and_the_definition", |rng| {
         let n_kv_heads = 1 + below(rng, 3);
         let n_heads = n_kv_heads * (1 + below(rng, 6));
-        let head_dim = 1 + size(rng, 96);
+        // A third of the cases at the head sizes the AMX bf16 tiles take.
+        let head_dim = if below(rng, 3) == 0 { 32 * (1 + below(rng, 3)) } else { 1 + size(rng, 96) };
         let tokens = 1 + size(rng, 40);
         let window = (below(rng, 3) == 0).then(|| 1 + size(rng, 40));
         let pos0 = size(rng, 60);
@@ -322,16 +323,27 @@ fn attention_matches_its_twin_and_the_definition() {
         let unit = |x: &[f32]| -> Vec<f32> { x.iter().map(|v| v.clamp(-1.0, 1.0)).collect() };
         let (q, k, v) = (unit(&q), unit(&k), unit(&v));
         let want = attention_by_definition(&q, &k, &v, s, tokens);
-        let run = |f: fn(Precision, &[f32], &[f32], &[f32], AttnShape, &mut [f32])| {
+        let run = |f: fn(Precision, &[f32], &[f32], &[f32], AttnShape, &mut [f32]), precision| {
             let mut o = vec![f32::NAN; q.len()];
-            f(Precision::Int8, &q, &k, &v, s, &mut o);
+            f(precision, &q, &k, &v, s, &mut o);
             o
         };
-        let (best, portable) = (run(attention::causal_attention_in), run(attention::causal_attention_portable_in));
-        let bound = if tokens >= attention::INT8_MIN_TOKENS { 0.03 } else { 0.0 }; // 0.0127 seen in 2,000 cases
+        let (best, portable) = (run(attention::causal_attention_in, Precision::Int8), run(attention::causal_attention_portable_in, Precision::Int8));
+        let low_precision = tokens >= attention::INT8_MIN_TOKENS;
+        let bound = if low_precision { 0.03 } else { 0.0 }; // 0.0127 seen in 2,000 cases
         for (i, ((&b, &p), &(w, tol))) in best.iter().zip(&portable).zip(&want).enumerate() {
             assert!((b - p).abs() <= 1e-5 * (1.0 + p.abs()), "{s:?} tokens {tokens} at {i}: int8 {b} vs its portable twin {p}");
             assert!((b as f64 - w).abs() <= tol + bound, "{s:?} tokens {tokens} at {i}: int8 {b} vs definition {w}");
+        }
+        // bf16 (AMX tiles; f32 where the CPU or the head size does not take them, while the
+        // portable twin computes in bf16 wherever the head size fits): within bf16 rounding of
+        // the definition; the twins within AMX's last-bit sums of each other where both run bf16.
+        let (best, portable) = (run(attention::causal_attention_in, Precision::Bf16), run(attention::causal_attention_portable_in, Precision::Bf16));
+        let bound = if low_precision { 0.01f64 } else { 0.0 };
+        let twins = if attention::bf16_runs(head_dim) { 5e-4 } else { 2.0 * bound as f32 };
+        for (i, ((&b, &p), &(w, tol))) in best.iter().zip(&portable).zip(&want).enumerate() {
+            assert!((b - p).abs() <= twins + 1e-5 * (1.0 + p.abs()), "{s:?} tokens {tokens} at {i}: bf16 {b} vs its portable twin {p}");
+            assert!((b as f64 - w).abs() <= tol + bound && (p as f64 - w).abs() <= tol + bound, "{s:?} tokens {tokens} at {i}: bf16 {b} (portable {p}) vs definition {w}");
         }
     });
 }
