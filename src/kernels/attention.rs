@@ -18,7 +18,7 @@ use super::{simd_level, SimdLevel};
 
 mod bf16;
 mod int8;
-pub use bf16::{bf16_bits, bf16_value, Bf16Kv};
+pub use bf16::Bf16Kv;
 pub use int8::Int8Kv;
 
 /// How prefill attention multiplies: f32 throughout (the default); bf16 products into f32 sums

@@ -33,7 +33,7 @@ const S_PITCH: usize = KEY_TILE + 32;
 /// x rounded to the nearest bf16 (ties to even), as `vcvtneps2bf16` does: denormals become
 /// zeros of their sign, NaNs stay NaNs.
 #[inline(always)]
-pub fn bf16_bits(x: f32) -> u16 {
+pub(super) fn bf16_bits(x: f32) -> u16 {
     let bits = x.to_bits();
     if bits & 0x7f80_0000 == 0 {
         return (bits >> 16) as u16 & 0x8000;
@@ -46,7 +46,7 @@ pub fn bf16_bits(x: f32) -> u16 {
 
 /// The f32 a bf16 stands for.
 #[inline(always)]
-pub fn bf16_value(b: u16) -> f32 {
+pub(super) fn bf16_value(b: u16) -> f32 {
     f32::from_bits((b as u32) << 16)
 }
 
