@@ -76,6 +76,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             v["peak_rss_mib"] = bench::peak_rss_bytes().map_or(serde_json::Value::Null, |b| (b / (1 << 20)).into());
             v["weight_mib"] = (report::weight_size(engine.as_ref()).0 / (1 << 20)).into();
             v["limit_tokens_per_s"] = limit_for(&limits, engine.as_ref(), a.model.backend, t).0.into();
+            v["attention"] = report::attention_in_use(engine.as_ref(), m.config.head_dim).into();
             println!("{v}");
         }
         results.push(r);
@@ -85,10 +86,16 @@ pub fn run(a: BenchArgs) -> Result<()> {
         println!("| model | size | params | backend | threads | test | t/s | limit t/s | share |");
         println!("| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |");
         let size = format!("{:.2} GiB", report::weight_size(engine.as_ref()).0 as f64 / (1u64 << 30) as f64);
+        // The backend column names a low-precision prefill attention, so rounds of several
+        // configurations stay apart.
+        let backend = |r: &BenchResult| match report::attention_in_use(engine.as_ref(), m.config.head_dim) {
+            "f32" => r.backend.to_string(),
+            other => format!("{} ({other} attention)", r.backend),
+        };
         for (r, &t) in results.iter().zip(&tests) {
             let (limit, _) = limit_for(&limits, engine.as_ref(), a.model.backend, t);
             let params = report::human_count(m.num_parameters());
-            println!("| {desc} | {size} | {params} | {} | {} | {} | {:.2} ± {:.2} | {limit:.0} | {:.0}% |", r.backend, r.threads, r.test, r.tokens_per_s, r.stddev, 100.0 * r.tokens_per_s / limit);
+            println!("| {desc} | {size} | {params} | {} | {} | {} | {:.2} ± {:.2} | {limit:.0} | {:.0}% |", backend(r), r.threads, r.test, r.tokens_per_s, r.stddev, 100.0 * r.tokens_per_s / limit);
         }
         if let Some(&t) = tests.iter().find(|t| matches!(t, TestKind::Prompt(_))) {
             eprintln!("limit for pp: {}", limit_for(&limits, engine.as_ref(), a.model.backend, t).1);

@@ -125,6 +125,16 @@ pub fn build_engine(loaded: &Arc<LoadedModel>, args: &ModelArgs, backend: Backen
     Ok(engine)
 }
 
+/// The precision the engine's prefill attention multiplies in on this CPU: "f32", "bf16" or
+/// "int8" (bf16 asked where it cannot run is "f32").
+pub fn attention_in_use(engine: &dyn Engine, head_dim: usize) -> &'static str {
+    match engine.as_npu().map(NpuEngine::attention_precision) {
+        Some(Precision::Int8) => "int8",
+        Some(Precision::Bf16) if attention::bf16_runs(head_dim) => "bf16",
+        _ => "f32",
+    }
+}
+
 /// Where the npu engine's float work runs, and in what precision attention multiplies.
 fn attention_summary(precision: Precision, head_dim: usize) -> String {
     let attention = match precision {
