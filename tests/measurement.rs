@@ -168,6 +168,7 @@ fn bench_json_has_one_parsable_object_per_test() {
         .map(|l| {
             let v: serde_json::Value = serde_json::from_str(l).unwrap();
             assert_eq!(v["backend"], "f32");
+            assert_eq!(v["attention"], "f32");
             assert!(v["tokens_per_s"].as_f64().unwrap() > 0.0 && v["stddev"].as_f64().unwrap() >= 0.0);
             assert_eq!(v["samples_tokens_per_s"].as_array().unwrap().len(), 2);
             v["test"].as_str().unwrap().to_string()
@@ -176,6 +177,12 @@ fn bench_json_has_one_parsable_object_per_test() {
     assert_eq!(tests, ["pp16", "pp32", "tg8"]);
     let table = run_ok(&["bench", "-m", d.to_str().unwrap(), "-p", "16", "-n", "0", "-r", "1"]);
     assert!(table.contains("| pp16 |") && table.starts_with("| model |"), "{table}");
+    // The attention precision an npu run used is in both forms.
+    let npu = run_ok(&["bench", "-m", d.to_str().unwrap(), "-p", "16", "-n", "0", "-r", "1", "--backend", "npu", "--int8-attention", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(npu.trim()).unwrap();
+    assert!(v["backend"] == "npu" && v["attention"] == "int8", "{npu}");
+    let table = run_ok(&["bench", "-m", d.to_str().unwrap(), "-p", "16", "-n", "0", "-r", "1", "--backend", "npu", "--int8-attention"]);
+    assert!(table.contains("| npu (int8 attention) |"), "{table}");
 }
 
 #[test]
