@@ -48,16 +48,20 @@ pub struct BenchResult {
 }
 
 /// Median seconds of `reps` runs of `f` after one warm-up run (the kernel examples' timer).
-pub fn median_secs(reps: usize, mut f: impl FnMut()) -> f64 {
+pub fn median_secs(reps: usize, f: impl FnMut()) -> f64 {
+    median(&times_secs(reps, f))
+}
+
+/// Seconds of each of `reps` (at least 1) timed calls of `f`, after one untimed warm-up call.
+pub fn times_secs(reps: usize, mut f: impl FnMut()) -> Vec<f64> {
     f();
-    let times: Vec<f64> = (0..reps.max(1))
+    (0..reps.max(1))
         .map(|_| {
             let t0 = std::time::Instant::now();
             f();
             t0.elapsed().as_secs_f64()
         })
-        .collect();
-    median(&times)
+        .collect()
 }
 
 /// Median of a non-empty list.
