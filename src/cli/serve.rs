@@ -6,6 +6,8 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
+use llm_npu::engine::BackendKind;
+use llm_npu::kernels::attention::{self, Precision};
 use llm_npu::server::{self, ServerOptions};
 
 use super::args::ModelArgs;
@@ -67,7 +69,15 @@ pub fn run(a: ServeArgs) -> Result<()> {
     let engine_opts = a.model.engine_options_for(a.model.backend)?;
     // (An unused cache's buffers are zeroed pages the OS has not handed out yet: free to size.)
     let slot_mib = loaded.model.new_cache(loaded.model.config.max_seq_len).memory_bytes() as f64 / (1 << 20) as f64;
-    let cache = format!("prompt cache: up to {} KV caches of {slot_mib:.1} MiB", a.cache_slots);
+    // A low-precision attention keeps its own copy of each cache it prefills into: int8 about a
+    // quarter of the f32 cache (bytes plus per-slot scales), bf16 half.
+    let copy = match (engine_opts.backend, engine_opts.npu.attention) {
+        (BackendKind::Npu, Precision::Int8) => Some(("int8", 0.25)),
+        (BackendKind::Npu, Precision::Bf16) if attention::bf16_runs(loaded.model.config.head_dim) => Some(("bf16", 0.5)),
+        _ => None,
+    };
+    let copy = copy.map_or(String::new(), |(name, share)| format!(" (+ about {:.1} MiB each for {name} attention's copy)", slot_mib * share));
+    let cache = format!("prompt cache: up to {} KV caches of {slot_mib:.1} MiB{copy}", a.cache_slots);
     server::serve(loaded, engine_opts, opts, &Bar::default(), |addr| {
         eprintln!("serving '{model_id}' on http://{addr} (OpenAI API: /v1/chat/completions, /v1/completions, /v1/models; /health); {cache}; Ctrl-C stops");
     })?;
