@@ -183,6 +183,10 @@ fn bench_json_has_one_parsable_object_per_test() {
     assert!(v["backend"] == "npu" && v["attention"] == "int8", "{npu}");
     let table = run_ok(&["bench", "-m", d.to_str().unwrap(), "-p", "16", "-n", "0", "-r", "1", "--backend", "npu", "--int8-attention"]);
     assert!(table.contains("| npu (int8 attention) |"), "{table}");
+    // bf16 asked at a head size the tiles do not take (tiny's 8): f32, and the load message says why.
+    let out = bin().args(["bench", "-m", d.to_str().unwrap(), "-p", "16", "-n", "0", "-r", "1", "--backend", "npu", "--bf16-attention"]).output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && stdout.contains("| npu |") && stderr.contains("multiples of 32, this model's is 8"), "{stdout}{stderr}");
 }
 
 #[test]

@@ -138,10 +138,12 @@ pub fn attention_in_use(engine: &dyn Engine, head_dim: usize) -> &'static str {
 /// Where the npu engine's float work runs, and in what precision attention multiplies.
 fn attention_summary(precision: Precision, head_dim: usize) -> String {
     let attention = match precision {
-        Precision::F32 => "attention in f32",
-        Precision::Int8 => "prefill attention in int8 (decode in f32)",
-        Precision::Bf16 if attention::bf16_runs(head_dim) => "prefill attention in bf16 on AMX tiles (decode in f32)",
-        Precision::Bf16 => "attention in f32 (--bf16-attention needs AMX-BF16 and a head size that is a multiple of 32)",
+        Precision::F32 => "attention in f32".to_string(),
+        Precision::Int8 => "prefill attention in int8 (decode in f32)".to_string(),
+        Precision::Bf16 if attention::bf16_runs(head_dim) => "prefill attention in bf16 on AMX tiles (decode in f32)".to_string(),
+        // Say why --bf16-attention is not running, so the user can tell what would change it.
+        Precision::Bf16 if head_dim % 32 != 0 => format!("attention in f32 (--bf16-attention: the AMX tiles take head sizes that are multiples of 32, this model's is {head_dim})"),
+        Precision::Bf16 => "attention in f32 (--bf16-attention: no AMX-BF16 in use here: the CPU lacks it, or LLM_NPU_INT8 chose a kernel other than amx)".to_string(),
     };
     format!("{attention}, norms in f32 on the CPU, the LM head in int8")
 }
