@@ -9,6 +9,7 @@ use llm_npu::measure::limits::{self, Limits};
 use std::sync::Arc;
 
 use llm_npu::engine::Engine;
+use llm_npu::kernels::attention::Precision;
 use llm_npu::model::LoadedModel;
 
 use super::args::{BackendArg, ModelArgs};
@@ -76,7 +77,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             v["peak_rss_mib"] = bench::peak_rss_bytes().map_or(serde_json::Value::Null, |b| (b / (1 << 20)).into());
             v["weight_mib"] = (report::weight_size(engine.as_ref()).0 / (1 << 20)).into();
             v["limit_tokens_per_s"] = limit_for(&limits, engine.as_ref(), a.model.backend, t).0.into();
-            v["attention"] = report::attention_in_use(engine.as_ref(), m.config.head_dim).into();
+            v["attention"] = report::attention_in_use(engine.as_ref(), m.config.head_dim).name().into();
             println!("{v}");
         }
         results.push(r);
@@ -88,9 +89,10 @@ pub fn run(a: BenchArgs) -> Result<()> {
         let size = format!("{:.2} GiB", report::weight_size(engine.as_ref()).0 as f64 / (1u64 << 30) as f64);
         // The backend column names a low-precision prefill attention, so rounds of several
         // configurations stay apart.
-        let backend = |r: &BenchResult| match report::attention_in_use(engine.as_ref(), m.config.head_dim) {
-            "f32" => r.backend.to_string(),
-            other => format!("{} ({other} attention)", r.backend),
+        let attention = report::attention_in_use(engine.as_ref(), m.config.head_dim);
+        let backend = |r: &BenchResult| match attention {
+            Precision::F32 => r.backend.to_string(),
+            other => format!("{} ({} attention)", r.backend, other.name()),
         };
         for (r, &t) in results.iter().zip(&tests) {
             let (limit, _) = limit_for(&limits, engine.as_ref(), a.model.backend, t);

@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use llm_npu::engine::{self, Engine, NpuEngine};
-use llm_npu::kernels::attention::{self, Precision};
+use llm_npu::kernels::attention::Precision;
 use llm_npu::model::LoadedModel;
 use llm_npu::prefill::dag::Dag;
 use llm_npu::prefill::schedule::Schedule;
@@ -125,25 +125,21 @@ pub fn build_engine(loaded: &Arc<LoadedModel>, args: &ModelArgs, backend: Backen
     Ok(engine)
 }
 
-/// The precision the engine's prefill attention multiplies in on this CPU: "f32", "bf16" or
-/// "int8" (bf16 asked where it cannot run is "f32").
-pub fn attention_in_use(engine: &dyn Engine, head_dim: usize) -> &'static str {
-    match engine.as_npu().map(NpuEngine::attention_precision) {
-        Some(Precision::Int8) => "int8",
-        Some(Precision::Bf16) if attention::bf16_runs(head_dim) => "bf16",
-        _ => "f32",
-    }
+/// The precision the engine's prefill attention multiplies in on this CPU (f32 for the f32
+/// backend, and where --bf16-attention cannot run).
+pub fn attention_in_use(engine: &dyn Engine, head_dim: usize) -> Precision {
+    engine.as_npu().map_or(Precision::F32, |npu| npu.attention_precision().on_this_cpu(head_dim))
 }
 
 /// Where the npu engine's float work runs, and in what precision attention multiplies.
-fn attention_summary(precision: Precision, head_dim: usize) -> String {
-    let attention = match precision {
-        Precision::F32 => "attention in f32".to_string(),
-        Precision::Int8 => "prefill attention in int8 (decode in f32)".to_string(),
-        Precision::Bf16 if attention::bf16_runs(head_dim) => "prefill attention in bf16 on AMX tiles (decode in f32)".to_string(),
+fn attention_summary(asked: Precision, head_dim: usize) -> String {
+    let attention = match (asked, asked.on_this_cpu(head_dim)) {
+        (_, Precision::Int8) => "prefill attention in int8 (decode in f32)".to_string(),
+        (_, Precision::Bf16) => "prefill attention in bf16 on AMX tiles (decode in f32)".to_string(),
         // Say why --bf16-attention is not running, so the user can tell what would change it.
-        Precision::Bf16 if head_dim % 32 != 0 => format!("attention in f32 (--bf16-attention: the AMX tiles take head sizes that are multiples of 32, this model's is {head_dim})"),
-        Precision::Bf16 => "attention in f32 (--bf16-attention: no AMX-BF16 in use here: the CPU lacks it, or LLM_NPU_INT8 chose a kernel other than amx)".to_string(),
+        (Precision::Bf16, _) if head_dim % 32 != 0 => format!("attention in f32 (--bf16-attention: the AMX tiles take head sizes that are multiples of 32, this model's is {head_dim})"),
+        (Precision::Bf16, _) => "attention in f32 (--bf16-attention: no AMX-BF16 in use here: the CPU lacks it, or LLM_NPU_INT8 chose a kernel other than amx)".to_string(),
+        _ => "attention in f32".to_string(),
     };
     format!("{attention}, norms in f32 on the CPU, the LM head in int8")
 }

@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use llm_npu::engine::BackendKind;
-use llm_npu::kernels::attention::{self, Precision};
+use llm_npu::kernels::attention::Precision;
 use llm_npu::server::{self, ServerOptions};
 
 use super::args::ModelArgs;
@@ -71,12 +71,14 @@ pub fn run(a: ServeArgs) -> Result<()> {
     let slot_mib = loaded.model.new_cache(loaded.model.config.max_seq_len).memory_bytes() as f64 / (1 << 20) as f64;
     // A low-precision attention keeps its own copy of each cache it prefills into: int8 about a
     // quarter of the f32 cache (bytes plus per-slot scales), bf16 half.
-    let copy = match (engine_opts.backend, engine_opts.npu.attention) {
-        (BackendKind::Npu, Precision::Int8) => Some(("int8", 0.25)),
-        (BackendKind::Npu, Precision::Bf16) if attention::bf16_runs(loaded.model.config.head_dim) => Some(("bf16", 0.5)),
-        _ => None,
+    let attention = engine_opts.npu.attention.on_this_cpu(loaded.model.config.head_dim);
+    let copy_share = match attention {
+        _ if engine_opts.backend != BackendKind::Npu => 0.0,
+        Precision::Int8 => 0.25,
+        Precision::Bf16 => 0.5,
+        Precision::F32 => 0.0,
     };
-    let copy = copy.map_or(String::new(), |(name, share)| format!(" (+ about {:.1} MiB each for {name} attention's copy)", slot_mib * share));
+    let copy = if copy_share > 0.0 { format!(" (+ about {:.1} MiB each for {} attention's copy)", slot_mib * copy_share, attention.name()) } else { String::new() };
     let cache = format!("prompt cache: up to {} KV caches of {slot_mib:.1} MiB{copy}", a.cache_slots);
     server::serve(loaded, engine_opts, opts, &Bar::default(), |addr| {
         eprintln!("serving '{model_id}' on http://{addr} (OpenAI API: /v1/chat/completions, /v1/completions, /v1/models; /health); {cache}; Ctrl-C stops");

@@ -33,6 +33,27 @@ pub enum Precision {
     Int8,
 }
 
+impl Precision {
+    /// The precision attention at this head size really multiplies in on this CPU: bf16 runs
+    /// the f32 kernels where `bf16_runs` says no.
+    pub fn on_this_cpu(self, head_dim: usize) -> Precision {
+        if self == Precision::Bf16 && !bf16_runs(head_dim) {
+            Precision::F32
+        } else {
+            self
+        }
+    }
+
+    /// "f32", "bf16" or "int8".
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+            Precision::Int8 => "int8",
+        }
+    }
+}
+
 /// Batches shorter than this attend in f32 whatever the precision: converting the cache costs
 /// about as much as attending with one token's rows, so decode stays f32.
 pub const INT8_MIN_TOKENS: usize = 16;
@@ -130,8 +151,11 @@ fn best_attention(precision: Precision, allow_amx: bool, q: &[f32], k_cache: &[f
     // softcap comes between the scores and their maxima (taken in the AMX epilogue).
     #[cfg(target_arch = "x86_64")]
     let amx = allow_amx && vnni && super::int8_gemm::best_kernel() == super::int8_gemm::Int8Kernel::Amx && int8::amx_fits(s.head_dim) && s.softcap.is_none();
-    let amx_bf16 = allow_amx && bf16_runs(s.head_dim);
-    let precision = if precision == Precision::Bf16 && !amx_bf16 { Precision::F32 } else { precision };
+    // bf16 runs on AMX tiles only: where they are missing or not allowed, it is f32.
+    let precision = match precision.on_this_cpu(s.head_dim) {
+        Precision::Bf16 if !allow_amx => Precision::F32,
+        p => p,
+    };
     run(precision, q, k_cache, v_cache, s, out, kept, |task, bufs, out| match level {
         // SAFETY: AMX-BF16 and AVX512-BF16 are available (checked above) and head_dim fits.
         #[cfg(target_arch = "x86_64")]
