@@ -37,17 +37,21 @@ pub fn available() -> bool {
     })
 }
 
-/// True when, besides `available()`, the CPU has AMX-BF16 (`tdpbf16ps`).
+/// True when, besides `available()`, the CPU has AMX-BF16 (`tdpbf16ps`). Asked once: CPUID
+/// exits to the hypervisor in a VM, and attention asks on every call.
 pub fn bf16_available() -> bool {
-    #[cfg(all(target_arch = "x86_64", not(miri)))]
-    {
-        // CPUID.(EAX=7,ECX=0):EDX bit 22 AMX-BF16.
-        available() && std::arch::x86_64::__cpuid_count(7, 0).edx & (1 << 22) != 0
-    }
-    #[cfg(not(all(target_arch = "x86_64", not(miri))))]
-    {
-        false
-    }
+    static OK: OnceLock<bool> = OnceLock::new();
+    *OK.get_or_init(|| {
+        #[cfg(all(target_arch = "x86_64", not(miri)))]
+        {
+            // CPUID.(EAX=7,ECX=0):EDX bit 22 AMX-BF16.
+            available() && std::arch::x86_64::__cpuid_count(7, 0).edx & (1 << 22) != 0
+        }
+        #[cfg(not(all(target_arch = "x86_64", not(miri))))]
+        {
+            false
+        }
+    })
 }
 
 /// `ldtilecfg`'s 64-byte operand (palette 1): bytes per row and rows of each tile.
