@@ -797,6 +797,35 @@ mod tests {
     }
 
     #[test]
+    fn bf16_attention_raises_its_lazy_max_when_scores_jump() {
+        // Dimension 0 of every key holds 256 x its key tile's index and every query 1 there, so
+        // each tile's scores pass the tile before's by 46 in base 2 (more than the lazy max's
+        // headroom) and the fourth's pass the first's by 138: exponentials left on a stale
+        // reference would overflow f32 (NaN outputs). The rest are small values, as above.
+        let val = |i: usize| ((i * 7919 % 1000) as f32 / 500.0) - 1.0;
+        let (n_heads, n_kv_heads, hd, tokens) = (4, 2, 64, 1000usize);
+        let stride = tokens.next_multiple_of(LANES);
+        let s = AttnShape { n_heads, n_kv_heads, head_dim: hd, pos0: 0, kv_stride: stride, kv_base: 0, window: None, scale: 0.125, softcap: None };
+        let mut k: Vec<f32> = (0..n_kv_heads * stride * hd).map(|i| 0.25 * val(i)).collect();
+        for (h, j) in (0..n_kv_heads).flat_map(|h| (0..stride).map(move |j| (h, j))) {
+            k[h * hd * stride + j] = 256.0 * (j / KEY_TILE) as f32;
+        }
+        let v: Vec<f32> = (0..n_kv_heads * stride * hd).map(|i| val(i + 13)).collect();
+        let mut q: Vec<f32> = (0..tokens * n_heads * hd).map(|i| 0.25 * val(i + 101)).collect();
+        q.iter_mut().step_by(hd).for_each(|x| *x = 1.0);
+        let run = |f: Kernel, p| {
+            let mut o = vec![f32::NAN; q.len()];
+            f(p, &q, &k, &v, s, &mut o);
+            o
+        };
+        let exact = run(causal_attention_portable_in, Precision::F32);
+        for (name, got) in [("best", run(causal_attention_in, Precision::Bf16)), ("portable", run(causal_attention_portable_in, Precision::Bf16))] {
+            let worst = got.iter().zip(&exact).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(worst < 0.01, "{name} bf16 off f32 by {worst} with jumping scores");
+        }
+    }
+
+    #[test]
     fn bf16_copy_kept_between_chunks_equals_a_fresh_one_and_forgets_rewritten_slots() {
         // A prompt in chunks through a kept bf16 copy gives the bits of a copy converted afresh
         // for each call; after the cache goes back and takes other tokens, too.

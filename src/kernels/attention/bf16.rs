@@ -27,6 +27,14 @@ use crate::kernels::ops::{lanes_sum, max_of_simd, softcap};
 
 /// Slots per AMX step of p.v: 64 bytes of a bf16 probability row.
 const STEP_KEYS: usize = 32;
+/// How far (in base 2) a row's scores may rise above its running max before the max is
+/// raised: bf16 has f32's exponent range, so probabilities of up to 2^32 times the f32 path's
+/// keep their 8 bits, and sums of them stay far from f32's 2^128. Most tiles then skip the
+/// row's max (a pass and a reduction per row: perf showed its latency chain as the hottest
+/// instructions of the attention task outside the tiles) and the rescaling; FlashAttention-4
+/// skips rescaling the same way. `attention_bench`, one layer at 2,048 / 4,096: 10.3-10.6 ->
+/// 7.9-9.1 ms and 19.2-22.0 -> 15.5-17.6 ms.
+const LAZY_HEADROOM: f32 = 32.0;
 /// f32 per row of the scores buffer: a tile's keys plus the 16 a last 32-key product may add.
 const S_PITCH: usize = KEY_TILE + 32;
 
@@ -226,10 +234,19 @@ impl Task<'_> {
                 if let Some(cap) = self.s.softcap {
                     softcap(seen, cap * std::f32::consts::LOG2_E);
                 }
-                let max = self.raise_max(r, max_of_simd::<AMX>(seen), exp2_coarse, &mut b.max[r], std::slice::from_mut(&mut b.sum[r]), &mut b16.o);
                 p[k_lo..a].fill(0);
                 p[e..k_hi].fill(0);
-                b.sum[r] += exp2_to_bf16_summed::<AMX>(seen, max, &mut p[a..e]);
+                // The running max is only a reference (`LAZY_HEADROOM`): the exponentials start
+                // from it and the max is taken and raised only when a score passes the headroom.
+                let reference = b.max[r];
+                let lazy = if reference == f32::NEG_INFINITY { None } else { exp2_to_bf16_summed::<AMX>(seen, reference, reference + LAZY_HEADROOM, &mut p[a..e]) };
+                b.sum[r] += match lazy {
+                    Some(sum) => sum,
+                    None => {
+                        let max = self.raise_max(r, max_of_simd::<AMX>(seen), exp2_coarse, &mut b.max[r], std::slice::from_mut(&mut b.sum[r]), &mut b16.o);
+                        exp2_to_bf16_summed::<AMX>(seen, max, f32::INFINITY, &mut p[a..e]).expect("no score exceeds infinity")
+                    }
+                };
             }
             let v_at = (j0 + k_lo) * hd;
             assert!(v_at + (k_hi - k_lo) * hd <= kv.v.len());
@@ -274,31 +291,41 @@ fn values_portable(p: &[u16], take: usize, k_lo: usize, k_hi: usize, v: &[u16], 
     }
 }
 
-/// out = 2^(x - max) rounded to bf16 (`exp2_coarse`: its 8e-5 is well inside bf16's 2^-9);
-/// returns the sum of the rounded values, over 16 lane sums.
+/// out = 2^(x - reference) rounded to bf16 (`exp2_coarse`: its 8e-5 is well inside bf16's
+/// 2^-9); returns the sum of the rounded values, over 16 lane sums, or None when a score
+/// exceeds `limit` (out is then unspecified).
 #[inline(always)]
-fn exp2_to_bf16_summed<const SIMD: bool>(x: &[f32], max: f32, out: &mut [u16]) -> f32 {
+fn exp2_to_bf16_summed<const SIMD: bool>(x: &[f32], reference: f32, limit: f32, out: &mut [u16]) -> Option<f32> {
     assert_eq!(x.len(), out.len());
     #[cfg(target_arch = "x86_64")]
     if SIMD {
         // SAFETY: SIMD is set on the AMX path only, whose CPUs have avx512f, bw, vl and bf16.
-        return unsafe { exp2_to_bf16_summed_avx512(x, max, out) };
+        return unsafe { exp2_to_bf16_summed_avx512(x, reference, limit, out) };
+    }
+    if x.iter().any(|&v| v > limit) {
+        return None;
     }
     let mut lanes = [0f32; LANES];
     for (i, (&v, o)) in x.iter().zip(out.iter_mut()).enumerate() {
-        *o = bf16_bits(exp2_coarse(v - max));
+        *o = bf16_bits(exp2_coarse(v - reference));
         lanes[i % LANES] += bf16_value(*o);
     }
-    lanes_sum(lanes)
+    Some(lanes_sum(lanes))
 }
 
 #[cfg(target_arch = "x86_64")]
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
-unsafe fn exp2_to_bf16_summed_avx512(x: &[f32], max: f32, out: &mut [u16]) -> f32 {
+unsafe fn exp2_to_bf16_summed_avx512(x: &[f32], reference: f32, limit: f32, out: &mut [u16]) -> Option<f32> {
     use std::arch::x86_64::*;
-    let vmax = _mm512_set1_ps(max);
-    let exp2 = |i: usize, mask: u16| exp2_coarse_avx512(_mm512_sub_ps(_mm512_maskz_loadu_ps(mask, x.as_ptr().add(i)), vmax));
+    let (vref, vlimit) = (_mm512_set1_ps(reference), _mm512_set1_ps(limit));
+    // Lanes above the limit, gathered as the scores go by (a compare per 16, off the exponential's chain).
+    let mut over: __mmask16 = 0;
+    let mut exp2 = |i: usize, mask: u16| {
+        let v = _mm512_maskz_loadu_ps(mask, x.as_ptr().add(i));
+        over |= _mm512_mask_cmp_ps_mask::<_CMP_GT_OQ>(mask, v, vlimit);
+        exp2_coarse_avx512(_mm512_sub_ps(v, vref))
+    };
     // 32 at a time: one conversion of two vectors, one store, and their sum by one dot
     // product with bf16 ones (each lane adds a pair), instead of widening them back to f32.
     let ones: __m512bh = std::mem::transmute(_mm512_set1_epi16(0x3f80));
@@ -306,7 +333,8 @@ unsafe fn exp2_to_bf16_summed_avx512(x: &[f32], max: f32, out: &mut [u16]) -> f3
     let whole = x.len() / 32 * 32;
     for i in (0..whole).step_by(32) {
         // The second operand becomes the low half: slots i..i + 16.
-        let packed = _mm512_cvtne2ps_pbh(exp2(i + 16, u16::MAX), exp2(i, u16::MAX));
+        let (hi, lo) = (exp2(i + 16, u16::MAX), exp2(i, u16::MAX));
+        let packed = _mm512_cvtne2ps_pbh(hi, lo);
         _mm512_storeu_si512(out.as_mut_ptr().add(i) as *mut __m512i, std::mem::transmute::<__m512bh, __m512i>(packed));
         sum = _mm512_dpbf16_ps(sum, packed, ones);
     }
@@ -318,9 +346,12 @@ unsafe fn exp2_to_bf16_summed_avx512(x: &[f32], max: f32, out: &mut [u16]) -> f3
         let back = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(bits)));
         sum = _mm512_mask_add_ps(sum, mask, sum, back);
     }
+    if over != 0 {
+        return None;
+    }
     let mut lanes = [0f32; LANES];
     _mm512_storeu_ps(lanes.as_mut_ptr(), sum);
-    lanes_sum(lanes)
+    Some(lanes_sum(lanes))
 }
 
 #[cfg(test)]
