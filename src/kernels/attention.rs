@@ -12,7 +12,7 @@
 
 use rayon::prelude::*;
 
-use super::ops::{exp_fast, exp_minus_simd, max_of_simd, softcap};
+use super::ops::{exp_fast, exp_minus_simd, lanes_sum, max_of_simd, softcap};
 use super::disjoint::DisjointWrites;
 use super::{simd_level, SimdLevel};
 
@@ -280,12 +280,24 @@ struct Buffers {
     /// Running max and sum of exponentials per row.
     max: Vec<f32>,
     sum: Vec<f32>,
+    /// The int8 and bf16 paths' running sums, per row in 16 lane sums (SIMD adds a vector at
+    /// a time), added up into `sum` once at the end rather than per key tile.
+    sum_lanes: Vec<[f32; LANES]>,
     /// Unnormalized output per row, [rows][head_dim].
     o: Vec<f32>,
     /// The int8 path's query rows and probabilities, with their scales (`int8.rs`).
     int8: int8::Buffers,
     /// The bf16 path's query rows, scores, probabilities and outputs (`bf16.rs`).
     bf16: bf16::Buffers,
+}
+
+impl Buffers {
+    /// Each row's running sum from its lane sums.
+    fn finish_sums(&mut self) {
+        for (s, lanes) in self.sum.iter_mut().zip(&self.sum_lanes) {
+            *s = lanes_sum(*lanes);
+        }
+    }
 }
 
 /// Query tokens t0..t1 of one KV head.
@@ -357,6 +369,8 @@ impl Task<'_> {
         b.max.resize(rows, f32::NEG_INFINITY);
         b.sum.clear();
         b.sum.resize(rows, 0.0);
+        b.sum_lanes.clear();
+        b.sum_lanes.resize(rows, [0.0; LANES]);
         b.o.clear();
         b.o.resize(rows * hd, 0.0);
         // The keys any row sees, from the first row's window start to the last row's position.
@@ -377,7 +391,7 @@ impl Task<'_> {
                 self.tile_softmax_i8::<VNNI>(kv, b, 0..rows, j0, j1, None);
                 self.tile_values_i8::<VNNI>(kv, b, rows, j0, j1);
             }
-            b.int8.finish_sums(&mut b.sum);
+            b.finish_sums();
         } else if let Some(kv) = &self.kv16 {
             b.bf16.start_task(&b.q, rows, hd, self.s.scale);
             for j0 in (first..end).step_by(KEY_TILE) {
@@ -387,6 +401,7 @@ impl Task<'_> {
                 unsafe { self.tile_bf16::<AMX>(kv, b, rows, j0, j1) };
             }
             b.o.copy_from_slice(b.bf16.outputs(rows, hd));
+            b.finish_sums();
         } else {
             for j0 in (first..end).step_by(KEY_TILE) {
                 let j1 = (j0 + KEY_TILE).min(end);

@@ -23,7 +23,7 @@ use super::int8::exp2_coarse_avx512;
 use super::int8::exp2_coarse;
 use super::{AttnShape, Task, AMX_ROWS, KEY_TILE, LANES};
 use crate::kernels::aligned::AlignedVec;
-use crate::kernels::ops::{lanes_sum, max_of_simd, softcap};
+use crate::kernels::ops::{max_of_simd, softcap};
 
 /// Slots per AMX step of p.v: 64 bytes of a bf16 probability row.
 const STEP_KEYS: usize = 32;
@@ -239,14 +239,11 @@ impl Task<'_> {
                 // The running max is only a reference (`LAZY_HEADROOM`): the exponentials start
                 // from it and the max is taken and raised only when a score passes the headroom.
                 let reference = b.max[r];
-                let lazy = if reference == f32::NEG_INFINITY { None } else { exp2_to_bf16_summed::<AMX>(seen, reference, reference + LAZY_HEADROOM, &mut p[a..e]) };
-                b.sum[r] += match lazy {
-                    Some(sum) => sum,
-                    None => {
-                        let max = self.raise_max(r, max_of_simd::<AMX>(seen), exp2_coarse, &mut b.max[r], std::slice::from_mut(&mut b.sum[r]), &mut b16.o);
-                        exp2_to_bf16_summed::<AMX>(seen, max, f32::INFINITY, &mut p[a..e]).expect("no score exceeds infinity")
-                    }
-                };
+                if reference == f32::NEG_INFINITY || !exp2_to_bf16_summed::<AMX>(seen, reference, reference + LAZY_HEADROOM, &mut p[a..e], &mut b.sum_lanes[r]) {
+                    let max = self.raise_max(r, max_of_simd::<AMX>(seen), exp2_coarse, &mut b.max[r], &mut b.sum_lanes[r], &mut b16.o);
+                    let done = exp2_to_bf16_summed::<AMX>(seen, max, f32::INFINITY, &mut p[a..e], &mut b.sum_lanes[r]);
+                    debug_assert!(done, "no score exceeds infinity");
+                }
             }
             let v_at = (j0 + k_lo) * hd;
             assert!(v_at + (k_hi - k_lo) * hd <= kv.v.len());
@@ -292,31 +289,32 @@ fn values_portable(p: &[u16], take: usize, k_lo: usize, k_hi: usize, v: &[u16], 
 }
 
 /// out = 2^(x - reference) rounded to bf16 (`exp2_coarse`: its 8e-5 is well inside bf16's
-/// 2^-9); returns the sum of the rounded values, over 16 lane sums, or None when a score
-/// exceeds `limit` (out is then unspecified).
+/// 2^-9), the rounded values added to the row's lane sums (value i to lane i % 16); false, with
+/// the sums untouched and out unspecified, when a score exceeds `limit`.
 #[inline(always)]
-fn exp2_to_bf16_summed<const SIMD: bool>(x: &[f32], reference: f32, limit: f32, out: &mut [u16]) -> Option<f32> {
+fn exp2_to_bf16_summed<const SIMD: bool>(x: &[f32], reference: f32, limit: f32, out: &mut [u16], lanes: &mut [f32; LANES]) -> bool {
     assert_eq!(x.len(), out.len());
     #[cfg(target_arch = "x86_64")]
     if SIMD {
         // SAFETY: SIMD is set on the AMX path only, whose CPUs have avx512f, bw, vl and bf16.
-        return unsafe { exp2_to_bf16_summed_avx512(x, reference, limit, out) };
+        return unsafe { exp2_to_bf16_summed_avx512(x, reference, limit, out, lanes) };
     }
     if x.iter().any(|&v| v > limit) {
-        return None;
+        return false;
     }
-    let mut lanes = [0f32; LANES];
+    let mut tile = [0f32; LANES];
     for (i, (&v, o)) in x.iter().zip(out.iter_mut()).enumerate() {
         *o = bf16_bits(exp2_coarse(v - reference));
-        lanes[i % LANES] += bf16_value(*o);
+        tile[i % LANES] += bf16_value(*o);
     }
-    Some(lanes_sum(lanes))
+    lanes.iter_mut().zip(tile).for_each(|(l, t)| *l += t);
+    true
 }
 
 #[cfg(target_arch = "x86_64")]
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
-unsafe fn exp2_to_bf16_summed_avx512(x: &[f32], reference: f32, limit: f32, out: &mut [u16]) -> Option<f32> {
+unsafe fn exp2_to_bf16_summed_avx512(x: &[f32], reference: f32, limit: f32, out: &mut [u16], lanes: &mut [f32; LANES]) -> bool {
     use std::arch::x86_64::*;
     let (vref, vlimit) = (_mm512_set1_ps(reference), _mm512_set1_ps(limit));
     // Lanes above the limit, gathered as the scores go by (a compare per 16, off the exponential's chain).
@@ -347,11 +345,11 @@ unsafe fn exp2_to_bf16_summed_avx512(x: &[f32], reference: f32, limit: f32, out:
         sum = _mm512_mask_add_ps(sum, mask, sum, back);
     }
     if over != 0 {
-        return None;
+        return false;
     }
-    let mut lanes = [0f32; LANES];
-    _mm512_storeu_ps(lanes.as_mut_ptr(), sum);
-    Some(lanes_sum(lanes))
+    let to = lanes.as_mut_ptr();
+    _mm512_storeu_ps(to, _mm512_add_ps(_mm512_loadu_ps(to), sum));
+    true
 }
 
 #[cfg(test)]

@@ -35,7 +35,7 @@ use rayon::prelude::*;
 
 use super::{AttnShape, Task, AMX_ROWS, KEY_TILE, LANES, ROWS};
 use crate::kernels::aligned::AlignedVec;
-use crate::kernels::ops::{lanes_sum, max_abs, max_of_simd, max_select, softcap, sum};
+use crate::kernels::ops::{max_abs, max_of_simd, max_select, softcap, sum};
 use crate::kernels::quantize::{quantize_row_offset, quantize_value, QMAX};
 
 /// The int8 copy of one layer's cache, kept between attention calls so that each call
@@ -247,9 +247,6 @@ pub(super) struct Buffers {
     p: AlignedVec<u8>,
     /// Per row: what one step of `p` is worth.
     p_scale: Vec<f32>,
-    /// Per row: its running sum of probabilities in 16 lane sums, added up once at the end
-    /// (`finish_sums`) rather than per key tile.
-    sum_lanes: Vec<[f32; LANES]>,
     /// A block of rows' q.k sums over the key tile from AMX, [AMX_ROWS][C_PITCH] int32, which
     /// the epilogue overwrites in place with the weighted scores (f32): one buffer of the
     /// block's in L1 rather than two.
@@ -257,13 +254,6 @@ pub(super) struct Buffers {
 }
 
 impl Buffers {
-    /// Each row's running sum (`sum`, one per row) from its lane sums.
-    pub(super) fn finish_sums(&self, sum: &mut [f32]) {
-        for (s, lanes) in sum.iter_mut().zip(&self.sum_lanes) {
-            *s = lanes_sum(*lanes);
-        }
-    }
-
     /// Readies the buffers for a task of `rows` rows and quantizes its queries ([rows][hd]
     /// floats), one scale per row.
     pub(super) fn start_task(&mut self, q: &[f32], rows: usize, hd: usize, scale: f32) {
@@ -272,8 +262,6 @@ impl Buffers {
         self.p.refill(blocks * KEY_TILE, 0);
         self.p_scale.clear();
         self.p_scale.resize(rows, 0.0);
-        self.sum_lanes.clear();
-        self.sum_lanes.resize(rows, [0.0; LANES]);
         if self.c.len() != AMX_ROWS * C_PITCH {
             self.c = AlignedVec::filled(0.0, AMX_ROWS * C_PITCH);
         }
@@ -466,7 +454,7 @@ impl Task<'_> {
             };
             // The reference: see the module's notes. Its rescaling factor needs no more
             // precision than the probabilities (it multiplies the sum and the output alike).
-            let max = self.raise_max(r, weighted_max, exp2_coarse, &mut b.max[r], &mut b8.sum_lanes[r], &mut b.o);
+            let max = self.raise_max(r, weighted_max, exp2_coarse, &mut b.max[r], &mut b.sum_lanes[r], &mut b.o);
             // One step of p8 is worth the largest p_j v_scale_j (to exp2_coarse's 1e-4) / 255.
             let p_scale = exp2_coarse(weighted_max - max) * (1.0 / 255.0);
             b8.p_scale[r] = p_scale;
@@ -478,7 +466,7 @@ impl Task<'_> {
             if e - j0 < width {
                 dst[e - j0..].fill(0);
             }
-            exp_quantize::<VNNI>(weighted, weighted_max - LOG2_255, &kv.v_inv[a..e], &mut dst[a - j0..e - j0], p_scale, &mut b8.sum_lanes[r]);
+            exp_quantize::<VNNI>(weighted, weighted_max - LOG2_255, &kv.v_inv[a..e], &mut dst[a - j0..e - j0], p_scale, &mut b.sum_lanes[r]);
         }
         // AMX reads whole steps of 64 keys: the rest of the last one holds no probability.
         let step_end = width.next_multiple_of(AMX_STEP_KEYS);
