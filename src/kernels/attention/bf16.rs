@@ -58,6 +58,34 @@ pub(super) fn bf16_value(b: u16) -> f32 {
     f32::from_bits((b as u32) << 16)
 }
 
+/// out = x * scale rounded to bf16 (`bf16_bits`; on AVX512-BF16 `vcvtneps2bf16`, the same
+/// rounding: the portable loop was 1.7% of a 512-token prefill).
+#[inline(always)]
+fn to_bf16_scaled<const SIMD: bool>(x: &[f32], scale: f32, out: &mut [u16]) {
+    assert_eq!(x.len(), out.len());
+    #[cfg(target_arch = "x86_64")]
+    if SIMD {
+        // SAFETY: SIMD is set on the AMX path only, whose CPUs have avx512f, bw and bf16.
+        return unsafe { to_bf16_scaled_avx512(x, scale, out) };
+    }
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = bf16_bits(v * scale);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+unsafe fn to_bf16_scaled_avx512(x: &[f32], scale: f32, out: &mut [u16]) {
+    use std::arch::x86_64::*;
+    let vs = _mm512_set1_ps(scale);
+    for i in (0..x.len()).step_by(LANES) {
+        let mask = crate::kernels::ops::first_lanes(x.len() - i);
+        let bits: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(_mm512_mul_ps(_mm512_maskz_loadu_ps(mask, x.as_ptr().add(i)), vs)));
+        _mm256_mask_storeu_epi16(out.as_mut_ptr().add(i) as *mut i16, mask, bits);
+    }
+}
+
 /// Whether the tiles can multiply this head size: q.k steps over 32 dimensions at a time.
 pub(super) fn fits(head_dim: usize) -> bool {
     head_dim > 0 && head_dim % 32 == 0
@@ -172,13 +200,11 @@ pub(super) struct Buffers {
 impl Buffers {
     /// Readies the buffers for a task of `rows` rows ([rows][hd] floats in `q`).
     /// Scores come out in base 2: the scale carries log2(e).
-    pub(super) fn start_task(&mut self, q: &[f32], rows: usize, hd: usize, scale: f32) {
+    pub(super) fn start_task<const SIMD: bool>(&mut self, q: &[f32], rows: usize, hd: usize, scale: f32) {
         let padded = rows.next_multiple_of(AMX_ROWS);
         let scale = scale * std::f32::consts::LOG2_E;
         self.q.refill(padded * hd, 0);
-        for (d, &x) in self.q.iter_mut().zip(&q[..rows * hd]) {
-            *d = bf16_bits(x * scale);
-        }
+        to_bf16_scaled::<SIMD>(&q[..rows * hd], scale, &mut self.q[..rows * hd]);
         self.o.refill(padded * hd, 0.0);
         if self.s.len() != AMX_ROWS * S_PITCH {
             self.s = AlignedVec::filled(0.0, AMX_ROWS * S_PITCH);
@@ -355,6 +381,27 @@ unsafe fn exp2_to_bf16_summed_avx512(x: &[f32], reference: f32, limit: f32, out:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn simd_conversion_to_bf16_rounds_as_the_portable_one() {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if !(is_x86_feature_detected!("avx512bf16") && is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512vl")) {
+                eprintln!("SKIPPED: no AVX512-BF16 on this CPU");
+                return;
+            }
+            // Ties both ways, denormals (before and after the scale), infinities, NaN, and a
+            // length with a partial last vector.
+            let mut x: Vec<f32> = (0..1000).map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * 3.7).collect();
+            x.extend([1.0 + 1.0 / 256.0, 1.0 + 3.0 / 256.0, f32::from_bits(1), -f32::from_bits(0x0070_0000), 1e-38, f32::INFINITY, f32::NEG_INFINITY, f32::NAN, 3e38]);
+            for scale in [1.0, 0.18, 1e-3] {
+                let (mut simd, mut portable) = (vec![0u16; x.len()], vec![0u16; x.len()]);
+                to_bf16_scaled::<true>(&x, scale, &mut simd);
+                to_bf16_scaled::<false>(&x, scale, &mut portable);
+                assert_eq!(simd, portable, "scale {scale}");
+            }
+        }
+    }
 
     #[test]
     fn bf16_rounding_is_to_nearest_even_and_flushes_denormals() {
