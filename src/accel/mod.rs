@@ -103,7 +103,16 @@ pub trait Accelerator: Send + Sync {
     fn needs_output_ranges(&self) -> bool {
         false
     }
+
+    /// The prefill chunk size its graphs are compiled for when the user names none: the
+    /// paper's, unless this accelerator was measured faster with another.
+    fn default_chunk(&self) -> usize {
+        PAPER_CHUNK
+    }
 }
+
+/// llm.npu's chunk size (tokens per graph call).
+pub const PAPER_CHUNK: usize = 256;
 
 /// What an accelerator may need from its engine.
 #[derive(Debug, Clone, Default)]

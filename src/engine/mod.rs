@@ -87,7 +87,8 @@ pub enum CalibrationSource {
 pub struct EngineOptions {
     pub backend: BackendKind,
     /// Prefill chunk size: npu graphs are compiled for it (and its halvings); the f32 engine
-    /// chunks the prompt the same way [default: 256 for npu, the whole prompt for f32].
+    /// chunks the prompt the same way [default: the accelerator's `default_chunk` for npu, the
+    /// whole prompt for f32].
     pub chunk_size: Option<usize>,
     /// The npu backend's options (the f32 engine ignores them).
     pub npu: NpuOptions,

@@ -36,8 +36,6 @@ use crate::util::Progress;
 
 /// Smallest extra chunk size compiled below the main one.
 const MIN_CHUNK: usize = 32;
-/// The paper's chunk size, the default.
-pub const DEFAULT_CHUNK: usize = 256;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct NpuOptions {
@@ -133,14 +131,14 @@ impl NpuEngine {
     pub fn new(loaded: Arc<LoadedModel>, cal: &Calibration, calibration: String, chunk_size: Option<usize>, opts: &NpuOptions, progress: &dyn Progress) -> Result<Self> {
         let t0 = Instant::now();
         let model = &loaded.model;
-        let chunk_size = chunk_size.unwrap_or(DEFAULT_CHUNK);
-        if chunk_size == 0 {
+        if chunk_size == Some(0) {
             return Err(Error::Input("the chunk size must be at least 1".into()));
         }
         let shadow_plan = ShadowPlan::new(cal, &model.config, opts.shadow)?;
         // Before quantizing: a missing runtime should not cost the user a minute first.
         let cache_dir = opts.graph_cache.clone().unwrap_or_else(|| crate::util::beside_model_dir(&loaded.path, "graphs"));
         let accel = accel::by_name(opts.accelerator, &AccelContext { cache_dir: Some(cache_dir) })?;
+        let chunk_size = chunk_size.unwrap_or_else(|| accel.default_chunk());
         if accel.needs_output_ranges() && !cal.has_output_ranges() {
             return Err(Error::Input(format!(
                 "{} needs the output ranges of the linear layers, which this calibration ({calibration}) lacks: run `llm-npu calibrate` again",
