@@ -740,11 +740,20 @@ mod tests {
 
     type Kernel = fn(Precision, &[f32], &[f32], &[f32], AttnShape, &mut [f32]);
 
+    /// Deterministic test values spread over -1..1.
+    fn val(i: usize) -> f32 {
+        ((i * 7919 % 1000) as f32 / 500.0) - 1.0
+    }
+
+    /// A prompt from position 0 in a cache of `stride` slots, head_dim 64's scale.
+    fn prompt_shape(n_heads: usize, n_kv_heads: usize, hd: usize, stride: usize) -> AttnShape {
+        AttnShape { n_heads, n_kv_heads, head_dim: hd, pos0: 0, kv_stride: stride, kv_base: 0, window: None, scale: 0.125, softcap: None }
+    }
+
     /// The precision tests' cases: each (head_dim, window, pos0, tokens) with 8 query heads on
     /// 2 KV heads, 8 on 1 and 6 on 2; keys and queries in -2..2, values in -1..1. Calls
     /// `check(case, head_dim, run)`, where `run(kernel, precision)` is that kernel's output.
     fn for_each_case(cases: &[(usize, Option<usize>, usize, usize)], mut check: impl FnMut(&str, usize, &dyn Fn(Kernel, Precision) -> Vec<f32>)) {
-        let val = |i: usize| ((i * 7919 % 1000) as f32 / 500.0) - 1.0;
         for (&(hd, window, pos0, tokens), (n_heads, n_kv_heads)) in cases.iter().flat_map(|c| [(8, 2), (8, 1), (6, 2)].map(|h| (c, h))) {
             let stride = (pos0 + tokens).next_multiple_of(LANES);
             let s = AttnShape { n_heads, n_kv_heads, head_dim: hd, pos0, kv_stride: stride, kv_base: 0, window, scale: 1.0 / (hd as f32).sqrt(), softcap: None };
@@ -817,10 +826,9 @@ mod tests {
         // each tile's scores pass the tile before's by 46 in base 2 (more than the lazy max's
         // headroom) and the fourth's pass the first's by 138: exponentials left on a stale
         // reference would overflow f32 (NaN outputs). The rest are small values, as above.
-        let val = |i: usize| ((i * 7919 % 1000) as f32 / 500.0) - 1.0;
         let (n_heads, n_kv_heads, hd, tokens) = (4, 2, 64, 1000usize);
         let stride = tokens.next_multiple_of(LANES);
-        let s = AttnShape { n_heads, n_kv_heads, head_dim: hd, pos0: 0, kv_stride: stride, kv_base: 0, window: None, scale: 0.125, softcap: None };
+        let s = prompt_shape(n_heads, n_kv_heads, hd, stride);
         let mut k: Vec<f32> = (0..n_kv_heads * stride * hd).map(|i| 0.25 * val(i)).collect();
         for (h, j) in (0..n_kv_heads).flat_map(|h| (0..stride).map(move |j| (h, j))) {
             k[h * hd * stride + j] = 256.0 * (j / KEY_TILE) as f32;
@@ -844,7 +852,6 @@ mod tests {
     fn bf16_copy_kept_between_chunks_equals_a_fresh_one_and_forgets_rewritten_slots() {
         // A prompt in chunks through a kept bf16 copy gives the bits of a copy converted afresh
         // for each call; after the cache goes back and takes other tokens, too.
-        let val = |i: usize| ((i * 7919 % 1000) as f32 / 500.0) - 1.0;
         let (n_heads, n_kv_heads, hd, stride) = (8, 2, 64, 320);
         let s = |pos0| AttnShape { n_heads, n_kv_heads, head_dim: hd, pos0, kv_stride: stride, kv_base: 0, window: None, scale: 0.125, softcap: None };
         let (mut k, mut v) = (vec![0f32; n_kv_heads * hd * stride], vec![0f32; n_kv_heads * hd * stride]);
@@ -873,7 +880,6 @@ mod tests {
         // portable one: the same bits, near f32. Then the cache goes back to the first chunk's
         // end and takes other tokens: the copy told so gives the bits of a copy that only ever
         // saw those (a stale slot would differ).
-        let val = |i: usize| ((i * 7919 % 1000) as f32 / 500.0) - 1.0;
         let (n_heads, n_kv_heads, hd, stride) = (8, 2, 64, 320);
         let s = |pos0| AttnShape { n_heads, n_kv_heads, head_dim: hd, pos0, kv_stride: stride, kv_base: 0, window: None, scale: 0.125, softcap: None };
         // Position p's key and value rows ([n_kv_heads * hd]) and query row, from a seed.
@@ -931,10 +937,9 @@ mod tests {
         // Trained models' keys carry large offsets in a few dimensions, the same for every slot.
         // They move each row's scores by one amount, so int8 attention must not spend its
         // resolution on them: the result stays as close to f32 as without the offset.
-        let val = |i: usize| ((i * 7919 % 1000) as f32 / 500.0) - 1.0;
         let (n_heads, n_kv_heads, hd, tokens) = (4, 1, 64, 100usize);
         let stride = tokens.next_multiple_of(LANES);
-        let s = AttnShape { n_heads, n_kv_heads, head_dim: hd, pos0: 0, kv_stride: stride, kv_base: 0, window: None, scale: 0.125, softcap: None };
+        let s = prompt_shape(n_heads, n_kv_heads, hd, stride);
         let v: Vec<f32> = (0..stride * hd).map(|i| val(i + 13)).collect();
         let q: Vec<f32> = (0..tokens * n_heads * hd).map(|i| 2.0 * val(i + 101)).collect();
         let worst = |offset: f32| {
@@ -953,7 +958,6 @@ mod tests {
     fn a_long_context_spans_several_key_tiles_and_matches_the_portable_twin() {
         // Random shapes are in kernels::properties; here the lengths that cross KEY_TILE and
         // TOKENS_PER_TASK many times, with a window that starts mid-tile.
-        let val = |i: usize| ((i * 7919 % 1000) as f32 / 500.0) - 1.0;
         for (window, pos0, tokens) in [(None, 700usize, 37usize), (Some(300), 900, 20), (None, 0, 600)] {
             let (n_heads, n_kv_heads, hd) = (8, 2, 64);
             let stride = (pos0 + tokens).next_multiple_of(LANES);
