@@ -524,8 +524,8 @@ impl Task<'_> {
         Some((a, e, self.raise_max(r, max_of_simd::<SIMD>(seen), exp_fast, max, std::slice::from_mut(sum), o)))
     }
 
-    /// Row r's running max raised to `tile_max`, its running sum (one value, or the int8 path's
-    /// lane sums) and output (row r of `o`) rescaled to it by `exp` of the difference (the
+    /// Row r's running max raised to `tile_max`, its running sum (one value, or the int8 and bf16
+    /// paths' lane sums) and output (row r of `o`) rescaled to it by `exp` of the difference (the
     /// exponential of the scores' base); returns the new max.
     #[inline(always)]
     fn raise_max(&self, r: usize, tile_max: f32, exp: impl Fn(f32) -> f32, max: &mut f32, sum: &mut [f32], o: &mut [f32]) -> f32 {

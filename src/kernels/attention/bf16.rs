@@ -1,6 +1,6 @@
 //! bf16 prefill attention on AMX tiles (`Precision::Bf16`): q.k and p.v as `tdpbf16ps`
 //! products (a 16x32 by 32x16 bf16 tile product per instruction, into f32), the online softmax
-//! in f32 exactly as the f32 path's. Queries (times the attention scale), keys, values and the
+//! in f32 as the f32 path's but for a lazy max (`LAZY_HEADROOM`). Queries (times the attention scale), keys, values and the
 //! probabilities are rounded to bf16 (8 significant bits, the f32 exponent range); every product
 //! of two bf16 is exact in f32 and the sums are f32, as flash attention runs on GPUs. Scores
 //! are in base 2 (log2 e folded into the queries' scale) for int8's coarse `exp2`, whose 8e-5
