@@ -63,8 +63,8 @@ pub struct ModelArgs {
     #[arg(long, value_enum, default_value = "f32")]
     pub backend: BackendArg,
     /// Prefill chunk size: npu graphs are compiled for it (and its halvings); f32 chunks the prompt
-    /// the same way [default: for npu 256, the paper's, or 512 on the reference accelerator with
-    /// AMX, where it measured faster; the whole prompt for f32]
+    /// the same way [default: for npu 512 on the CPU reference accelerator, where it measured
+    /// faster, and the paper's 256 on the others; the whole prompt for f32]
     #[arg(long)]
     pub chunk_size: Option<usize>,
     #[command(flatten)]
