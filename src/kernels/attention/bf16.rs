@@ -86,6 +86,53 @@ unsafe fn to_bf16_scaled_avx512(x: &[f32], scale: f32, out: &mut [u16]) {
     }
 }
 
+/// Whether `vcvtneps2bf16` is here (asked once); it rounds as `bf16_bits`, so the choice never
+/// changes a bit.
+fn simd_conversions() -> bool {
+    static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OK.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            has!("avx512f") && has!("avx512bw") && has!("avx512vl") && has!("avx512bf16")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    })
+}
+
+/// out[2i] = bf16(even[i]), out[2i + 1] = bf16(odd[i]): two rows of the cache into the pairs the
+/// tiles read (a copy's keys per pair of dimensions, values per pair of slots). `simd` only
+/// where `simd_conversions()`.
+fn interleave_bf16(simd: bool, even: &[f32], odd: &[f32], out: &mut [u16]) {
+    assert!(even.len() == odd.len() && out.len() == 2 * even.len());
+    #[cfg(target_arch = "x86_64")]
+    if simd {
+        // SAFETY: the caller checked avx512f, bw, vl and bf16 (`simd_conversions`).
+        return unsafe { interleave_bf16_avx512(even, odd, out) };
+    }
+    let _ = simd;
+    for ((o, &e), &d) in out.chunks_exact_mut(2).zip(even).zip(odd) {
+        o[0] = bf16_bits(e);
+        o[1] = bf16_bits(d);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+unsafe fn interleave_bf16_avx512(even: &[f32], odd: &[f32], out: &mut [u16]) {
+    use std::arch::x86_64::*;
+    for i in (0..even.len()).step_by(LANES) {
+        let mask = crate::kernels::ops::first_lanes(even.len() - i);
+        let bf16 = |row: &[f32]| _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(mask, row.as_ptr().add(i)))));
+        // Little-endian 32-bit lanes: the even row's bf16 first, the odd row's after it.
+        let pairs = _mm512_or_si512(bf16(even), _mm512_slli_epi32::<16>(bf16(odd)));
+        _mm512_mask_storeu_epi32(out.as_mut_ptr().add(2 * i) as *mut i32, mask, pairs);
+    }
+}
+
 /// Whether the tiles can multiply this head size: q.k steps over 32 dimensions at a time.
 pub(super) fn fits(head_dim: usize) -> bool {
     head_dim > 0 && head_dim % 32 == 0
@@ -123,21 +170,35 @@ impl Bf16Kv {
         let from = self.valid.min(n);
         let kv = self.kv.as_mut().expect("made above");
         let pitch = kv.pitch;
+        debug_assert!(fits(hd), "pairs of dimensions");
+        let simd = simd_conversions();
         kv.heads.par_iter_mut().enumerate().for_each(|(h, store)| {
             let (kt, v) = (&k_cache[h * hd * stride..(h + 1) * hd * stride], &v_cache[h * hd * stride..(h + 1) * hd * stride]);
             // Keys: dimension d of slot j at kt[d * stride + j] -> [d / 2][j][d % 2].
-            for d in 0..hd {
+            for d in (0..hd).step_by(2) {
                 let row = &mut store.k[(d / 2) * pitch * 2..(d / 2 + 1) * pitch * 2];
-                for (j, &x) in (from..n).zip(&kt[d * stride + from..d * stride + n]) {
-                    row[j * 2 + d % 2] = bf16_bits(x);
-                }
+                let (even, odd) = (&kt[d * stride + from..d * stride + n], &kt[(d + 1) * stride + from..(d + 1) * stride + n]);
+                interleave_bf16(simd, even, odd, &mut row[from * 2..n * 2]);
             }
-            // Values: slot j at v[j * hd..] -> [j / 2][d][j % 2].
-            for j in from..n {
-                let pair = &mut store.v[(j / 2) * hd * 2..(j / 2 + 1) * hd * 2];
+            // Values: slot j at v[j * hd..] -> [j / 2][d][j % 2]; a pair of slots at once, an odd
+            // first or last slot alone.
+            let one_slot = |store_v: &mut [u16], j: usize| {
+                let pair = &mut store_v[(j / 2) * hd * 2..(j / 2 + 1) * hd * 2];
                 for (d, &x) in v[j * hd..(j + 1) * hd].iter().enumerate() {
                     pair[d * 2 + j % 2] = bf16_bits(x);
                 }
+            };
+            let mut j = from;
+            if j % 2 == 1 && j < n {
+                one_slot(&mut store.v, j);
+                j += 1;
+            }
+            while j + 1 < n {
+                interleave_bf16(simd, &v[j * hd..(j + 1) * hd], &v[(j + 1) * hd..(j + 2) * hd], &mut store.v[j * hd..(j + 2) * hd]);
+                j += 2;
+            }
+            if j < n {
+                one_slot(&mut store.v, j);
             }
         });
         self.valid = n;
@@ -384,22 +445,35 @@ mod tests {
 
     #[test]
     fn simd_conversion_to_bf16_rounds_as_the_portable_one() {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if !(is_x86_feature_detected!("avx512bf16") && is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512vl")) {
-                eprintln!("SKIPPED: no AVX512-BF16 on this CPU");
-                return;
-            }
-            // Ties both ways, denormals (before and after the scale), infinities, NaN, and a
-            // length with a partial last vector.
-            let mut x: Vec<f32> = (0..1000).map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * 3.7).collect();
-            x.extend([1.0 + 1.0 / 256.0, 1.0 + 3.0 / 256.0, f32::from_bits(1), -f32::from_bits(0x0070_0000), 1e-38, f32::INFINITY, f32::NEG_INFINITY, f32::NAN, 3e38]);
-            for scale in [1.0, 0.18, 1e-3] {
-                let (mut simd, mut portable) = (vec![0u16; x.len()], vec![0u16; x.len()]);
-                to_bf16_scaled::<true>(&x, scale, &mut simd);
-                to_bf16_scaled::<false>(&x, scale, &mut portable);
-                assert_eq!(simd, portable, "scale {scale}");
-            }
+        if !simd_conversions() {
+            eprintln!("SKIPPED: no AVX512-BF16 on this CPU");
+            return;
+        }
+        // Ties both ways, denormals (before and after the scale), infinities, NaN, and a length
+        // with a partial last vector.
+        let mut x: Vec<f32> = (0..1000).map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * 3.7).collect();
+        x.extend([1.0 + 1.0 / 256.0, 1.0 + 3.0 / 256.0, f32::from_bits(1), -f32::from_bits(0x0070_0000), 1e-38, f32::INFINITY, f32::NEG_INFINITY, f32::NAN, 3e38]);
+        for scale in [1.0, 0.18, 1e-3] {
+            let (mut simd, mut portable) = (vec![0u16; x.len()], vec![0u16; x.len()]);
+            to_bf16_scaled::<true>(&x, scale, &mut simd);
+            to_bf16_scaled::<false>(&x, scale, &mut portable);
+            assert_eq!(simd, portable, "scale {scale}");
+        }
+    }
+
+    #[test]
+    fn simd_interleaving_into_pairs_equals_the_portable_one() {
+        if !simd_conversions() {
+            eprintln!("SKIPPED: no AVX512-BF16 on this CPU");
+            return;
+        }
+        let x: Vec<f32> = (0..100).map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * 3.7).chain([1.0 + 1.0 / 256.0, f32::from_bits(1), f32::NAN, f32::INFINITY]).collect();
+        for len in [0usize, 1, 15, 16, 17, 40, 52] {
+            let (even, odd) = (&x[..len], &x[x.len() - len..]);
+            let (mut simd, mut portable) = (vec![7u16; 2 * len], vec![9u16; 2 * len]);
+            interleave_bf16(true, even, odd, &mut simd);
+            interleave_bf16(false, even, odd, &mut portable);
+            assert_eq!(simd, portable, "length {len}");
         }
     }
 
