@@ -393,7 +393,7 @@ impl Task<'_> {
             }
             b.finish_sums();
         } else if let Some(kv) = &self.kv16 {
-            b.bf16.start_task::<AMX>(&b.q, rows, hd, self.s.scale);
+            b.bf16.start_task(&b.q, rows, hd, self.s.scale);
             for j0 in (first..end).step_by(KEY_TILE) {
                 let j1 = (j0 + KEY_TILE).min(end);
                 // SAFETY: AMX is only set by task_avx512_amx_bf16, whose caller checked AMX-BF16,

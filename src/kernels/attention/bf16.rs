@@ -1,10 +1,10 @@
 //! bf16 prefill attention on AMX tiles (`Precision::Bf16`): q.k and p.v as `tdpbf16ps`
 //! products (a 16x32 by 32x16 bf16 tile product per instruction, into f32), the online softmax
-//! in f32 as the f32 path's but for a lazy max (`LAZY_HEADROOM`). Queries (times the attention scale), keys, values and the
-//! probabilities are rounded to bf16 (8 significant bits, the f32 exponent range); every product
-//! of two bf16 is exact in f32 and the sums are f32, as flash attention runs on GPUs. Scores
-//! are in base 2 (log2 e folded into the queries' scale) for int8's coarse `exp2`, whose 8e-5
-//! is far inside the probabilities' bf16 rounding. Where the
+//! in f32 as the f32 path's but for a lazy max (`LAZY_HEADROOM`). Queries (times the attention
+//! scale), keys, values and the probabilities are rounded to bf16 (8 significant bits, the f32
+//! exponent range); every product of two bf16 is exact in f32 and the sums are f32, as flash
+//! attention runs on GPUs. Scores are in base 2 (log2 e folded into the queries' scale) for
+//! int8's coarse `exp2`, whose 8e-5 is far inside the probabilities' bf16 rounding. Where the
 //! CPU has no AMX-BF16, `Precision::Bf16` runs the f32 kernels (AVX-512's `vdpbf16ps` measured no
 //! more products per second than f32 FMA here).
 //!
@@ -58,16 +58,17 @@ pub(super) fn bf16_value(b: u16) -> f32 {
     f32::from_bits((b as u32) << 16)
 }
 
-/// out = x * scale rounded to bf16 (`bf16_bits`; on AVX512-BF16 `vcvtneps2bf16`, the same
-/// rounding: the portable loop was 1.7% of a 512-token prefill).
-#[inline(always)]
-fn to_bf16_scaled<const SIMD: bool>(x: &[f32], scale: f32, out: &mut [u16]) {
+/// out = x * scale rounded to bf16 (`bf16_bits`; with `simd`, `vcvtneps2bf16`, the same
+/// rounding: the portable loop was 1.7% of a 512-token prefill). `simd` only where
+/// `simd_conversions()`.
+fn to_bf16_scaled(simd: bool, x: &[f32], scale: f32, out: &mut [u16]) {
     assert_eq!(x.len(), out.len());
     #[cfg(target_arch = "x86_64")]
-    if SIMD {
-        // SAFETY: SIMD is set on the AMX path only, whose CPUs have avx512f, bw and bf16.
+    if simd {
+        // SAFETY: the caller checked avx512f, bw, vl and bf16 (`simd_conversions`).
         return unsafe { to_bf16_scaled_avx512(x, scale, out) };
     }
+    let _ = simd;
     for (o, &v) in out.iter_mut().zip(x) {
         *o = bf16_bits(v * scale);
     }
@@ -261,11 +262,11 @@ pub(super) struct Buffers {
 impl Buffers {
     /// Readies the buffers for a task of `rows` rows ([rows][hd] floats in `q`).
     /// Scores come out in base 2: the scale carries log2(e).
-    pub(super) fn start_task<const SIMD: bool>(&mut self, q: &[f32], rows: usize, hd: usize, scale: f32) {
+    pub(super) fn start_task(&mut self, q: &[f32], rows: usize, hd: usize, scale: f32) {
         let padded = rows.next_multiple_of(AMX_ROWS);
         let scale = scale * std::f32::consts::LOG2_E;
         self.q.refill(padded * hd, 0);
-        to_bf16_scaled::<SIMD>(&q[..rows * hd], scale, &mut self.q[..rows * hd]);
+        to_bf16_scaled(simd_conversions(), &q[..rows * hd], scale, &mut self.q[..rows * hd]);
         self.o.refill(padded * hd, 0.0);
         if self.s.len() != AMX_ROWS * S_PITCH {
             self.s = AlignedVec::filled(0.0, AMX_ROWS * S_PITCH);
@@ -455,8 +456,8 @@ mod tests {
         x.extend([1.0 + 1.0 / 256.0, 1.0 + 3.0 / 256.0, f32::from_bits(1), -f32::from_bits(0x0070_0000), 1e-38, f32::INFINITY, f32::NEG_INFINITY, f32::NAN, 3e38]);
         for scale in [1.0, 0.18, 1e-3] {
             let (mut simd, mut portable) = (vec![0u16; x.len()], vec![0u16; x.len()]);
-            to_bf16_scaled::<true>(&x, scale, &mut simd);
-            to_bf16_scaled::<false>(&x, scale, &mut portable);
+            to_bf16_scaled(true, &x, scale, &mut simd);
+            to_bf16_scaled(false, &x, scale, &mut portable);
             assert_eq!(simd, portable, "scale {scale}");
         }
     }
