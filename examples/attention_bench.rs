@@ -7,7 +7,7 @@
 //!
 //!     cargo run --release --example attention_bench [-- REPS] [--simd-only] [--only WORD]
 
-use llm_npu::kernels::attention::{causal_attention_cached, causal_attention_in, causal_attention_portable_in, AttnShape, KeptKv, Precision};
+use llm_npu::kernels::attention::{causal_attention_cached, causal_attention_portable_in, causal_attention_without_amx, AttnShape, KeptKv, Precision};
 use llm_npu::measure::bench::{median, times_secs};
 use llm_npu::util::Rng;
 
@@ -39,27 +39,28 @@ fn main() {
         // q.k and p.v: 2 flops per multiply-add, each over head_dim for every (query, key seen).
         let keys_seen: usize = (0..chunk).map(|t| pos0 + t + 1).sum();
         let flops = 2.0 * 2.0 * (keys_seen * hd * n_heads) as f64;
-        // The best path keeps the cache's int8 copy as a prefill does: the earlier chunks'
-        // slots were quantized by their own calls, so each rep quantizes only the last chunk's
-        // (forget_from). The portable twins quantize the whole cache on every call.
-        let mut int8 = KeptKv::default();
-        causal_attention_cached(Precision::Int8, &q, &k, &v, s, &mut out, &mut int8);
-        let mut kept = |p: Precision, q: &[f32], k: &[f32], v: &[f32], s: AttnShape, o: &mut [f32]| {
-            int8.forget_from(pos0);
-            causal_attention_cached(p, q, k, v, s, o, &mut int8)
-        };
+        // The best paths keep the cache's int8 or bf16 copy as a prefill does: the earlier
+        // chunks' slots were converted by their own calls, so each rep converts only the last
+        // chunk's (forget_from). The portable twins convert the whole cache on every call.
+        let mut kept: [KeptKv; 3] = Default::default();
+        for (precision, copy) in [Precision::F32, Precision::Bf16, Precision::Int8].into_iter().zip(kept.iter_mut()) {
+            causal_attention_cached(precision, &q, &k, &v, s, &mut out, copy);
+        }
+        let [mut kept_f32, mut kept_bf16, mut kept_int8] = kept.map(|mut copy| {
+            move |p: Precision, q: &[f32], k: &[f32], v: &[f32], s: AttnShape, o: &mut [f32]| {
+                copy.forget_from(pos0);
+                causal_attention_cached(p, q, k, v, s, o, &mut copy)
+            }
+        });
         type Kernel<'a> = &'a mut dyn FnMut(Precision, &[f32], &[f32], &[f32], AttnShape, &mut [f32]);
-        let mut bf16 = KeptKv::default();
-        causal_attention_cached(Precision::Bf16, &q, &k, &v, s, &mut out, &mut bf16);
-        let mut kept_bf16 = |p: Precision, q: &[f32], k: &[f32], v: &[f32], s: AttnShape, o: &mut [f32]| {
-            bf16.forget_from(pos0);
-            causal_attention_cached(p, q, k, v, s, o, &mut bf16)
-        };
-        let (mut plain, mut portable_f32, mut portable_bf16, mut portable_int8) = (causal_attention_in, causal_attention_portable_in, causal_attention_portable_in, causal_attention_portable_in);
-        let kernels: [(&str, Kernel, Precision, bool); 6] = [
-            ("f32 tiled (best SIMD)", &mut plain, Precision::F32, false),
+        let (mut fma, mut portable_f32, mut portable_bf16, mut portable_int8) = (causal_attention_without_amx, causal_attention_portable_in, causal_attention_portable_in, causal_attention_portable_in);
+        // Where AMX-BF16 runs, f32 is bf16 tiles with its operands in three parts (as accurate
+        // as f32 FMA); "f32 FMA" is the AVX-512 kernel it replaces there.
+        let kernels: [(&str, Kernel, Precision, bool); 7] = [
+            ("f32 tiled (best SIMD)", &mut kept_f32, Precision::F32, false),
+            ("f32 FMA (no AMX)", &mut fma, Precision::F32, false),
             ("bf16 tiled (best SIMD)", &mut kept_bf16, Precision::Bf16, false),
-            ("int8 tiled (best SIMD)", &mut kept, Precision::Int8, false),
+            ("int8 tiled (best SIMD)", &mut kept_int8, Precision::Int8, false),
             ("f32 portable twin", &mut portable_f32, Precision::F32, true),
             ("bf16 portable twin", &mut portable_bf16, Precision::Bf16, true),
             ("int8 portable twin", &mut portable_int8, Precision::Int8, true),

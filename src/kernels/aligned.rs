@@ -35,7 +35,7 @@ pub struct AlignedVec<T: Plain> {
 impl<T: Plain> AlignedVec<T> {
     /// `len` copies of `value`.
     pub fn filled(value: T, len: usize) -> Self {
-        let lines = vec![Line([0; 64]); (len * size_of::<T>()).div_ceil(64)];
+        let lines = zeroed_lines((len * size_of::<T>()).div_ceil(64));
         let mut v = AlignedVec { lines, len, _t: PhantomData };
         // The lines start zeroed: a zero value needs no second pass (the int8 GEMM packs its
         // activations into a fresh zeroed buffer per call).
@@ -49,10 +49,29 @@ impl<T: Plain> AlignedVec<T> {
     pub fn refill(&mut self, len: usize, value: T) {
         let lines = (len * size_of::<T>()).div_ceil(64);
         if lines > self.lines.len() {
-            self.lines = vec![Line([0; 64]); lines];
+            self.lines = zeroed_lines(lines);
         }
         self.len = len;
         self.fill(value);
+    }
+}
+
+/// `n` zeroed lines from the allocator's zeroed memory: a large allocation is fresh pages from
+/// the OS, touched only where written (`vec![Line(..); n]` writes every line: the kept bf16 copy
+/// of a 4,096-slot cache is hundreds of MB, of which a short prompt uses a few).
+fn zeroed_lines(n: usize) -> Vec<Line> {
+    if n == 0 {
+        return Vec::new();
+    }
+    let layout = std::alloc::Layout::array::<Line>(n).expect("allocation size overflows");
+    // SAFETY: the layout has a nonzero size; all-zero bytes are a valid Line; the Vec takes the
+    // allocation with the layout it will free it with (n Lines, Line's alignment).
+    unsafe {
+        let ptr = std::alloc::alloc_zeroed(layout) as *mut Line;
+        if ptr.is_null() {
+            std::alloc::handle_alloc_error(layout);
+        }
+        Vec::from_raw_parts(ptr, n, n)
     }
 }
 

@@ -133,28 +133,40 @@ pub enum Start {
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn tile_32x32(a: *const u8, lda: usize, b: *const i8, ldb: usize, k_steps: usize, c: *mut i32, ldc: usize, start: Start) {
-    tile_32x32_with::<false>(a, lda, b as *const u8, ldb, k_steps, c as *mut u8, ldc, start)
+    tile_32x32_with::<false>(&[(a, b as *const u8)], lda, ldb, k_steps, c as *mut u8, ldc, start)
 }
 
-/// `tile_32x32` in bf16 (`tdpbf16ps`): c[32][32] f32 (+)= a . b for 32 rows of bf16 (32 of k
-/// per 64-byte step) and 32 columns of bf16 in pairs of k (a group row of 16 columns x 2 and,
-/// 64 bytes on, the next 16; 16 group rows per step). Each product of two bf16 is exact in f32
-/// and is added in k order, rounded to nearest even (denormals flushed).
+/// `tile_32x32` in bf16 (`tdpbf16ps`) over several operand pairs: c[32][32] f32 (+)= the sum
+/// over `operands` (a, b) of a . b, for 32 rows of bf16 (32 of k per 64-byte step) and 32
+/// columns of bf16 in pairs of k (a group row of 16 columns x 2 and, 64 bytes on, the next 16;
+/// 16 group rows per step). Step by step, each step over the pairs in order, into the same
+/// tiles (stored once at the end); pairs in a row with the same a load it once per step.
+/// f32-accurate attention sums six products of operands split into bf16 parts this way. Each product of two bf16 is exact in f32 and is
+/// added rounded to nearest even (denormals flushed).
 ///
 /// # Safety
-/// `bf16_available()` must be true; the operands as `tile_32x32`'s (bf16 for bytes), no bias.
+/// `bf16_available()` must be true; each pair as `tile_32x32`'s operands (bf16 for bytes), no bias.
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
-pub unsafe fn tile_32x32_bf16(a: *const u16, lda: usize, b: *const u16, ldb: usize, k_steps: usize, c: *mut f32, ldc: usize, start: Start) {
+pub unsafe fn tile_32x32_bf16(operands: &[(*const u16, *const u16)], lda: usize, ldb: usize, k_steps: usize, c: *mut f32, ldc: usize, start: Start) {
     debug_assert!(!matches!(start, Start::Bias(_)));
-    tile_32x32_with::<true>(a as *const u8, lda, b as *const u8, ldb, k_steps, c as *mut u8, ldc, start)
+    let mut pairs = [(std::ptr::null::<u8>(), std::ptr::null::<u8>()); MAX_OPERAND_PAIRS];
+    assert!(operands.len() <= MAX_OPERAND_PAIRS);
+    for (to, &(a, b)) in pairs.iter_mut().zip(operands) {
+        *to = (a as *const u8, b as *const u8);
+    }
+    tile_32x32_with::<true>(&pairs[..operands.len()], lda, ldb, k_steps, c as *mut u8, ldc, start)
 }
 
+/// The most operand pairs one `tile_32x32_bf16` call adds.
+pub const MAX_OPERAND_PAIRS: usize = 8;
+
 /// The tile loop of both: `tdpbf16ps` when BF16, else `tdpbusd`; c holds 4-byte elements.
+/// Each step runs every (a, b) pair into the same results.
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-unsafe fn tile_32x32_with<const BF16: bool>(a: *const u8, lda: usize, b: *const u8, ldb: usize, k_steps: usize, c: *mut u8, ldc: usize, start: Start) {
+unsafe fn tile_32x32_with<const BF16: bool>(operands: &[(*const u8, *const u8)], lda: usize, ldb: usize, k_steps: usize, c: *mut u8, ldc: usize, start: Start) {
     use std::arch::asm;
     configure_thread();
     // tmm0..3: the four 16x16 results; tmm4/5: rows 0-15 / 16-31 of a; tmm6/7: columns 0-15 /
@@ -180,39 +192,52 @@ unsafe fn tile_32x32_with<const BF16: bool>(a: *const u8, lda: usize, b: *const 
             options(nostack, readonly),
         ),
     }
-    let a_hi = a.add(16 * lda);
     for s in 0..k_steps {
-        let (a0, a1, b0) = (a.add(s * K_STEP), a_hi.add(s * K_STEP), b.add(s * 16 * ldb));
-        if s + 1 < k_steps {
-            // The next step's b into L1: tile loads from L2 stall for their latency.
-            let next = b0.add(16 * ldb);
-            for row in 0..16 {
-                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(next.add(row * ldb) as *const i8);
-                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(next.add(row * ldb + 64) as *const i8);
+        for (i, &(a, b)) in operands.iter().enumerate() {
+            let b0 = b.add(s * 16 * ldb);
+            // The next b (the next pair's, or the first pair's next step) into L1: tile loads
+            // from L2 stall for their latency.
+            let next = match operands.get(i + 1) {
+                Some(&(_, b)) => Some(b.add(s * 16 * ldb)),
+                None if s + 1 < k_steps => Some(operands[0].1.add((s + 1) * 16 * ldb)),
+                None => None,
+            };
+            if let Some(next) = next {
+                for row in 0..16 {
+                    std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(next.add(row * ldb) as *const i8);
+                    std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(next.add(row * ldb + 64) as *const i8);
+                }
             }
-        }
-        // One k step: both halves of a against both halves of b, with `op`.
-        macro_rules! step {
-            ($op:literal) => {
+            // Both halves of a, loaded once for the pairs in a row that share it.
+            if i == 0 || operands[i - 1].0 != a {
+                let a0 = a.add(s * K_STEP);
                 asm!(
                     "tileloadd tmm4, [{a0} + {lda}*1]",
-                    "tileloadd tmm6, [{b0} + {ldb}*1]",
-                    "tileloadd tmm7, [{b1} + {ldb}*1]",
-                    concat!($op, " tmm0, tmm4, tmm6"),
                     "tileloadd tmm5, [{a1} + {lda}*1]",
-                    concat!($op, " tmm1, tmm4, tmm7"),
-                    concat!($op, " tmm2, tmm5, tmm6"),
-                    concat!($op, " tmm3, tmm5, tmm7"),
-                    a0 = in(reg) a0, a1 = in(reg) a1, b0 = in(reg) b0, b1 = in(reg) b0.add(64),
-                    lda = in(reg) lda, ldb = in(reg) ldb,
+                    a0 = in(reg) a0, a1 = in(reg) a0.add(16 * lda), lda = in(reg) lda,
                     options(nostack, readonly),
-                )
-            };
-        }
-        if BF16 {
-            step!("tdpbf16ps");
-        } else {
-            step!("tdpbusd");
+                );
+            }
+            // One k step: both halves of a against both halves of b, with `op`.
+            macro_rules! step {
+                ($op:literal) => {
+                    asm!(
+                        "tileloadd tmm6, [{b0} + {ldb}*1]",
+                        "tileloadd tmm7, [{b1} + {ldb}*1]",
+                        concat!($op, " tmm0, tmm4, tmm6"),
+                        concat!($op, " tmm1, tmm4, tmm7"),
+                        concat!($op, " tmm2, tmm5, tmm6"),
+                        concat!($op, " tmm3, tmm5, tmm7"),
+                        b0 = in(reg) b0, b1 = in(reg) b0.add(64), ldb = in(reg) ldb,
+                        options(nostack, readonly),
+                    )
+                };
+            }
+            if BF16 {
+                step!("tdpbf16ps");
+            } else {
+                step!("tdpbusd");
+            }
         }
     }
     asm!(

@@ -8,9 +8,17 @@
 //! CPU has no AMX-BF16, `Precision::Bf16` runs the f32 kernels (AVX-512's `vdpbf16ps` measured no
 //! more products per second than f32 FMA here).
 //!
-//! Layouts per KV head, tile operands in place: keys `[head_dim / 2][pitch][2]` (a pair of
-//! dimensions of 16 slots is one 64-byte tile row), values `[slots / 2][head_dim][2]` (a pair of
-//! slots of 16 dimensions). The probabilities' row sums add the bf16-rounded values that p.v
+//! The same tiles run `Precision::F32` where they exist, as accurately as f32 FMA: every
+//! operand split into `SPLIT_PARTS` bf16 parts (largest first, each the rest of the ones before
+//! rounded; together exactly the f32), the products of the `SPLIT_PAIRS` of parts summed on the
+//! tiles, and an exponential to f32's precision (`exp2_fine`). Six tile products where bf16 has
+//! one, at 16x the multiply-adds per instruction of an AVX-512 FMA.
+//!
+//! Layouts per KV head, tile operands in place: keys in blocks of 32 slots,
+//! `[slots / 32][head_dim / 2][32][2]` (a pair of dimensions of 16 slots is one 64-byte tile
+//! row, and a step's 16 rows are 2 KB in one piece: with every dimension pair a whole cache row
+//! apart, a tile's rows fell in 16 pages), values `[slots / 2][head_dim][2]` (a pair of slots
+//! of 16 dimensions). The probabilities' row sums add the bf16-rounded values that p.v
 //! multiplies, so numerator and denominator see the same weights.
 //!
 //! The portable twin computes the same products in the same order (k in order, each rounded
@@ -19,8 +27,8 @@
 use rayon::prelude::*;
 
 #[cfg(target_arch = "x86_64")]
-use super::int8::exp2_coarse_avx512;
-use super::int8::exp2_coarse;
+use super::int8::{exp2_coarse_avx512, exp2_fine_avx512};
+use super::int8::{exp2_coarse, exp2_fine};
 use super::{AttnShape, Task, AMX_ROWS, KEY_TILE, LANES};
 use crate::kernels::aligned::AlignedVec;
 use crate::kernels::ops::{max_of_simd, softcap};
@@ -37,6 +45,25 @@ const STEP_KEYS: usize = 32;
 const LAZY_HEADROOM: f32 = 32.0;
 /// f32 per row of the scores buffer: a tile's keys plus the 16 a last 32-key product may add.
 const S_PITCH: usize = KEY_TILE + 32;
+/// bf16 parts per operand of f32-accurate attention (`Precision::F32` on AMX-BF16): three
+/// parts of 8 significant bits hold an f32's 24.
+pub(super) const SPLIT_PARTS: usize = 3;
+/// The products of parts (of a, of b) that f32-accurate attention adds (part i is about 2^-8i
+/// of the whole): every pair whose orders add up to less than 3, so what is left out is below
+/// f32's own rounding (`tools/bf16_split_sim.py`: 6-10e-8 against f64 where f32 products give
+/// 3-4e-6). Grouped by a's part, which the tiles then load once per step for its pairs (18
+/// tile loads for 24 products instead of 24), each group smaller terms first.
+const SPLIT_PAIRS: [(usize, usize); 6] = [(1, 1), (1, 0), (2, 0), (0, 2), (0, 1), (0, 0)];
+
+/// The part pairs multiplied for operands of `parts` parts (1: the one product of bf16 attention).
+fn part_pairs(parts: usize) -> &'static [(usize, usize)] {
+    if parts == 1 {
+        &[(0, 0)]
+    } else {
+        debug_assert_eq!(parts, SPLIT_PARTS);
+        &SPLIT_PAIRS
+    }
+}
 
 /// x rounded to the nearest bf16 (ties to even), as `vcvtneps2bf16` does: denormals become
 /// zeros of their sign, NaNs stay NaNs.
@@ -58,32 +85,64 @@ pub(super) fn bf16_value(b: u16) -> f32 {
     f32::from_bits((b as u32) << 16)
 }
 
-/// out = x * scale rounded to bf16 (`bf16_bits`; with `simd`, `vcvtneps2bf16`, the same
-/// rounding: the portable loop was 1.7% of a 512-token prefill). `simd` only where
-/// `simd_conversions()`.
-fn to_bf16_scaled(simd: bool, x: &[f32], scale: f32, out: &mut [u16]) {
-    assert_eq!(x.len(), out.len());
+/// out[i * plane + j] = part i of x[j] * scale: the product rounded to bf16 (`bf16_bits`),
+/// then what that leaves rounded again, `parts` times (1 for bf16 attention, `SPLIT_PARTS` for
+/// f32-accurate products: the parts add up to the product exactly). With `simd`,
+/// `vcvtneps2bf16`, the same rounding (the portable loop was 1.7% of a 512-token prefill).
+/// `simd` only where `simd_conversions()`.
+fn to_bf16_parts_scaled(simd: bool, x: &[f32], scale: f32, parts: usize, out: &mut [u16], plane: usize) {
+    assert!((1..=SPLIT_PARTS).contains(&parts) && x.len() <= plane && out.len() >= (parts - 1) * plane + x.len());
     #[cfg(target_arch = "x86_64")]
     if simd {
-        // SAFETY: the caller checked avx512f, bw, vl and bf16 (`simd_conversions`).
-        return unsafe { to_bf16_scaled_avx512(x, scale, out) };
+        // SAFETY: the caller checked avx512f, bw, vl and bf16 (`simd_conversions`); the assert
+        // bounds every store.
+        return unsafe { to_bf16_parts_scaled_avx512(x, scale, parts, out, plane) };
     }
     let _ = simd;
-    for (o, &v) in out.iter_mut().zip(x) {
-        *o = bf16_bits(v * scale);
+    for (j, &v) in x.iter().enumerate() {
+        bf16_parts(v * scale, parts, |part, bits| out[part * plane + j] = bits);
+    }
+}
+
+/// x's `parts` bf16 parts, largest first, to `emit(part, bits)`: each the rest rounded to bf16.
+/// The rest after each part is exact in f32 (rounding to 8 bits leaves at most 16).
+#[inline(always)]
+fn bf16_parts(x: f32, parts: usize, mut emit: impl FnMut(usize, u16)) {
+    let mut rest = x;
+    for part in 0..parts {
+        let bits = bf16_bits(rest);
+        emit(part, bits);
+        rest -= bf16_value(bits);
+    }
+}
+
+/// `bf16_parts` of 16 lanes: part i of lane l in lane l of the i-th `emit`.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+unsafe fn bf16_parts_avx512(x: std::arch::x86_64::__m512, parts: usize, mut emit: impl FnMut(usize, std::arch::x86_64::__m256i)) {
+    use std::arch::x86_64::*;
+    let mut rest = x;
+    for part in 0..parts {
+        let bits: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(rest));
+        emit(part, bits);
+        if part + 1 < parts {
+            // The bf16 back as f32: each in the high half of a lane.
+            rest = _mm512_sub_ps(rest, _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(bits))));
+        }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
-unsafe fn to_bf16_scaled_avx512(x: &[f32], scale: f32, out: &mut [u16]) {
+unsafe fn to_bf16_parts_scaled_avx512(x: &[f32], scale: f32, parts: usize, out: &mut [u16], plane: usize) {
     use std::arch::x86_64::*;
     let vs = _mm512_set1_ps(scale);
     for i in (0..x.len()).step_by(LANES) {
         let mask = crate::kernels::ops::first_lanes(x.len() - i);
-        let bits: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(_mm512_mul_ps(_mm512_maskz_loadu_ps(mask, x.as_ptr().add(i)), vs)));
-        _mm256_mask_storeu_epi16(out.as_mut_ptr().add(i) as *mut i16, mask, bits);
+        let v = _mm512_mul_ps(_mm512_maskz_loadu_ps(mask, x.as_ptr().add(i)), vs);
+        bf16_parts_avx512(v, parts, |part, bits| _mm256_mask_storeu_epi16(out.as_mut_ptr().add(part * plane + i) as *mut i16, mask, bits));
     }
 }
 
@@ -104,34 +163,46 @@ fn simd_conversions() -> bool {
     })
 }
 
-/// out[2i] = bf16(even[i]), out[2i + 1] = bf16(odd[i]): two rows of the cache into the pairs the
-/// tiles read (a copy's keys per pair of dimensions, values per pair of slots). `simd` only
-/// where `simd_conversions()`.
-fn interleave_bf16(simd: bool, even: &[f32], odd: &[f32], out: &mut [u16]) {
-    assert!(even.len() == odd.len() && out.len() == 2 * even.len());
+/// out[p * plane + 2i] = part p of even[i], out[p * plane + 2i + 1] = part p of odd[i]
+/// (`bf16_parts`): two rows of the cache into the pairs the tiles read (a copy's keys per pair
+/// of dimensions, values per pair of slots). `simd` only where `simd_conversions()`.
+fn interleave_bf16_parts(simd: bool, even: &[f32], odd: &[f32], parts: usize, out: &mut [u16], plane: usize) {
+    assert!((1..=SPLIT_PARTS).contains(&parts) && even.len() == odd.len() && 2 * even.len() <= plane && out.len() >= (parts - 1) * plane + 2 * even.len());
     #[cfg(target_arch = "x86_64")]
     if simd {
-        // SAFETY: the caller checked avx512f, bw, vl and bf16 (`simd_conversions`).
-        return unsafe { interleave_bf16_avx512(even, odd, out) };
+        // SAFETY: the caller checked avx512f, bw, vl and bf16 (`simd_conversions`); the assert
+        // bounds every store.
+        return unsafe { interleave_bf16_parts_avx512(even, odd, parts, out, plane) };
     }
     let _ = simd;
-    for ((o, &e), &d) in out.chunks_exact_mut(2).zip(even).zip(odd) {
-        o[0] = bf16_bits(e);
-        o[1] = bf16_bits(d);
+    for (i, (&e, &d)) in even.iter().zip(odd).enumerate() {
+        bf16_parts(e, parts, |part, bits| out[part * plane + 2 * i] = bits);
+        bf16_parts(d, parts, |part, bits| out[part * plane + 2 * i + 1] = bits);
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
-unsafe fn interleave_bf16_avx512(even: &[f32], odd: &[f32], out: &mut [u16]) {
+unsafe fn interleave_bf16_parts_avx512(even: &[f32], odd: &[f32], parts: usize, out: &mut [u16], plane: usize) {
     use std::arch::x86_64::*;
+    let mut odd_parts = [_mm256_setzero_si256(); SPLIT_PARTS];
     for i in (0..even.len()).step_by(LANES) {
         let mask = crate::kernels::ops::first_lanes(even.len() - i);
-        let bf16 = |row: &[f32]| _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(mask, row.as_ptr().add(i)))));
-        // Little-endian 32-bit lanes: the even row's bf16 first, the odd row's after it.
-        let pairs = _mm512_or_si512(bf16(even), _mm512_slli_epi32::<16>(bf16(odd)));
-        _mm512_mask_storeu_epi32(out.as_mut_ptr().add(2 * i) as *mut i32, mask, pairs);
+        let load = |row: &[f32]| _mm512_maskz_loadu_ps(mask, row.as_ptr().add(i));
+        bf16_parts_avx512(load(odd), parts, |part, bits| odd_parts[part] = bits);
+        bf16_parts_avx512(load(even), parts, |part, bits| {
+            // Little-endian 32-bit lanes: the even row's bf16 first, the odd row's after it.
+            let pairs = _mm512_or_si512(_mm512_cvtepu16_epi32(bits), _mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(odd_parts[part])));
+            _mm512_mask_storeu_epi32(out.as_mut_ptr().add(part * plane + 2 * i) as *mut i32, mask, pairs);
+        });
     }
+}
+
+/// Where dimension d (even for the pair's start) of slot j sits in a plane of the kept keys
+/// (`[slots / 32][head_dim / 2][32][2]`).
+#[inline(always)]
+fn key_index(hd: usize, j: usize, d: usize) -> usize {
+    (j / STEP_KEYS) * hd * STEP_KEYS + (d / 2) * 2 * STEP_KEYS + (j % STEP_KEYS) * 2 + d % 2
 }
 
 /// Whether the tiles can multiply this head size: q.k steps over 32 dimensions at a time.
@@ -159,34 +230,40 @@ impl Bf16Kv {
         self.kv.as_ref().map_or(0, |kv| kv.heads.iter().map(|h| 2 * (h.k.len() + h.v.len())).sum())
     }
 
-    /// Converts slots valid..n of every KV head (a new copy when the cache's layout changed)
-    /// and returns the copy of slots 0..n.
-    pub(super) fn update(&mut self, k_cache: &[f32], v_cache: &[f32], s: AttnShape, n: usize) -> &Bf16Cache {
+    /// Converts slots valid..n of every KV head into `parts` bf16 parts (a new copy when the
+    /// cache's layout or the parts changed) and returns the copy of slots 0..n.
+    pub(super) fn update(&mut self, k_cache: &[f32], v_cache: &[f32], s: AttnShape, n: usize, parts: usize) -> &Bf16Cache {
         let (hd, stride) = (s.head_dim, s.kv_stride);
-        let same_layout = |kv: &Bf16Cache| kv.stride == stride && kv.base == s.kv_base && kv.head_dim == hd && kv.heads.len() == s.n_kv_heads;
+        let same_layout = |kv: &Bf16Cache| kv.stride == stride && kv.base == s.kv_base && kv.head_dim == hd && kv.heads.len() == s.n_kv_heads && kv.parts == parts;
         if !self.kv.as_ref().is_some_and(same_layout) {
-            self.kv = Some(Bf16Cache::empty(s));
+            self.kv = Some(Bf16Cache::empty(s, parts));
             self.valid = 0;
         }
         let from = self.valid.min(n);
         let kv = self.kv.as_mut().expect("made above");
-        let pitch = kv.pitch;
+        let (k_plane, v_plane) = (kv.k_plane, kv.v_plane);
         debug_assert!(fits(hd), "pairs of dimensions");
         let simd = simd_conversions();
         kv.heads.par_iter_mut().enumerate().for_each(|(h, store)| {
             let (kt, v) = (&k_cache[h * hd * stride..(h + 1) * hd * stride], &v_cache[h * hd * stride..(h + 1) * hd * stride]);
-            // Keys: dimension d of slot j at kt[d * stride + j] -> [d / 2][j][d % 2].
+            // Keys: dimension d of slot j at kt[d * stride + j] -> `key_index(j, d)`, a block's
+            // slots of a pair of dimensions at a time. Part p of each in plane p (k_plane and
+            // v_plane apart).
             for d in (0..hd).step_by(2) {
-                let row = &mut store.k[(d / 2) * pitch * 2..(d / 2 + 1) * pitch * 2];
-                let (even, odd) = (&kt[d * stride + from..d * stride + n], &kt[(d + 1) * stride + from..(d + 1) * stride + n]);
-                interleave_bf16(simd, even, odd, &mut row[from * 2..n * 2]);
+                let mut j = from;
+                while j < n {
+                    let to = n.min((j / STEP_KEYS + 1) * STEP_KEYS);
+                    let (even, odd) = (&kt[d * stride + j..d * stride + to], &kt[(d + 1) * stride + j..(d + 1) * stride + to]);
+                    interleave_bf16_parts(simd, even, odd, parts, &mut store.k[key_index(hd, j, d)..], k_plane);
+                    j = to;
+                }
             }
             // Values: slot j at v[j * hd..] -> [j / 2][d][j % 2]; a pair of slots at once, an odd
             // first or last slot alone.
             let one_slot = |store_v: &mut [u16], j: usize| {
-                let pair = &mut store_v[(j / 2) * hd * 2..(j / 2 + 1) * hd * 2];
+                let pair = (j / 2) * hd * 2;
                 for (d, &x) in v[j * hd..(j + 1) * hd].iter().enumerate() {
-                    pair[d * 2 + j % 2] = bf16_bits(x);
+                    bf16_parts(x, parts, |part, bits| store_v[part * v_plane + pair + d * 2 + j % 2] = bits);
                 }
             };
             let mut j = from;
@@ -195,7 +272,7 @@ impl Bf16Kv {
                 j += 1;
             }
             while j + 1 < n {
-                interleave_bf16(simd, &v[j * hd..(j + 1) * hd], &v[(j + 1) * hd..(j + 2) * hd], &mut store.v[j * hd..(j + 2) * hd]);
+                interleave_bf16_parts(simd, &v[j * hd..(j + 1) * hd], &v[(j + 1) * hd..(j + 2) * hd], parts, &mut store.v[j * hd..], v_plane);
                 j += 2;
             }
             if j < n {
@@ -208,69 +285,98 @@ impl Bf16Kv {
 }
 
 /// The bf16 slots of every KV head, in the layout of a cache of `stride` slots per head with
-/// position `base` in slot 0.
+/// position `base` in slot 0, each value in `parts` parts (one plane each).
 pub(super) struct Bf16Cache {
     heads: Vec<HeadStore>,
     head_dim: usize,
     pitch: usize,
     stride: usize,
     base: usize,
+    parts: usize,
+    /// u16 per plane of keys and of values.
+    k_plane: usize,
+    v_plane: usize,
 }
 
-/// Keys and values start on a cache line (tile rows must not straddle two); keys hold 32 slots
-/// more than the cache per dimension pair and values 32 more slots, as tiles read whole steps.
+/// Keys and values start on a cache line (tile rows must not straddle two), and so does each
+/// plane; keys hold 32 slots more than the cache per dimension pair and values 32 more slots,
+/// as tiles read whole steps.
 struct HeadStore {
     k: AlignedVec<u16>,
     v: AlignedVec<u16>,
 }
 
-/// One KV head's bf16 keys and values.
+/// One KV head's bf16 keys and values, `parts` planes of each.
 #[derive(Clone, Copy)]
 pub(super) struct HeadKv<'a> {
     k: &'a [u16],
     v: &'a [u16],
     pitch: usize,
+    head_dim: usize,
+    parts: usize,
+    k_plane: usize,
+    v_plane: usize,
+}
+
+impl HeadKv<'_> {
+    /// bf16 parts per value: 1, or `SPLIT_PARTS` for f32-accurate products.
+    pub(super) fn parts(&self) -> usize {
+        self.parts
+    }
 }
 
 impl Bf16Cache {
-    fn empty(s: AttnShape) -> Self {
+    fn empty(s: AttnShape, parts: usize) -> Self {
         let (hd, stride) = (s.head_dim, s.kv_stride);
         let pitch = stride + STEP_KEYS;
-        let heads = (0..s.n_kv_heads).map(|_| HeadStore { k: AlignedVec::filled(0, hd.div_ceil(2) * pitch * 2), v: AlignedVec::filled(0, (stride + STEP_KEYS) * hd) }).collect();
-        Bf16Cache { heads, head_dim: hd, pitch, stride, base: s.kv_base }
+        // Keys: pitch / 32 blocks of 32 slots x head_dim.
+        let (k_plane, v_plane) = (pitch * hd, (stride + STEP_KEYS) * hd);
+        // Whole cache lines per plane (fits: head_dim a multiple of 32).
+        assert!(k_plane % 32 == 0 && v_plane % 32 == 0);
+        let heads = (0..s.n_kv_heads).map(|_| HeadStore { k: AlignedVec::filled(0, parts * k_plane), v: AlignedVec::filled(0, parts * v_plane) }).collect();
+        Bf16Cache { heads, head_dim: hd, pitch, stride, base: s.kv_base, parts, k_plane, v_plane }
     }
 
     pub(super) fn head(&self, h: usize) -> HeadKv<'_> {
         let st = &self.heads[h];
-        HeadKv { k: &st.k, v: &st.v, pitch: self.pitch }
+        HeadKv { k: &st.k, v: &st.v, pitch: self.pitch, head_dim: self.head_dim, parts: self.parts, k_plane: self.k_plane, v_plane: self.v_plane }
     }
 }
 
 /// Per-thread working memory of the bf16 path.
 #[derive(Default)]
 pub(super) struct Buffers {
-    /// The task's query rows times the attention scale, [rows, padded to AMX_ROWS][hd].
+    /// The task's query rows times the attention scale, in `parts` planes of [rows, padded to
+    /// AMX_ROWS][hd].
     q: AlignedVec<u16>,
     /// A block of rows' scores over the key tile, [AMX_ROWS][S_PITCH].
     s: AlignedVec<f32>,
-    /// The block's probabilities, [AMX_ROWS][KEY_TILE].
+    /// The block's probabilities, `parts` planes of [AMX_ROWS][KEY_TILE].
     p: AlignedVec<u16>,
     /// Unnormalized outputs, [rows, padded][hd] (AMX adds onto them in place).
     o: AlignedVec<f32>,
+    /// bf16 parts per operand in this task: 1, or `SPLIT_PARTS` for f32-accurate products.
+    parts: usize,
 }
 
+/// u16 per plane of the probabilities.
+const P_PLANE: usize = AMX_ROWS * KEY_TILE;
+
 impl Buffers {
-    /// Readies the buffers for a task of `rows` rows ([rows][hd] floats in `q`).
-    /// Scores come out in base 2: the scale carries log2(e).
-    pub(super) fn start_task(&mut self, q: &[f32], rows: usize, hd: usize, scale: f32) {
+    /// Readies the buffers for a task of `rows` rows ([rows][hd] floats in `q`) whose operands
+    /// have `parts` bf16 parts. Scores come out in base 2: the scale carries log2(e).
+    pub(super) fn start_task(&mut self, q: &[f32], rows: usize, hd: usize, scale: f32, parts: usize) {
         let padded = rows.next_multiple_of(AMX_ROWS);
         let scale = scale * std::f32::consts::LOG2_E;
-        self.q.refill(padded * hd, 0);
-        to_bf16_scaled(simd_conversions(), &q[..rows * hd], scale, &mut self.q[..rows * hd]);
+        self.parts = parts;
+        self.q.refill(parts * padded * hd, 0);
+        to_bf16_parts_scaled(simd_conversions(), &q[..rows * hd], scale, parts, &mut self.q, padded * hd);
         self.o.refill(padded * hd, 0.0);
         if self.s.len() != AMX_ROWS * S_PITCH {
             self.s = AlignedVec::filled(0.0, AMX_ROWS * S_PITCH);
-            self.p = AlignedVec::filled(0, AMX_ROWS * KEY_TILE);
+        }
+        if self.p.len() != parts * P_PLANE {
+            self.p = AlignedVec::filled(0, parts * P_PLANE);
         }
     }
 
@@ -278,17 +384,28 @@ impl Buffers {
     pub(super) fn outputs(&self, rows: usize, hd: usize) -> &[f32] {
         &self.o[..rows * hd]
     }
+
+    /// u16 per plane of the query rows.
+    fn q_plane(&self) -> usize {
+        self.q.len() / self.parts
+    }
 }
 
 impl Task<'_> {
     /// One key tile (j0..j1) for every row, 32 rows at a time: scores, the online softmax's
-    /// step (the f32 path's), probabilities to bf16, and their products with the values added
-    /// onto the outputs. On AMX tiles (and AVX-512 for the rest) when AMX is set, else portable.
+    /// step (the f32 path's), probabilities to bf16 parts, and their products with the values
+    /// added onto the outputs. On AMX tiles (and AVX-512 for the rest) when AMX is set, else
+    /// portable.
     ///
     /// Safety: with AMX, AMX-BF16 and AVX512-BF16 are available and head_dim fits (`fits`).
     #[inline(always)]
     pub(super) unsafe fn tile_bf16<const AMX: bool>(&self, kv: &HeadKv, b: &mut super::Buffers, rows: usize, j0: usize, j1: usize) {
         let hd = self.s.head_dim;
+        let (parts, pairs) = (kv.parts, part_pairs(kv.parts));
+        // The exponential to the probabilities' precision: 8e-5 where they keep 8 bits.
+        let exp2 = if parts == 1 { exp2_coarse } else { exp2_fine };
+        let q_plane = b.bf16.q_plane();
+        assert_eq!(b.bf16.parts, parts, "start_task readied the buffers for these parts");
         for rb in (0..rows).step_by(AMX_ROWS) {
             let take = AMX_ROWS.min(rows - rb);
             let (lo, count) = self.blocks_seen(rb, take, j0, j1);
@@ -296,23 +413,28 @@ impl Task<'_> {
                 continue;
             }
             let hi = lo + count * LANES;
+            // Whole blocks of kept keys (j0 is a multiple of 32: `attend`).
+            let lo = lo / STEP_KEYS * STEP_KEYS;
+            debug_assert!(j0 % STEP_KEYS == 0 && lo >= j0);
             let b16 = &mut b.bf16;
-            assert!(hi <= kv.pitch - STEP_KEYS && hi - j0 <= KEY_TILE && b16.q.len() >= (rb + AMX_ROWS) * hd && b16.o.len() >= (rb + AMX_ROWS) * hd);
+            assert!(hi <= kv.pitch - STEP_KEYS && hi - j0 <= KEY_TILE && q_plane >= (rb + AMX_ROWS) * hd && b16.o.len() >= (rb + AMX_ROWS) * hd);
             for j in (lo..hi).step_by(STEP_KEYS) {
                 #[cfg(target_arch = "x86_64")]
                 if AMX {
-                    crate::kernels::amx::tile_32x32_bf16(b16.q[rb * hd..].as_ptr(), hd * 2, kv.k[j * 2..].as_ptr(), kv.pitch * 4, hd / 32, b16.s.as_mut_ptr().add(j - j0), S_PITCH, crate::kernels::amx::Start::Zero);
+                    // The block's keys: a step's 16 pair rows of 32 slots 128 bytes apart.
+                    let operands = part_operands(pairs, |qp, kp| (b16.q[qp * q_plane + rb * hd..].as_ptr(), kv.k[kp * kv.k_plane + key_index(hd, j, 0)..].as_ptr()));
+                    crate::kernels::amx::tile_32x32_bf16(&operands[..pairs.len()], hd * 2, STEP_KEYS * 4, hd / 32, b16.s.as_mut_ptr().add(j - j0), S_PITCH, crate::kernels::amx::Start::Zero);
                     continue;
                 }
-                scores_portable(&b16.q[rb * hd..(rb + take) * hd], hd, kv, j, (j + STEP_KEYS).min(hi), &mut b16.s[j - j0..]);
+                scores_portable(&b16.q[rb * hd..], q_plane, take, hd, kv, j, (j + STEP_KEYS).min(hi), &mut b16.s[j - j0..]);
             }
             // Probabilities over the slots p.v reads (whole steps of 32), zero where unseen.
             let (k_lo, k_hi) = ((lo - j0) / STEP_KEYS * STEP_KEYS, (hi - j0).next_multiple_of(STEP_KEYS));
             for i in 0..AMX_ROWS {
-                let p = &mut b16.p[i * KEY_TILE..(i + 1) * KEY_TILE];
+                let row = i * KEY_TILE;
                 let (a, e) = if i < take { self.seen_in(rb + i, j0, j1) } else { (0, 0) };
                 if a >= e {
-                    p[k_lo..k_hi].fill(0);
+                    (0..parts).for_each(|part| b16.p[part * P_PLANE + row + k_lo..part * P_PLANE + row + k_hi].fill(0));
                     continue;
                 }
                 let r = rb + i;
@@ -322,38 +444,59 @@ impl Task<'_> {
                 if let Some(cap) = self.s.softcap {
                     softcap(seen, cap * std::f32::consts::LOG2_E);
                 }
-                p[k_lo..a].fill(0);
-                p[e..k_hi].fill(0);
+                for part in 0..parts {
+                    let p = &mut b16.p[part * P_PLANE + row..part * P_PLANE + row + KEY_TILE];
+                    p[k_lo..a].fill(0);
+                    p[e..k_hi].fill(0);
+                }
                 // The running max is only a reference (`LAZY_HEADROOM`): the exponentials start
                 // from it and the max is taken and raised only when a score passes the headroom.
                 let reference = b.max[r];
-                if reference == f32::NEG_INFINITY || !exp2_to_bf16_summed::<AMX>(seen, reference, reference + LAZY_HEADROOM, &mut p[a..e], &mut b.sum_lanes[r]) {
-                    let max = self.raise_max(r, max_of_simd::<AMX>(seen), exp2_coarse, &mut b.max[r], &mut b.sum_lanes[r], &mut b16.o);
-                    let done = exp2_to_bf16_summed::<AMX>(seen, max, f32::INFINITY, &mut p[a..e], &mut b.sum_lanes[r]);
+                let out = &mut b16.p[row + a..];
+                if reference == f32::NEG_INFINITY || !exp2_to_parts_summed::<AMX>(seen, reference, reference + LAZY_HEADROOM, parts, out, P_PLANE, &mut b.sum_lanes[r]) {
+                    let max = self.raise_max(r, max_of_simd::<AMX>(seen), exp2, &mut b.max[r], &mut b.sum_lanes[r], &mut b16.o);
+                    let done = exp2_to_parts_summed::<AMX>(seen, max, f32::INFINITY, parts, &mut b16.p[row + a..], P_PLANE, &mut b.sum_lanes[r]);
                     debug_assert!(done, "no score exceeds infinity");
                 }
             }
             let v_at = (j0 + k_lo) * hd;
-            assert!(v_at + (k_hi - k_lo) * hd <= kv.v.len());
+            assert!(v_at + (k_hi - k_lo) * hd <= kv.v_plane);
             for d in (0..hd).step_by(32) {
                 #[cfg(target_arch = "x86_64")]
                 if AMX {
-                    crate::kernels::amx::tile_32x32_bf16(b16.p[k_lo..].as_ptr(), KEY_TILE * 2, kv.v[v_at + d * 2..].as_ptr(), hd * 4, (k_hi - k_lo) / STEP_KEYS, b16.o.as_mut_ptr().add(rb * hd + d), hd, crate::kernels::amx::Start::Accumulate);
+                    let operands = part_operands(pairs, |pp, vp| (b16.p[pp * P_PLANE + k_lo..].as_ptr(), kv.v[vp * kv.v_plane + v_at + d * 2..].as_ptr()));
+                    crate::kernels::amx::tile_32x32_bf16(&operands[..pairs.len()], KEY_TILE * 2, hd * 4, (k_hi - k_lo) / STEP_KEYS, b16.o.as_mut_ptr().add(rb * hd + d), hd, crate::kernels::amx::Start::Accumulate);
                     continue;
                 }
-                values_portable(&b16.p, take, k_lo, k_hi, &kv.v[v_at..], hd, d, &mut b16.o[rb * hd..]);
+                values_portable(&b16.p, take, k_lo, k_hi, kv, v_at, hd, d, &mut b16.o[rb * hd..]);
             }
         }
     }
 }
 
-/// Scores of rows `q` ([rows][hd] bf16) for slots j..end: sum over d of q_d k_d in order.
-fn scores_portable(q: &[u16], hd: usize, kv: &HeadKv, j: usize, end: usize, out: &mut [f32]) {
-    for (i, qr) in q.chunks_exact(hd).enumerate() {
+/// The tile operands (a, b) of each part pair, from `operand(part of a, part of b)`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn part_operands(pairs: &[(usize, usize)], mut operand: impl FnMut(usize, usize) -> (*const u16, *const u16)) -> [(*const u16, *const u16); SPLIT_PAIRS.len()] {
+    let mut out = [(std::ptr::null(), std::ptr::null()); SPLIT_PAIRS.len()];
+    for (o, &(x, y)) in out.iter_mut().zip(pairs) {
+        *o = operand(x, y);
+    }
+    out
+}
+
+/// Scores of `take` rows of queries (`q`: row i at i * hd, part p a plane further) for slots
+/// j..end: sum over d of q_d k_d as the tiles add it, 32 dimensions at a time, each over the
+/// part pairs in order, a pair's 32 products summed (in order) before they join the rest.
+#[allow(clippy::too_many_arguments)]
+fn scores_portable(q: &[u16], q_plane: usize, take: usize, hd: usize, kv: &HeadKv, j: usize, end: usize, out: &mut [f32]) {
+    for i in 0..take {
         for slot in j..end {
             let mut acc = 0f32;
-            for (d, &qd) in qr.iter().enumerate() {
-                acc += bf16_value(qd) * bf16_value(kv.k[((d / 2) * kv.pitch + slot) * 2 + d % 2]);
+            for d0 in (0..hd).step_by(32) {
+                for &(qp, kp) in part_pairs(kv.parts) {
+                    acc += (d0..d0 + 32).map(|d| bf16_value(q[qp * q_plane + i * hd + d]) * bf16_value(kv.k[kp * kv.k_plane + key_index(kv.head_dim, slot, d)])).sum::<f32>();
+                }
             }
             out[i * S_PITCH + slot - j] = acc;
         }
@@ -361,39 +504,57 @@ fn scores_portable(q: &[u16], hd: usize, kv: &HeadKv, j: usize, end: usize, out:
 }
 
 /// o[i][d..d + 32] += sum over slots k_lo..k_hi of p[i][slot] v[slot][..] for the first `take`
-/// rows, slots in order (`v` from slot k_lo's pair on, `o` rows hd apart).
+/// rows, as the tiles add it: 32 slots at a time, each over the part pairs in order, a pair's
+/// 32 products summed (in order) before they join the rest (values from v_at, slot k_lo's
+/// pair, on; `o` rows hd apart).
 #[allow(clippy::too_many_arguments)]
-fn values_portable(p: &[u16], take: usize, k_lo: usize, k_hi: usize, v: &[u16], hd: usize, d: usize, o: &mut [f32]) {
+fn values_portable(p: &[u16], take: usize, k_lo: usize, k_hi: usize, kv: &HeadKv, v_at: usize, hd: usize, d: usize, o: &mut [f32]) {
     for i in 0..take {
         for dd in d..d + 32 {
             let mut acc = o[i * hd + dd];
-            for slot in k_lo..k_hi {
-                let k = slot - k_lo;
-                acc += bf16_value(p[i * KEY_TILE + slot]) * bf16_value(v[((k / 2) * hd + dd) * 2 + k % 2]);
+            for s0 in (k_lo..k_hi).step_by(STEP_KEYS) {
+                for &(pp, vp) in part_pairs(kv.parts) {
+                    acc += (s0..s0 + STEP_KEYS)
+                        .map(|slot| {
+                            let k = slot - k_lo;
+                            bf16_value(p[pp * P_PLANE + i * KEY_TILE + slot]) * bf16_value(kv.v[vp * kv.v_plane + v_at + ((k / 2) * hd + dd) * 2 + k % 2])
+                        })
+                        .sum::<f32>();
+                }
             }
             o[i * hd + dd] = acc;
         }
     }
 }
 
-/// out = 2^(x - reference) rounded to bf16 (`exp2_coarse`: its 8e-5 is well inside bf16's
-/// 2^-9), the rounded values added to the row's lane sums (value i to lane i % 16); false, with
-/// the sums untouched and out unspecified, when a score exceeds `limit`.
+/// out[p * plane + i] = part p of 2^(x[i] - reference) (`bf16_parts`), the exponential
+/// `exp2_coarse` for one part (its 8e-5 is well inside bf16's 2^-9), `exp2_fine` for more; the
+/// values added to the row's lane sums (value i to lane i % 16): the bf16-rounded ones for one
+/// part (what p.v multiplies), the f32 ones (their parts' exact sum) for more. False, with the
+/// sums untouched and out unspecified, when a score exceeds `limit`.
 #[inline(always)]
-fn exp2_to_bf16_summed<const SIMD: bool>(x: &[f32], reference: f32, limit: f32, out: &mut [u16], lanes: &mut [f32; LANES]) -> bool {
-    assert_eq!(x.len(), out.len());
+#[allow(clippy::too_many_arguments)]
+fn exp2_to_parts_summed<const SIMD: bool>(x: &[f32], reference: f32, limit: f32, parts: usize, out: &mut [u16], plane: usize, lanes: &mut [f32; LANES]) -> bool {
+    assert!((1..=SPLIT_PARTS).contains(&parts) && x.len() <= plane && out.len() >= (parts - 1) * plane + x.len());
     #[cfg(target_arch = "x86_64")]
     if SIMD {
-        // SAFETY: SIMD is set on the AMX path only, whose CPUs have avx512f, bw, vl and bf16.
-        return unsafe { exp2_to_bf16_summed_avx512(x, reference, limit, out, lanes) };
+        // SAFETY: SIMD is set on the AMX path only, whose CPUs have avx512f, bw, vl and bf16;
+        // the assert bounds every store.
+        return unsafe { exp2_to_parts_summed_avx512(x, reference, limit, parts, out, plane, lanes) };
     }
     if x.iter().any(|&v| v > limit) {
         return false;
     }
     let mut tile = [0f32; LANES];
-    for (i, (&v, o)) in x.iter().zip(out.iter_mut()).enumerate() {
-        *o = bf16_bits(exp2_coarse(v - reference));
-        tile[i % LANES] += bf16_value(*o);
+    for (i, &v) in x.iter().enumerate() {
+        if parts == 1 {
+            out[i] = bf16_bits(exp2_coarse(v - reference));
+            tile[i % LANES] += bf16_value(out[i]);
+        } else {
+            let e = exp2_fine(v - reference);
+            bf16_parts(e, parts, |part, bits| out[part * plane + i] = bits);
+            tile[i % LANES] += e;
+        }
     }
     lanes.iter_mut().zip(tile).for_each(|(l, t)| *l += t);
     true
@@ -402,7 +563,7 @@ fn exp2_to_bf16_summed<const SIMD: bool>(x: &[f32], reference: f32, limit: f32, 
 #[cfg(target_arch = "x86_64")]
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
-unsafe fn exp2_to_bf16_summed_avx512(x: &[f32], reference: f32, limit: f32, out: &mut [u16], lanes: &mut [f32; LANES]) -> bool {
+unsafe fn exp2_to_parts_summed_avx512(x: &[f32], reference: f32, limit: f32, parts: usize, out: &mut [u16], plane: usize, lanes: &mut [f32; LANES]) -> bool {
     use std::arch::x86_64::*;
     let (vref, vlimit) = (_mm512_set1_ps(reference), _mm512_set1_ps(limit));
     // Lanes above the limit, gathered as the scores go by (a compare per 16, off the exponential's chain).
@@ -410,26 +571,55 @@ unsafe fn exp2_to_bf16_summed_avx512(x: &[f32], reference: f32, limit: f32, out:
     let mut exp2 = |i: usize, mask: u16| {
         let v = _mm512_maskz_loadu_ps(mask, x.as_ptr().add(i));
         over |= _mm512_mask_cmp_ps_mask::<_CMP_GT_OQ>(mask, v, vlimit);
-        exp2_coarse_avx512(_mm512_sub_ps(v, vref))
+        if parts == 1 {
+            exp2_coarse_avx512(_mm512_sub_ps(v, vref))
+        } else {
+            exp2_fine_avx512(_mm512_sub_ps(v, vref))
+        }
     };
-    // 32 at a time: one conversion of two vectors, one store, and their sum by one dot
-    // product with bf16 ones (each lane adds a pair), instead of widening them back to f32.
-    let ones: __m512bh = std::mem::transmute(_mm512_set1_epi16(0x3f80));
     let mut sum = _mm512_setzero_ps();
     let whole = x.len() / 32 * 32;
-    for i in (0..whole).step_by(32) {
-        // The second operand becomes the low half: slots i..i + 16.
-        let (hi, lo) = (exp2(i + 16, u16::MAX), exp2(i, u16::MAX));
-        let packed = _mm512_cvtne2ps_pbh(hi, lo);
-        _mm512_storeu_si512(out.as_mut_ptr().add(i) as *mut __m512i, std::mem::transmute::<__m512bh, __m512i>(packed));
-        sum = _mm512_dpbf16_ps(sum, packed, ones);
+    if parts == 1 {
+        // 32 at a time: one conversion of two vectors, one store, and their sum by one dot
+        // product with bf16 ones (each lane adds a pair), instead of widening them back to f32.
+        let ones: __m512bh = std::mem::transmute(_mm512_set1_epi16(0x3f80));
+        for i in (0..whole).step_by(32) {
+            // The second operand becomes the low half: slots i..i + 16.
+            let (hi, lo) = (exp2(i + 16, u16::MAX), exp2(i, u16::MAX));
+            let packed = _mm512_cvtne2ps_pbh(hi, lo);
+            _mm512_storeu_si512(out.as_mut_ptr().add(i) as *mut __m512i, std::mem::transmute::<__m512bh, __m512i>(packed));
+            sum = _mm512_dpbf16_ps(sum, packed, ones);
+        }
+    } else {
+        // 32 at a time: each part of two vectors in one conversion and one full store; the
+        // part back in f32 by one permutation per vector (each bf16 to the high half of its
+        // lane, zeros below), the rest by a subtraction.
+        let (to_lo, to_hi) = (_mm512_set_epi32(15 << 16, 14 << 16, 13 << 16, 12 << 16, 11 << 16, 10 << 16, 9 << 16, 8 << 16, 7 << 16, 6 << 16, 5 << 16, 4 << 16, 3 << 16, 2 << 16, 1 << 16, 0), _mm512_set_epi32(31 << 16, 30 << 16, 29 << 16, 28 << 16, 27 << 16, 26 << 16, 25 << 16, 24 << 16, 23 << 16, 22 << 16, 21 << 16, 20 << 16, 19 << 16, 18 << 16, 17 << 16, 16 << 16));
+        const HIGH_HALVES: u32 = 0xAAAA_AAAA;
+        for i in (0..whole).step_by(32) {
+            let (mut lo, mut hi) = (exp2(i, u16::MAX), exp2(i + 16, u16::MAX));
+            sum = _mm512_add_ps(_mm512_add_ps(sum, lo), hi);
+            for part in 0..parts {
+                let packed: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+                _mm512_storeu_si512(out.as_mut_ptr().add(part * plane + i) as *mut __m512i, packed);
+                if part + 1 < parts {
+                    lo = _mm512_sub_ps(lo, _mm512_castsi512_ps(_mm512_maskz_permutexvar_epi16(HIGH_HALVES, to_lo, packed)));
+                    hi = _mm512_sub_ps(hi, _mm512_castsi512_ps(_mm512_maskz_permutexvar_epi16(HIGH_HALVES, to_hi, packed)));
+                }
+            }
+        }
     }
     for i in (whole..x.len()).step_by(LANES) {
         let mask = crate::kernels::ops::first_lanes(x.len() - i);
-        let bits: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(exp2(i, mask)));
-        _mm256_mask_storeu_epi16(out.as_mut_ptr().add(i) as *mut i16, mask, bits);
-        // The rounded values back as f32: each bf16 in the high half of a lane.
-        let back = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(bits)));
+        let e = exp2(i, mask);
+        let mut back = e;
+        bf16_parts_avx512(e, parts, |part, bits| {
+            _mm256_mask_storeu_epi16(out.as_mut_ptr().add(part * plane + i) as *mut i16, mask, bits);
+            if parts == 1 {
+                // The rounded value back as f32: each bf16 in the high half of a lane.
+                back = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(bits)));
+            }
+        });
         sum = _mm512_mask_add_ps(sum, mask, sum, back);
     }
     if over != 0 {
@@ -455,10 +645,23 @@ mod tests {
         let mut x: Vec<f32> = (0..1000).map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * 3.7).collect();
         x.extend([1.0 + 1.0 / 256.0, 1.0 + 3.0 / 256.0, f32::from_bits(1), -f32::from_bits(0x0070_0000), 1e-38, f32::INFINITY, f32::NEG_INFINITY, f32::NAN, 3e38]);
         for scale in [1.0, 0.18, 1e-3] {
-            let (mut simd, mut portable) = (vec![0u16; x.len()], vec![0u16; x.len()]);
-            to_bf16_scaled(true, &x, scale, &mut simd);
-            to_bf16_scaled(false, &x, scale, &mut portable);
-            assert_eq!(simd, portable, "scale {scale}");
+            for parts in [1, SPLIT_PARTS] {
+                let plane = x.len() + 5;
+                let (mut simd, mut portable) = (vec![7u16; parts * plane], vec![7u16; parts * plane]);
+                to_bf16_parts_scaled(true, &x, scale, parts, &mut simd, plane);
+                to_bf16_parts_scaled(false, &x, scale, parts, &mut portable, plane);
+                assert_eq!(simd, portable, "scale {scale}, {parts} parts");
+            }
+        }
+    }
+
+    #[test]
+    fn three_bf16_parts_add_up_to_the_f32() {
+        for i in 0..10_000u32 {
+            let x = f32::from_bits(0x3000_0000 + i.wrapping_mul(2_654_435_761) % 0x1800_0000) * if i % 2 == 0 { 1.0 } else { -1.0 };
+            let mut sum = 0f64;
+            bf16_parts(x, SPLIT_PARTS, |_, bits| sum += bf16_value(bits) as f64);
+            assert_eq!(sum, x as f64, "{x:e}");
         }
     }
 
@@ -470,11 +673,13 @@ mod tests {
         }
         let x: Vec<f32> = (0..100).map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * 3.7).chain([1.0 + 1.0 / 256.0, f32::from_bits(1), f32::NAN, f32::INFINITY]).collect();
         for len in [0usize, 1, 15, 16, 17, 40, 52] {
-            let (even, odd) = (&x[..len], &x[x.len() - len..]);
-            let (mut simd, mut portable) = (vec![7u16; 2 * len], vec![9u16; 2 * len]);
-            interleave_bf16(true, even, odd, &mut simd);
-            interleave_bf16(false, even, odd, &mut portable);
-            assert_eq!(simd, portable, "length {len}");
+            for parts in [1, SPLIT_PARTS] {
+                let (even, odd, plane) = (&x[..len], &x[x.len() - len..], 2 * len + 3);
+                let (mut simd, mut portable) = (vec![7u16; parts * plane], vec![7u16; parts * plane]);
+                interleave_bf16_parts(true, even, odd, parts, &mut simd, plane);
+                interleave_bf16_parts(false, even, odd, parts, &mut portable, plane);
+                assert_eq!(simd, portable, "length {len}, {parts} parts");
+            }
         }
     }
 
