@@ -133,7 +133,7 @@ pub enum Start {
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn tile_32x32(a: *const u8, lda: usize, b: *const i8, ldb: usize, k_steps: usize, c: *mut i32, ldc: usize, start: Start) {
-    tile_32x32_with::<false>(&[(a, b as *const u8)], lda, ldb, k_steps, c as *mut u8, ldc, start)
+    tile_32x32_with::<false, u8>(&[(a, b as *const u8)], lda, ldb, k_steps, c as *mut u8, ldc, start)
 }
 
 /// `tile_32x32` in bf16 (`tdpbf16ps`) over several operand pairs: c[32][32] f32 (+)= the sum
@@ -150,23 +150,15 @@ pub unsafe fn tile_32x32(a: *const u8, lda: usize, b: *const i8, ldb: usize, k_s
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn tile_32x32_bf16(operands: &[(*const u16, *const u16)], lda: usize, ldb: usize, k_steps: usize, c: *mut f32, ldc: usize, start: Start) {
     debug_assert!(!matches!(start, Start::Bias(_)));
-    let mut pairs = [(std::ptr::null::<u8>(), std::ptr::null::<u8>()); MAX_OPERAND_PAIRS];
-    assert!(operands.len() <= MAX_OPERAND_PAIRS);
-    for (to, &(a, b)) in pairs.iter_mut().zip(operands) {
-        *to = (a as *const u8, b as *const u8);
-    }
-    tile_32x32_with::<true>(&pairs[..operands.len()], lda, ldb, k_steps, c as *mut u8, ldc, start)
+    tile_32x32_with::<true, u16>(operands, lda, ldb, k_steps, c as *mut u8, ldc, start)
 }
-
-/// The most operand pairs one `tile_32x32_bf16` call adds.
-pub const MAX_OPERAND_PAIRS: usize = 8;
 
 /// The tile loop of both: `tdpbf16ps` when BF16, else `tdpbusd`; c holds 4-byte elements.
 /// Each step runs every (a, b) pair into the same results.
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-unsafe fn tile_32x32_with<const BF16: bool>(operands: &[(*const u8, *const u8)], lda: usize, ldb: usize, k_steps: usize, c: *mut u8, ldc: usize, start: Start) {
+unsafe fn tile_32x32_with<const BF16: bool, T>(operands: &[(*const T, *const T)], lda: usize, ldb: usize, k_steps: usize, c: *mut u8, ldc: usize, start: Start) {
     use std::arch::asm;
     configure_thread();
     // tmm0..3: the four 16x16 results; tmm4/5: rows 0-15 / 16-31 of a; tmm6/7: columns 0-15 /
@@ -194,12 +186,13 @@ unsafe fn tile_32x32_with<const BF16: bool>(operands: &[(*const u8, *const u8)],
     }
     for s in 0..k_steps {
         for (i, &(a, b)) in operands.iter().enumerate() {
+            let (a, b) = (a as *const u8, b as *const u8);
             let b0 = b.add(s * 16 * ldb);
             // The next b (the next pair's, or the first pair's next step) into L1: tile loads
             // from L2 stall for their latency.
             let next = match operands.get(i + 1) {
-                Some(&(_, b)) => Some(b.add(s * 16 * ldb)),
-                None if s + 1 < k_steps => Some(operands[0].1.add((s + 1) * 16 * ldb)),
+                Some(&(_, b)) => Some((b as *const u8).add(s * 16 * ldb)),
+                None if s + 1 < k_steps => Some((operands[0].1 as *const u8).add((s + 1) * 16 * ldb)),
                 None => None,
             };
             if let Some(next) = next {
@@ -209,7 +202,7 @@ unsafe fn tile_32x32_with<const BF16: bool>(operands: &[(*const u8, *const u8)],
                 }
             }
             // Both halves of a, loaded once for the pairs in a row that share it.
-            if i == 0 || operands[i - 1].0 != a {
+            if i == 0 || operands[i - 1].0 as *const u8 != a {
                 let a0 = a.add(s * K_STEP);
                 asm!(
                     "tileloadd tmm4, [{a0} + {lda}*1]",
