@@ -2,6 +2,7 @@
 //! module that tests compare it against; `simd_level()` picks the best one at run time.
 
 pub mod attention;
+pub mod bf16_split;
 pub mod disjoint;
 pub mod gemm;
 pub mod aligned;
