@@ -188,15 +188,7 @@ fn best_attention(precision: Precision, allow_amx: bool, q: &[f32], k_cache: &[f
 /// GEMMs use them (LLM_NPU_INT8 can turn both off), with AVX512-BF16 for the conversions
 /// (Sapphire Rapids has both); elsewhere it runs the f32 kernels.
 pub fn bf16_runs(head_dim: usize) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        simd_level() == SimdLevel::Avx512 && super::int8_gemm::best_kernel() == super::int8_gemm::Int8Kernel::Amx && super::amx::bf16_available() && std::arch::is_x86_feature_detected!("avx512bf16") && bf16::fits(head_dim)
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = head_dim;
-        false
-    }
+    super::bf16_split::tiles_run() && bf16::fits(head_dim)
 }
 
 /// The portable twin of `causal_attention`.

@@ -2,8 +2,9 @@
 //! f32 sums at 16x the multiply-adds per instruction of an AVX-512 FMA: an f32 is the sum of
 //! `SPLIT_PARTS` bf16 (each the rest of the ones before, rounded to nearest even), and a product
 //! of two f32 as accurate as f32's own is the sum of the `SPLIT_PAIRS` products of their parts.
-//! f32 attention (`attention/bf16.rs`) and the f32 GEMM (`gemm_split.rs`) run this way where
-//! the CPU has AMX-BF16. Conversions use `vcvtneps2bf16` where AVX512-BF16 is (the same bits
+//! f32 attention (`attention/bf16.rs`) runs this way where the CPU has AMX-BF16. (So did an
+//! f32 GEMM, for a session: as accurate, but no faster than the FMA GEMM here, its tiles at
+//! about 45% of their peak; README "f32 attention on bf16 tiles".) Conversions use `vcvtneps2bf16` where AVX512-BF16 is (the same bits
 //! as the portable rounding, which tests check).
 
 /// f32 lanes per AVX-512 vector.
@@ -124,6 +125,43 @@ pub fn simd_conversions() -> bool {
             false
         }
     })
+}
+
+/// Whether split products run on AMX-BF16 tiles here: AVX-512, AMX where the int8 GEMMs use it
+/// (LLM_NPU_INT8 can turn it off), AMX-BF16 and AVX512-BF16 for the conversions (Sapphire
+/// Rapids has all of them).
+pub fn tiles_run() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        super::simd_level() == super::SimdLevel::Avx512 && super::int8_gemm::best_kernel() == super::int8_gemm::Int8Kernel::Amx && super::amx::bf16_available() && simd_conversions()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// The parts of 32 lanes (`lo` the first 16, `hi` the next) to `emit(part, packed)`, each
+/// part's 32 bf16 in lane order in one vector: one conversion per part, the part back in f32
+/// by one permutation per half (each bf16 to the high half of its lane, zeros below), the rest
+/// by a subtraction. The same bits as `bf16_parts` lane by lane.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+pub unsafe fn bf16_parts_32_avx512(mut lo: std::arch::x86_64::__m512, mut hi: std::arch::x86_64::__m512, parts: usize, mut emit: impl FnMut(usize, std::arch::x86_64::__m512i)) {
+    use std::arch::x86_64::*;
+    let to_lo = _mm512_set_epi32(15 << 16, 14 << 16, 13 << 16, 12 << 16, 11 << 16, 10 << 16, 9 << 16, 8 << 16, 7 << 16, 6 << 16, 5 << 16, 4 << 16, 3 << 16, 2 << 16, 1 << 16, 0);
+    let to_hi = _mm512_add_epi32(to_lo, _mm512_set1_epi32(16 << 16));
+    const HIGH_HALVES: u32 = 0xAAAA_AAAA;
+    for part in 0..parts {
+        // The second operand becomes the low half.
+        let packed: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+        emit(part, packed);
+        if part + 1 < parts {
+            lo = _mm512_sub_ps(lo, _mm512_castsi512_ps(_mm512_maskz_permutexvar_epi16(HIGH_HALVES, to_lo, packed)));
+            hi = _mm512_sub_ps(hi, _mm512_castsi512_ps(_mm512_maskz_permutexvar_epi16(HIGH_HALVES, to_hi, packed)));
+        }
+    }
 }
 
 #[cfg(test)]

@@ -32,7 +32,7 @@ use super::int8::{exp2_coarse, exp2_fine};
 use super::{AttnShape, Task, AMX_ROWS, KEY_TILE, LANES};
 use crate::kernels::aligned::AlignedVec;
 #[cfg(target_arch = "x86_64")]
-use crate::kernels::bf16_split::bf16_parts_avx512;
+use crate::kernels::bf16_split::{bf16_parts_32_avx512, bf16_parts_avx512};
 use crate::kernels::bf16_split::{bf16_bits, bf16_parts, bf16_value, part_pairs, simd_conversions, to_bf16_parts_scaled, SPLIT_PAIRS};
 pub(super) use crate::kernels::bf16_split::SPLIT_PARTS;
 use crate::kernels::ops::{max_of_simd, softcap};
@@ -481,24 +481,14 @@ unsafe fn exp2_to_parts_summed_avx512(x: &[f32], reference: f32, limit: f32, par
             sum = _mm512_dpbf16_ps(sum, packed, ones);
         }
     } else {
-        // 32 at a time: each part of two vectors in one conversion and one full store; the
-        // part back in f32 by one permutation per vector (each bf16 to the high half of its
-        // lane, zeros below), the rest by a subtraction. (Rounding the rest in the integer
-        // unit instead, off the conversion's chain, measured no faster, and a denormal rest's
-        // zero took the other sign.)
-        let (to_lo, to_hi) = (_mm512_set_epi32(15 << 16, 14 << 16, 13 << 16, 12 << 16, 11 << 16, 10 << 16, 9 << 16, 8 << 16, 7 << 16, 6 << 16, 5 << 16, 4 << 16, 3 << 16, 2 << 16, 1 << 16, 0), _mm512_set_epi32(31 << 16, 30 << 16, 29 << 16, 28 << 16, 27 << 16, 26 << 16, 25 << 16, 24 << 16, 23 << 16, 22 << 16, 21 << 16, 20 << 16, 19 << 16, 18 << 16, 17 << 16, 16 << 16));
-        const HIGH_HALVES: u32 = 0xAAAA_AAAA;
+        // 32 at a time: each part of two vectors in one conversion and one full store.
+        // (Rounding the rest in the integer unit instead of converting the part back, off the
+        // conversion's chain, measured no faster, and a denormal rest's zero took the other
+        // sign.)
         for i in (0..whole).step_by(32) {
-            let (mut lo, mut hi) = (exp2(i, u16::MAX), exp2(i + 16, u16::MAX));
+            let (lo, hi) = (exp2(i, u16::MAX), exp2(i + 16, u16::MAX));
             sum = _mm512_add_ps(_mm512_add_ps(sum, lo), hi);
-            for part in 0..parts {
-                let packed: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
-                _mm512_storeu_si512(out.as_mut_ptr().add(part * plane + i) as *mut __m512i, packed);
-                if part + 1 < parts {
-                    lo = _mm512_sub_ps(lo, _mm512_castsi512_ps(_mm512_maskz_permutexvar_epi16(HIGH_HALVES, to_lo, packed)));
-                    hi = _mm512_sub_ps(hi, _mm512_castsi512_ps(_mm512_maskz_permutexvar_epi16(HIGH_HALVES, to_hi, packed)));
-                }
-            }
+            bf16_parts_32_avx512(lo, hi, parts, |part, packed| _mm512_storeu_si512(out.as_mut_ptr().add(part * plane + i) as *mut __m512i, packed));
         }
     }
     for i in (whole..x.len()).step_by(LANES) {
