@@ -139,6 +139,8 @@ fn attention_summary(asked: Precision, head_dim: usize) -> String {
         // Say why --bf16-attention is not running, so the user can tell what would change it.
         (Precision::Bf16, _) if head_dim % 32 != 0 => format!("attention in f32 (--bf16-attention: the AMX tiles take head sizes that are multiples of 32, this model's is {head_dim})"),
         (Precision::Bf16, _) => "attention in f32 (--bf16-attention: no AMX-BF16 in use here: the CPU lacks it, or LLM_NPU_INT8 chose a kernel other than amx)".to_string(),
+        // Split into bf16 parts on the tiles where bf16 attention could run: f32-accurate.
+        _ if llm_npu::kernels::attention::bf16_runs(head_dim) => "attention in f32 (prefill on AMX-BF16 tiles, operands in three bf16 parts)".to_string(),
         _ => "attention in f32".to_string(),
     };
     format!("{attention}, norms in f32 on the CPU, the LM head in int8")
