@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use llm_npu::engine::BackendKind;
-use llm_npu::kernels::attention::Precision;
+use llm_npu::kernels::attention::{self, Precision};
 use llm_npu::server::{self, ServerOptions};
 
 use super::args::ModelArgs;
@@ -69,16 +69,18 @@ pub fn run(a: ServeArgs) -> Result<()> {
     let engine_opts = a.model.engine_options_for(a.model.backend)?;
     // (An unused cache's buffers are zeroed pages the OS has not handed out yet: free to size.)
     let slot_mib = loaded.model.new_cache(loaded.model.config.max_seq_len).memory_bytes() as f64 / (1 << 20) as f64;
-    // A low-precision attention keeps its own copy of each cache it prefills into: int8 about a
-    // quarter of the f32 cache (bytes plus per-slot scales), bf16 half.
-    let attention = engine_opts.npu.attention.on_this_cpu(loaded.model.config.head_dim);
-    let copy_share = match attention {
-        _ if engine_opts.backend != BackendKind::Npu => 0.0,
-        Precision::Int8 => 0.25,
-        Precision::Bf16 => 0.5,
-        Precision::F32 => 0.0,
+    // Prefill attention keeps its own copy of each cache it prefills into: int8 about a quarter
+    // of the f32 cache (bytes plus per-slot scales), bf16 half, and f32 on AMX-BF16 tiles
+    // (either backend) three bf16 parts of every value, one and a half.
+    let head_dim = loaded.model.config.head_dim;
+    let attention = if engine_opts.backend == BackendKind::Npu { engine_opts.npu.attention.on_this_cpu(head_dim) } else { Precision::F32 };
+    let (copy_share, copy_name) = match attention {
+        Precision::Int8 => (0.25, "int8 attention's copy"),
+        Precision::Bf16 => (0.5, "bf16 attention's copy"),
+        Precision::F32 if attention::bf16_runs(head_dim) => (1.5, "f32 attention's copy in bf16 parts"),
+        Precision::F32 => (0.0, ""),
     };
-    let copy = if copy_share > 0.0 { format!(" (+ about {:.1} MiB each for {} attention's copy)", slot_mib * copy_share, attention.name()) } else { String::new() };
+    let copy = if copy_share > 0.0 { format!(" (+ about {:.1} MiB each for {copy_name})", slot_mib * copy_share) } else { String::new() };
     let cache = format!("prompt cache: up to {} KV caches of {slot_mib:.1} MiB{copy}", a.cache_slots);
     server::serve(loaded, engine_opts, opts, &Bar::default(), |addr| {
         eprintln!("serving '{model_id}' on http://{addr} (OpenAI API: /v1/chat/completions, /v1/completions, /v1/models; /health); {cache}; Ctrl-C stops");

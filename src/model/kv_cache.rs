@@ -20,8 +20,8 @@ struct LayerKv {
     /// The position held in slot 0 (0 unless the layer has a window).
     base: usize,
     window: Option<usize>,
-    /// int8 or bf16 attention's copy, told of every slot written or moved (empty unless one
-    /// of them runs).
+    /// Attention's int8 or bf16 copy (bf16 parts for f32 on AMX-BF16 tiles), told of every slot
+    /// written or moved (empty unless one of them runs).
     kept: KeptKv,
 }
 
@@ -170,7 +170,7 @@ impl KvCache {
         LayerView { k: &l.k, v: &l.v, stride: l.stride, base: l.base }
     }
 
-    /// Layer `layer`'s keys and values, and int8 or bf16 attention's copy of them to keep
+    /// Layer `layer`'s keys and values, and attention's int8 or bf16 copy of them to keep
     /// current.
     pub fn layer_with_copies(&mut self, layer: usize) -> (LayerView<'_>, &mut KeptKv) {
         let l = &mut self.layers[layer];
