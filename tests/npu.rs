@@ -109,6 +109,37 @@ fn npu_logits_stay_close_to_float_on_the_fixtures() {
     }
 }
 
+/// A synthesized model with TinyLlama's head size (64, which the AMX tiles take; the fixtures'
+/// 8 and 16 they do not), no planted outliers, in a temporary folder named after `tag`.
+fn synth_hd64(tag: &str) -> (PathBuf, Arc<LoadedModel>) {
+    let dir = std::env::temp_dir().join(format!("llm-npu-npu-hd64-{tag}-{}", std::process::id()));
+    let shape = llm_npu::measure::synth::shape("tiny-hd64").unwrap();
+    let opts = llm_npu::measure::synth::SynthOptions { shape, dtype: llm_npu::measure::synth::SynthDType::F32, outliers: llm_npu::measure::synth::PlantedOutliers::None, seed: 5, tokenizer: None };
+    llm_npu::measure::synth::synthesize(&dir, &opts, &Silent).unwrap();
+    let loaded = Arc::new(model::load(&dir, &LoadOptions::default()).unwrap());
+    (dir, loaded)
+}
+
+#[test]
+fn f32_attention_on_split_bf16_tiles_gives_the_fma_kernels_logits_through_the_engine() {
+    // The f32 backend at TinyLlama's head size: a 300-token prefill in chunks of 64 attends on
+    // AMX-BF16 tiles in three bf16 parts where the CPU has them (batches of 16+ tokens; the kept
+    // copy grows chunk by chunk), decoding the same tokens one by one on the AVX-512 FMA kernel
+    // (single tokens always do). Both are f32-accurate, so the logits must agree to f32 rounding.
+    let (dir, loaded) = synth_hd64("split");
+    let m = &loaded.model;
+    let tokens: Vec<u32> = (0..300).map(|i| ((i * 7919 + 13) % m.config.vocab_size) as u32).collect();
+    let e = engine::build(&loaded, &EngineOptions { backend: BackendKind::F32, chunk_size: Some(64), ..Default::default() }, &Silent).unwrap();
+    let prefill = e.forward(&tokens, &mut m.new_cache(tokens.len()), Logits::All).unwrap();
+    let mut cache = m.new_cache(tokens.len());
+    let decode: Vec<f32> = tokens.iter().flat_map(|&t| e.forward(&[t], &mut cache, Logits::All).unwrap()).collect();
+    let _ = std::fs::remove_dir_all(&dir);
+    let scale = prefill.iter().fold(0f32, |a, x| a.max(x.abs()));
+    let worst = prefill.iter().zip(&decode).fold(0f32, |a, (p, d)| a.max((p - d).abs()));
+    eprintln!("f32 prefill ({}) against decode (FMA): largest logit difference {worst:e} of {scale}", if llm_npu::kernels::attention::bf16_runs(m.config.head_dim) { "split bf16 tiles" } else { "FMA" });
+    assert!(worst <= 1e-5 * scale, "largest logit difference {worst} of {scale}");
+}
+
 #[test]
 fn bf16_attention_through_chunks_stays_near_f32_attention() {
     // The fixtures' heads (8, 16) are too small for the AMX tiles: a synthesized model with
@@ -116,11 +147,7 @@ fn bf16_attention_through_chunks_stays_near_f32_attention() {
     // chunk by chunk, the last chunk a smaller graph). No planted outliers: with them this
     // random model magnifies any change (0.977 here, int8 attention 0.942, W8A8 itself against
     // f32 0.911); without, 0.99973 was seen (int8 0.99970, W8A8 0.99972).
-    let dir = std::env::temp_dir().join(format!("llm-npu-npu-hd64-{}", std::process::id()));
-    let shape = llm_npu::measure::synth::shape("tiny-hd64").unwrap();
-    let opts = llm_npu::measure::synth::SynthOptions { shape, dtype: llm_npu::measure::synth::SynthDType::F32, outliers: llm_npu::measure::synth::PlantedOutliers::None, seed: 5, tokenizer: None };
-    llm_npu::measure::synth::synthesize(&dir, &opts, &Silent).unwrap();
-    let loaded = Arc::new(model::load(&dir, &LoadOptions::default()).unwrap());
+    let (dir, loaded) = synth_hd64("bf16");
     let m = &loaded.model;
     let tokens: Vec<u32> = (0..300).map(|i| ((i * 7919 + 13) % m.config.vocab_size) as u32).collect();
     let calibration = CalibrationSource::Given(Arc::new(Calibration::on_random_tokens(m, 256, 1, &Silent).unwrap()));
