@@ -141,8 +141,9 @@ pub unsafe fn tile_32x32(a: *const u8, lda: usize, b: *const i8, ldb: usize, k_s
 /// columns of bf16 in pairs of k (a group row of 16 columns x 2 and, 64 bytes on, the next 16;
 /// 16 group rows per step). Step by step, each step over the pairs in order, into the same
 /// tiles (stored once at the end); pairs in a row with the same a load it once per step.
-/// f32-accurate attention sums six products of operands split into bf16 parts this way. Each product of two bf16 is exact in f32 and is
-/// added rounded to nearest even (denormals flushed).
+/// f32-accurate attention sums six products of operands split into bf16 parts this way. Each
+/// product of two bf16 is exact in f32 and is added rounded to nearest even (denormals
+/// flushed).
 ///
 /// # Safety
 /// `bf16_available()` must be true; each pair as `tile_32x32`'s operands (bf16 for bytes), no bias.

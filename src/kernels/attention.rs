@@ -186,7 +186,8 @@ fn best_attention(precision: Precision, allow_amx: bool, q: &[f32], k_cache: &[f
 
 /// Whether `Precision::Bf16` runs in bf16 at this head size on this CPU: on AMX tiles where the
 /// GEMMs use them (LLM_NPU_INT8 can turn both off), with AVX512-BF16 for the conversions
-/// (Sapphire Rapids has both); elsewhere it runs the f32 kernels.
+/// (Sapphire Rapids has both); elsewhere it runs the f32 kernels. Where it does, prefill in
+/// `Precision::F32` runs on the same tiles, its operands in three bf16 parts.
 pub fn bf16_runs(head_dim: usize) -> bool {
     super::bf16_split::tiles_run() && bf16::fits(head_dim)
 }
