@@ -840,31 +840,6 @@ mod tests {
         });
     }
 
-    /// Causal attention in f64 (the reference both f32 paths are measured against), layouts as
-    /// `causal_attention`'s.
-    fn attention_f64(q: &[f32], k: &[f32], v: &[f32], s: AttnShape) -> Vec<f64> {
-        let (hd, group, stride) = (s.head_dim, s.n_heads / s.n_kv_heads, s.kv_stride);
-        let mut out = vec![0f64; q.len()];
-        for (t, (qt, ot)) in q.chunks_exact(s.n_heads * hd).zip(out.chunks_exact_mut(s.n_heads * hd)).enumerate() {
-            let p = s.pos0 + t;
-            let first = s.window.map_or(0, |w| (p + 1).saturating_sub(w));
-            for (h, (qh, oh)) in qt.chunks_exact(hd).zip(ot.chunks_exact_mut(hd)).enumerate() {
-                let kvh = h / group;
-                let score = |j: usize| (0..hd).map(|d| qh[d] as f64 * k[(kvh * hd + d) * stride + j] as f64).sum::<f64>() * s.scale as f64;
-                let scores: Vec<f64> = (first..=p).map(score).collect();
-                let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-                let weights: Vec<f64> = scores.iter().map(|x| (x - max).exp()).collect();
-                let total: f64 = weights.iter().sum();
-                for (j, w) in (first..=p).zip(&weights) {
-                    for d in 0..hd {
-                        oh[d] += w / total * v[(kvh * stride + j) * hd + d] as f64;
-                    }
-                }
-            }
-        }
-        out
-    }
-
     #[test]
     fn f32_attention_on_bf16_tiles_is_as_accurate_as_f32_fma() {
         // Where the CPU has AMX-BF16, f32 attention runs on bf16 tiles with its operands split
@@ -878,7 +853,7 @@ mod tests {
             let k: Vec<f32> = (0..n_kv_heads * stride * hd).map(|i| 4.0 * val(i) + 1e-4 * val(i + 7)).collect();
             let v: Vec<f32> = (0..n_kv_heads * stride * hd).map(|i| val(i + 13) + 1e-4 * val(i + 3)).collect();
             let q: Vec<f32> = (0..tokens * n_heads * hd).map(|i| 4.0 * val(i + 101) + 1e-4 * val(i + 5)).collect();
-            let exact = attention_f64(&q, &k, &v, s);
+            let exact: Vec<f64> = crate::kernels::properties::attention_by_definition(&q, &k, &v, s, tokens).into_iter().map(|(x, _)| x).collect();
             let off = |x: &[f32]| x.iter().zip(&exact).map(|(&a, &b)| (a as f64 - b).abs()).fold(0f64, f64::max);
             let with = |split: bool, portable: bool| {
                 let mut o = vec![f32::NAN; q.len()];

@@ -250,7 +250,7 @@ fn row_quantization_matches_its_twin() {
 /// output, the error a float kernel may make: its scores round within about sqrt(head_dim)
 /// half-ulps of scale * sum_d |q_d k_d| (FMA or not changes which), and a score off by e moves
 /// the output by at most 2 e max|v|; plus exp_fast's and the sums' relative error.
-fn attention_by_definition(q: &[f32], k: &[f32], v: &[f32], s: AttnShape, tokens: usize) -> Vec<(f64, f64)> {
+pub(super) fn attention_by_definition(q: &[f32], k: &[f32], v: &[f32], s: AttnShape, tokens: usize) -> Vec<(f64, f64)> {
     let (hd, st) = (s.head_dim, s.kv_stride);
     let group = s.n_heads / s.n_kv_heads;
     let mut out = vec![(0f64, 0f64); tokens * s.n_heads * hd];

@@ -127,20 +127,19 @@ impl Bf16Kv {
         }
         let from = self.valid.min(n);
         let kv = self.kv.as_mut().expect("made above");
-        let (k_plane, v_plane) = (kv.k_plane, kv.v_plane);
+        let plane = kv.plane;
         debug_assert!(fits(hd), "pairs of dimensions");
         let simd = simd_conversions();
         kv.heads.par_iter_mut().enumerate().for_each(|(h, store)| {
             let (kt, v) = (&k_cache[h * hd * stride..(h + 1) * hd * stride], &v_cache[h * hd * stride..(h + 1) * hd * stride]);
             // Keys: dimension d of slot j at kt[d * stride + j] -> `key_index(j, d)`, a block's
-            // slots of a pair of dimensions at a time. Part p of each in plane p (k_plane and
-            // v_plane apart).
+            // slots of a pair of dimensions at a time. Part p of each in plane p (`plane` apart).
             for d in (0..hd).step_by(2) {
                 let mut j = from;
                 while j < n {
                     let to = n.min((j / STEP_KEYS + 1) * STEP_KEYS);
                     let (even, odd) = (&kt[d * stride + j..d * stride + to], &kt[(d + 1) * stride + j..(d + 1) * stride + to]);
-                    interleave_bf16_parts(simd, even, odd, parts, &mut store.k[key_index(hd, j, d)..], k_plane);
+                    interleave_bf16_parts(simd, even, odd, parts, &mut store.k[key_index(hd, j, d)..], plane);
                     j = to;
                 }
             }
@@ -149,7 +148,7 @@ impl Bf16Kv {
             let one_slot = |store_v: &mut [u16], j: usize| {
                 let pair = (j / 2) * hd * 2;
                 for (d, &x) in v[j * hd..(j + 1) * hd].iter().enumerate() {
-                    bf16_parts(x, parts, |part, bits| store_v[part * v_plane + pair + d * 2 + j % 2] = bits);
+                    bf16_parts(x, parts, |part, bits| store_v[part * plane + pair + d * 2 + j % 2] = bits);
                 }
             };
             let mut j = from;
@@ -158,7 +157,7 @@ impl Bf16Kv {
                 j += 1;
             }
             while j + 1 < n {
-                interleave_bf16_parts(simd, &v[j * hd..(j + 1) * hd], &v[(j + 1) * hd..(j + 2) * hd], parts, &mut store.v[j * hd..], v_plane);
+                interleave_bf16_parts(simd, &v[j * hd..(j + 1) * hd], &v[(j + 1) * hd..(j + 2) * hd], parts, &mut store.v[j * hd..], plane);
                 j += 2;
             }
             if j < n {
@@ -179,9 +178,9 @@ pub(super) struct Bf16Cache {
     stride: usize,
     base: usize,
     parts: usize,
-    /// u16 per plane of keys and of values.
-    k_plane: usize,
-    v_plane: usize,
+    /// u16 per part's plane, of keys and of values alike: pitch x head_dim (keys in pitch / 32
+    /// blocks of 32 slots x head_dim, values in pitch slots x head_dim).
+    plane: usize,
 }
 
 /// Keys and values start on a cache line (tile rows must not straddle two), and so does each
@@ -200,8 +199,8 @@ pub(super) struct HeadKv<'a> {
     pitch: usize,
     head_dim: usize,
     parts: usize,
-    k_plane: usize,
-    v_plane: usize,
+    /// u16 per part's plane (`Bf16Cache::plane`).
+    plane: usize,
 }
 
 impl HeadKv<'_> {
@@ -215,17 +214,16 @@ impl Bf16Cache {
     fn empty(s: AttnShape, parts: usize) -> Self {
         let (hd, stride) = (s.head_dim, s.kv_stride);
         let pitch = stride + STEP_KEYS;
-        // Keys: pitch / 32 blocks of 32 slots x head_dim.
-        let (k_plane, v_plane) = (pitch * hd, (stride + STEP_KEYS) * hd);
+        let plane = pitch * hd;
         // Whole cache lines per plane (fits: head_dim a multiple of 32).
-        assert!(k_plane % 32 == 0 && v_plane % 32 == 0);
-        let heads = (0..s.n_kv_heads).map(|_| HeadStore { k: AlignedVec::filled(0, parts * k_plane), v: AlignedVec::filled(0, parts * v_plane) }).collect();
-        Bf16Cache { heads, head_dim: hd, pitch, stride, base: s.kv_base, parts, k_plane, v_plane }
+        assert!(plane % 32 == 0);
+        let heads = (0..s.n_kv_heads).map(|_| HeadStore { k: AlignedVec::filled(0, parts * plane), v: AlignedVec::filled(0, parts * plane) }).collect();
+        Bf16Cache { heads, head_dim: hd, pitch, stride, base: s.kv_base, parts, plane }
     }
 
     pub(super) fn head(&self, h: usize) -> HeadKv<'_> {
         let st = &self.heads[h];
-        HeadKv { k: &st.k, v: &st.v, pitch: self.pitch, head_dim: self.head_dim, parts: self.parts, k_plane: self.k_plane, v_plane: self.v_plane }
+        HeadKv { k: &st.k, v: &st.v, pitch: self.pitch, head_dim: self.head_dim, parts: self.parts, plane: self.plane }
     }
 }
 
@@ -310,7 +308,7 @@ impl Task<'_> {
                 #[cfg(target_arch = "x86_64")]
                 if AMX {
                     // The block's keys: a step's 16 pair rows of 32 slots 128 bytes apart.
-                    let operands = part_operands(pairs, &mut operands, |qp, kp| (b16.q[qp * q_plane + rb * hd..].as_ptr(), kv.k[kp * kv.k_plane + key_index(hd, j, 0)..].as_ptr()));
+                    let operands = part_operands(pairs, &mut operands, |qp, kp| (b16.q[qp * q_plane + rb * hd..].as_ptr(), kv.k[kp * kv.plane + key_index(hd, j, 0)..].as_ptr()));
                     crate::kernels::amx::tile_32x32_bf16(operands, hd * 2, STEP_KEYS * 4, hd / 32, b16.s.as_mut_ptr().add(j - j0), S_PITCH, crate::kernels::amx::Start::Zero);
                     continue;
                 }
@@ -343,16 +341,16 @@ impl Task<'_> {
                 let out = &mut b16.p[row + a..];
                 if reference == f32::NEG_INFINITY || !exp2_to_parts_summed::<AMX>(seen, reference, reference + LAZY_HEADROOM, parts, out, P_PLANE, &mut b.sum_lanes[r]) {
                     let max = self.raise_max(r, max_of_simd::<AMX>(seen), exp2, &mut b.max[r], &mut b.sum_lanes[r], &mut b16.o);
-                    let done = exp2_to_parts_summed::<AMX>(seen, max, f32::INFINITY, parts, &mut b16.p[row + a..], P_PLANE, &mut b.sum_lanes[r]);
+                    let done = exp2_to_parts_summed::<AMX>(seen, max, f32::INFINITY, parts, out, P_PLANE, &mut b.sum_lanes[r]);
                     debug_assert!(done, "no score exceeds infinity");
                 }
             }
             let v_at = (j0 + k_lo) * hd;
-            assert!(v_at + (k_hi - k_lo) * hd <= kv.v_plane);
+            assert!(v_at + (k_hi - k_lo) * hd <= kv.plane);
             for d in (0..hd).step_by(32) {
                 #[cfg(target_arch = "x86_64")]
                 if AMX {
-                    let operands = part_operands(pairs, &mut operands, |pp, vp| (b16.p[pp * P_PLANE + k_lo..].as_ptr(), kv.v[vp * kv.v_plane + v_at + d * 2..].as_ptr()));
+                    let operands = part_operands(pairs, &mut operands, |pp, vp| (b16.p[pp * P_PLANE + k_lo..].as_ptr(), kv.v[vp * kv.plane + v_at + d * 2..].as_ptr()));
                     crate::kernels::amx::tile_32x32_bf16(operands, KEY_TILE * 2, hd * 4, (k_hi - k_lo) / STEP_KEYS, b16.o.as_mut_ptr().add(rb * hd + d), hd, crate::kernels::amx::Start::Accumulate);
                     continue;
                 }
@@ -385,7 +383,7 @@ fn scores_portable(q: &[u16], q_plane: usize, take: usize, hd: usize, kv: &HeadK
             let mut acc = 0f32;
             for d0 in (0..hd).step_by(32) {
                 for &(qp, kp) in part_pairs(kv.parts) {
-                    acc += (d0..d0 + 32).map(|d| bf16_value(q[qp * q_plane + i * hd + d]) * bf16_value(kv.k[kp * kv.k_plane + key_index(kv.head_dim, slot, d)])).sum::<f32>();
+                    acc += (d0..d0 + 32).map(|d| bf16_value(q[qp * q_plane + i * hd + d]) * bf16_value(kv.k[kp * kv.plane + key_index(kv.head_dim, slot, d)])).sum::<f32>();
                 }
             }
             out[i * S_PITCH + slot - j] = acc;
@@ -407,7 +405,7 @@ fn values_portable(p: &[u16], take: usize, k_lo: usize, k_hi: usize, kv: &HeadKv
                     acc += (s0..s0 + STEP_KEYS)
                         .map(|slot| {
                             let k = slot - k_lo;
-                            bf16_value(p[pp * P_PLANE + i * KEY_TILE + slot]) * bf16_value(kv.v[vp * kv.v_plane + v_at + ((k / 2) * hd + dd) * 2 + k % 2])
+                            bf16_value(p[pp * P_PLANE + i * KEY_TILE + slot]) * bf16_value(kv.v[vp * kv.plane + v_at + ((k / 2) * hd + dd) * 2 + k % 2])
                         })
                         .sum::<f32>();
                 }
