@@ -140,7 +140,8 @@ pub unsafe fn tile_32x32(a: *const u8, lda: usize, b: *const i8, ldb: usize, k_s
 /// over `operands` (a, b) of a . b, for 32 rows of bf16 (32 of k per 64-byte step) and 32
 /// columns of bf16 in pairs of k (a group row of 16 columns x 2 and, 64 bytes on, the next 16;
 /// 16 group rows per step). Step by step, each step over the pairs in order, into the same
-/// tiles (stored once at the end); pairs in a row with the same a load it once per step.
+/// tiles (stored once at the end); pairs in a row with the same a (or the same b) load it once
+/// per step.
 /// f32-accurate attention sums six products of operands split into bf16 parts this way. Each
 /// product of two bf16 is exact in f32 and is added rounded to nearest even (denormals
 /// flushed).
@@ -189,10 +190,16 @@ unsafe fn tile_32x32_with<const BF16: bool, T>(operands: &[(*const T, *const T)]
         for (i, &(a, b)) in operands.iter().enumerate() {
             let (a, b) = (a as *const u8, b as *const u8);
             let b0 = b.add(s * 16 * ldb);
-            // The next b (the next pair's, or the first pair's next step) into L1: tile loads
-            // from L2 stall for their latency.
+            // Both halves of a and of b, each loaded once for the pairs in a row that share it.
+            let (new_a, new_b) = match i.checked_sub(1).map(|p| operands[p]) {
+                Some((pa, pb)) => (pa as *const u8 != a, pb as *const u8 != b),
+                None => (true, true),
+            };
+            // The next b to load (the next pair's, or the first pair's next step) into L1: tile
+            // loads from L2 stall for their latency.
             let next = match operands.get(i + 1) {
-                Some(&(_, b)) => Some((b as *const u8).add(s * 16 * ldb)),
+                Some(&(_, nb)) if nb as *const u8 != b => Some((nb as *const u8).add(s * 16 * ldb)),
+                Some(_) => None,
                 None if s + 1 < k_steps => Some((operands[0].1 as *const u8).add((s + 1) * 16 * ldb)),
                 None => None,
             };
@@ -202,8 +209,7 @@ unsafe fn tile_32x32_with<const BF16: bool, T>(operands: &[(*const T, *const T)]
                     std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(next.add(row * ldb + 64) as *const i8);
                 }
             }
-            // Both halves of a, loaded once for the pairs in a row that share it.
-            if i == 0 || operands[i - 1].0 as *const u8 != a {
+            if new_a {
                 let a0 = a.add(s * K_STEP);
                 asm!(
                     "tileloadd tmm4, [{a0} + {lda}*1]",
@@ -212,18 +218,23 @@ unsafe fn tile_32x32_with<const BF16: bool, T>(operands: &[(*const T, *const T)]
                     options(nostack, readonly),
                 );
             }
+            if new_b {
+                asm!(
+                    "tileloadd tmm6, [{b0} + {ldb}*1]",
+                    "tileloadd tmm7, [{b1} + {ldb}*1]",
+                    b0 = in(reg) b0, b1 = in(reg) b0.add(64), ldb = in(reg) ldb,
+                    options(nostack, readonly),
+                );
+            }
             // One k step: both halves of a against both halves of b, with `op`.
             macro_rules! step {
                 ($op:literal) => {
                     asm!(
-                        "tileloadd tmm6, [{b0} + {ldb}*1]",
-                        "tileloadd tmm7, [{b1} + {ldb}*1]",
                         concat!($op, " tmm0, tmm4, tmm6"),
                         concat!($op, " tmm1, tmm4, tmm7"),
                         concat!($op, " tmm2, tmm5, tmm6"),
                         concat!($op, " tmm3, tmm5, tmm7"),
-                        b0 = in(reg) b0, b1 = in(reg) b0.add(64), ldb = in(reg) ldb,
-                        options(nostack, readonly),
+                        options(nostack, nomem),
                     )
                 };
             }
