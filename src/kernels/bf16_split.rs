@@ -2,9 +2,8 @@
 //! f32 sums at 16x the multiply-adds per instruction of an AVX-512 FMA: an f32 is the sum of
 //! `SPLIT_PARTS` bf16 (each the rest of the ones before, rounded to nearest even), and a product
 //! of two f32 as accurate as f32's own is the sum of the `SPLIT_PAIRS` products of their parts.
-//! f32 attention (`attention/bf16.rs`) runs this way where the CPU has AMX-BF16. (So did an
-//! f32 GEMM, for a session: as accurate, but no faster than the FMA GEMM here, its tiles at
-//! about 45% of their peak; README "f32 attention on bf16 tiles".) Conversions use `vcvtneps2bf16` where AVX512-BF16 is (the same bits
+//! f32 attention (`attention/bf16.rs`) and the f32 GEMM (`gemm_split.rs`) run this way where the
+//! CPU has AMX-BF16. Conversions use `vcvtneps2bf16` where AVX512-BF16 is (the same bits
 //! as the portable rounding, which tests check).
 
 /// f32 lanes per AVX-512 vector.

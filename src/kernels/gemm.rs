@@ -1,4 +1,6 @@
-//! Blocked f32 GEMM for linear layers: y[m, n] = sum_k x[m, k] * w[n, k].
+//! Blocked f32 GEMM for linear layers: y[m, n] = sum_k x[m, k] * w[n, k]. Where AMX-BF16 is, the
+//! same product runs on split bf16 tiles (`gemm_split`, as accurate, faster); this file is the
+//! AVX-512 FMA kernel used elsewhere, and the choice (`best_f32_kernel`).
 //!
 //! The weights stay exactly as stored ([out, in] rows, possibly memory-mapped): no prepacked copy
 //! of the model. The activations are packed once per call into panels of `MR` tokens, k-major
@@ -23,15 +25,62 @@ const NC: usize = 4 * NR;
 /// Depth of one k-block.
 const KC: usize = 256;
 
+/// The f32 GEMM's kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum F32Kernel {
+    Portable,
+    /// AVX-512 FMA, the 12 x 32 microkernel below.
+    Fma,
+    /// AMX-BF16 tiles on operands split into bf16 parts (`gemm_split`), as accurate.
+    SplitTiles,
+}
+
+/// The best f32 GEMM here (detected once): split tiles where they run (`bf16_split::tiles_run`),
+/// else FMA on AVX-512. `LLM_NPU_F32_GEMM=fma` keeps the FMA kernel on an AMX machine, to
+/// compare them.
+pub fn best_f32_kernel() -> F32Kernel {
+    static K: std::sync::OnceLock<F32Kernel> = std::sync::OnceLock::new();
+    *K.get_or_init(|| match simd_level() {
+        SimdLevel::Portable => F32Kernel::Portable,
+        SimdLevel::Avx512 if super::bf16_split::tiles_run() && std::env::var("LLM_NPU_F32_GEMM").map_or(true, |v| v != "fma") => F32Kernel::SplitTiles,
+        SimdLevel::Avx512 => F32Kernel::Fma,
+    })
+}
+
+/// Activations packed once for the GEMM kernel that will use them (several weights can share one
+/// packing).
+pub struct PackedF32Acts(Packed);
+
+enum Packed {
+    Fma(FmaActs),
+    Split(super::gemm_split::SplitActs),
+}
+
+impl PackedF32Acts {
+    /// For `best_f32_kernel()`, which must not be the portable one.
+    pub fn new(x: &[f32], m: usize, k: usize) -> Self {
+        Self::with_kernel(x, m, k, best_f32_kernel())
+    }
+
+    /// For `kernel`, which must run here (benches compare them).
+    pub fn with_kernel(x: &[f32], m: usize, k: usize, kernel: F32Kernel) -> Self {
+        PackedF32Acts(match kernel {
+            F32Kernel::SplitTiles => Packed::Split(super::gemm_split::SplitActs::new(x, m, k)),
+            F32Kernel::Fma => Packed::Fma(FmaActs::new(x, m, k)),
+            F32Kernel::Portable => panic!("packed activations need AVX-512; use gemm_nt"),
+        })
+    }
+}
+
 /// Activations packed into MR-token panels, k-major, zero-padded to a whole panel.
-pub struct PackedF32Acts {
+struct FmaActs {
     data: Vec<f32>,
     m: usize,
     k: usize,
 }
 
-impl PackedF32Acts {
-    pub fn new(x: &[f32], m: usize, k: usize) -> Self {
+impl FmaActs {
+    fn new(x: &[f32], m: usize, k: usize) -> Self {
         assert_eq!(x.len(), m * k);
         let panels = m.div_ceil(MR);
         let mut data = vec![0f32; panels * k * MR];
@@ -53,7 +102,7 @@ impl PackedF32Acts {
                 }
             }
         });
-        PackedF32Acts { data, m, k }
+        FmaActs { data, m, k }
     }
 
     fn panels(&self) -> usize {
@@ -68,10 +117,16 @@ impl PackedF32Acts {
 /// y[m, n] = x[m, k] . w[n, k]^T with the best kernel for this CPU.
 /// With `accumulate`, y += x . w^T (a fused residual add).
 pub fn gemm_nt(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, y: &mut [f32], accumulate: bool) {
-    match simd_level() {
-        SimdLevel::Avx512 => gemm_packed(&PackedF32Acts::new(x, m, k), w, n, y, accumulate),
-        SimdLevel::Portable => gemm_nt_portable(x, m, k, w, n, y, accumulate),
+    match best_f32_kernel() {
+        F32Kernel::Portable => gemm_nt_portable(x, m, k, w, n, y, accumulate),
+        _ => gemm_packed(&PackedF32Acts::new(x, m, k), w, n, y, accumulate),
     }
+}
+
+/// `gemm_nt` on the FMA kernel whatever `best_f32_kernel()` is (tests and benches compare).
+pub fn gemm_nt_fma(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, y: &mut [f32], accumulate: bool) {
+    assert_eq!(simd_level(), SimdLevel::Avx512, "the FMA GEMM needs AVX-512");
+    gemm_fma(&FmaActs::new(x, m, k), w, n, y, accumulate)
 }
 
 /// Portable reference: one dot product per output element, threads over weight rows.
@@ -92,9 +147,15 @@ pub fn gemm_nt_portable(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, y: &
     }
 }
 
-/// y = x . w^T for already packed activations (lets several weights share one packing).
 /// y = x . w^T (or y += with `accumulate`) for already packed activations (lets several weights share one packing).
 pub fn gemm_packed(xp: &PackedF32Acts, w: &[f32], n: usize, y: &mut [f32], accumulate: bool) {
+    match &xp.0 {
+        Packed::Fma(xp) => gemm_fma(xp, w, n, y, accumulate),
+        Packed::Split(xs) => super::gemm_split::gemm(xs, w, n, y, accumulate),
+    }
+}
+
+fn gemm_fma(xp: &FmaActs, w: &[f32], n: usize, y: &mut [f32], accumulate: bool) {
     // The microkernel and packing below are AVX-512 code: never run them on another CPU.
     assert_eq!(simd_level(), SimdLevel::Avx512, "gemm_packed needs AVX-512; use gemm_nt");
     let (m, k) = (xp.m, xp.k);
@@ -117,7 +178,7 @@ pub fn gemm_packed(xp: &PackedF32Acts, w: &[f32], n: usize, y: &mut [f32], accum
 
 /// One task: `rows` weight rows (output columns n0..n0+rows of y) against all token panels.
 #[allow(clippy::too_many_arguments)]
-fn block(xp: &PackedF32Acts, w: &[f32], rows: usize, wpack: &mut Vec<f32>, y: DisjointWrites, ldy: usize, n0: usize, accumulate: bool) {
+fn block(xp: &FmaActs, w: &[f32], rows: usize, wpack: &mut Vec<f32>, y: DisjointWrites, ldy: usize, n0: usize, accumulate: bool) {
     let (m, k) = (xp.m, xp.k);
     let micro = rows.div_ceil(NR);
     wpack.clear();
@@ -180,7 +241,7 @@ fn pack_weights(w: &[f32], ldw: usize, rows: usize, kc: usize, wpack: &mut [f32]
 /// `ldd`). Rows from `rows` on read as zero; only the lanes in `mask` of each output row are stored.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn transpose16_avx512(src: *const f32, lds: usize, rows: usize, dst: *mut f32, ldd: usize, mask: u16) {
+pub(super) unsafe fn transpose16_avx512(src: *const f32, lds: usize, rows: usize, dst: *mut f32, ldd: usize, mask: u16) {
     use std::arch::x86_64::*;
     let r: [__m512; 16] = std::array::from_fn(|i| if i < rows { _mm512_loadu_ps(src.add(i * lds)) } else { _mm512_setzero_ps() });
     // Per 128-bit lane: interleave rows in pairs, then in fours: u[4g + c] holds, in lane L,
@@ -291,7 +352,7 @@ mod tests {
             let w = rand_vec(n * k, 100 + si as u64);
             let mut y_simd = vec![0f32; m * n];
             let mut y_ref = vec![0f32; m * n];
-            gemm_packed(&PackedF32Acts::new(&x, m, k), &w, n, &mut y_simd, false);
+            gemm_nt_fma(&x, m, k, &w, n, &mut y_simd, false);
             gemm_nt_portable(&x, m, k, &w, n, &mut y_ref, false);
             for (a, b) in y_simd.iter().zip(&y_ref) {
                 assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "shape {m}x{k}x{n}: {a} vs {b}");

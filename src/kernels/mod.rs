@@ -5,6 +5,7 @@ pub mod attention;
 pub mod bf16_split;
 pub mod disjoint;
 pub mod gemm;
+pub mod gemm_split;
 pub mod aligned;
 pub mod amx;
 pub mod int8_gemm;
@@ -122,7 +123,7 @@ pub fn quantized_products_for(m: usize) -> bool {
 /// the GEMM once instead of once per weight. `outs[i]` receives x . ws[i].0^T ([m, ws[i].1]).
 pub fn linear_many(x: &[f32], m: usize, k: usize, ws: &[(&[f32], usize)], outs: &mut [&mut [f32]]) {
     assert_eq!(ws.len(), outs.len());
-    if m < SMALL_BATCH || simd_level() == SimdLevel::Portable {
+    if m < SMALL_BATCH || gemm::best_f32_kernel() == gemm::F32Kernel::Portable {
         for ((w, n), y) in ws.iter().zip(outs.iter_mut()) {
             linear(x, m, k, w, *n, y);
         }
