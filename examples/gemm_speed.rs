@@ -1,14 +1,17 @@
-//! f32 GEMM throughput at TinyLlama's shapes for 512 tokens, every f32 kernel this CPU runs
-//! (AVX-512 FMA; split bf16 tiles where AMX-BF16 is), alternating within each round, median of
-//! the rounds: `cargo run --release --example gemm_speed -- [threads] [rounds]`.
+//! f32 GEMM throughput at TinyLlama's shapes (512 tokens unless told), every f32 kernel this CPU
+//! runs (AVX-512 FMA; split bf16 tiles where AMX-BF16 is), alternating within each round, median
+//! of the rounds: `cargo run --release --example gemm_speed -- [threads] [rounds] [tokens]`.
+//! Each call meets weights not in any cache (copies of a GiB in turn), as a prefill meets each
+//! weight once per chunk.
 use std::time::Instant;
 
 use llm_npu::kernels::gemm::{self, F32Kernel};
 
 fn main() {
-    let mut args = std::env::args().skip(1).map(|s| s.parse::<usize>().expect("usage: gemm_speed [threads] [rounds]"));
+    let mut args = std::env::args().skip(1).map(|s| s.parse::<usize>().expect("usage: gemm_speed [threads] [rounds] [tokens]"));
     let threads = args.next().unwrap_or(2);
     let rounds = args.next().unwrap_or(11);
+    let m = args.next().unwrap_or(512);
     rayon::ThreadPoolBuilder::new().num_threads(threads).build_global().unwrap();
     if gemm::best_f32_kernel() == F32Kernel::Portable {
         println!("SKIPPED: no AVX-512 here, only the portable GEMM");
@@ -17,18 +20,22 @@ fn main() {
     let split = llm_npu::kernels::bf16_split::tiles_run();
     println!("| M x K x N | FMA GFLOP/s | split tiles GFLOP/s |");
     println!("| --- | ---: | ---: |");
-    for (m, k, n) in [(512, 2048, 2048), (512, 2048, 5632), (512, 5632, 2048)] {
+    for (k, n) in [(2048, 2048), (2048, 5632), (5632, 2048)] {
         let x: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 * 0.1).collect();
-        let w: Vec<f32> = (0..n * k).map(|i| (i % 5) as f32 * 0.1).collect();
+        let copies = (1usize << 28).div_ceil(n * k);
+        let ws: Vec<f32> = (0..copies * n * k).map(|i| (i % 5) as f32 * 0.1).collect();
+        let mut call = 0;
         let mut y = vec![0f32; m * n];
         let kernels: &[F32Kernel] = if split { &[F32Kernel::Fma, F32Kernel::SplitTiles] } else { &[F32Kernel::Fma] };
         let mut secs = vec![Vec::new(); kernels.len()];
         for round in 0..=rounds {
             for (i, &kernel) in kernels.iter().enumerate() {
+                let w = &ws[call % copies * n * k..][..n * k];
+                call += 1;
                 let t = Instant::now();
                 match kernel {
-                    F32Kernel::SplitTiles => gemm::gemm_packed(&gemm::PackedF32Acts::with_kernel(&x, m, k, kernel), &w, n, &mut y, false),
-                    _ => gemm::gemm_nt_fma(&x, m, k, &w, n, &mut y, false),
+                    F32Kernel::SplitTiles => gemm::gemm_packed(&gemm::PackedF32Acts::with_kernel(&x, m, k, kernel), w, n, &mut y, false),
+                    _ => gemm::gemm_nt_fma(&x, m, k, w, n, &mut y, false),
                 }
                 // The first round warms up.
                 if round > 0 {

@@ -57,9 +57,14 @@ enum Packed {
 }
 
 impl PackedF32Acts {
-    /// For `best_f32_kernel()`, which must not be the portable one.
+    /// For the best kernel for m tokens here (`best_f32_kernel()`, FMA below the split tiles'
+    /// `MIN_TOKENS`), which must not be the portable one.
     pub fn new(x: &[f32], m: usize, k: usize) -> Self {
-        Self::with_kernel(x, m, k, best_f32_kernel())
+        let kernel = match best_f32_kernel() {
+            F32Kernel::SplitTiles if m < super::gemm_split::MIN_TOKENS => F32Kernel::Fma,
+            best => best,
+        };
+        Self::with_kernel(x, m, k, kernel)
     }
 
     /// For `kernel`, which must run here (benches compare them).
@@ -143,6 +148,19 @@ pub fn gemm_nt_portable(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, y: &
     for r in 0..n {
         for c in 0..m {
             y[c * n + r] = if accumulate { y[c * n + r] + yt[r * m + c] } else { yt[r * m + c] };
+        }
+    }
+}
+
+/// outs[i] = x . ws[i].0^T for ws[i] = (weights, n): a linear group (q/k/v, gate/up) on one
+/// packing (the split tiles in one parallel loop over all the group's columns).
+pub fn gemm_packed_many(xp: &PackedF32Acts, ws: &[(&[f32], usize)], outs: &mut [&mut [f32]]) {
+    match &xp.0 {
+        Packed::Split(xs) => super::gemm_split::gemm_many(xs, ws, outs, false),
+        Packed::Fma(_) => {
+            for ((w, n), y) in ws.iter().zip(outs.iter_mut()) {
+                gemm_packed(xp, w, *n, y, false);
+            }
         }
     }
 }

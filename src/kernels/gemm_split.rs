@@ -40,6 +40,10 @@ const TILE_STEP: usize = 16 * TILE * 2;
 /// bf16 per weight row of a block: the three parts' `BLOCK_STEPS` steps side by side.
 const BLOCK_ROW: usize = SPLIT_PARTS * BLOCK_STEPS * STEP_K;
 
+/// Below this many tokens the FMA kernel is faster (`gemm_speed`: at 32 tokens 0.9x, at 64
+/// 1.0-1.3x): splitting each weight costs the same for few tokens as for many.
+pub const MIN_TOKENS: usize = 64;
+
 /// Activations split into bf16 parts as B operands: `[token tile][part][step][pair][token][2]`,
 /// tokens zero-padded to whole tiles and k to whole steps.
 pub struct SplitActs {
@@ -74,22 +78,33 @@ impl SplitActs {
 /// y = x . w^T (or y += with `accumulate`) for split activations and f32 weights [n, k].
 /// `tiles_run()` must be true.
 pub fn gemm(xs: &SplitActs, w: &[f32], n: usize, y: &mut [f32], accumulate: bool) {
+    gemm_many(xs, &[(w, n)], &mut [y], accumulate)
+}
+
+/// Several products of the same activations (q/k/v, gate/up): outs[i] = x . ws[i].0^T (or +=)
+/// for ws[i] = (weights [n, k], n), in one parallel loop over all their column blocks (a lone
+/// k or v projection of 256 columns would be one task for two threads).
+pub fn gemm_many(xs: &SplitActs, ws: &[(&[f32], usize)], outs: &mut [&mut [f32]], accumulate: bool) {
     assert!(super::bf16_split::tiles_run(), "the split GEMM needs AMX-BF16 and AVX512-BF16");
+    assert_eq!(ws.len(), outs.len());
     let (m, k) = (xs.m, xs.k);
-    assert_eq!(w.len(), n * k);
-    assert_eq!(y.len(), m * n);
+    for ((w, n), y) in ws.iter().zip(outs.iter()) {
+        assert_eq!(w.len(), n * k);
+        assert_eq!(y.len(), m * n);
+    }
     if k == 0 || m == 0 {
         // No block would run to write y: the empty sum is 0.
         if !accumulate {
-            y.fill(0.0);
+            outs.iter_mut().for_each(|y| y.fill(0.0));
         }
         return;
     }
-    let y_out = DisjointWrites::new(y);
-    (0..n.div_ceil(NC)).into_par_iter().for_each(|b| {
-        let n0 = b * NC;
-        // SAFETY: the task writes only columns n0..n0 + NC of y, which no other task does.
-        unsafe { columns(xs, &w[n0 * k..], NC.min(n - n0), y_out, n, n0, accumulate) };
+    let ys: Vec<DisjointWrites> = outs.iter_mut().map(|y| DisjointWrites::new(y)).collect();
+    let blocks: Vec<(usize, usize)> = ws.iter().enumerate().flat_map(|(i, &(_, n))| (0..n.div_ceil(NC)).map(move |b| (i, b * NC))).collect();
+    blocks.into_par_iter().for_each(|(i, n0)| {
+        let (w, n) = ws[i];
+        // SAFETY: the task writes only columns n0..n0 + NC of output i, which no other task does.
+        unsafe { columns(xs, &w[n0 * k..], NC.min(n - n0), ys[i], n, n0, accumulate) };
     });
 }
 
@@ -124,8 +139,8 @@ unsafe fn columns(xs: &SplitActs, w: &[f32], rows: usize, y: DisjointWrites, ldy
             let plane = BLOCK_STEPS * STEP_K;
             for (r, out) in wsplit.chunks_exact_mut(BLOCK_ROW).take(weight_tiles * TILE).enumerate() {
                 if r < rows {
-                    let next = (k0 + BLOCK_STEPS * STEP_K < k).then(|| &w[r * k + k0 + BLOCK_STEPS * STEP_K..]);
-                    split_row(&w[r * k + k0..][..len], next, steps, out);
+                    let next = w.get(r * k + k0 + plane..(r + 1) * k).unwrap_or_default();
+                    split_row(&w[r * k + k0..][..len], &next[..next.len().min(plane)], steps, out);
                 } else {
                     out.fill(0);
                 }
@@ -147,13 +162,15 @@ unsafe fn columns(xs: &SplitActs, w: &[f32], rows: usize, y: DisjointWrites, ldy
 }
 
 /// One weight row's block (`x`, up to `steps` steps) into its three parts, each `BLOCK_STEPS`
-/// steps long in `out`, zeros past x up to `steps` steps; asks L2 for the row's next block
-/// (`next`, the weights come from memory once per call) while the tiles work on this one.
-fn split_row(x: &[f32], next: Option<&[f32]>, steps: usize, out: &mut [u16]) {
+/// steps long in `out`, zeros past x up to `steps` steps; the row's next block (`next`) asked
+/// of L2. (The weights come from memory once per call. Asked for a few lines per tile call
+/// instead, spread over the block's tile work, f32 pp512 was 12% slower: 134-137 against
+/// 153-156 tokens/s, and 145-156 without asking.)
+fn split_row(x: &[f32], next: &[f32], steps: usize, out: &mut [u16]) {
     assert!(x.len() <= steps * STEP_K && steps <= BLOCK_STEPS && out.len() >= BLOCK_ROW);
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: tiles_run() (the caller's) includes AVX-512 BW and BF16; reads stay in x and
-    // `next` (masked), writes in `out` (asserted).
+    // SAFETY: tiles_run() (the caller's) includes AVX-512 BW and BF16; reads stay in x
+    // (masked), prefetches in `next`, writes in `out` (asserted).
     unsafe {
         split_row_avx512(x, next, steps, out)
     }
@@ -163,7 +180,7 @@ fn split_row(x: &[f32], next: Option<&[f32]>, steps: usize, out: &mut [u16]) {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
-unsafe fn split_row_avx512(x: &[f32], next: Option<&[f32]>, steps: usize, out: &mut [u16]) {
+unsafe fn split_row_avx512(x: &[f32], next: &[f32], steps: usize, out: &mut [u16]) {
     use super::ops::first_lanes;
     use std::arch::x86_64::*;
     const PLANE: usize = BLOCK_STEPS * STEP_K;
@@ -172,15 +189,10 @@ unsafe fn split_row_avx512(x: &[f32], next: Option<&[f32]>, steps: usize, out: &
         let len = x.len().saturating_sub(at).min(STEP_K);
         let lo = _mm512_maskz_loadu_ps(first_lanes(len), x.as_ptr().add(at.min(x.len())));
         let hi = _mm512_maskz_loadu_ps(first_lanes(len.saturating_sub(16)), x.as_ptr().add((at + 16).min(x.len())));
-        if let Some(next) = next {
-            // Two lines of the next block per step: a block is 8 steps of 128 bytes.
-            for line in [0, 16] {
-                if at + line < next.len() {
-                    _mm_prefetch::<_MM_HINT_T1>(next.as_ptr().add(at + line) as *const i8);
-                }
-            }
-        }
         super::bf16_split::bf16_parts_32_avx512(lo, hi, SPLIT_PARTS, |part, packed| _mm512_store_si512(out.as_mut_ptr().add(part * PLANE + at) as *mut _, packed));
+    }
+    for line in (0..next.len()).step_by(16) {
+        _mm_prefetch::<_MM_HINT_T1>(next.as_ptr().add(line) as *const i8);
     }
 }
 
@@ -189,6 +201,8 @@ unsafe fn split_row_avx512(x: &[f32], next: Option<&[f32]>, steps: usize, out: &
 /// # Safety
 /// As `columns`; acc holds rows.next_multiple_of(16) rows of ldc >= m.next_multiple_of(16).
 #[allow(clippy::too_many_arguments)]
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
 unsafe fn write_transposed(acc: &[f32], ldc: usize, rows: usize, m: usize, y: DisjointWrites, ldy: usize, n0: usize, accumulate: bool) {
     use super::ops::first_lanes;
     #[repr(C, align(64))]
@@ -303,6 +317,12 @@ mod tests {
             gemm(&xs, &w, n, &mut split, false);
             let mut sum = y0.clone();
             gemm(&xs, &w, n, &mut sum, true);
+            // In a group beside another product, each comes out as it does alone.
+            let half = n.div_ceil(2);
+            let (mut first, mut second) = (vec![f32::NAN; m * n], vec![f32::NAN; m * half]);
+            gemm_many(&xs, &[(&w, n), (&w[..half * k], half)], &mut [&mut first, &mut second], false);
+            assert_eq!(first, split, "{m}x{k}x{n} grouped");
+            assert!(second.iter().enumerate().all(|(i, &v)| v == split[i / half * n + i % half]), "{m}x{k}x{n} grouped second");
             let err = |y: &[f32], base: &[f32]| y.iter().zip(base).zip(&exact).map(|((&v, &b), &e)| (v as f64 - b as f64 - e).abs()).fold(0.0, f64::max);
             let zeros = vec![0f32; m * n];
             let (e_fma, e_split, e_sum) = (err(&fma, &zeros), err(&split, &zeros), err(&sum, &y0));
@@ -336,3 +356,4 @@ mod tests {
         }
     }
 }
+

@@ -129,10 +129,7 @@ pub fn linear_many(x: &[f32], m: usize, k: usize, ws: &[(&[f32], usize)], outs: 
         }
         return;
     }
-    let packed = gemm::PackedF32Acts::new(x, m, k);
-    for ((w, n), y) in ws.iter().zip(outs.iter_mut()) {
-        gemm::gemm_packed(&packed, w, *n, y, false);
-    }
+    gemm::gemm_packed_many(&gemm::PackedF32Acts::new(x, m, k), ws, outs);
 }
 
 /// Below this many rows the GEMM's 32-token panels would be mostly padding.
