@@ -27,13 +27,15 @@ use super::disjoint::DisjointWrites;
 const TILE: usize = 32;
 /// k per tile step: 32 bf16, 64 bytes.
 const STEP_K: usize = amx::K_STEP / 2;
-/// Steps per k block: a weight tile's three parts of a block (32 rows x 768 bytes) stay in L1
-/// while the token tiles pass over it, their B operands fetched ahead by the tile routine
-/// (blocks of 8 steps, twice the size, measured no faster).
-const BLOCK_STEPS: usize = 4;
+/// Steps per k block: a weight tile's three parts of a block (32 rows x 384 bytes) stay in L1
+/// while the token tiles pass over it, their B operands fetched ahead by the tile routine. f32
+/// pp512, 3 rounds alternating: 2 steps 152-168 tokens/s, 4 steps 151-161, 1 step 138-152 (the
+/// results' round trip through L1 each step), 4 and 8 steps with the token tiles outermost
+/// 144-155.
+const BLOCK_STEPS: usize = 2;
 /// Output columns (weight rows) per parallel task (a multiple of TILE): with 512 tokens the
-/// task's results (1 MB at 512 columns) and split block stay in L2 beside the next block's
-/// weights asked for ahead (512 columns measured slower).
+/// task's results (512 KB) stay in L2 beside the next block's weights asked for ahead (512
+/// columns, 1 MB of results, measured slower in gemm_speed).
 const NC: usize = 8 * TILE;
 /// bf16 per step of one part of one token tile: 16 group rows of 32 tokens x 2.
 const TILE_STEP: usize = 16 * TILE * 2;
