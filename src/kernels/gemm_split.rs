@@ -102,11 +102,15 @@ pub fn gemm_many(xs: &SplitActs, ws: &[(&[f32], usize)], outs: &mut [&mut [f32]]
         return;
     }
     let ys: Vec<DisjointWrites> = outs.iter_mut().map(|y| DisjointWrites::new(y)).collect();
-    let blocks: Vec<(usize, usize)> = ws.iter().enumerate().flat_map(|(i, &(_, n))| (0..n.div_ceil(NC)).map(move |b| (i, b * NC))).collect();
+    // Narrower tasks when there are few columns (a 256-row panel of decoded weights), so that
+    // every thread gets two.
+    let columns_in_all: usize = ws.iter().map(|&(_, n)| n).sum();
+    let nc = NC.min(columns_in_all.div_ceil(2 * rayon::current_num_threads()).next_multiple_of(TILE)).max(TILE);
+    let blocks: Vec<(usize, usize)> = ws.iter().enumerate().flat_map(|(i, &(_, n))| (0..n.div_ceil(nc)).map(move |b| (i, b * nc))).collect();
     blocks.into_par_iter().for_each(|(i, n0)| {
         let (w, n) = ws[i];
-        // SAFETY: the task writes only columns n0..n0 + NC of output i, which no other task does.
-        unsafe { columns(xs, &w[n0 * k..], NC.min(n - n0), ys[i], n, n0, accumulate) };
+        // SAFETY: the task writes only columns n0..n0 + nc of output i, which no other task does.
+        unsafe { columns(xs, &w[n0 * k..], nc.min(n - n0), ys[i], n, n0, accumulate) };
     });
 }
 

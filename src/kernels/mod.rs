@@ -94,13 +94,18 @@ pub fn linear_by_panels(x: &[f32], m: usize, k: usize, n: usize, y: &mut [f32], 
     const PANEL: usize = 256;
     let mut panel = vec![0f32; PANEL.min(n) * k];
     let mut part = vec![0f32; m * PANEL.min(n)];
+    // The activations packed once for all the panels.
+    let packed = (gemm::best_f32_kernel() != gemm::F32Kernel::Portable).then(|| gemm::PackedF32Acts::new(x, m, k));
     for r0 in (0..n).step_by(PANEL) {
         let rows = PANEL.min(n - r0);
         let panel = &mut panel[..rows * k];
         panel.fill(0.0);
         fill_panel(r0, panel);
         let part = &mut part[..m * rows];
-        gemm::gemm_nt(x, m, k, panel, rows, part, false);
+        match &packed {
+            Some(packed) => gemm::gemm_packed(packed, panel, rows, part, false),
+            None => gemm::gemm_nt_portable(x, m, k, panel, rows, part, false),
+        }
         for (yr, pr) in y.chunks_exact_mut(n).zip(part.chunks_exact(rows)) {
             let out = &mut yr[r0..r0 + rows];
             if accumulate {
