@@ -219,9 +219,13 @@ unsafe fn write_transposed(acc: &[f32], ldc: usize, rows: usize, m: usize, y: Di
     #[repr(C, align(64))]
     struct Block([f32; 256]);
     let mut block = Block([0.0; 256]);
-    for r0 in (0..rows).step_by(16) {
-        let cols = 16.min(rows - r0);
-        for t0 in (0..m).step_by(16) {
+    // A block of 16 tokens at a time, all their columns: each token's row of y is written in
+    // one run. (Column blocks outermost touched all m rows of y per 16 columns; at a row stride
+    // of 8 KB (2,048 columns) those lines fell into a few L2 sets, and the GEMM ran at half its
+    // speed on some runs, as the pages happened to land.)
+    for t0 in (0..m).step_by(16) {
+        for r0 in (0..rows).step_by(16) {
+            let cols = 16.min(rows - r0);
             debug_assert!((r0 + 15) * ldc + t0 + 16 <= acc.len() && t0 + 16 <= ldc);
             super::gemm::transpose16_avx512(acc.as_ptr().add(r0 * ldc + t0), ldc, 16, block.0.as_mut_ptr(), 16, 0xFFFF);
             for t in t0..m.min(t0 + 16) {
