@@ -344,10 +344,11 @@ unsafe fn kernel_avx512(xp: *const f32, wp: *const f32, kc: usize, y: *mut f32, 
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
+    /// n values in -1..1 from a seeded generator (the split GEMM's tests use it too).
+    pub(in crate::kernels) fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
         let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         (0..n)
             .map(|_| {

@@ -299,17 +299,8 @@ unsafe fn split_to_pairs_avx512(x: &[f32], k: usize, rows: usize, steps: usize, 
 
 #[cfg(test)]
 mod tests {
+    use super::super::gemm::tests::rand_vec;
     use super::*;
-
-    fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        (0..n)
-            .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
 
     /// Against f64, the split tiles stay within the FMA GEMM's own error (on shapes around every
     /// blocking edge: tiles, panels, tasks, steps, blocks), with and without accumulating.
