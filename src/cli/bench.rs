@@ -127,9 +127,9 @@ fn limit_for(l: &Limits, engine: &dyn Engine, backend: BackendArg, test: TestKin
             // The npu backend's linears are int8; so are the f32 backend's on ggml blocks, where
             // the integer GEMM exists.
             let int8 = backend == BackendArg::Npu || (m.linears_block_quantized() && llm_npu::kernels::quantized_products_for(n_prompt(test)));
-            let (peak, kind) = if int8 { (l.int8_gops, "int8") } else { (l.f32_gflops, "f32") };
+            let ((peak, how), kind) = if int8 { ((l.int8_gops, l.int8_kernel), "int8") } else { (l.f32_peak(), "f32") };
             let ops = m.linear_ops_per_token();
-            (l.compute_bound_tokens_per_s(ops, int8), format!("{:.2} G {kind} ops of linears per token at the measured peak of {peak:.0} G/s ({})", ops / 1e9, if int8 { l.int8_kernel } else { l.f32_kernel }))
+            (l.compute_bound_tokens_per_s(ops, int8), format!("{:.2} G {kind} ops of linears per token at the measured peak of {peak:.0} G/s ({how})", ops / 1e9))
         }
         TestKind::Generate(_) => {
             // A BitStack's blocks are read instead of the model's linears.

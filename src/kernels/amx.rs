@@ -255,28 +255,40 @@ unsafe fn tile_32x32_with<const BF16: bool, T>(operands: &[(*const T, *const T)]
     );
 }
 
-/// The peak probe for `measure::limits`: `n` rounds of four independent `tdpbusd` on tiles
-/// already loaded; returns the operations done (a multiply and an add each).
+/// The peak probe for `measure::limits`: `n` rounds of four independent `tdpbusd` (or, with
+/// BF16, `tdpbf16ps`) on tiles already loaded; returns the operations done (a multiply and an
+/// add each).
 ///
 /// # Safety
-/// `available()` must be true.
+/// `available()` must be true, and with BF16 `bf16_available()`.
 #[cfg(target_arch = "x86_64")]
-pub unsafe fn peak_step(n: usize) -> f64 {
+pub unsafe fn peak_step<const BF16: bool>(n: usize) -> f64 {
     use std::arch::asm;
     configure_thread();
-    let bytes = [1u8; 16 * 64];
+    // Ones in both forms (0x01 bytes; 0x3f80 is bf16 1.0): no denormals, no overflow.
+    let bytes = [if BF16 { 0x3f80u16 } else { 0x0101 }; 16 * 32];
     asm!(
         "tileloadd tmm4, [{p} + {s}*1]", "tileloadd tmm5, [{p} + {s}*1]",
         "tileloadd tmm6, [{p} + {s}*1]", "tileloadd tmm7, [{p} + {s}*1]",
         "tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3",
         p = in(reg) bytes.as_ptr(), s = in(reg) 64usize, options(nostack, readonly),
     );
-    for _ in 0..n {
-        asm!(
-            "tdpbusd tmm0, tmm4, tmm6", "tdpbusd tmm1, tmm4, tmm7",
-            "tdpbusd tmm2, tmm5, tmm6", "tdpbusd tmm3, tmm5, tmm7",
-            options(nostack, nomem),
-        );
+    macro_rules! rounds {
+        ($op:literal) => {
+            for _ in 0..n {
+                asm!(
+                    concat!($op, " tmm0, tmm4, tmm6"), concat!($op, " tmm1, tmm4, tmm7"),
+                    concat!($op, " tmm2, tmm5, tmm6"), concat!($op, " tmm3, tmm5, tmm7"),
+                    options(nostack, nomem),
+                );
+            }
+        };
     }
-    (n * 4 * 16 * 16 * 64 * 2) as f64
+    if BF16 {
+        rounds!("tdpbf16ps");
+    } else {
+        rounds!("tdpbusd");
+    }
+    // Multiply-adds per instruction: 16 x 16 results, each over 64 bytes or 32 bf16.
+    (n * 4 * 16 * 16 * if BF16 { 32 } else { 64 } * 2) as f64
 }

@@ -20,6 +20,10 @@ pub struct Limits {
     /// The instructions the peaks were measured with.
     pub int8_kernel: &'static str,
     pub f32_kernel: &'static str,
+    /// Where the f32 GEMM runs on split bf16 tiles (`kernels::gemm_split`): f32-accurate
+    /// products per second there, the `tdpbf16ps` peak over the products of parts each f32
+    /// product takes.
+    pub f32_split_gflops: Option<f64>,
 }
 
 impl Limits {
@@ -30,7 +34,15 @@ impl Limits {
 
     /// Tokens/s if every token costs `ops_per_token` int8 (or f32) operations at the peak.
     pub fn compute_bound_tokens_per_s(&self, ops_per_token: f64, int8: bool) -> f64 {
-        (if int8 { self.int8_gops } else { self.f32_gflops }) * 1e9 / ops_per_token
+        (if int8 { self.int8_gops } else { self.f32_peak().0 }) * 1e9 / ops_per_token
+    }
+
+    /// The faster way to f32-accurate products here and its rate: FMA, or split bf16 tiles.
+    pub fn f32_peak(&self) -> (f64, &'static str) {
+        match self.f32_split_gflops {
+            Some(split) if split > self.f32_gflops => (split, "AMX tdpbf16ps on f32 split into bf16 parts: the bf16 peak / 6 products"),
+            _ => (self.f32_gflops, self.f32_kernel),
+        }
     }
 }
 
@@ -42,10 +54,11 @@ pub fn measure() -> Limits {
     let (f32_kernel, f32_step) = f32_kernel();
     let int8_gops = best(&|| on_every_thread(|| int8_step(ITERATIONS)));
     let f32_gflops = best(&|| on_every_thread(|| f32_step(ITERATIONS)));
+    let f32_split_gflops = split_tile_step().map(|step| best(&|| on_every_thread(|| step(ITERATIONS))) / crate::kernels::bf16_split::SPLIT_PAIRS.len() as f64);
     // 512 MiB, touched once so the pages exist before timing.
     let buffer: Vec<u64> = vec![1; (512 << 20) / 8];
     let read_gb_per_s = best(&|| read_bandwidth(&buffer, threads));
-    Limits { threads, int8_gops, f32_gflops, read_gb_per_s, int8_kernel, f32_kernel }
+    Limits { threads, int8_gops, f32_gflops, read_gb_per_s, int8_kernel, f32_kernel, f32_split_gflops }
 }
 
 const ITERATIONS: usize = 10_000_000;
@@ -93,7 +106,7 @@ fn int8_kernel() -> (&'static str, Step) {
     {
         if crate::kernels::amx::available() {
             // SAFETY: AMX was just found and enabled. n / 16 rounds of 4 tdpbusd (16 cycles each) take about as long as the VNNI probe.
-            return ("AMX tdpbusd", |n| unsafe { crate::kernels::amx::peak_step(n / 16) });
+            return ("AMX tdpbusd", |n| unsafe { crate::kernels::amx::peak_step::<false>(n / 16) });
         }
         if is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512bw") {
             // SAFETY: the features were just detected.
@@ -104,6 +117,16 @@ fn int8_kernel() -> (&'static str, Step) {
         }
     }
     ("scalar", int8_scalar)
+}
+
+/// The bf16 tile peak probe, where the f32 GEMM runs on split tiles.
+fn split_tile_step() -> Option<Step> {
+    #[cfg(target_arch = "x86_64")]
+    if crate::kernels::gemm::best_f32_kernel() == crate::kernels::gemm::F32Kernel::SplitTiles {
+        // SAFETY: the split tiles run here, so AMX-BF16 is there and enabled.
+        return Some(|n| unsafe { crate::kernels::amx::peak_step::<true>(n / 16) });
+    }
+    None
 }
 
 fn f32_kernel() -> (&'static str, Step) {
