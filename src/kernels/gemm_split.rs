@@ -42,9 +42,10 @@ const TILE_STEP: usize = 16 * TILE * 2;
 /// bf16 per weight row of a block: the three parts' `BLOCK_STEPS` steps side by side.
 const BLOCK_ROW: usize = SPLIT_PARTS * BLOCK_STEPS * STEP_K;
 
-/// Below this many tokens the FMA kernel is faster (`gemm_speed`: at 32 tokens 0.9x, at 64
-/// 1.0-1.3x): splitting each weight costs the same for few tokens as for many.
-pub const MIN_TOKENS: usize = 64;
+/// Below this many tokens the FMA kernel is faster: splitting each weight costs the same for
+/// few tokens as for many (`gemm_speed`, two runs of each: at 64 tokens split 0.4-0.9x FMA, at
+/// 128 0.45-0.98x, at 256 1.07-1.25x but for one run at 0.48x).
+pub const MIN_TOKENS: usize = 256;
 
 /// Activations split into bf16 parts as B operands: `[token tile][part][step][pair][token][2]`,
 /// tokens zero-padded to whole tiles and k to whole steps.
@@ -58,6 +59,7 @@ pub struct SplitActs {
 impl SplitActs {
     /// `tiles_run()` must be true (the split uses AVX512-BF16's conversion).
     pub fn new(x: &[f32], m: usize, k: usize) -> Self {
+        assert!(super::bf16_split::tiles_run(), "the split GEMM needs AMX-BF16 and AVX512-BF16");
         assert_eq!(x.len(), m * k);
         let steps = k.div_ceil(STEP_K);
         let tile = SPLIT_PARTS * steps * TILE_STEP;

@@ -133,6 +133,12 @@ fn f32_products_match_the_portable_gemm() {
             gemm::gemm_packed(&gemm::PackedF32Acts::new(x.get(), m, k), w.get(), n, y.get_mut(), true);
             check("gemm_packed accumulate", y.get(), &y0);
         }
+        // The split tiles at any token count (the engine takes them from MIN_TOKENS on).
+        if gemm::best_f32_kernel() == gemm::F32Kernel::SplitTiles {
+            let mut y = Unaligned::new(rng, &y0);
+            gemm::gemm_packed(&gemm::PackedF32Acts::with_kernel(x.get(), m, k, gemm::F32Kernel::SplitTiles), w.get(), n, y.get_mut(), true);
+            check("split tiles accumulate", y.get(), &y0);
+        }
         let mut y = y0.clone();
         super::linear_accumulate(x.get(), m, k, w.get(), n, &mut y);
         check("linear_accumulate", &y, &y0);
