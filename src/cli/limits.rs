@@ -26,7 +26,7 @@ pub fn run(a: LimitsArgs) -> Result<()> {
     println!("int8 dot-product peak: {:.0} GOP/s ({})", l.int8_gops, l.int8_kernel);
     println!("f32 FMA peak:          {:.0} GFLOP/s ({})", l.f32_gflops, l.f32_kernel);
     if let Some(split) = l.f32_split_gflops {
-        println!("f32 on split tiles:    {split:.0} GFLOP/s (AMX tdpbf16ps peak / 6 products of bf16 parts; the f32 GEMM runs there)");
+        println!("f32 on split tiles:    {split:.0} GFLOP/s (AMX tdpbf16ps peak / {} products of bf16 parts, where the f32 GEMM runs)", llm_npu::kernels::bf16_split::SPLIT_PAIRS.len());
     }
     println!("memory read:           {:.1} GB/s", l.read_gb_per_s);
     Ok(())

@@ -134,7 +134,7 @@ fn f32_products_match_the_portable_gemm() {
             check("gemm_packed accumulate", y.get(), &y0);
         }
         // The split tiles at any token count (the engine takes them from MIN_TOKENS on).
-        if gemm::best_f32_kernel() == gemm::F32Kernel::SplitTiles {
+        if super::bf16_split::tiles_run() {
             let mut y = Unaligned::new(rng, &y0);
             gemm::gemm_packed(&gemm::PackedF32Acts::with_kernel(x.get(), m, k, gemm::F32Kernel::SplitTiles), w.get(), n, y.get_mut(), true);
             check("split tiles accumulate", y.get(), &y0);

@@ -20,9 +20,9 @@ pub struct Limits {
     /// The instructions the peaks were measured with.
     pub int8_kernel: &'static str,
     pub f32_kernel: &'static str,
-    /// Where the f32 GEMM runs on split bf16 tiles (`kernels::gemm_split`): f32-accurate
+    /// Where split bf16 tiles run (AMX-BF16; the f32 GEMM's `kernels::gemm_split`): f32-accurate
     /// products per second there, the `tdpbf16ps` peak over the products of parts each f32
-    /// product takes.
+    /// product takes. A property of the machine: `LLM_NPU_F32_GEMM=fma` does not change it.
     pub f32_split_gflops: Option<f64>,
 }
 
@@ -119,11 +119,11 @@ fn int8_kernel() -> (&'static str, Step) {
     ("scalar", int8_scalar)
 }
 
-/// The bf16 tile peak probe, where the f32 GEMM runs on split tiles.
+/// The bf16 tile peak probe, where split tiles run.
 fn split_tile_step() -> Option<Step> {
     #[cfg(target_arch = "x86_64")]
-    if crate::kernels::gemm::best_f32_kernel() == crate::kernels::gemm::F32Kernel::SplitTiles {
-        // SAFETY: the split tiles run here, so AMX-BF16 is there and enabled.
+    if crate::kernels::bf16_split::tiles_run() {
+        // SAFETY: split tiles run here, so AMX-BF16 is there and enabled.
         return Some(|n| unsafe { crate::kernels::amx::peak_step::<true>(n / 16) });
     }
     None
