@@ -33,10 +33,7 @@ fn main() {
                 let w = &ws[call % copies * n * k..][..n * k];
                 call += 1;
                 let t = Instant::now();
-                match kernel {
-                    F32Kernel::SplitTiles => gemm::gemm_packed(&gemm::PackedF32Acts::with_kernel(&x, m, k, kernel), w, n, &mut y, false),
-                    _ => gemm::gemm_nt_fma(&x, m, k, w, n, &mut y, false),
-                }
+                gemm::gemm_packed(&gemm::PackedF32Acts::with_kernel(&x, m, k, kernel), w, n, &mut y, false);
                 // The first round warms up.
                 if round > 0 {
                     secs[i].push(t.elapsed().as_secs_f64());

@@ -67,7 +67,7 @@ impl PackedF32Acts {
         Self::with_kernel(x, m, k, kernel)
     }
 
-    /// For `kernel`, which must run here (benches compare them).
+    /// For `kernel`, which must run here (tests and benches compare them).
     pub fn with_kernel(x: &[f32], m: usize, k: usize, kernel: F32Kernel) -> Self {
         PackedF32Acts(match kernel {
             F32Kernel::SplitTiles => Packed::Split(super::gemm_split::SplitActs::new(x, m, k)),
@@ -126,12 +126,6 @@ pub fn gemm_nt(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, y: &mut [f32]
         F32Kernel::Portable => gemm_nt_portable(x, m, k, w, n, y, accumulate),
         _ => gemm_packed(&PackedF32Acts::new(x, m, k), w, n, y, accumulate),
     }
-}
-
-/// `gemm_nt` on the FMA kernel whatever `best_f32_kernel()` is (tests and benches compare).
-pub fn gemm_nt_fma(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, y: &mut [f32], accumulate: bool) {
-    assert_eq!(simd_level(), SimdLevel::Avx512, "the FMA GEMM needs AVX-512");
-    gemm_fma(&FmaActs::new(x, m, k), w, n, y, accumulate)
 }
 
 /// Portable reference: one dot product per output element, threads over weight rows.
@@ -371,7 +365,7 @@ pub(super) mod tests {
             let w = rand_vec(n * k, 100 + si as u64);
             let mut y_simd = vec![0f32; m * n];
             let mut y_ref = vec![0f32; m * n];
-            gemm_nt_fma(&x, m, k, &w, n, &mut y_simd, false);
+            gemm_packed(&PackedF32Acts::with_kernel(&x, m, k, F32Kernel::Fma), &w, n, &mut y_simd, false);
             gemm_nt_portable(&x, m, k, &w, n, &mut y_ref, false);
             for (a, b) in y_simd.iter().zip(&y_ref) {
                 assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "shape {m}x{k}x{n}: {a} vs {b}");

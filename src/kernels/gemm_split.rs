@@ -39,8 +39,10 @@ const BLOCK_STEPS: usize = 2;
 const NC: usize = 8 * TILE;
 /// bf16 per step of one part of one token tile: 16 group rows of 32 tokens x 2.
 const TILE_STEP: usize = 16 * TILE * 2;
+/// bf16 per part of a weight row's block.
+const PLANE: usize = BLOCK_STEPS * STEP_K;
 /// bf16 per weight row of a block: the three parts' `BLOCK_STEPS` steps side by side.
-const BLOCK_ROW: usize = SPLIT_PARTS * BLOCK_STEPS * STEP_K;
+const BLOCK_ROW: usize = SPLIT_PARTS * PLANE;
 
 /// Below this many tokens the FMA kernel is faster: splitting each weight costs the same for
 /// few tokens as for many (`gemm_speed`, two runs of each: at 64 tokens split 0.4-0.9x FMA, at
@@ -141,21 +143,20 @@ unsafe fn columns(xs: &SplitActs, w: &[f32], rows: usize, y: DisjointWrites, ldy
         }
         for s0 in (0..xs.steps).step_by(BLOCK_STEPS) {
             let steps = BLOCK_STEPS.min(xs.steps - s0);
-            let (k0, len) = (s0 * STEP_K, (k - s0 * STEP_K).min(BLOCK_STEPS * STEP_K));
-            // Row r's parts at r * BLOCK_ROW + part * BLOCK_STEPS * STEP_K; past k (in the last
-            // step) and past `rows` zeros, not what an earlier block or task left.
-            let plane = BLOCK_STEPS * STEP_K;
+            let (k0, len) = (s0 * STEP_K, (k - s0 * STEP_K).min(PLANE));
+            // Row r's parts at r * BLOCK_ROW + part * PLANE; past k (in the last step) and past
+            // `rows` zeros, not what an earlier block or task left.
             for (r, out) in wsplit.chunks_exact_mut(BLOCK_ROW).take(weight_tiles * TILE).enumerate() {
                 if r < rows {
-                    let next = w.get(r * k + k0 + plane..(r + 1) * k).unwrap_or_default();
-                    split_row(&w[r * k + k0..][..len], &next[..next.len().min(plane)], steps, out);
+                    let next = w.get(r * k + k0 + PLANE..(r + 1) * k).unwrap_or_default();
+                    split_row(&w[r * k + k0..][..len], &next[..next.len().min(PLANE)], steps, out);
                 } else {
                     out.fill(0);
                 }
             }
             let start = if s0 == 0 { Start::Zero } else { Start::Accumulate };
             for j in 0..weight_tiles {
-                let a: [*const u16; SPLIT_PARTS] = std::array::from_fn(|part| wsplit[j * TILE * BLOCK_ROW + part * plane..].as_ptr());
+                let a: [*const u16; SPLIT_PARTS] = std::array::from_fn(|part| wsplit[j * TILE * BLOCK_ROW + part * PLANE..].as_ptr());
                 for t in 0..token_tiles {
                     // The pairs' operands by hand: `SPLIT_PAIRS.map` was a call per tile call (1.6%
                     // of f32 pp512 in perf).
@@ -196,7 +197,6 @@ fn split_row(x: &[f32], next: &[f32], steps: usize, out: &mut [u16]) {
 unsafe fn split_row_avx512(x: &[f32], next: &[f32], steps: usize, out: &mut [u16]) {
     use super::ops::first_lanes;
     use std::arch::x86_64::*;
-    const PLANE: usize = BLOCK_STEPS * STEP_K;
     for s in 0..steps {
         let at = s * STEP_K;
         let len = x.len().saturating_sub(at).min(STEP_K);
@@ -319,7 +319,8 @@ mod tests {
             let y0 = rand_vec(m * n, 200 + si as u64);
             let exact: Vec<f64> = (0..m * n).map(|i| (0..k).map(|kk| x[i / n * k + kk] as f64 * w[i % n * k + kk] as f64).sum()).collect();
             let mut fma = vec![0f32; m * n];
-            super::super::gemm::gemm_nt_fma(&x, m, k, &w, n, &mut fma, false);
+            use super::super::gemm::{gemm_packed, F32Kernel, PackedF32Acts};
+            gemm_packed(&PackedF32Acts::with_kernel(&x, m, k, F32Kernel::Fma), &w, n, &mut fma, false);
             let xs = SplitActs::new(&x, m, k);
             let mut split = vec![f32::NAN; m * n];
             gemm(&xs, &w, n, &mut split, false);
