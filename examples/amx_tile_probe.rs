@@ -10,15 +10,22 @@
 //! No epilogue and no activation packing: the tiles alone.
 //!     cargo run --release --example amx_tile_probe
 
+#[cfg(target_arch = "x86_64")]
 use llm_npu::kernels::aligned::AlignedVec;
+#[cfg(target_arch = "x86_64")]
 use llm_npu::kernels::amx::{self, Start};
+#[cfg(target_arch = "x86_64")]
 use rayon::prelude::*;
 
+#[cfg(target_arch = "x86_64")]
 const TOKENS: usize = 512;
 /// Columns per task and k steps per block: the GEMM's (`int8_gemm::amx_columns`).
+#[cfg(target_arch = "x86_64")]
 const NC: usize = 128;
+#[cfg(target_arch = "x86_64")]
 const BLOCK_STEPS: usize = 8;
 
+#[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy, PartialEq)]
 enum Operands {
     L1,
@@ -26,6 +33,12 @@ enum Operands {
     Memory,
 }
 
+#[cfg(not(target_arch = "x86_64"))]
+fn main() {
+    println!("SKIPPED: AMX is an x86-64 extension");
+}
+
+#[cfg(target_arch = "x86_64")]
 fn main() {
     if !amx::available() {
         println!("SKIPPED: this CPU (or kernel) has no AMX");
@@ -70,6 +83,7 @@ fn main() {
 }
 
 /// One product's tile calls, tasks of NC columns over the pool's threads.
+#[cfg(target_arch = "x86_64")]
 fn run(acts: &[u8], kp: usize, weights: &[i8], bias: &[i32], k: usize, n: usize, operands: Operands) {
     let (steps, panels) = (k / amx::K_STEP, NC / 32);
     (0..n / NC).into_par_iter().for_each_init(

@@ -55,6 +55,7 @@ pub fn bf16_available() -> bool {
 }
 
 /// `ldtilecfg`'s 64-byte operand (palette 1): bytes per row and rows of each tile.
+#[cfg(target_arch = "x86_64")]
 #[repr(C, align(64))]
 struct TileConfig {
     palette: u8,
@@ -66,6 +67,7 @@ struct TileConfig {
 
 /// The eight tiles of palette 1 each 16 rows x 64 bytes, the one shape our kernels use; the
 /// entries past the eighth must be 0 (`ldtilecfg` faults otherwise).
+#[cfg(target_arch = "x86_64")]
 static FULL_TILES: TileConfig = TileConfig {
     palette: 1,
     start_row: 0,

@@ -14,7 +14,9 @@ use rayon::prelude::*;
 
 use super::ops::{exp_fast, exp_minus_simd, lanes_sum, max_of_simd, softcap};
 use super::disjoint::DisjointWrites;
-use super::{simd_level, SimdLevel};
+use super::simd_level;
+#[cfg(target_arch = "x86_64")]
+use super::SimdLevel;
 
 mod bf16;
 mod int8;

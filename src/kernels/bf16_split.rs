@@ -7,6 +7,7 @@
 //! as the portable rounding, which tests check).
 
 /// f32 lanes per AVX-512 vector.
+#[cfg(target_arch = "x86_64")]
 const LANES: usize = 16;
 
 /// bf16 parts per split operand: three parts of 8 significant bits hold an f32's 24.

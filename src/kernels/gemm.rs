@@ -13,6 +13,7 @@
 
 use rayon::prelude::*;
 
+#[cfg(target_arch = "x86_64")]
 use super::disjoint::DisjointWrites;
 use super::{simd_level, SimdLevel};
 
@@ -21,8 +22,10 @@ pub const MR: usize = 12;
 /// Output features per microkernel tile (two 16-lane registers).
 pub const NR: usize = 32;
 /// Weight rows per parallel task (a multiple of NR).
+#[cfg(target_arch = "x86_64")]
 const NC: usize = 4 * NR;
 /// Depth of one k-block.
+#[cfg(target_arch = "x86_64")]
 const KC: usize = 256;
 
 /// The f32 GEMM's kernels.
@@ -52,15 +55,20 @@ pub fn best_f32_kernel() -> F32Kernel {
 pub struct PackedF32Acts(Packed);
 
 enum Packed {
+    /// The rows as given, for the portable GEMM (the only one off x86-64).
+    Portable { x: Vec<f32>, m: usize, k: usize },
+    #[cfg(target_arch = "x86_64")]
     Fma(FmaActs),
+    #[cfg(target_arch = "x86_64")]
     Split(super::gemm_split::SplitActs),
 }
 
 impl PackedF32Acts {
     /// For the best kernel for m tokens here (`best_f32_kernel()`, FMA below the split tiles'
-    /// `MIN_TOKENS`), which must not be the portable one.
+    /// `MIN_TOKENS`).
     pub fn new(x: &[f32], m: usize, k: usize) -> Self {
         let kernel = match best_f32_kernel() {
+            #[cfg(target_arch = "x86_64")]
             F32Kernel::SplitTiles if m < super::gemm_split::MIN_TOKENS => F32Kernel::Fma,
             best => best,
         };
@@ -69,21 +77,28 @@ impl PackedF32Acts {
 
     /// For `kernel`, which must run here (tests and benches compare them).
     pub fn with_kernel(x: &[f32], m: usize, k: usize, kernel: F32Kernel) -> Self {
+        assert_eq!(x.len(), m * k);
         PackedF32Acts(match kernel {
+            F32Kernel::Portable => Packed::Portable { x: x.to_vec(), m, k },
+            #[cfg(target_arch = "x86_64")]
             F32Kernel::SplitTiles => Packed::Split(super::gemm_split::SplitActs::new(x, m, k)),
+            #[cfg(target_arch = "x86_64")]
             F32Kernel::Fma => Packed::Fma(FmaActs::new(x, m, k)),
-            F32Kernel::Portable => panic!("packed activations need AVX-512; use gemm_nt"),
+            #[cfg(not(target_arch = "x86_64"))]
+            F32Kernel::SplitTiles | F32Kernel::Fma => panic!("the {kernel:?} f32 GEMM needs x86-64"),
         })
     }
 }
 
 /// Activations packed into MR-token panels, k-major, zero-padded to a whole panel.
+#[cfg(target_arch = "x86_64")]
 struct FmaActs {
     data: Vec<f32>,
     m: usize,
     k: usize,
 }
 
+#[cfg(target_arch = "x86_64")]
 impl FmaActs {
     fn new(x: &[f32], m: usize, k: usize) -> Self {
         assert_eq!(x.len(), m * k);
@@ -123,6 +138,7 @@ impl FmaActs {
 /// With `accumulate`, y += x . w^T (a fused residual add).
 pub fn gemm_nt(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, y: &mut [f32], accumulate: bool) {
     match best_f32_kernel() {
+        // No packing to share: spare the copy.
         F32Kernel::Portable => gemm_nt_portable(x, m, k, w, n, y, accumulate),
         _ => gemm_packed(&PackedF32Acts::new(x, m, k), w, n, y, accumulate),
     }
@@ -150,8 +166,9 @@ pub fn gemm_nt_portable(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, y: &
 /// packing (the split tiles in one parallel loop over all the group's columns).
 pub fn gemm_packed_many(xp: &PackedF32Acts, ws: &[(&[f32], usize)], outs: &mut [&mut [f32]]) {
     match &xp.0 {
+        #[cfg(target_arch = "x86_64")]
         Packed::Split(xs) => super::gemm_split::gemm_many(xs, ws, outs, false),
-        Packed::Fma(_) => {
+        _ => {
             for ((w, n), y) in ws.iter().zip(outs.iter_mut()) {
                 gemm_packed(xp, w, *n, y, false);
             }
@@ -162,11 +179,15 @@ pub fn gemm_packed_many(xp: &PackedF32Acts, ws: &[(&[f32], usize)], outs: &mut [
 /// y = x . w^T (or y += with `accumulate`) for already packed activations (lets several weights share one packing).
 pub fn gemm_packed(xp: &PackedF32Acts, w: &[f32], n: usize, y: &mut [f32], accumulate: bool) {
     match &xp.0 {
+        Packed::Portable { x, m, k } => gemm_nt_portable(x, *m, *k, w, n, y, accumulate),
+        #[cfg(target_arch = "x86_64")]
         Packed::Fma(xp) => gemm_fma(xp, w, n, y, accumulate),
+        #[cfg(target_arch = "x86_64")]
         Packed::Split(xs) => super::gemm_split::gemm(xs, w, n, y, accumulate),
     }
 }
 
+#[cfg(target_arch = "x86_64")]
 fn gemm_fma(xp: &FmaActs, w: &[f32], n: usize, y: &mut [f32], accumulate: bool) {
     // The microkernel and packing below are AVX-512 code: never run them on another CPU.
     assert_eq!(simd_level(), SimdLevel::Avx512, "gemm_packed needs AVX-512; use gemm_nt");
@@ -188,6 +209,7 @@ fn gemm_fma(xp: &FmaActs, w: &[f32], n: usize, y: &mut [f32], accumulate: bool) 
     });
 }
 
+#[cfg(target_arch = "x86_64")]
 /// One task: `rows` weight rows (output columns n0..n0+rows of y) against all token panels.
 #[allow(clippy::too_many_arguments)]
 fn block(xp: &FmaActs, w: &[f32], rows: usize, wpack: &mut Vec<f32>, y: DisjointWrites, ldy: usize, n0: usize, accumulate: bool) {
@@ -215,6 +237,7 @@ fn block(xp: &FmaActs, w: &[f32], rows: usize, wpack: &mut Vec<f32>, y: Disjoint
     }
 }
 
+#[cfg(target_arch = "x86_64")]
 /// wpack[j][kk][r] = w[j*NR + r][kk] for kk < kc (w rows have stride `ldw`); rows past `rows`
 /// stay zero. Full 16 x 16 blocks go through an AVX-512 transpose, the edges element by element.
 fn pack_weights(w: &[f32], ldw: usize, rows: usize, kc: usize, wpack: &mut [f32]) {
@@ -397,6 +420,7 @@ pub(super) mod tests {
         }
     }
 
+    #[cfg(target_arch = "x86_64")]
     #[test]
     fn weight_packing_matches_its_definition() {
         if simd_level() != SimdLevel::Avx512 {
@@ -416,6 +440,7 @@ pub(super) mod tests {
         }
     }
 
+    #[cfg(target_arch = "x86_64")]
     #[test]
     fn simd_dot_matches_portable() {
         if simd_level() != SimdLevel::Avx512 {

@@ -338,6 +338,7 @@ fn column_block(xp: &PackedI8Acts, w: &PackedI8Weights, n0: usize, epilogue: &dy
 const AMX_MR: usize = 32;
 /// 64-k steps per block of `amx_columns`: a token panel's block (32 x 512 bytes) stays in L1
 /// while the task's column panels pass over it.
+#[cfg(target_arch = "x86_64")]
 const AMX_BLOCK_STEPS: usize = 8;
 
 /// One task's columns n0..n0 + NC on AMX, k in blocks: every token panel's block meets every
@@ -399,6 +400,7 @@ struct Tile {
     x: *const u8,
     w: *const i8,
     /// The columns' `PackedI8Weights::offsets`.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     offsets: *const i32,
     groups: usize,
     /// rows of the packed activation panel

@@ -5,6 +5,7 @@ pub mod attention;
 pub mod bf16_split;
 pub mod disjoint;
 pub mod gemm;
+#[cfg(target_arch = "x86_64")]
 pub mod gemm_split;
 pub mod aligned;
 pub mod amx;
@@ -95,17 +96,14 @@ pub fn linear_by_panels(x: &[f32], m: usize, k: usize, n: usize, y: &mut [f32], 
     let mut panel = vec![0f32; PANEL.min(n) * k];
     let mut part = vec![0f32; m * PANEL.min(n)];
     // The activations packed once for all the panels.
-    let packed = (gemm::best_f32_kernel() != gemm::F32Kernel::Portable).then(|| gemm::PackedF32Acts::new(x, m, k));
+    let packed = gemm::PackedF32Acts::new(x, m, k);
     for r0 in (0..n).step_by(PANEL) {
         let rows = PANEL.min(n - r0);
         let panel = &mut panel[..rows * k];
         panel.fill(0.0);
         fill_panel(r0, panel);
         let part = &mut part[..m * rows];
-        match &packed {
-            Some(packed) => gemm::gemm_packed(packed, panel, rows, part, false),
-            None => gemm::gemm_nt_portable(x, m, k, panel, rows, part, false),
-        }
+        gemm::gemm_packed(&packed, panel, rows, part, false);
         for (yr, pr) in y.chunks_exact_mut(n).zip(part.chunks_exact(rows)) {
             let out = &mut yr[r0..r0 + rows];
             if accumulate {
@@ -128,7 +126,7 @@ pub fn quantized_products_for(m: usize) -> bool {
 /// the GEMM once instead of once per weight. `outs[i]` receives x . ws[i].0^T ([m, ws[i].1]).
 pub fn linear_many(x: &[f32], m: usize, k: usize, ws: &[(&[f32], usize)], outs: &mut [&mut [f32]]) {
     assert_eq!(ws.len(), outs.len());
-    if m < SMALL_BATCH || gemm::best_f32_kernel() == gemm::F32Kernel::Portable {
+    if m < SMALL_BATCH {
         for ((w, n), y) in ws.iter().zip(outs.iter_mut()) {
             linear(x, m, k, w, *n, y);
         }

@@ -223,6 +223,7 @@ impl Tensor {
 }
 
 /// How many rows ahead `gather_columns` asks memory for the values it will read.
+#[cfg(target_arch = "x86_64")]
 const PREFETCH_ROWS: usize = 16;
 
 impl fmt::Debug for Tensor {

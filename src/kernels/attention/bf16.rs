@@ -33,7 +33,9 @@ use super::{AttnShape, Task, AMX_ROWS, KEY_TILE, LANES};
 use crate::kernels::aligned::AlignedVec;
 #[cfg(target_arch = "x86_64")]
 use crate::kernels::bf16_split::{bf16_parts_32_avx512, bf16_parts_avx512};
-use crate::kernels::bf16_split::{bf16_bits, bf16_parts, bf16_value, part_pairs, simd_conversions, to_bf16_parts_scaled, SPLIT_PAIRS};
+use crate::kernels::bf16_split::{bf16_bits, bf16_parts, bf16_value, part_pairs, simd_conversions, to_bf16_parts_scaled};
+#[cfg(target_arch = "x86_64")]
+use crate::kernels::bf16_split::SPLIT_PAIRS;
 pub(super) use crate::kernels::bf16_split::SPLIT_PARTS;
 use crate::kernels::ops::{max_of_simd, softcap};
 
@@ -285,7 +287,9 @@ impl Task<'_> {
     #[inline(always)]
     pub(super) unsafe fn tile_bf16<const AMX: bool>(&self, kv: &HeadKv, b: &mut super::Buffers, rows: usize, j0: usize, j1: usize) {
         let hd = self.s.head_dim;
-        let (parts, pairs) = (kv.parts, part_pairs(kv.parts));
+        let parts = kv.parts;
+        #[cfg(target_arch = "x86_64")]
+        let pairs = part_pairs(parts);
         // The exponential to the probabilities' precision: 8e-5 where they keep 8 bits. A
         // closure, not a function pointer: inlined here, its multiply-adds are the CPU's own (an
         // out-of-line copy, built without FMA, called the library's software fmaf, 0.7% of pp512).
@@ -368,6 +372,7 @@ impl Task<'_> {
 /// time).
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
+#[cfg(target_arch = "x86_64")]
 fn part_operands<'a>(pairs: &[(usize, usize)], out: &'a mut [(*const u16, *const u16); SPLIT_PAIRS.len()], mut operand: impl FnMut(usize, usize) -> (*const u16, *const u16)) -> &'a [(*const u16, *const u16)] {
     for (o, &(x, y)) in out.iter_mut().zip(pairs) {
         *o = operand(x, y);

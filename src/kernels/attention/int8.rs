@@ -512,6 +512,7 @@ impl Task<'_> {
     pub(super) fn tile_values_i8<const VNNI: bool>(&self, kv: &HeadKv, b: &mut super::Buffers, rows: usize, j0: usize, j1: usize) {
         let hd = self.s.head_dim;
         let b8 = &mut b.int8;
+        #[cfg(target_arch = "x86_64")]
         let dim_blocks = if VNNI && hd % LANES == 0 { hd / LANES } else { 0 };
         let mut r = 0;
         while r < rows {
@@ -555,6 +556,7 @@ const AMX_STEP_KEYS: usize = 64;
 const C_PITCH: usize = KEY_TILE + 32;
 
 /// Whether AMX can multiply this head size: q.k steps over whole 64-byte query rows.
+#[cfg(target_arch = "x86_64")]
 pub(super) fn amx_fits(head_dim: usize) -> bool {
     head_dim > 0 && head_dim % 64 == 0
 }
@@ -644,6 +646,7 @@ impl Task<'_> {
 }
 
 /// Per-key data of a tile, from its first slot on.
+#[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy)]
 struct ScoreKeys<'a> {
     k_scale: &'a [f32],

@@ -156,6 +156,7 @@ pub enum QdotLevel {
 impl QdotLevel {
     /// Every level this CPU can run (for tests that compare them).
     pub fn available() -> Vec<QdotLevel> {
+        #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
         let mut v = vec![QdotLevel::Portable];
         #[cfg(target_arch = "x86_64")]
         {
@@ -212,6 +213,8 @@ fn check(dtype: DType, row_bytes: usize, a: &QuantizedActs) {
 /// Safety: `check(dtype, row.len(), a)` holds and `level` is one of `QdotLevel::available()`.
 #[inline(always)]
 unsafe fn row_dot_checked(level: QdotLevel, dtype: DType, row: &[u8], a: &QuantizedActs) -> f32 {
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = level;
     #[cfg(target_arch = "x86_64")]
     // SAFETY: the caller's contract.
     unsafe {
@@ -236,6 +239,7 @@ const ROWS_PER_TASK: usize = 32;
 
 /// Below this many tokens each weight row is dotted with each token (decode); from here on the
 /// integer GEMM runs, where there is one.
+#[cfg(target_arch = "x86_64")]
 const GEMM_MIN_TOKENS: usize = 4;
 
 /// Whether many-token products run as an integer GEMM here (AVX-512 VNNI); without it the caller
