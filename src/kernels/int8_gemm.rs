@@ -132,26 +132,49 @@ impl PackedI8Weights {
     /// trick cannot negate -128.
     pub fn new(w: &[i8], n: usize, k: usize) -> Self {
         assert_eq!(w.len(), n * k);
-        assert!(!w.contains(&i8::MIN), "int8 weights must lie in -127..=127");
+        Self::from_rows(n, k, || (), |_, r, out| out.copy_from_slice(&w[r * k..(r + 1) * k])).0
+    }
+
+    /// Packs rows made one at a time: `fill_row(scratch, r, out)` writes row r's k weights
+    /// (in -127..=127) into `out` and returns what the caller wants kept per row (a scale), in
+    /// row order. Each row is made where it is packed (quantizing a billion weights at load
+    /// reads them once, with no plain int8 copy of the matrix); `scratch()` makes one per task.
+    pub fn from_rows<S, T: Send>(
+        n: usize,
+        k: usize,
+        scratch: impl Fn() -> S + Sync + Send,
+        fill_row: impl Fn(&mut S, usize, &mut [i8]) -> T + Sync + Send,
+    ) -> (Self, Vec<T>) {
         let k4 = k.next_multiple_of(4);
         let panels = n.div_ceil(NR_I8);
         // AMX reads whole 64-k steps: up to 15 groups past the last panel's end (their products
         // meet zero activations).
         let mut data = AlignedVec::filled(0i8, panels * k4 * NR_I8 + 16 * NR_I8 * 4);
         let mut offsets = AlignedVec::filled(0i32, panels * NR_I8);
-        // k = 0: nothing to pack, the offsets stay 0 (chunks of 0 would panic).
-        data[..panels * k4 * NR_I8].par_chunks_mut((k4 * NR_I8).max(1)).enumerate().for_each(|(p, panel)| {
-            for r in 0..NR_I8.min(n - p * NR_I8) {
-                let row = &w[(p * NR_I8 + r) * k..(p * NR_I8 + r + 1) * k];
-                for (kk, &v) in row.iter().enumerate() {
-                    panel[(kk / 4) * NR_I8 * 4 + r * 4 + kk % 4] = v;
-                }
-            }
-        });
-        for (r, o) in offsets.iter_mut().enumerate().take(n) {
-            *o = -128 * w[r * k..(r + 1) * k].iter().map(|&v| v as i32).sum::<i32>();
-        }
-        PackedI8Weights { n, k, k4, data, offsets }
+        // k = 0: rows of nothing, offsets 0 (chunks of 0 would panic).
+        let kept: Vec<Vec<T>> = data[..panels * k4 * NR_I8]
+            .par_chunks_mut((k4 * NR_I8).max(1))
+            .zip(offsets.par_chunks_mut(NR_I8))
+            .enumerate()
+            .map_init(
+                // The row is made in a buffer of whole 4-byte groups (the padding stays 0).
+                || (scratch(), vec![0i8; k4]),
+                |(s, row), (p, (panel, offsets))| {
+                    let rows = NR_I8.min(n - p * NR_I8);
+                    let mut kept = Vec::with_capacity(rows);
+                    for r in 0..rows {
+                        kept.push(fill_row(s, p * NR_I8 + r, &mut row[..k]));
+                        assert!(!row.contains(&i8::MIN), "int8 weights must lie in -127..=127");
+                        for (g, group) in row.chunks_exact(4).enumerate() {
+                            panel[(g * NR_I8 + r) * 4..][..4].copy_from_slice(group);
+                        }
+                        offsets[r] = -128 * row.iter().map(|&v| v as i32).sum::<i32>();
+                    }
+                    kept
+                },
+            )
+            .collect();
+        (PackedI8Weights { n, k, k4, data, offsets }, kept.into_iter().flatten().collect())
     }
 
     /// The weights back in plain [n][k] rows.

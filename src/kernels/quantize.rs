@@ -52,6 +52,13 @@ pub fn quantize_row_offset_portable(x: &[f32], inv_scale: f32, offset: u8, out: 
 }
 
 
+/// `quantize_row_offset` into signed int8 (offset 0).
+pub fn quantize_row(x: &[f32], inv_scale: f32, out: &mut [i8]) {
+    // SAFETY: i8 and u8 have one size and alignment, and every bit pattern is valid for both.
+    let bytes = unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr() as *mut u8, out.len()) };
+    quantize_row_offset(x, inv_scale, 0, bytes)
+}
+
 /// The scale that maps `max_abs` to 127 (1 when everything is zero).
 pub fn scale_for(max_abs: f32) -> f32 {
     if max_abs > 0.0 && max_abs.is_finite() {

@@ -14,7 +14,7 @@ use rayon::prelude::*;
 use crate::kernels::matvec::WeightRows;
 use crate::kernels::ops::max_abs;
 use crate::kernels::int8_gemm::{gemm_i8, gemm_packed_group, Epilogue, Int8Kernel, PackedI8Acts, PackedI8Weights};
-use crate::kernels::quantize::{quantize, quantize_value, scale_for};
+use crate::kernels::quantize::{quantize, quantize_row, scale_for};
 use crate::tensor::Tensor;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,21 +52,25 @@ impl Int8Linear {
         Self::from_rows(rows, w.shape()[0], w.shape()[1], bias, granularity)
     }
 
-    /// Quantizes the rows in parallel (an encoded row decoded into one buffer per task).
+    /// Quantizes the rows in parallel as they are packed, each read once per channel scale (an
+    /// encoded row decoded into one buffer per task); a tensor scale first needs every row's
+    /// maximum.
     fn from_rows(w: WeightRows, n: usize, k: usize, bias: Option<&[f32]>, granularity: WeightGranularity) -> Self {
-        let maxima: Vec<f32> = (0..n).into_par_iter().map_init(Vec::new, |buf, r| max_abs(w.row(r, k, buf))).collect();
-        let scales: Vec<f32> = match granularity {
-            WeightGranularity::PerTensor => vec![scale_for(maxima.iter().copied().fold(0f32, f32::max))],
-            WeightGranularity::PerChannel => maxima.iter().map(|&m| scale_for(m)).collect(),
+        let tensor_scale = match granularity {
+            WeightGranularity::PerTensor => Some(scale_for((0..n).into_par_iter().map_init(Vec::new, |buf, r| max_abs(w.row(r, k, buf))).reduce(|| 0.0, f32::max))),
+            WeightGranularity::PerChannel => None,
         };
-        let mut q = vec![0i8; n * k];
-        q.par_chunks_mut(k).enumerate().for_each_init(Vec::new, |buf, (r, qr)| {
-            let inv = 1.0 / scales[if scales.len() == 1 { 0 } else { r }];
-            for (o, &v) in qr.iter_mut().zip(w.row(r, k, buf)) {
-                *o = quantize_value(v, inv);
-            }
+        let (weights, row_scales) = PackedI8Weights::from_rows(n, k, Vec::new, |buf, r, out| {
+            let row = w.row(r, k, buf);
+            let scale = tensor_scale.unwrap_or_else(|| scale_for(max_abs(row)));
+            quantize_row(row, 1.0 / scale, out);
+            scale
         });
-        Int8Linear { weights: PackedI8Weights::new(&q, n, k), scales, bias: bias.map(|b| b.to_vec()) }
+        let scales = match tensor_scale {
+            Some(s) => vec![s],
+            None => row_scales,
+        };
+        Int8Linear { weights, scales, bias: bias.map(|b| b.to_vec()) }
     }
 
     pub fn out_features(&self) -> usize {
@@ -178,6 +182,35 @@ impl Dequantize<'_> {
                         o[j] = if res { o[j] + v } else { v };
                     }
                 }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::quantize::quantize_value;
+
+    #[test]
+    fn weights_quantize_as_defined_per_channel_and_per_tensor() {
+        // Rows of odd lengths and past one panel, a zero row (scale 1) and a row with an outlier.
+        for (n, k) in [(1, 1), (33, 7), (70, 130)] {
+            let mut w: Vec<f32> = (0..n * k).map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * (1 + i % 3) as f32).collect();
+            w[..k].fill(0.0);
+            if n > 1 {
+                w[k + k / 2] = 40.0;
+            }
+            for granularity in [WeightGranularity::PerChannel, WeightGranularity::PerTensor] {
+                let lin = Int8Linear::new(&w, n, k, None, granularity);
+                let row_max = |r: usize| w[r * k..(r + 1) * k].iter().fold(0f32, |m, v| m.max(v.abs()));
+                let want_scales: Vec<f32> = match granularity {
+                    WeightGranularity::PerChannel => (0..n).map(|r| scale_for(row_max(r))).collect(),
+                    WeightGranularity::PerTensor => vec![scale_for((0..n).map(row_max).fold(0f32, f32::max))],
+                };
+                assert_eq!(lin.scales, want_scales, "{n}x{k} {granularity:?}");
+                let want: Vec<i8> = (0..n * k).map(|i| quantize_value(w[i], 1.0 / lin.scale(i / k))).collect();
+                assert_eq!(lin.int8_rows(), want, "{n}x{k} {granularity:?}");
             }
         }
     }
