@@ -508,3 +508,46 @@ fn openvino_accelerator_agrees_with_the_reference_and_an_absent_device_is_one_li
     let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
     assert!(none.is_none() && code == Some(1) && errors.len() == 1 && errors[0].contains("NPU"), "{stderr}");
 }
+
+#[test]
+fn the_random_token_calibration_is_kept_in_the_cache_for_later_runs_and_redone_when_the_model_changes() {
+    let (dir, _) = synth_hd64("calibration-cache");
+    let cache = std::env::temp_dir().join(format!("llm-npu-calibration-cache-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&cache);
+    let out = cache.with_extension("npy");
+    let run = || {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_llm-npu"))
+            .args(["logits", "-m", dir.to_str().unwrap(), "--token-ids", "1,2,3,4,5", "--backend", "npu", "--out", out.to_str().unwrap()])
+            .env("XDG_CACHE_HOME", &cache)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(o.status.success(), "{stderr}");
+        (llm_npu::npy::read_f32(&out).unwrap().1, stderr)
+    };
+    let kept = || -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(cache.join("llm-npu/calibration-random")).map(|d| d.map(|e| e.unwrap().path()).collect()).unwrap_or_default();
+        files.sort();
+        files
+    };
+    let (first, stderr) = run();
+    assert!(stderr.contains("calibrating on 512 random tokens") && stderr.contains("for later runs"), "{stderr}");
+    assert_eq!(kept().len(), 1);
+    let (second, stderr) = run();
+    assert!(stderr.contains("an earlier run kept") && !stderr.contains("calibrating on"), "{stderr}");
+    assert_eq!(first, second, "the kept calibration gives the logits of a fresh one");
+    // A damaged file is calibrated anew (and replaced), not an error.
+    std::fs::write(&kept()[0], "{").unwrap();
+    let (third, stderr) = run();
+    assert!(stderr.contains("calibrating on 512 random tokens"), "{stderr}");
+    assert_eq!(first, third);
+    assert_eq!(kept().len(), 1);
+    // Another file in the model's folder makes it another model.
+    std::fs::write(dir.join("notes.txt"), "changed").unwrap();
+    let (_, stderr) = run();
+    assert!(stderr.contains("calibrating on 512 random tokens"), "{stderr}");
+    assert_eq!(kept().len(), 2);
+    let _ = std::fs::remove_dir_all(&cache);
+    let _ = std::fs::remove_file(&out);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -163,9 +163,24 @@ fn resolve_calibration(loaded: &LoadedModel, source: &CalibrationSource, progres
             if beside.exists() {
                 return from_file(&beside);
             }
-            progress.note("warning: no calibration file for this model: calibrating on 512 random tokens (run `llm-npu calibrate` on representative text for better accuracy)");
+            const ADVICE: &str = "run `llm-npu calibrate` on representative text for better accuracy";
+            let what = |c: &Calibration| format!("{} random tokens (no calibration file)", c.tokens);
+            // The random tokens are always the same: an earlier run's result is this run's.
+            let cache = crate::quant::calibration::random_fallback_cache(&loaded.path);
+            if let Some((path, c)) = cache.as_ref().and_then(|p| Calibration::load(p).ok().filter(|c| c.check_against(&loaded.model, p).is_ok()).map(|c| (p, c))) {
+                progress.note(&format!("warning: no calibration file for this model: using the calibration on {} random tokens an earlier run kept in {} ({ADVICE})", c.tokens, path.display()));
+                let what = what(&c);
+                return Ok((Arc::new(c), what));
+            }
+            progress.note(&format!("warning: no calibration file for this model: calibrating on 512 random tokens ({ADVICE})"));
             let c = Calibration::on_random_tokens(&loaded.model, 512, 0, progress)?;
-            let what = format!("{} random tokens (no calibration file)", c.tokens);
+            if let Some(path) = &cache {
+                match crate::quant::calibration::save_atomically(&c, path) {
+                    Ok(()) => progress.note(&format!("kept it in {} for later runs", path.display())),
+                    Err(e) => progress.note(&format!("warning: could not keep it for later runs: {e}")),
+                }
+            }
+            let what = what(&c);
             Ok((Arc::new(c), what))
         }
     }

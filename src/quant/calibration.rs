@@ -201,6 +201,40 @@ impl Calibration {
     }
 }
 
+/// Where the npu backend keeps the calibration on random tokens it falls back to, so later runs
+/// skip it: the user's cache folder (`$XDG_CACHE_HOME`, else `~/.cache`), never beside the model,
+/// which may be read-only or shared. The name comes from the model's path and its files' sizes
+/// and modification times, so a changed model is calibrated anew. None where there is no cache
+/// folder or the model cannot be read.
+pub fn random_fallback_cache(model: &Path) -> Option<PathBuf> {
+    use std::hash::{Hash, Hasher};
+    let cache = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()).map(PathBuf::from).or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    let model = model.canonicalize().ok()?;
+    let mut files = vec![model.clone()];
+    if model.is_dir() {
+        // The folder's files, but not the ones llm-npu keeps there itself.
+        files = std::fs::read_dir(&model).ok()?.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_file() && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("llm-npu-"))).collect();
+        files.sort();
+    }
+    let mut hash = std::hash::DefaultHasher::new();
+    model.hash(&mut hash);
+    for file in &files {
+        let meta = file.metadata().ok()?;
+        (file, meta.len(), meta.modified().ok()).hash(&mut hash);
+    }
+    Some(cache.join("llm-npu").join("calibration-random").join(format!("{:016x}.json", hash.finish())))
+}
+
+/// Saves `calibration` at `path` whole or not at all (written beside it, then renamed), creating
+/// its folder: concurrent runs never read half a file.
+pub fn save_atomically(calibration: &Calibration, path: &Path) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let partial = path.with_extension(format!("{}.partial", std::process::id()));
+    calibration.save(&partial)?;
+    std::fs::rename(&partial, path).map_err(|e| Error::io(path, e))
+}
+
 /// Where a model's calibration lives by default: `<folder>/llm-npu-calibration.json` for an HF
 /// folder, `<file>.llm-npu-calibration.json` beside a single-file model.
 pub fn default_path(model: &Path) -> PathBuf {
