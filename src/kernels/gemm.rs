@@ -209,8 +209,8 @@ fn gemm_fma(xp: &FmaActs, w: &[f32], n: usize, y: &mut [f32], accumulate: bool) 
     });
 }
 
-#[cfg(target_arch = "x86_64")]
 /// One task: `rows` weight rows (output columns n0..n0+rows of y) against all token panels.
+#[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
 fn block(xp: &FmaActs, w: &[f32], rows: usize, wpack: &mut Vec<f32>, y: DisjointWrites, ldy: usize, n0: usize, accumulate: bool) {
     let (m, k) = (xp.m, xp.k);
@@ -237,9 +237,9 @@ fn block(xp: &FmaActs, w: &[f32], rows: usize, wpack: &mut Vec<f32>, y: Disjoint
     }
 }
 
-#[cfg(target_arch = "x86_64")]
 /// wpack[j][kk][r] = w[j*NR + r][kk] for kk < kc (w rows have stride `ldw`); rows past `rows`
 /// stay zero. Full 16 x 16 blocks go through an AVX-512 transpose, the edges element by element.
+#[cfg(target_arch = "x86_64")]
 fn pack_weights(w: &[f32], ldw: usize, rows: usize, kc: usize, wpack: &mut [f32]) {
     let (full_rows, full_k) = (rows - rows % 16, kc - kc % 16);
     for r0 in (0..full_rows).step_by(16) {
