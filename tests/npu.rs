@@ -536,12 +536,17 @@ fn the_random_token_calibration_is_kept_in_the_cache_for_later_runs_and_redone_w
     let (second, stderr) = run();
     assert!(stderr.contains("an earlier run kept") && !stderr.contains("calibrating on"), "{stderr}");
     assert_eq!(first, second, "the kept calibration gives the logits of a fresh one");
-    // A damaged file is calibrated anew (and replaced), not an error.
-    std::fs::write(&kept()[0], "{").unwrap();
+    // A damaged file is calibrated anew (and replaced), not an error; what another build kept
+    // for this model goes.
+    let this = kept()[0].clone();
+    let name = this.file_name().unwrap().to_string_lossy().into_owned();
+    let other_build = this.with_file_name(format!("{}-0000000000000000.json", name.split('-').next().unwrap()));
+    std::fs::write(&other_build, "{}").unwrap();
+    std::fs::write(&this, "{").unwrap();
     let (third, stderr) = run();
     assert!(stderr.contains("calibrating on 512 random tokens"), "{stderr}");
     assert_eq!(first, third);
-    assert_eq!(kept().len(), 1);
+    assert_eq!(kept(), vec![this]);
     // Another file in the model's folder makes it another model.
     std::fs::write(dir.join("notes.txt"), "changed").unwrap();
     let (_, stderr) = run();

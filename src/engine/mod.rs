@@ -175,7 +175,7 @@ fn resolve_calibration(loaded: &LoadedModel, source: &CalibrationSource, progres
             progress.note(&format!("warning: no calibration file for this model: calibrating on 512 random tokens ({ADVICE})"));
             let c = Calibration::on_random_tokens(&loaded.model, 512, 0, progress)?;
             if let Some(path) = &cache {
-                match crate::quant::calibration::save_atomically(&c, path) {
+                match crate::quant::calibration::keep_random_fallback(&c, path) {
                     Ok(()) => progress.note(&format!("kept it in {} for later runs", path.display())),
                     Err(e) => progress.note(&format!("warning: could not keep it for later runs: {e}")),
                 }

@@ -203,11 +203,11 @@ impl Calibration {
 
 /// Where the npu backend keeps the calibration on random tokens it falls back to, so later runs
 /// skip it: the user's cache folder (`$XDG_CACHE_HOME`, else `~/.cache`), never beside the model,
-/// which may be read-only or shared. The name comes from the model's path and its files' sizes
-/// and modification times, so a changed model is calibrated anew. None where there is no cache
+/// which may be read-only or shared. Named `<model>-<build>.json`: the model from its path and its
+/// files' sizes and modification times (a changed model is calibrated anew), the build from this
+/// program's file (a new build, whose calibration may differ, too). None where there is no cache
 /// folder or the model cannot be read.
 pub fn random_fallback_cache(model: &Path) -> Option<PathBuf> {
-    use std::hash::{Hash, Hasher};
     let cache = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()).map(PathBuf::from).or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
     let model = model.canonicalize().ok()?;
     let mut files = vec![model.clone()];
@@ -216,23 +216,41 @@ pub fn random_fallback_cache(model: &Path) -> Option<PathBuf> {
         files = std::fs::read_dir(&model).ok()?.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_file() && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("llm-npu-"))).collect();
         files.sort();
     }
+    let build = std::env::current_exe().ok()?;
+    let name = format!("{:016x}-{:016x}.json", files_id(&model, &files)?, files_id(&build, std::slice::from_ref(&build))?);
+    Some(cache.join("llm-npu").join("calibration-random").join(name))
+}
+
+/// A hash of `key` and each file's path, size and modification time.
+fn files_id(key: &Path, files: &[PathBuf]) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
     let mut hash = std::hash::DefaultHasher::new();
-    model.hash(&mut hash);
-    for file in &files {
+    key.hash(&mut hash);
+    for file in files {
         let meta = file.metadata().ok()?;
         (file, meta.len(), meta.modified().ok()).hash(&mut hash);
     }
-    Some(cache.join("llm-npu").join("calibration-random").join(format!("{:016x}.json", hash.finish())))
+    Some(hash.finish())
 }
 
-/// Saves `calibration` at `path` whole or not at all (written beside it, then renamed), creating
-/// its folder: concurrent runs never read half a file.
-pub fn save_atomically(calibration: &Calibration, path: &Path) -> Result<()> {
+/// Saves the calibration at `path` (from `random_fallback_cache`) whole or not at all (written
+/// beside it, then renamed: concurrent runs never read half a file), and removes what other
+/// builds kept for the same model.
+pub fn keep_random_fallback(calibration: &Calibration, path: &Path) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let partial = path.with_extension(format!("{}.partial", std::process::id()));
     calibration.save(&partial)?;
-    std::fs::rename(&partial, path).map_err(|e| Error::io(path, e))
+    std::fs::rename(&partial, path).map_err(|e| Error::io(path, e))?;
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let model = name.split('-').next().unwrap_or_default();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let other = entry.file_name().to_string_lossy().into_owned();
+        if other != name && other.starts_with(&format!("{model}-")) && other.ends_with(".json") {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+    Ok(())
 }
 
 /// Where a model's calibration lives by default: `<folder>/llm-npu-calibration.json` for an HF
