@@ -54,6 +54,13 @@ pub fn beside_model_as(model: &Path, name: &str) -> PathBuf {
     }
 }
 
+/// llm-npu's cache folder: `$LLM_NPU_CACHE`, else `$XDG_CACHE_HOME/llm-npu`, else
+/// `~/.cache/llm-npu` (None without any of them); not created here.
+pub fn cache_dir() -> Option<PathBuf> {
+    let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    var("LLM_NPU_CACHE").or_else(|| var("XDG_CACHE_HOME").map(|d| d.join("llm-npu"))).or_else(|| var("HOME").map(|h| h.join(".cache/llm-npu")))
+}
+
 /// A folder of llm-npu's own beside a model (`<folder>/llm-npu-<what>/` for an HF folder,
 /// `<file>.llm-npu-<what>/` beside a single-file model); not created here.
 pub fn beside_model_dir(model: &Path, what: &str) -> PathBuf {

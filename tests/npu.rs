@@ -518,7 +518,7 @@ fn the_random_token_calibration_is_kept_in_the_cache_for_later_runs_and_redone_w
     let run = || {
         let o = std::process::Command::new(env!("CARGO_BIN_EXE_llm-npu"))
             .args(["logits", "-m", dir.to_str().unwrap(), "--token-ids", "1,2,3,4,5", "--backend", "npu", "--out", out.to_str().unwrap()])
-            .env("XDG_CACHE_HOME", &cache)
+            .env("LLM_NPU_CACHE", &cache)
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
@@ -526,7 +526,7 @@ fn the_random_token_calibration_is_kept_in_the_cache_for_later_runs_and_redone_w
         (llm_npu::npy::read_f32(&out).unwrap().1, stderr)
     };
     let kept = || -> Vec<PathBuf> {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(cache.join("llm-npu/calibration-random")).map(|d| d.map(|e| e.unwrap().path()).collect()).unwrap_or_default();
+        let mut files: Vec<PathBuf> = std::fs::read_dir(cache.join("calibration-random")).map(|d| d.map(|e| e.unwrap().path()).collect()).unwrap_or_default();
         files.sort();
         files
     };

@@ -76,7 +76,7 @@ for backend in f32 npu; do
     [ $arch = arm ] && bin="qemu-aarch64 -L / $CARGO_TARGET_DIR/$target/release/llm-npu"
     # Each in a cache of its own: the npu backend's calibration on random tokens (there is no
     # calibration file beside this model) made on each architecture, not shared.
-    XDG_CACHE_HOME="$tmp/cache-$arch" $bin logits -m $model/stories260K.reconstructed.bin --token-ids "$ids" --all-positions \
+    LLM_NPU_CACHE="$tmp/cache-$arch" $bin logits -m $model/stories260K.reconstructed.bin --token-ids "$ids" --all-positions \
       --backend $backend --out "$tmp/$arch-$backend.npy" 2>"$tmp/err" || { cat "$tmp/err" >&2; exit 1; }
   done
   python3 - "$tmp/x86-$backend.npy" "$tmp/arm-$backend.npy" "$backend" <<'PY'

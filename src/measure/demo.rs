@@ -7,17 +7,9 @@ use crate::model::Transformer;
 use crate::quant::calibration::Calibration;
 use crate::util::Progress;
 
-/// `$LLM_NPU_CACHE`, else `$XDG_CACHE_HOME/llm-npu`, else `~/.cache/llm-npu`, plus the model's name.
+/// llm-npu's cache folder (`util::cache_dir`) plus the model's name.
 pub fn reference_model_dir() -> Result<PathBuf> {
-    let base = if let Some(d) = std::env::var_os("LLM_NPU_CACHE") {
-        PathBuf::from(d)
-    } else if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
-        PathBuf::from(d).join("llm-npu")
-    } else if let Some(h) = std::env::var_os("HOME") {
-        PathBuf::from(h).join(".cache/llm-npu")
-    } else {
-        return Err(Error::Input("no cache folder: set LLM_NPU_CACHE".into()));
-    };
+    let base = crate::util::cache_dir().ok_or_else(|| Error::Input("no cache folder: set LLM_NPU_CACHE".into()))?;
     Ok(base.join(format!("synth/tinyllama-1.1b-f32-outliers-paper-seed0-recipe{}", super::synth::RECIPE_VERSION)))
 }
 

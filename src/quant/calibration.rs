@@ -202,13 +202,13 @@ impl Calibration {
 }
 
 /// Where the npu backend keeps the calibration on random tokens it falls back to, so later runs
-/// skip it: the user's cache folder (`$XDG_CACHE_HOME`, else `~/.cache`), never beside the model,
+/// skip it: llm-npu's cache folder (`util::cache_dir`), never beside the model,
 /// which may be read-only or shared. Named `<model>-<build>.json`: the model from its path and its
 /// files' sizes and modification times (a changed model is calibrated anew), the build from this
 /// program's file (a new build, whose calibration may differ, too). None where there is no cache
 /// folder or the model cannot be read.
 pub fn random_fallback_cache(model: &Path) -> Option<PathBuf> {
-    let cache = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()).map(PathBuf::from).or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    let cache = crate::util::cache_dir()?;
     let model = model.canonicalize().ok()?;
     let mut files = vec![model.clone()];
     if model.is_dir() {
@@ -218,7 +218,7 @@ pub fn random_fallback_cache(model: &Path) -> Option<PathBuf> {
     }
     let build = std::env::current_exe().ok()?;
     let name = format!("{:016x}-{:016x}.json", files_id(&model, &files)?, files_id(&build, std::slice::from_ref(&build))?);
-    Some(cache.join("llm-npu").join("calibration-random").join(name))
+    Some(cache.join("calibration-random").join(name))
 }
 
 /// A hash of `key` and each file's path, size and modification time.
