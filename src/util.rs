@@ -61,6 +61,81 @@ pub fn cache_dir() -> Option<PathBuf> {
     var("LLM_NPU_CACHE").or_else(|| var("XDG_CACHE_HOME").map(|d| d.join("llm-npu"))).or_else(|| var("HOME").map(|h| h.join(".cache/llm-npu")))
 }
 
+/// Where llm-npu keeps something it made for a model in its cache folder (`cache_dir`), so later
+/// runs reuse it: `<cache>/<kind>/<model>-<what>-<build>.<ext>` (without `what`:
+/// `<model>-<build>.<ext>`). The model is a hash of its path and its files' sizes and
+/// modification times (in an HF folder, the files llm-npu did not write itself), so a changed
+/// model makes it anew; the build a hash of this program's file, since a new build may compute it
+/// differently. None where there is no cache folder or the model cannot be read.
+pub fn cached_for_model(kind: &str, model: &Path, what: &str, ext: &str) -> Option<PathBuf> {
+    let cache = cache_dir()?;
+    let model = model.canonicalize().ok()?;
+    let mut files = vec![model.clone()];
+    if model.is_dir() {
+        files = std::fs::read_dir(&model).ok()?.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_file() && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("llm-npu-"))).collect();
+        files.sort();
+    }
+    let build = std::env::current_exe().ok()?;
+    let what = if what.is_empty() { String::new() } else { format!("{what}-") };
+    let name = format!("{:016x}-{what}{:016x}.{ext}", files_id(&model, &files)?, files_id(&build, std::slice::from_ref(&build))?);
+    Some(cache.join(kind).join(name))
+}
+
+/// A hash of `key` and each file's path, size and modification time.
+fn files_id(key: &Path, files: &[PathBuf]) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut hash = std::hash::DefaultHasher::new();
+    key.hash(&mut hash);
+    for file in files {
+        let meta = file.metadata().ok()?;
+        (file, meta.len(), meta.modified().ok()).hash(&mut hash);
+    }
+    Some(hash.finish())
+}
+
+/// Keeps a file at `path` (from `cached_for_model`) whole or not at all: `write` fills a file
+/// beside it, which is then renamed into place (a concurrent run never reads half a file).
+/// Then removes what other builds kept for the same thing (names that differ only in the build
+/// hash after the last '-').
+pub fn keep_cached(path: &Path, write: impl FnOnce(&Path) -> crate::error::Result<()>) -> crate::error::Result<()> {
+    use crate::error::Error;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let partial = path.with_extension(format!("{}.partial", std::process::id()));
+    if let Err(e) = write(&partial).and_then(|()| std::fs::rename(&partial, path).map_err(|e| Error::io(path, e))) {
+        let _ = std::fs::remove_file(&partial);
+        return Err(e);
+    }
+    let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
+    let (thing, ext) = (name.rsplit_once('-').map_or("", |(t, _)| t), path.extension().unwrap_or_default().to_string_lossy());
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let other = entry.file_name().to_string_lossy().into_owned();
+        let another_build = other.rsplit_once('-').is_some_and(|(t, rest)| t == thing && rest.strip_suffix(&format!(".{ext}")).is_some_and(|b| !b.is_empty() && b.chars().all(|c| c.is_ascii_hexdigit())));
+        if other != name && another_build {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+    Ok(())
+}
+
+/// Bytes free for this user on the file system holding `dir` (or its nearest existing
+/// parent); None where that cannot be asked.
+pub fn free_bytes(dir: &Path) -> Option<u64> {
+    #[cfg(unix)]
+    {
+        let dir = dir.ancestors().find(|d| d.exists())?;
+        let path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).ok()?;
+        // SAFETY: statvfs fills the struct it is given from a NUL-terminated path.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        (unsafe { libc::statvfs(path.as_ptr(), &mut st) } == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+        None
+    }
+}
+
 /// A folder of llm-npu's own beside a model (`<folder>/llm-npu-<what>/` for an HF folder,
 /// `<file>.llm-npu-<what>/` beside a single-file model); not created here.
 pub fn beside_model_dir(model: &Path, what: &str) -> PathBuf {

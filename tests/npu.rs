@@ -531,7 +531,7 @@ fn the_random_token_calibration_is_kept_in_the_cache_for_later_runs_and_redone_w
         files
     };
     let (first, stderr) = run();
-    assert!(stderr.contains("calibrating on 512 random tokens") && stderr.contains("for later runs"), "{stderr}");
+    assert!(stderr.contains("calibrating on 512 random tokens") && stderr.contains("kept it in"), "{stderr}");
     assert_eq!(kept().len(), 1);
     let (second, stderr) = run();
     assert!(stderr.contains("an earlier run kept") && !stderr.contains("calibrating on"), "{stderr}");
@@ -552,6 +552,49 @@ fn the_random_token_calibration_is_kept_in_the_cache_for_later_runs_and_redone_w
     let (_, stderr) = run();
     assert!(stderr.contains("calibrating on 512 random tokens"), "{stderr}");
     assert_eq!(kept().len(), 2);
+    let _ = std::fs::remove_dir_all(&cache);
+    let _ = std::fs::remove_file(&out);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_int8_weights_are_kept_for_later_runs_which_map_them_and_a_damaged_file_is_made_anew() {
+    let (dir, _) = synth_hd64("weight-cache");
+    let cache = std::env::temp_dir().join(format!("llm-npu-weight-cache-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&cache);
+    let out = cache.with_extension("npy");
+    let run = |extra: &[&str]| {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_llm-npu"))
+            .args(["logits", "-m", dir.to_str().unwrap(), "--token-ids", "1,2,3,4,5", "--backend", "npu", "--out", out.to_str().unwrap()])
+            .args(extra)
+            .env("LLM_NPU_CACHE", &cache)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(o.status.success(), "{stderr}");
+        (llm_npu::npy::read_f32(&out).unwrap().1, stderr)
+    };
+    let kept = || -> Vec<PathBuf> { std::fs::read_dir(cache.join("int8-weights")).map(|d| d.map(|e| e.unwrap().path()).collect()).unwrap_or_default() };
+    let (fresh, stderr) = run(&["--no-weight-cache"]);
+    assert!(stderr.contains("int8 weights") && stderr.contains("quantized in") && kept().is_empty(), "{stderr}");
+    let (first, stderr) = run(&[]);
+    assert!(stderr.contains("will be kept for later runs") && stderr.contains("quantized in"), "{stderr}");
+    assert_eq!(kept().len(), 1);
+    let (second, stderr) = run(&[]);
+    assert!(stderr.contains("mapped from") && !stderr.contains("quantized in"), "{stderr}");
+    assert_eq!(fresh, first);
+    assert_eq!(first, second, "mapped weights give the logits of quantized ones");
+    // Damaged contents are noticed, quantized again and replaced.
+    let file = kept()[0].clone();
+    let mut bytes = std::fs::read(&file).unwrap();
+    let at = bytes.len() - 100;
+    bytes[at] ^= 0x40;
+    std::fs::write(&file, &bytes).unwrap();
+    let (third, stderr) = run(&[]);
+    assert!(stderr.contains("unusable") && stderr.contains("quantized in") && stderr.contains("will be kept"), "{stderr}");
+    assert_eq!(first, third);
+    let (_, stderr) = run(&[]);
+    assert!(stderr.contains("mapped from"), "{stderr}");
     let _ = std::fs::remove_dir_all(&cache);
     let _ = std::fs::remove_file(&out);
     let _ = std::fs::remove_dir_all(&dir);

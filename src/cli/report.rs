@@ -110,10 +110,11 @@ pub fn build_engine(loaded: &Arc<LoadedModel>, args: &ModelArgs, backend: Backen
             eprintln!("npu: calibration {}", npu.calibration);
         }
         eprintln!(
-            "npu: {} int8 weights ({:.2} GiB, {}) quantized in {:.2} s; {}",
+            "npu: {} int8 weights ({:.2} GiB, {}) {} in {:.2} s; {}",
             if npu.weights == WeightGranularity::PerTensor { "per-tensor" } else { "per-channel" },
             npu.weight_bytes as f64 / (1u64 << 30) as f64,
             npu.accel.name(),
+            npu.weights_from,
             npu.quantize_time.as_secs_f64(),
             attention_summary(npu.attention_precision(), loaded.model.config.head_dim)
         );

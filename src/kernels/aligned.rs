@@ -103,6 +103,42 @@ impl<T: Plain> DerefMut for AlignedVec<T> {
     }
 }
 
+/// Read-only values that start on a 64-byte boundary: made in memory (`AlignedVec`), or a
+/// slice of a memory-mapped file (the npu backend's kept int8 weights: nothing is copied, and
+/// the page cache holds them once for every process that maps the file).
+pub enum Stored<T: Plain> {
+    Owned(AlignedVec<T>),
+    Mapped { map: std::sync::Arc<memmap2::Mmap>, at: usize, len: usize, _t: PhantomData<T> },
+}
+
+impl<T: Plain> Stored<T> {
+    /// `len` values from byte `at` of `map`; None unless they lie inside it and start on a
+    /// 64-byte boundary.
+    pub fn mapped(map: std::sync::Arc<memmap2::Mmap>, at: usize, len: usize) -> Option<Self> {
+        let end = len.checked_mul(size_of::<T>())?.checked_add(at)?;
+        ((map.as_ptr() as usize + at) % 64 == 0 && end <= map.len()).then_some(Stored::Mapped { map, at, len, _t: PhantomData })
+    }
+
+    /// The values' bytes (to write them out).
+    pub fn as_bytes(&self) -> &[u8] {
+        // SAFETY: a Plain slice is len * size_of::<T>() initialized bytes.
+        unsafe { std::slice::from_raw_parts(self.as_ptr() as *const u8, std::mem::size_of_val::<[T]>(self)) }
+    }
+}
+
+impl<T: Plain> Deref for Stored<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        match self {
+            Stored::Owned(v) => v,
+            // SAFETY: `mapped` checked that the values lie inside the mapping, which lives as long
+            // as self, on a 64-byte boundary (>= T's alignment); any bytes are a valid T. The file
+            // is ours and mapped read-only.
+            Stored::Mapped { map, at, len, .. } => unsafe { std::slice::from_raw_parts(map.as_ptr().add(*at) as *const T, *len) },
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,7 +15,7 @@
 use rayon::prelude::*;
 use std::sync::OnceLock;
 
-use super::aligned::AlignedVec;
+use super::aligned::{AlignedVec, Stored};
 
 /// Output rows per weight panel.
 pub const NR_I8: usize = 32;
@@ -119,13 +119,17 @@ pub struct PackedI8Weights {
     pub k: usize,
     /// k rounded up to a multiple of 4 (zero padding).
     k4: usize,
-    /// [n / NR_I8 panels][k4 / 4][NR_I8][4]
-    data: AlignedVec<i8>,
+    /// [n / NR_I8 panels][k4 / 4][NR_I8][4], then AMX's slack (`slack_bytes`)
+    data: Stored<i8>,
     /// -128 x sum_k w[r, k] per output row (padded to whole panels with 0): what the
     /// activations' +128 adds to a product, taken back (AMX results start from it; 64-byte
     /// aligned, so a panel's 32 are one bias row).
-    offsets: AlignedVec<i32>,
+    offsets: Stored<i32>,
 }
+
+/// Bytes of zeros past the last panel: AMX reads whole 64-k steps, up to 15 groups past the last
+/// panel's end (their products meet zero activations).
+const SLACK_BYTES: usize = 16 * NR_I8 * 4;
 
 impl PackedI8Weights {
     /// Weights must lie in -127..=127, as symmetric quantization gives: the AVX2 kernel's sign
@@ -147,9 +151,7 @@ impl PackedI8Weights {
     ) -> (Self, Vec<T>) {
         let k4 = k.next_multiple_of(4);
         let panels = n.div_ceil(NR_I8);
-        // AMX reads whole 64-k steps: up to 15 groups past the last panel's end (their products
-        // meet zero activations).
-        let mut data = AlignedVec::filled(0i8, panels * k4 * NR_I8 + 16 * NR_I8 * 4);
+        let mut data = AlignedVec::filled(0i8, panels * k4 * NR_I8 + SLACK_BYTES);
         let mut offsets = AlignedVec::filled(0i32, panels * NR_I8);
         // k = 0: rows of nothing, offsets 0 (chunks of 0 would panic).
         let kept: Vec<Vec<T>> = data[..panels * k4 * NR_I8]
@@ -174,7 +176,21 @@ impl PackedI8Weights {
                 },
             )
             .collect();
-        (PackedI8Weights { n, k, k4, data, offsets }, kept.into_iter().flatten().collect())
+        (PackedI8Weights { n, k, k4, data: Stored::Owned(data), offsets: Stored::Owned(offsets) }, kept.into_iter().flatten().collect())
+    }
+
+    /// The packed weights and their offsets as stored, to be kept in a file
+    /// (`quant::weight_cache`) and given back to `from_parts`.
+    pub fn parts(&self) -> (&Stored<i8>, &Stored<i32>) {
+        (&self.data, &self.offsets)
+    }
+
+    /// [n, k] weights from the parts `parts` gave; None unless their lengths fit n and k (the
+    /// values themselves are trusted: every one is some int8 or int32, so the kernels stay in
+    /// bounds whatever they are).
+    pub fn from_parts(n: usize, k: usize, data: Stored<i8>, offsets: Stored<i32>) -> Option<Self> {
+        let (k4, panels) = (k.next_multiple_of(4), n.div_ceil(NR_I8));
+        (data.len() == panels.checked_mul(k4)?.checked_mul(NR_I8)?.checked_add(SLACK_BYTES)? && offsets.len() == panels * NR_I8).then_some(PackedI8Weights { n, k, k4, data, offsets })
     }
 
     /// The weights back in plain [n][k] rows.

@@ -202,55 +202,18 @@ impl Calibration {
 }
 
 /// Where the npu backend keeps the calibration on random tokens it falls back to, so later runs
-/// skip it: llm-npu's cache folder (`util::cache_dir`), never beside the model,
-/// which may be read-only or shared. Named `<model>-<build>.json`: the model from its path and its
-/// files' sizes and modification times (a changed model is calibrated anew), the build from this
-/// program's file (a new build, whose calibration may differ, too). None where there is no cache
+/// skip it: llm-npu's cache folder (`util::cache_dir`), never beside the model, which may be
+/// read-only or shared. Named `<model>-<build>.json` (`util::cached_for_model`): a changed model,
+/// or a new build, whose calibration may differ, calibrates anew. None where there is no cache
 /// folder or the model cannot be read.
 pub fn random_fallback_cache(model: &Path) -> Option<PathBuf> {
-    let cache = crate::util::cache_dir()?;
-    let model = model.canonicalize().ok()?;
-    let mut files = vec![model.clone()];
-    if model.is_dir() {
-        // The folder's files, but not the ones llm-npu keeps there itself.
-        files = std::fs::read_dir(&model).ok()?.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_file() && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("llm-npu-"))).collect();
-        files.sort();
-    }
-    let build = std::env::current_exe().ok()?;
-    let name = format!("{:016x}-{:016x}.json", files_id(&model, &files)?, files_id(&build, std::slice::from_ref(&build))?);
-    Some(cache.join("calibration-random").join(name))
+    crate::util::cached_for_model("calibration-random", model, "", "json")
 }
 
-/// A hash of `key` and each file's path, size and modification time.
-fn files_id(key: &Path, files: &[PathBuf]) -> Option<u64> {
-    use std::hash::{Hash, Hasher};
-    let mut hash = std::hash::DefaultHasher::new();
-    key.hash(&mut hash);
-    for file in files {
-        let meta = file.metadata().ok()?;
-        (file, meta.len(), meta.modified().ok()).hash(&mut hash);
-    }
-    Some(hash.finish())
-}
-
-/// Saves the calibration at `path` (from `random_fallback_cache`) whole or not at all (written
-/// beside it, then renamed: concurrent runs never read half a file), and removes what other
-/// builds kept for the same model.
+/// Saves the calibration at `path` (from `random_fallback_cache`) whole or not at all, and
+/// removes what other builds kept for the same model (`util::keep_cached`).
 pub fn keep_random_fallback(calibration: &Calibration, path: &Path) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let partial = path.with_extension(format!("{}.partial", std::process::id()));
-    calibration.save(&partial)?;
-    std::fs::rename(&partial, path).map_err(|e| Error::io(path, e))?;
-    let name = path.file_name().unwrap_or_default().to_string_lossy();
-    let model = name.split('-').next().unwrap_or_default();
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let other = entry.file_name().to_string_lossy().into_owned();
-        if other != name && other.starts_with(&format!("{model}-")) && other.ends_with(".json") {
-            let _ = std::fs::remove_file(entry.path());
-        }
-    }
-    Ok(())
+    crate::util::keep_cached(path, |partial| calibration.save(partial))
 }
 
 /// Where a model's calibration lives by default: `<folder>/llm-npu-calibration.json` for an HF

@@ -6,6 +6,7 @@
 
 pub mod calibration;
 pub mod stats;
+pub mod weight_cache;
 
 use std::sync::Arc;
 

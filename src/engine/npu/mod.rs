@@ -30,7 +30,7 @@ use crate::model::transformer::LinearExecutor;
 use crate::model::{KvCache, LinearGroup, LoadedModel, Logits};
 use crate::prefill::profile::GroupTiming;
 use crate::quant::calibration::Calibration;
-use crate::quant::{w8a8, w8a8_dynamic, Int8Linear, WeightGranularity};
+use crate::quant::{w8a8, w8a8_dynamic, weight_cache, Int8Linear, WeightGranularity};
 use crate::shadow::{BufferPool, ScaleRule, ShadowOptions, ShadowPlan, ShadowPoint, ShadowWork};
 use crate::util::Progress;
 
@@ -53,11 +53,14 @@ pub struct NpuOptions {
     pub executors: Option<scheduled::ExecutorOptions>,
     /// Prefill attention in int8 (chunks of INT8_MIN_TOKENS or more; decode stays f32).
     pub attention: attention::Precision,
+    /// Keep the quantized weights in llm-npu's cache folder (`quant::weight_cache`), and map
+    /// them from there when an earlier run kept them, instead of quantizing again.
+    pub keep_weights: bool,
 }
 
 impl Default for NpuOptions {
     fn default() -> Self {
-        NpuOptions { accelerator: "ref", graph_cache: None, smaller_chunks: true, weights: WeightGranularity::PerChannel, shadow: ShadowOptions::default(), executors: None, attention: attention::Precision::F32 }
+        NpuOptions { accelerator: "ref", graph_cache: None, smaller_chunks: true, weights: WeightGranularity::PerChannel, shadow: ShadowOptions::default(), executors: None, attention: attention::Precision::F32, keep_weights: false }
     }
 }
 
@@ -105,9 +108,15 @@ pub struct NpuEngine {
     /// Bytes of int8 weights (with their packing), decoder layers and LM head.
     pub weight_bytes: usize,
     pub weights: WeightGranularity,
-    /// What quantizing the weights took.
+    /// What quantizing (or mapping kept) weights took.
     pub quantize_time: Duration,
-    lm_head: Int8Linear,
+    /// Where the int8 weights came from: "quantized" here, or "mapped from" what an earlier run
+    /// kept.
+    pub weights_from: String,
+    lm_head: Arc<Int8Linear>,
+    /// The int8 weights to keep for later runs, written when the engine is dropped: after the
+    /// work, never competing with a prefill for the cores and memory.
+    keeping: Option<KeepJob>,
     /// Where the static scales came from (a file, or random tokens).
     pub calibration: String,
     /// Which inputs run shadow work, with which scales and hot sets.
@@ -145,18 +154,14 @@ impl NpuEngine {
                 accel.name()
             )));
         }
+        let (int8, weights_from, keeping) = Self::int8_weights(&loaded, opts, progress);
+        let mut int8 = int8.into_iter();
         let mut layers = Vec::with_capacity(model.layers.len());
         let mut weight_bytes = 0;
-        progress.start("quantizing", "layers", model.layers.len() as u64);
         for (i, l) in model.layers.iter().enumerate() {
             let plan = &shadow_plan.layers[i];
             let layer = NpuLayer {
-                linears: LinearGroup::ALL.map(|g| {
-                    l.linears(g)
-                        .into_iter()
-                        .map(|lin| Arc::new(Int8Linear::from_tensor(&lin.weight, lin.bias.as_ref().map(|b| b.data()), opts.weights)))
-                        .collect()
-                }),
+                linears: LinearGroup::ALL.map(|g| l.linears(g).iter().map(|_| int8.next().expect("a linear per weight")).collect()),
                 scales: LinearGroup::ALL.map(|g| plan.point(g).scale),
                 output_ranges: LinearGroup::ALL.map(|g| {
                     let max = &cal.point(i, g).expect("calibration checked against the model").output_max;
@@ -170,11 +175,8 @@ impl NpuEngine {
             };
             weight_bytes += layer.linears.iter().flatten().map(|l| l.weights.memory_bytes()).sum::<usize>();
             layers.push(layer);
-            progress.step();
         }
-        progress.finish();
-        let head = &model.lm_head;
-        let lm_head = Int8Linear::from_tensor(&head.weight, None, WeightGranularity::PerChannel);
+        let lm_head = int8.next().expect("the LM head last");
         weight_bytes += lm_head.weights.memory_bytes();
         // No chunk can hold more tokens than the context; a larger size would only pad.
         let chunk_size = chunk_size.min(model.config.max_seq_len);
@@ -198,7 +200,9 @@ impl NpuEngine {
             weight_bytes,
             weights: opts.weights,
             quantize_time: t0.elapsed(),
+            weights_from,
             lm_head,
+            keeping,
             calibration,
             shadow_plan,
             shadow_buffers: BufferPool::default(),
@@ -206,6 +210,39 @@ impl NpuEngine {
             executors,
             attention: opts.attention,
         })
+    }
+
+    /// Every decoder linear (layer by layer, `LinearGroup::ALL` order) then the LM head in int8:
+    /// mapped from what an earlier run kept, or quantized here (progress: one step per layer)
+    /// and, with `keep_weights`, to be kept for later runs when the engine is dropped (the job
+    /// returned). Says where they came from.
+    fn int8_weights(loaded: &LoadedModel, opts: &NpuOptions, progress: &dyn Progress) -> (Vec<Arc<Int8Linear>>, String, Option<KeepJob>) {
+        let model = &loaded.model;
+        let decoder = model.layers.iter().flat_map(|l| LinearGroup::ALL.into_iter().flat_map(move |g| l.linears(g)));
+        let shapes: Vec<weight_cache::Shape> = decoder.chain([&model.lm_head]).map(|l| weight_cache::Shape { n: l.weight.shape()[0], k: l.weight.shape()[1], bias: l.bias.is_some() }).collect();
+        let kept = opts.keep_weights.then(|| weight_cache::path(&loaded.path, opts.weights)).flatten();
+        if let Some(path) = &kept {
+            match weight_cache::load(path, &shapes) {
+                Ok(Some(linears)) => return (linears.into_iter().map(Arc::new).collect(), format!("mapped from {} (kept by an earlier run)", path.display()), None),
+                Ok(None) => {}
+                Err(e) => progress.note(&format!("warning: the kept int8 weights are unusable ({e}): quantizing again")),
+            }
+        }
+        let mut linears = Vec::with_capacity(shapes.len());
+        progress.start("quantizing", "layers", model.layers.len() as u64);
+        for l in &model.layers {
+            let layer = LinearGroup::ALL.into_iter().flat_map(|g| l.linears(g));
+            linears.extend(layer.map(|lin| Arc::new(Int8Linear::from_tensor(&lin.weight, lin.bias.as_ref().map(|b| b.data()), opts.weights))));
+            progress.step();
+        }
+        progress.finish();
+        // The LM head is per channel whatever the decoder's granularity.
+        linears.push(Arc::new(Int8Linear::from_tensor(&model.lm_head.weight, None, WeightGranularity::PerChannel)));
+        let Some(path) = kept else { return (linears, "quantized".into(), None) };
+        let gib = linears.iter().map(|l| l.weights.memory_bytes()).sum::<usize>() as f64 / (1u64 << 30) as f64;
+        progress.note(&format!("npu: the int8 weights will be kept for later runs in {} ({gib:.2} GiB, written when this run ends; --no-weight-cache to skip)", path.display()));
+        let job = KeepJob { path, model: loaded.path.clone(), linears: linears.clone() };
+        (linears, "quantized".into(), Some(job))
     }
 
     /// Final norm (f32), then the int8 LM head on the CPU with a per-row dynamic activation
@@ -328,6 +365,23 @@ impl NpuEngine {
             }
         }
         Ok(out)
+    }
+}
+
+/// Int8 weights to be kept at `path` (`quant::weight_cache`).
+struct KeepJob {
+    path: std::path::PathBuf,
+    model: std::path::PathBuf,
+    linears: Vec<Arc<Int8Linear>>,
+}
+
+impl Drop for NpuEngine {
+    /// Keeps the int8 weights for later runs, if this run quantized them. A failure only means
+    /// that the next run quantizes again.
+    fn drop(&mut self) {
+        if let Some(job) = self.keeping.take() {
+            let _ = weight_cache::keep(&job.path, &job.model, &job.linears.iter().map(|l| &**l).collect::<Vec<_>>());
+        }
     }
 }
 
