@@ -238,7 +238,8 @@ impl NpuEngine {
         progress.finish();
         // The LM head is per channel whatever the decoder's granularity.
         linears.push(Arc::new(Int8Linear::from_tensor(&model.lm_head.weight, None, WeightGranularity::PerChannel)));
-        let Some(path) = kept else { return (linears, "quantized".into(), None) };
+        // Another engine of this process may already keep them (demo builds two npu engines).
+        let Some(path) = kept.filter(|p| KeepJob::claim(p)) else { return (linears, "quantized".into(), None) };
         let gib = linears.iter().map(|l| l.weights.memory_bytes()).sum::<usize>() as f64 / (1u64 << 30) as f64;
         progress.note(&format!("npu: the int8 weights will be kept for later runs in {} ({gib:.2} GiB, written when this run ends; --no-weight-cache to skip)", path.display()));
         let job = KeepJob { path, model: loaded.path.clone(), linears: linears.clone() };
@@ -375,12 +376,32 @@ struct KeepJob {
     linears: Vec<Arc<Int8Linear>>,
 }
 
+impl KeepJob {
+    /// The paths this process's engines will keep weights at.
+    fn pending() -> std::sync::MutexGuard<'static, Vec<std::path::PathBuf>> {
+        static PENDING: Mutex<Vec<std::path::PathBuf>> = Mutex::new(Vec::new());
+        PENDING.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// True when no other engine of this process keeps weights at `path` already; then this
+    /// caller does.
+    fn claim(path: &std::path::Path) -> bool {
+        let mut pending = Self::pending();
+        let free = !pending.iter().any(|p| p == path);
+        if free {
+            pending.push(path.to_path_buf());
+        }
+        free
+    }
+}
+
 impl Drop for NpuEngine {
     /// Keeps the int8 weights for later runs, if this run quantized them. A failure only means
     /// that the next run quantizes again.
     fn drop(&mut self) {
         if let Some(job) = self.keeping.take() {
             let _ = weight_cache::keep(&job.path, &job.model, &job.linears.iter().map(|l| &**l).collect::<Vec<_>>());
+            KeepJob::pending().retain(|p| *p != job.path);
         }
     }
 }
