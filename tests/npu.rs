@@ -509,27 +509,35 @@ fn openvino_accelerator_agrees_with_the_reference_and_an_absent_device_is_one_li
     assert!(none.is_none() && code == Some(1) && errors.len() == 1 && errors[0].contains("NPU"), "{stderr}");
 }
 
+/// `llm-npu logits` of five tokens on the npu backend with `cache` as llm-npu's cache folder
+/// (and `extra` flags): the logits and what it said on stderr.
+fn npu_logits_with_cache(model: &Path, cache: &Path, extra: &[&str]) -> (Vec<f32>, String) {
+    let out = cache.with_extension("npy");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_llm-npu"))
+        .args(["logits", "-m", model.to_str().unwrap(), "--token-ids", "1,2,3,4,5", "--backend", "npu", "--out", out.to_str().unwrap()])
+        .args(extra)
+        .env("LLM_NPU_CACHE", cache)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "{stderr}");
+    (llm_npu::npy::read_f32(&out).unwrap().1, stderr)
+}
+
+/// The files in `dir`, sorted (none when it does not exist).
+fn files_in(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir).map(|d| d.map(|e| e.unwrap().path()).collect()).unwrap_or_default();
+    files.sort();
+    files
+}
+
 #[test]
 fn the_random_token_calibration_is_kept_in_the_cache_for_later_runs_and_redone_when_the_model_changes() {
     let (dir, _) = synth_hd64("calibration-cache");
     let cache = std::env::temp_dir().join(format!("llm-npu-calibration-cache-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&cache);
-    let out = cache.with_extension("npy");
-    let run = || {
-        let o = std::process::Command::new(env!("CARGO_BIN_EXE_llm-npu"))
-            .args(["logits", "-m", dir.to_str().unwrap(), "--token-ids", "1,2,3,4,5", "--backend", "npu", "--out", out.to_str().unwrap()])
-            .env("LLM_NPU_CACHE", &cache)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
-        assert!(o.status.success(), "{stderr}");
-        (llm_npu::npy::read_f32(&out).unwrap().1, stderr)
-    };
-    let kept = || -> Vec<PathBuf> {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(cache.join("calibration-random")).map(|d| d.map(|e| e.unwrap().path()).collect()).unwrap_or_default();
-        files.sort();
-        files
-    };
+    let run = || npu_logits_with_cache(&dir, &cache, &[]);
+    let kept = || files_in(&cache.join("calibration-random"));
     let (first, stderr) = run();
     assert!(stderr.contains("calibrating on 512 random tokens") && stderr.contains("kept it in"), "{stderr}");
     assert_eq!(kept().len(), 1);
@@ -553,7 +561,7 @@ fn the_random_token_calibration_is_kept_in_the_cache_for_later_runs_and_redone_w
     assert!(stderr.contains("calibrating on 512 random tokens"), "{stderr}");
     assert_eq!(kept().len(), 2);
     let _ = std::fs::remove_dir_all(&cache);
-    let _ = std::fs::remove_file(&out);
+    let _ = std::fs::remove_file(cache.with_extension("npy"));
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -562,19 +570,8 @@ fn the_int8_weights_are_kept_for_later_runs_which_map_them_and_a_damaged_file_is
     let (dir, _) = synth_hd64("weight-cache");
     let cache = std::env::temp_dir().join(format!("llm-npu-weight-cache-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&cache);
-    let out = cache.with_extension("npy");
-    let run = |extra: &[&str]| {
-        let o = std::process::Command::new(env!("CARGO_BIN_EXE_llm-npu"))
-            .args(["logits", "-m", dir.to_str().unwrap(), "--token-ids", "1,2,3,4,5", "--backend", "npu", "--out", out.to_str().unwrap()])
-            .args(extra)
-            .env("LLM_NPU_CACHE", &cache)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
-        assert!(o.status.success(), "{stderr}");
-        (llm_npu::npy::read_f32(&out).unwrap().1, stderr)
-    };
-    let kept = || -> Vec<PathBuf> { std::fs::read_dir(cache.join("int8-weights")).map(|d| d.map(|e| e.unwrap().path()).collect()).unwrap_or_default() };
+    let run = |extra: &[&str]| npu_logits_with_cache(&dir, &cache, extra);
+    let kept = || files_in(&cache.join("int8-weights"));
     let (fresh, stderr) = run(&["--no-weight-cache"]);
     assert!(stderr.contains("int8 weights") && stderr.contains("quantized in") && kept().is_empty(), "{stderr}");
     let (first, stderr) = run(&[]);
@@ -596,6 +593,6 @@ fn the_int8_weights_are_kept_for_later_runs_which_map_them_and_a_damaged_file_is
     let (_, stderr) = run(&[]);
     assert!(stderr.contains("mapped from"), "{stderr}");
     let _ = std::fs::remove_dir_all(&cache);
-    let _ = std::fs::remove_file(&out);
+    let _ = std::fs::remove_file(cache.with_extension("npy"));
     let _ = std::fs::remove_dir_all(&dir);
 }
