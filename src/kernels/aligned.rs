@@ -108,7 +108,16 @@ impl<T: Plain> DerefMut for AlignedVec<T> {
 /// the page cache holds them once for every process that maps the file).
 pub enum Stored<T: Plain> {
     Owned(AlignedVec<T>),
-    Mapped { map: std::sync::Arc<memmap2::Mmap>, at: usize, len: usize, _t: PhantomData<T> },
+    Mapped(MappedValues<T>),
+}
+
+/// Values inside a memory-mapped file, made only by `Stored::mapped`, which checks where they
+/// lie (the fields are private so that nothing else can claim other bytes).
+pub struct MappedValues<T: Plain> {
+    map: std::sync::Arc<memmap2::Mmap>,
+    at: usize,
+    len: usize,
+    _t: PhantomData<T>,
 }
 
 impl<T: Plain> Stored<T> {
@@ -116,7 +125,7 @@ impl<T: Plain> Stored<T> {
     /// 64-byte boundary.
     pub fn mapped(map: std::sync::Arc<memmap2::Mmap>, at: usize, len: usize) -> Option<Self> {
         let end = len.checked_mul(size_of::<T>())?.checked_add(at)?;
-        ((map.as_ptr() as usize + at) % 64 == 0 && end <= map.len()).then_some(Stored::Mapped { map, at, len, _t: PhantomData })
+        ((map.as_ptr() as usize + at) % 64 == 0 && end <= map.len()).then_some(Stored::Mapped(MappedValues { map, at, len, _t: PhantomData }))
     }
 
     /// The values' bytes (to write them out).
@@ -134,7 +143,7 @@ impl<T: Plain> Deref for Stored<T> {
             // SAFETY: `mapped` checked that the values lie inside the mapping, which lives as long
             // as self, on a 64-byte boundary (>= T's alignment); any bytes are a valid T. The file
             // is ours and mapped read-only.
-            Stored::Mapped { map, at, len, .. } => unsafe { std::slice::from_raw_parts(map.as_ptr().add(*at) as *const T, *len) },
+            Stored::Mapped(m) => unsafe { std::slice::from_raw_parts(m.map.as_ptr().add(m.at) as *const T, m.len) },
         }
     }
 }

@@ -119,7 +119,7 @@ pub struct PackedI8Weights {
     pub k: usize,
     /// k rounded up to a multiple of 4 (zero padding).
     k4: usize,
-    /// [n / NR_I8 panels][k4 / 4][NR_I8][4], then AMX's slack (`slack_bytes`)
+    /// [n / NR_I8 panels][k4 / 4][NR_I8][4], then AMX's slack (`SLACK_BYTES`)
     data: Stored<i8>,
     /// -128 x sum_k w[r, k] per output row (padded to whole panels with 0): what the
     /// activations' +128 adds to a product, taken back (AMX results start from it; 64-byte

@@ -9,10 +9,10 @@
 //! the parts, each on a 4,096-byte boundary: the packed weights and their offsets as the kernels
 //! read them, the scales and the bias as f32 (this machine's byte order). It is written without
 //! waiting for the disk; the header's check of the contents, verified at every load, catches
-//! what a crash soon after may leave. Its name holds the
-//! model, the weight granularity and the build (`util::cached_for_model`): a changed model, or a
-//! new build whose packing may differ, quantizes anew. The folder is kept under `BUDGET`: files
-//! whose model is gone go first, then the least recently used.
+//! what a crash soon after may leave. Its name holds the model, the weight granularity and the
+//! build (`util::cached_for_model`): a changed model, or a new build whose packing may differ,
+//! quantizes anew. The folder is kept under `BUDGET`: files whose model is gone go first, then
+//! the least recently used.
 
 use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
@@ -328,7 +328,7 @@ mod tests {
             assert_eq!((&a.scales, &a.bias), (&b.scales, &b.bias));
             let ((da, oa), (db, ob)) = (a.weights.parts(), b.weights.parts());
             assert_eq!((&da[..], &oa[..]), (&db[..], &ob[..]));
-            assert!(matches!(db, Stored::Mapped { .. }), "mapped, not copied");
+            assert!(matches!(db, Stored::Mapped(_)), "mapped, not copied");
         }
         // Another model's shapes, a missing file, a truncated one, a damaged header.
         let mut other = shapes(&made);
