@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use super::decompose::Block;
 use crate::error::{Error, Result};
 use crate::kernels::sign_blocks::SignBlock;
-use crate::util::Progress;
+use crate::util::{checksum, Progress};
 
 const MAGIC: &[u8; 8] = b"LNPUBSTK";
 const VERSION: u32 = 1;
@@ -90,17 +90,6 @@ pub struct StackFile {
     pub scales: Vec<Vec<f32>>,
     /// File offset of each block in stack order, and of the end.
     offsets: Vec<u64>,
-}
-
-pub(crate) fn checksum(bytes: &[u8]) -> u64 {
-    // FNV-1a over 8-byte words: catches cut, zeroed or flipped data at memory speed.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for w in bytes.chunks(8) {
-        let mut word = [0u8; 8];
-        word[..w.len()].copy_from_slice(w);
-        h = (h ^ u64::from_le_bytes(word)).wrapping_mul(0x0000_0100_0000_01B3);
-    }
-    h
 }
 
 fn encode_block(b: &Block, padded: usize) -> Vec<u8> {

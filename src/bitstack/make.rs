@@ -58,7 +58,7 @@ pub fn model_fingerprint(model: &Transformer) -> u64 {
         w.copy_row(0, &mut row);
         bytes.extend(row.iter().flat_map(|x| x.to_le_bytes()));
     }
-    super::file::checksum(&bytes)
+    crate::util::checksum(&bytes)
 }
 
 /// A stack as made, before it is written: what `file::write` takes.

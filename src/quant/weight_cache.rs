@@ -194,27 +194,11 @@ fn parts_of<'a>(lin: &&'a Int8Linear) -> impl Iterator<Item = &'a [u8]> {
     [Some(data.as_bytes()), Some(offsets.as_bytes()), Some(bytes_of(&lin.scales)), lin.bias.as_deref().map(bytes_of)].into_iter().flatten()
 }
 
-/// A hash of the parts' bytes, in order (not cryptographic: it catches damage, not tampering).
+/// `util::checksum_wide` of the parts' bytes, 1 MiB blocks at a time in parallel, joined in order.
 fn check<'a>(parts: impl Iterator<Item = &'a [u8]>) -> u64 {
     use rayon::prelude::*;
-    const K: u64 = 0x9E37_79B9_7F4A_7C15;
-    // Four independent chains of multiply-xor over each 1 MiB block's 8-byte words, the blocks
-    // hashed in parallel and joined in order: about as fast as the bytes can be read.
-    let block = |b: &[u8]| -> u64 {
-        let mut h = [1u64, 2, 3, 4];
-        let mut words = b.chunks_exact(32);
-        for w in &mut words {
-            for (i, h) in h.iter_mut().enumerate() {
-                *h = (*h ^ u64::from_le_bytes(w[8 * i..8 * i + 8].try_into().unwrap())).wrapping_mul(K).rotate_left(29);
-            }
-        }
-        let tail = words.remainder().iter().fold(b.len() as u64, |t, &x| (t ^ x as u64).wrapping_mul(K));
-        h.iter().fold(tail, |a, &x| (a ^ x).wrapping_mul(K).rotate_left(31))
-    };
-    parts.fold(0u64, |acc, part| {
-        let blocks: Vec<u64> = part.par_chunks(1 << 20).map(block).collect();
-        blocks.into_iter().fold((acc ^ part.len() as u64).wrapping_mul(K), |a, x| (a ^ x).wrapping_mul(K).rotate_left(23))
-    })
+    let blocks: Vec<u64> = parts.flat_map(|part| part.par_chunks(1 << 20).map(crate::util::checksum_wide).collect::<Vec<_>>().into_iter().chain([part.len() as u64])).collect();
+    crate::util::checksum(&blocks.iter().flat_map(|b| b.to_le_bytes()).collect::<Vec<u8>>())
 }
 
 /// A file being written, and how far.
