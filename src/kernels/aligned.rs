@@ -127,12 +127,12 @@ impl<T: Plain> Stored<T> {
         let end = len.checked_mul(size_of::<T>())?.checked_add(at)?;
         ((map.as_ptr() as usize + at) % 64 == 0 && end <= map.len()).then_some(Stored::Mapped(MappedValues { map, at, len, _t: PhantomData }))
     }
+}
 
-    /// The values' bytes (to write them out).
-    pub fn as_bytes(&self) -> &[u8] {
-        // SAFETY: a Plain slice is len * size_of::<T>() initialized bytes.
-        unsafe { std::slice::from_raw_parts(self.as_ptr() as *const u8, std::mem::size_of_val::<[T]>(self)) }
-    }
+/// The bytes of plain values (to write them out).
+pub fn bytes_of<T: Plain>(values: &[T]) -> &[u8] {
+    // SAFETY: a Plain slice is size_of_val initialized bytes.
+    unsafe { std::slice::from_raw_parts(values.as_ptr() as *const u8, std::mem::size_of_val(values)) }
 }
 
 impl<T: Plain> Deref for Stored<T> {

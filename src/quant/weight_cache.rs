@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Int8Linear, WeightGranularity};
 use crate::error::{Error, Result};
-use crate::kernels::aligned::{Plain, Stored};
+use crate::kernels::aligned::{bytes_of, Plain, Stored};
 use crate::kernels::int8_gemm::PackedI8Weights;
 
 const MAGIC: &[u8; 8] = b"llmnpu8w";
@@ -66,7 +66,7 @@ struct Entry {
     bias: Option<Part>,
 }
 
-/// `len` values from byte `at` after the parts' start.
+/// `len` bytes from byte `at` after the parts' start.
 #[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Debug)]
 struct Part {
     at: usize,
@@ -122,9 +122,12 @@ pub fn load(path: &Path, shapes: &[Shape]) -> Result<Option<Vec<Int8Linear>>> {
     Ok(Some(linears))
 }
 
-/// Part `p` of a mapped file whose parts start at `base`, if it lies inside the file.
+/// Part `p` of a mapped file whose parts start at `base`, as values of T, if it lies inside the
+/// file and holds whole values.
 fn mapped<T: Plain>(map: &Arc<memmap2::Mmap>, base: usize, p: Part) -> Option<Stored<T>> {
-    Stored::mapped(map.clone(), base.checked_add(p.at)?, p.len)
+    let size = std::mem::size_of::<T>();
+    (p.len % size == 0).then_some(())?;
+    Stored::mapped(map.clone(), base.checked_add(p.at)?, p.len / size)
 }
 
 /// The header and where the parts start, if `bytes` begin like a file of kept weights (the
@@ -147,24 +150,18 @@ pub fn keep(path: &Path, model: &Path, linears: &[&Int8Linear]) -> Result<u64> {
     if let Some(free) = crate::util::free_bytes(dir).filter(|&free| free < bytes.saturating_mul(2)) {
         return Err(Error::Input(format!("{:.1} GiB free in {}, too little to keep {:.1} GiB", free as f64 / (1u64 << 30) as f64, dir.display(), bytes as f64 / (1u64 << 30) as f64)));
     }
+    // Where each part goes, in the order `parts_of` gives and `Out::part` writes them.
     let mut at = 0;
-    let mut place = |bytes: usize| {
-        let p = at;
-        at += bytes.next_multiple_of(ALIGN);
-        p
-    };
     let mut entries = Vec::with_capacity(linears.len());
     for lin in linears {
-        let (data, offsets) = lin.weights.parts();
-        let mut part = |len: usize, size: usize| Part { at: place(len * size), len };
-        entries.push(Entry {
-            n: lin.out_features(),
-            k: lin.in_features(),
-            data: part(data.len(), 1),
-            offsets: part(offsets.len(), 4),
-            scales: part(lin.scales.len(), 4),
-            bias: lin.bias.as_ref().map(|b| part(b.len(), 4)),
+        let mut parts = parts_of(lin).map(|bytes| {
+            let part = Part { at, len: bytes.len() };
+            at += bytes.len().next_multiple_of(ALIGN);
+            part
         });
+        let mut next = || parts.next().expect("weights, offsets and scales");
+        let (data, offsets, scales) = (next(), next(), next());
+        entries.push(Entry { n: lin.out_features(), k: lin.in_features(), data, offsets, scales, bias: parts.next() });
     }
     let check = check(linears.iter().flat_map(parts_of));
     let header = serde_json::to_vec(&Header { model: model.canonicalize().unwrap_or_else(|_| model.to_path_buf()), linears: entries, check }).map_err(|e| Error::Input(format!("kept weights' header: {e}")))?;
@@ -188,10 +185,11 @@ pub fn keep(path: &Path, model: &Path, linears: &[&Int8Linear]) -> Result<u64> {
     std::fs::metadata(path).map(|m| m.len()).map_err(|e| Error::io(path, e))
 }
 
-/// A linear's parts as bytes, in the file's order.
+/// A linear's parts as bytes, in the file's order: the packed weights, their offsets, the
+/// scales, the bias if any (`Entry`'s fields).
 fn parts_of<'a>(lin: &&'a Int8Linear) -> impl Iterator<Item = &'a [u8]> {
     let (data, offsets) = lin.weights.parts();
-    [Some(data.as_bytes()), Some(offsets.as_bytes()), Some(bytes_of(&lin.scales)), lin.bias.as_deref().map(bytes_of)].into_iter().flatten()
+    [Some(bytes_of(data)), Some(bytes_of(offsets)), Some(bytes_of(&lin.scales)), lin.bias.as_deref().map(bytes_of)].into_iter().flatten()
 }
 
 /// `util::checksum_wide` of the parts' bytes, 1 MiB blocks at a time in parallel, joined in order.
@@ -220,11 +218,6 @@ impl Out {
         self.put(&[0u8; ALIGN][..pad])?;
         self.put(bytes)
     }
-}
-
-fn bytes_of<T: Plain>(values: &[T]) -> &[u8] {
-    // SAFETY: a Plain slice is size_of_val initialized bytes.
-    unsafe { std::slice::from_raw_parts(values.as_ptr() as *const u8, std::mem::size_of_val(values)) }
 }
 
 /// Removes from `dir` the kept files whose model is gone, then the least recently used ones
