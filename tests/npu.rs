@@ -170,6 +170,30 @@ fn bf16_attention_through_chunks_stays_near_f32_attention() {
 }
 
 #[test]
+fn npu_engines_of_one_loaded_model_share_its_int8_weights_per_granularity() {
+    let name = "llama-gqa";
+    let loaded = load(name);
+    let tokens = ids(name, "long_ids");
+    let built = |loaded: &Arc<LoadedModel>, opts: NpuOptions| {
+        let engine = npu(loaded, name, opts);
+        let from = engine.as_npu().unwrap().weights_from.clone();
+        (engine.forward(&tokens, &mut loaded.model.new_cache(tokens.len()), Logits::All).unwrap(), from)
+    };
+    let (first, from) = built(&loaded, NpuOptions::default());
+    assert_eq!(from, "quantized");
+    let (second, from) = built(&loaded, NpuOptions::default());
+    assert_eq!(from, "shared with another npu engine of this model");
+    assert_eq!(first, second);
+    // Another granularity is another set; another load of the model quantizes its own.
+    let per_tensor = NpuOptions { weights: WeightGranularity::PerTensor, ..Default::default() };
+    assert_eq!(built(&loaded, per_tensor.clone()).1, "quantized");
+    assert_eq!(built(&loaded, per_tensor).1, "shared with another npu engine of this model");
+    let (again, from) = built(&load(name), NpuOptions::default());
+    assert_eq!(from, "quantized");
+    assert_eq!(first, again);
+}
+
+#[test]
 fn npu_chunking_does_not_change_the_logits() {
     // Static scales make every row's quantization independent of the others, so chunk size and
     // padding must not matter (up to float summation order in attention: none here).

@@ -52,6 +52,28 @@ pub struct LoadedModel {
     pub weights: Weights,
     /// The model's Jinja chat template, when it ships one (see `chat_template_source`).
     pub chat_template: Option<String>,
+    /// What engines make from these weights, shared by every engine built on the model.
+    pub derived: Derived,
+}
+
+/// Things engines make from a loaded model's weights (the npu backend's int8 weights), made once
+/// per key and shared while the model is loaded: `demo` and `bench --ablation` build several npu
+/// engines of one model, which would otherwise each quantize and hold their own copy.
+#[derive(Default)]
+pub struct Derived(std::sync::Mutex<Vec<(String, std::sync::Arc<dyn std::any::Any + Send + Sync>)>>);
+
+impl Derived {
+    /// The thing kept under `key`, made by `make` when there is none yet (a caller asking
+    /// meanwhile waits for it); true when this call made it.
+    pub fn get_or_make<T: std::any::Any + Send + Sync>(&self, key: &str, make: impl FnOnce() -> T) -> (std::sync::Arc<T>, bool) {
+        let mut slots = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(found) = slots.iter().filter(|(k, _)| k == key).find_map(|(_, v)| v.clone().downcast::<T>().ok()) {
+            return (found, false);
+        }
+        let made = std::sync::Arc::new(make());
+        slots.push((key.to_string(), made.clone()));
+        (made, true)
+    }
 }
 
 impl LoadedModel {
@@ -153,7 +175,7 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<LoadedModel> {
         }
     }
     let chat_template = chat_template_source(path, &weights)?;
-    Ok(LoadedModel { path: path.to_path_buf(), format: weights.format_name(), model, tokenizer, weights, chat_template })
+    Ok(LoadedModel { path: path.to_path_buf(), format: weights.format_name(), model, tokenizer, weights, chat_template, derived: Derived::default() })
 }
 
 fn has_magic(path: &Path, magic: &[u8]) -> Result<bool> {

@@ -155,7 +155,7 @@ impl NpuEngine {
             )));
         }
         let (int8, weights_from, keeping) = Self::int8_weights(&loaded, opts, progress);
-        let mut int8 = int8.into_iter();
+        let mut int8 = int8.linears.iter().cloned();
         let mut layers = Vec::with_capacity(model.layers.len());
         let mut weight_bytes = 0;
         for (i, l) in model.layers.iter().enumerate() {
@@ -212,38 +212,25 @@ impl NpuEngine {
         })
     }
 
-    /// Every decoder linear (layer by layer, `LinearGroup::ALL` order) then the LM head in int8:
-    /// mapped from what an earlier run kept, or quantized here (progress: one step per layer)
-    /// and, with `keep_weights`, to be kept for later runs when the engine is dropped (the job
-    /// returned). Says where they came from.
-    fn int8_weights(loaded: &LoadedModel, opts: &NpuOptions, progress: &dyn Progress) -> (Vec<Arc<Int8Linear>>, String, Option<KeepJob>) {
-        let model = &loaded.model;
-        let decoder = model.layers.iter().flat_map(|l| LinearGroup::ALL.into_iter().flat_map(move |g| l.linears(g)));
-        let shapes: Vec<weight_cache::Shape> = decoder.chain([&model.lm_head]).map(|l| weight_cache::Shape { n: l.weight.shape()[0], k: l.weight.shape()[1], bias: l.bias.is_some() }).collect();
+    /// Every decoder linear (layer by layer, `LinearGroup::ALL` order) then the LM head in int8,
+    /// shared by the npu engines of `loaded` with the same granularity (the first makes them:
+    /// `Int8Set::make`). With `keep_weights`, quantized ones are to be kept for later runs when
+    /// the engine is dropped (the job returned). Says where they came from.
+    fn int8_weights(loaded: &LoadedModel, opts: &NpuOptions, progress: &dyn Progress) -> (Arc<Int8Set>, String, Option<KeepJob>) {
         let kept = opts.keep_weights.then(|| weight_cache::path(&loaded.path, opts.weights)).flatten();
-        if let Some(path) = &kept {
-            match weight_cache::load(path, &shapes) {
-                Ok(Some(linears)) => return (linears.into_iter().map(Arc::new).collect(), format!("mapped from {} (kept by an earlier run)", path.display()), None),
-                Ok(None) => {}
-                Err(e) => progress.note(&format!("warning: the kept int8 weights are unusable ({e}): quantizing again")),
-            }
-        }
-        let mut linears = Vec::with_capacity(shapes.len());
-        progress.start("quantizing", "layers", model.layers.len() as u64);
-        for l in &model.layers {
-            let layer = LinearGroup::ALL.into_iter().flat_map(|g| l.linears(g));
-            linears.extend(layer.map(|lin| Arc::new(Int8Linear::from_tensor(&lin.weight, lin.bias.as_ref().map(|b| b.data()), opts.weights))));
-            progress.step();
-        }
-        progress.finish();
-        // The LM head is per channel whatever the decoder's granularity.
-        linears.push(Arc::new(Int8Linear::from_tensor(&model.lm_head.weight, None, WeightGranularity::PerChannel)));
-        // Another engine of this process may already keep them (demo builds two npu engines).
-        let Some(path) = kept.filter(|p| KeepJob::claim(p)) else { return (linears, "quantized".into(), None) };
-        let gib = linears.iter().map(|l| l.weights.memory_bytes()).sum::<usize>() as f64 / (1u64 << 30) as f64;
+        let (set, made_here) = loaded.derived.get_or_make(&format!("npu int8 weights {:?}", opts.weights), || Int8Set::make(loaded, opts.weights, kept.as_deref(), progress));
+        let from = match (&set.mapped_from, made_here) {
+            (Some(path), true) => format!("mapped from {} (kept by an earlier run)", path.display()),
+            (None, true) => "quantized".into(),
+            (_, false) => "shared with another npu engine of this model".into(),
+        };
+        // Quantized here or by an engine of this model that keeps nothing; an engine of another
+        // load of the same model in this process may keep them already.
+        let Some(path) = kept.filter(|p| set.mapped_from.is_none() && KeepJob::claim(p)) else { return (set, from, None) };
+        let gib = set.linears.iter().map(|l| l.weights.memory_bytes()).sum::<usize>() as f64 / (1u64 << 30) as f64;
         progress.note(&format!("npu: the int8 weights will be kept for later runs in {} ({gib:.2} GiB, written when this run ends; --no-weight-cache to skip)", path.display()));
-        let job = KeepJob { path, model: loaded.path.clone(), linears: linears.clone() };
-        (linears, "quantized".into(), Some(job))
+        let job = KeepJob { path, model: loaded.path.clone(), linears: set.linears.clone() };
+        (set, from, Some(job))
     }
 
     /// Final norm (f32), then the int8 LM head on the CPU with a per-row dynamic activation
@@ -366,6 +353,40 @@ impl NpuEngine {
             }
         }
         Ok(out)
+    }
+}
+
+/// A model's linears in int8 (`NpuEngine::int8_weights`), as `LoadedModel::derived` shares them.
+struct Int8Set {
+    linears: Vec<Arc<Int8Linear>>,
+    /// The kept file they are mapped from; None when quantized here.
+    mapped_from: Option<std::path::PathBuf>,
+}
+
+impl Int8Set {
+    /// Mapped from `kept` when an earlier run kept them there, else quantized (progress: one
+    /// step per layer); the LM head per channel whatever the decoder's granularity.
+    fn make(loaded: &LoadedModel, granularity: WeightGranularity, kept: Option<&std::path::Path>, progress: &dyn Progress) -> Self {
+        let model = &loaded.model;
+        let decoder = model.layers.iter().flat_map(|l| LinearGroup::ALL.into_iter().flat_map(move |g| l.linears(g)));
+        let shapes: Vec<weight_cache::Shape> = decoder.chain([&model.lm_head]).map(|l| weight_cache::Shape { n: l.weight.shape()[0], k: l.weight.shape()[1], bias: l.bias.is_some() }).collect();
+        if let Some(path) = kept {
+            match weight_cache::load(path, &shapes) {
+                Ok(Some(linears)) => return Int8Set { linears: linears.into_iter().map(Arc::new).collect(), mapped_from: Some(path.to_path_buf()) },
+                Ok(None) => {}
+                Err(e) => progress.note(&format!("warning: the kept int8 weights are unusable ({e}): quantizing again")),
+            }
+        }
+        let mut linears = Vec::with_capacity(shapes.len());
+        progress.start("quantizing", "layers", model.layers.len() as u64);
+        for l in &model.layers {
+            let layer = LinearGroup::ALL.into_iter().flat_map(|g| l.linears(g));
+            linears.extend(layer.map(|lin| Arc::new(Int8Linear::from_tensor(&lin.weight, lin.bias.as_ref().map(|b| b.data()), granularity))));
+            progress.step();
+        }
+        progress.finish();
+        linears.push(Arc::new(Int8Linear::from_tensor(&model.lm_head.weight, None, WeightGranularity::PerChannel)));
+        Int8Set { linears, mapped_from: None }
     }
 }
 
