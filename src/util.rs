@@ -172,6 +172,16 @@ pub fn beside_model_dir(model: &Path, what: &str) -> PathBuf {
     file.with_extension("")
 }
 
+/// Gives the calling thread the lowest CPU priority (nice 19), for work that may wait for any
+/// other. Linux only, where a nice value is a thread's own (elsewhere it would be the process's).
+pub fn lowest_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: a plain system call with integer arguments; a failure leaves the priority as it was.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, 0, 19);
+    }
+}
+
 /// Where long work (loading, quantizing, calibrating, benchmarking) reports its progress. The
 /// library never draws anything itself; the CLI shows bars, tests and the server stay silent.
 pub trait Progress: Sync {

@@ -10,7 +10,7 @@ use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::server::{http, start};
+use common::server::{http, start, start_with_env};
 
 fn assert_serving(addr: &str) {
     assert_eq!(http(addr, "GET", "/health", "").0, 200, "the server still serves");
@@ -209,4 +209,31 @@ fn sigint_stops_the_server_cleanly() {
         assert!(t0.elapsed() < Duration::from_secs(10), "the server did not exit after SIGINT");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+#[test]
+fn an_idle_npu_server_keeps_its_int8_weights_without_waiting_to_be_stopped() {
+    let cache = std::env::temp_dir().join(format!("llm-npu-server-keeps-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&cache);
+    let Some(mut server) = start_with_env(&["--backend", "npu"], &[("LLM_NPU_CACHE", &cache)]) else { return };
+    let body = format!("{{\"model\": \"{MODEL}\", \"prompt\": \"Once upon a time\", \"max_tokens\": 4}}");
+    assert_eq!(http(&server.addr, "POST", "/v1/completions", &body).0, 200);
+    let kept = || std::fs::read_dir(cache.join("int8-weights")).map_or(0, |d| d.filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "bin")).count());
+    let t0 = Instant::now();
+    while kept() == 0 {
+        assert!(t0.elapsed() < Duration::from_secs(60), "no int8 weights kept while the server was idle");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_serving(&server.addr);
+    // Killed, not stopped: nothing of its own end runs.
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_llm-npu"))
+        .args(["run", "-m", server.model.to_str().unwrap(), "--backend", "npu", "-p", "Once", "-n", "1"])
+        .env("LLM_NPU_CACHE", &cache)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success() && stderr.contains("mapped from"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&cache);
 }

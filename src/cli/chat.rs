@@ -49,6 +49,8 @@ pub fn run(a: ChatCmdArgs) -> Result<()> {
     let mut editor = rustyline::DefaultEditor::new()?;
     eprintln!("chat with {} ({} backend, {threads} threads); {HELP}", a.model.model.display(), engine.name());
     loop {
+        // While the user reads and types.
+        engine.idle();
         let line = match editor.readline("> ") {
             Ok(line) => line,
             Err(ReadlineError::Interrupted) => continue,

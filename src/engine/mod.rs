@@ -37,6 +37,10 @@ pub trait Engine: Send + Sync {
     fn bitstack(&self) -> Option<&Arc<crate::bitstack::BitStack>> {
         None
     }
+    /// Nothing for this engine to do for a while (a server between requests, a chat waiting for
+    /// its user): time for work it put off (the npu backend starts keeping its int8 weights,
+    /// at the lowest priority, instead of when it is dropped).
+    fn idle(&self) {}
     fn model(&self) -> &Transformer {
         &self.loaded().model
     }

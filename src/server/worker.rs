@@ -40,13 +40,22 @@ pub struct Counters {
 }
 
 /// Runs jobs until the queue closes. `shutdown` set: running generations stop at the next token.
+/// With no job for a second the engine is told it is idle.
 /// `cache_slots` KV caches are kept (each a full context): a job runs in the one holding the
 /// longest prefix of its prompt, or, when none shares any, in the least recently used.
 pub fn run(engine: &dyn Engine, tok: &Tokenizer, jobs: std::sync::mpsc::Receiver<Job>, shutdown: Arc<AtomicBool>, cache_slots: usize, counters: &Counters) {
     let mut slots: Vec<(Session, u64)> = Vec::new();
     let stack_version = || engine.bitstack().map(|b| b.version());
     let mut weights_seen = stack_version();
-    for (clock, job) in (1u64..).zip(jobs) {
+    // Between requests the engine does what it put off (`Engine::idle`), once this long passed.
+    const IDLE: std::time::Duration = std::time::Duration::from_secs(1);
+    let next = || loop {
+        match jobs.recv_timeout(IDLE) {
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => engine.idle(),
+            job => return job.ok(),
+        }
+    };
+    for (clock, job) in (1u64..).zip(std::iter::from_fn(next)) {
         if stack_version() != weights_seen {
             // The BitStack was resized: cached prefixes were computed with other weights.
             slots.clear();

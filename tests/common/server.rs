@@ -8,6 +8,8 @@ use std::time::Duration;
 pub struct Server {
     pub child: Child,
     pub addr: String,
+    /// The model it serves.
+    pub model: std::path::PathBuf,
 }
 
 impl Drop for Server {
@@ -18,11 +20,17 @@ impl Drop for Server {
 }
 
 pub fn start(args: &[&str]) -> Option<Server> {
+    start_with_env(args, &[])
+}
+
+/// `start` with these environment variables set for the server.
+pub fn start_with_env(args: &[&str], env: &[(&str, &std::path::Path)]) -> Option<Server> {
     let models = super::shared_models("llm-npu serve")?;
     let template = super::story_template();
     let model = models.join("stories260K-gguf/tinyllamas-stories-260k-f32.gguf");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_llm-npu"));
     cmd.args(["serve", "-m", model.to_str().unwrap(), "--port", "0", "--header-timeout", "1", "--chat-template", template.to_str().unwrap()]).args(args);
+    cmd.envs(env.iter().copied());
     let mut child = cmd.stderr(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let addr = loop {
@@ -33,7 +41,7 @@ pub fn start(args: &[&str]) -> Option<Server> {
     };
     // Keep draining stderr so the server never blocks on it.
     std::thread::spawn(move || for _ in lines {});
-    Some(Server { child, addr })
+    Some(Server { child, addr, model })
 }
 
 /// One HTTP/1.1 request; (status, body).

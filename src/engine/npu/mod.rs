@@ -114,9 +114,9 @@ pub struct NpuEngine {
     /// kept.
     pub weights_from: String,
     lm_head: Arc<Int8Linear>,
-    /// The int8 weights to keep for later runs, written when the engine is dropped: after the
-    /// work, never competing with a prefill for the cores and memory.
-    keeping: Option<KeepJob>,
+    /// The int8 weights to keep for later runs: written when the engine is idle or dropped,
+    /// after the work (a writer beside a prefill slows it).
+    keeping: Mutex<Keeping>,
     /// Where the static scales came from (a file, or random tokens).
     pub calibration: String,
     /// Which inputs run shadow work, with which scales and hot sets.
@@ -202,7 +202,7 @@ impl NpuEngine {
             quantize_time: t0.elapsed(),
             weights_from,
             lm_head,
-            keeping,
+            keeping: Mutex::new(keeping.map_or(Keeping::Nothing, Keeping::Pending)),
             calibration,
             shadow_plan,
             shadow_buffers: BufferPool::default(),
@@ -228,7 +228,7 @@ impl NpuEngine {
         // load of the same model in this process may keep them already.
         let Some(path) = kept.filter(|p| set.mapped_from.is_none() && KeepJob::claim(p)) else { return (set, from, None) };
         let gib = set.linears.iter().map(|l| l.weights.memory_bytes()).sum::<usize>() as f64 / (1u64 << 30) as f64;
-        progress.note(&format!("npu: the int8 weights will be kept for later runs in {} ({gib:.2} GiB, written when this run ends; --no-weight-cache to skip)", path.display()));
+        progress.note(&format!("npu: the int8 weights will be kept for later runs in {} ({gib:.2} GiB, written when this run is idle or ends; --no-weight-cache to skip)", path.display()));
         let job = KeepJob { path, model: loaded.path.clone(), linears: set.linears.clone() };
         (set, from, Some(job))
     }
@@ -414,15 +414,33 @@ impl KeepJob {
         }
         free
     }
+
+    /// Writes the file. A failure only means that the next run quantizes again.
+    fn write(self) {
+        let _ = weight_cache::keep(&self.path, &self.model, &self.linears.iter().map(|l| &**l).collect::<Vec<_>>());
+        KeepJob::pending().retain(|p| *p != self.path);
+    }
+}
+
+/// Where an engine's kept int8 weights are.
+enum Keeping {
+    Nothing,
+    /// To be written when the engine is idle (`Engine::idle`) or dropped.
+    Pending(KeepJob),
+    /// Being written by a thread of the lowest priority, started when the engine was idle.
+    Writing(std::thread::JoinHandle<()>),
 }
 
 impl Drop for NpuEngine {
-    /// Keeps the int8 weights for later runs, if this run quantized them. A failure only means
-    /// that the next run quantizes again.
+    /// Keeps the int8 weights for later runs, if this run quantized them: writes them now, or
+    /// waits for the writer the engine's idle time started.
     fn drop(&mut self) {
-        if let Some(job) = self.keeping.take() {
-            let _ = weight_cache::keep(&job.path, &job.model, &job.linears.iter().map(|l| &**l).collect::<Vec<_>>());
-            KeepJob::pending().retain(|p| *p != job.path);
+        match std::mem::replace(self.keeping.get_mut().unwrap_or_else(|e| e.into_inner()), Keeping::Nothing) {
+            Keeping::Pending(job) => job.write(),
+            Keeping::Writing(writer) => {
+                let _ = writer.join();
+            }
+            Keeping::Nothing => {}
         }
     }
 }
@@ -439,6 +457,21 @@ impl Engine for NpuEngine {
     }
     fn as_npu(&self) -> Option<&NpuEngine> {
         Some(self)
+    }
+    /// Starts writing the int8 weights to keep, if there are any: a server may never be
+    /// stopped gently enough to write them when dropped, and a chat's user types meanwhile.
+    fn idle(&self) {
+        let mut keeping = self.keeping.lock().unwrap_or_else(|e| e.into_inner());
+        if let Keeping::Pending(_) = *keeping {
+            let Keeping::Pending(job) = std::mem::replace(&mut *keeping, Keeping::Nothing) else { unreachable!("matched above") };
+            // When the thread cannot start, the job goes with it: the next run quantizes again.
+            if let Ok(writer) = std::thread::Builder::new().name("keep-int8-weights".into()).spawn(move || {
+                crate::util::lowest_priority();
+                job.write()
+            }) {
+                *keeping = Keeping::Writing(writer);
+            }
+        }
     }
 }
 
