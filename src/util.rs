@@ -118,6 +118,46 @@ pub fn keep_cached(path: &Path, write: impl FnOnce(&Path) -> crate::error::Resul
     Ok(())
 }
 
+/// Removes from `dir` the kept files (`keep_cached`, extension `ext`) whose model is gone
+/// (`model_of` reads which one a file was made from, when it says), then the least recently used
+/// ones (by modification time, which loads refresh) until the rest fit in `budget` bytes, and
+/// partial files left for an hour by runs that stopped while writing; `keep` stays.
+pub fn sweep_kept(dir: &Path, keep: &Path, ext: &str, budget: u64, model_of: impl Fn(&Path) -> Option<PathBuf>) {
+    let mut files: Vec<(std::time::SystemTime, u64, PathBuf)> = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        let Ok(meta) = entry.metadata() else { continue };
+        let age = meta.modified().ok().and_then(|t| t.elapsed().ok()).unwrap_or_default();
+        if path.extension().is_some_and(|e| e == "partial") && age > std::time::Duration::from_secs(3600) {
+            let _ = std::fs::remove_file(&path);
+            continue;
+        }
+        if path.extension().is_none_or(|e| e != ext) || path == keep {
+            continue;
+        }
+        if model_of(&path).is_some_and(|model| !model.exists()) {
+            let _ = std::fs::remove_file(&path);
+            continue;
+        }
+        files.push((meta.modified().unwrap_or(std::time::UNIX_EPOCH), meta.len(), path));
+    }
+    let mut total: u64 = files.iter().map(|f| f.1).sum::<u64>() + std::fs::metadata(keep).map_or(0, |m| m.len());
+    files.sort();
+    for (_, len, path) in files {
+        if total <= budget {
+            break;
+        }
+        if std::fs::remove_file(&path).is_ok() {
+            total -= len;
+        }
+    }
+}
+
+/// Marks a kept file used now, for `sweep_kept`'s least recently used.
+pub fn mark_used(path: &Path) {
+    let _ = std::fs::File::options().write(true).open(path).and_then(|f| f.set_modified(std::time::SystemTime::now()));
+}
+
 /// FNV-1a over 8-byte words (BitStack files; not cryptographic): catches zeroed or flipped
 /// data. The last word is padded with zeros and the length is not in it, so a caller checks
 /// lengths itself.

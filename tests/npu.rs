@@ -584,6 +584,16 @@ fn the_random_token_calibration_is_kept_in_the_cache_for_later_runs_and_redone_w
     let (_, stderr) = run();
     assert!(stderr.contains("calibrating on 512 random tokens"), "{stderr}");
     assert_eq!(kept().len(), 2);
+    // A model that is gone takes its kept calibration with it when the next one is kept.
+    let before = kept();
+    let (gone, _) = synth_hd64("calibration-cache-gone");
+    npu_logits_with_cache(&gone, &cache, &[]);
+    let of_gone: Vec<PathBuf> = kept().into_iter().filter(|f| !before.contains(f)).collect();
+    assert_eq!(of_gone.len(), 1);
+    std::fs::remove_dir_all(&gone).unwrap();
+    std::fs::write(dir.join("notes.txt"), "changed again").unwrap();
+    run();
+    assert!(!of_gone[0].exists() && kept().len() == 3, "{:?}", kept());
     let _ = std::fs::remove_dir_all(&cache);
     let _ = std::fs::remove_file(cache.with_extension("npy"));
     let _ = std::fs::remove_dir_all(&dir);

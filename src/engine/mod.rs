@@ -172,6 +172,7 @@ fn resolve_calibration(loaded: &LoadedModel, source: &CalibrationSource, progres
             // The random tokens are always the same: an earlier run's result is this run's.
             let cache = crate::quant::calibration::random_fallback_cache(&loaded.path);
             if let Some((path, c)) = cache.as_ref().and_then(|p| Calibration::load(p).ok().filter(|c| c.check_against(&loaded.model, p).is_ok()).map(|c| (p, c))) {
+                crate::util::mark_used(path);
                 progress.note(&format!("warning: no calibration file for this model: using the calibration on {} random tokens an earlier run kept in {} ({ADVICE})", c.tokens, path.display()));
                 let what = what(&c);
                 return Ok((Arc::new(c), what));
@@ -179,7 +180,7 @@ fn resolve_calibration(loaded: &LoadedModel, source: &CalibrationSource, progres
             progress.note(&format!("warning: no calibration file for this model: calibrating on 512 random tokens ({ADVICE})"));
             let c = Calibration::on_random_tokens(&loaded.model, 512, 0, progress)?;
             if let Some(path) = &cache {
-                match crate::quant::calibration::keep_random_fallback(&c, path) {
+                match crate::quant::calibration::keep_random_fallback(&c, &loaded.path, path) {
                     Ok(()) => progress.note(&format!("kept it in {} for later runs", path.display())),
                     Err(e) => progress.note(&format!("warning: could not keep it for later runs: {e}")),
                 }

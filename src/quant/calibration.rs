@@ -42,6 +42,10 @@ pub struct Calibration {
     pub source: String,
     pub tokens: usize,
     pub points: Vec<PointCalibration>,
+    /// The model a kept random-token calibration was made for (`keep_random_fallback`), so
+    /// that the cache's sweep can drop those of models that are gone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<PathBuf>,
 }
 
 /// Counts, per channel, elements beyond a per-point threshold (second calibration pass).
@@ -135,7 +139,7 @@ impl Calibration {
                 output_max: output_max.remove(&key).unwrap_or_default(),
             })
             .collect();
-        Ok(Calibration { version: FORMAT_VERSION, source, tokens: tokens.len(), points })
+        Ok(Calibration { version: FORMAT_VERSION, source, tokens: tokens.len(), points, model: None })
     }
 
     /// Calibrates on `n` random tokens in windows of 512 (what the npu backend falls back to
@@ -210,10 +214,19 @@ pub fn random_fallback_cache(model: &Path) -> Option<PathBuf> {
     crate::util::cached_for_model("calibration-random", model, "", "json")
 }
 
-/// Saves the calibration at `path` (from `random_fallback_cache`) whole or not at all, and
-/// removes what other builds kept for the same model (`util::keep_cached`).
-pub fn keep_random_fallback(calibration: &Calibration, path: &Path) -> Result<()> {
-    crate::util::keep_cached(path, |partial| calibration.save(partial))
+/// At most this many bytes of kept random-token calibrations (a few KB to a few MB each).
+const KEPT_BUDGET: u64 = 256 << 20;
+
+/// Saves the calibration of `model` at `path` (from `random_fallback_cache`) whole or not at
+/// all, and removes what other builds kept for the same model (`util::keep_cached`), then those
+/// of models that are gone and, over `KEPT_BUDGET`, the least recently used (`util::sweep_kept`).
+pub fn keep_random_fallback(calibration: &Calibration, model: &Path, path: &Path) -> Result<()> {
+    let kept = Calibration { model: Some(model.canonicalize().unwrap_or_else(|_| model.to_path_buf())), ..calibration.clone() };
+    crate::util::keep_cached(path, |partial| kept.save(partial))?;
+    if let Some(dir) = path.parent() {
+        crate::util::sweep_kept(dir, path, "json", KEPT_BUDGET, |p| Calibration::load(p).ok().and_then(|c| c.model));
+    }
+    Ok(())
 }
 
 /// Where a model's calibration lives by default: `<folder>/llm-npu-calibration.json` for an HF

@@ -220,38 +220,9 @@ impl Out {
     }
 }
 
-/// Removes from `dir` the kept files whose model is gone, then the least recently used ones
-/// until the rest fit in `budget` bytes; `keep` (the file just written) stays.
+/// `util::sweep_kept` over the kept weights in `dir`, `keep` (the file just written) staying.
 pub fn sweep(dir: &Path, keep: &Path, budget: u64) {
-    let mut files: Vec<(std::time::SystemTime, u64, PathBuf)> = Vec::new();
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let path = entry.path();
-        let Ok(meta) = entry.metadata() else { continue };
-        let age = meta.modified().ok().and_then(|t| t.elapsed().ok()).unwrap_or_default();
-        if path.extension().is_some_and(|e| e == "partial") && age > std::time::Duration::from_secs(3600) {
-            // Left by a run that stopped while writing.
-            let _ = std::fs::remove_file(&path);
-            continue;
-        }
-        if path.extension().is_none_or(|e| e != "bin") || path == keep {
-            continue;
-        }
-        if model_of(&path).is_some_and(|model| !model.exists()) {
-            let _ = std::fs::remove_file(&path);
-            continue;
-        }
-        files.push((meta.modified().unwrap_or(std::time::UNIX_EPOCH), meta.len(), path));
-    }
-    let mut total: u64 = files.iter().map(|f| f.1).sum::<u64>() + std::fs::metadata(keep).map_or(0, |m| m.len());
-    files.sort();
-    for (_, len, path) in files {
-        if total <= budget {
-            break;
-        }
-        if std::fs::remove_file(&path).is_ok() {
-            total -= len;
-        }
-    }
+    crate::util::sweep_kept(dir, keep, "bin", budget, model_of);
 }
 
 /// The model a kept file was made from, from its header.

@@ -215,7 +215,7 @@ mod tests {
     }
 
     fn calibration(layers: &[Vec<PointCalibration>]) -> Calibration {
-        Calibration { version: crate::quant::calibration::FORMAT_VERSION, source: "test".into(), tokens: 1, points: layers.iter().flatten().cloned().collect() }
+        Calibration { version: crate::quant::calibration::FORMAT_VERSION, source: "test".into(), tokens: 1, points: layers.iter().flatten().cloned().collect(), model: None }
     }
 
     fn layer(l: usize, k: usize, big: &[(usize, f32)]) -> Vec<PointCalibration> {
