@@ -6,7 +6,9 @@
 //! - weights from memory: a GiB of copies used in turn, as a prefill meets each weight once
 //!   per chunk;
 //!
-//! on 1 and 2 threads, as shares of the AMX peak `llm-npu limits` measures on those threads.
+//! on 1 and 2 threads, as shares of the AMX peak `llm-npu limits` measures on those threads;
+//! and, first, the bare instruction stream (`amx::loaded_step`: tile loads and products, the
+//! results never leaving the tiles), the ceiling of any GEMM built on these loads.
 //! No epilogue and no activation packing: the tiles alone.
 //!     cargo run --release --example amx_tile_probe
 
@@ -49,6 +51,21 @@ fn main() {
     for threads in [1usize, 2] {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
         let peak = pool.install(llm_npu::measure::limits::measure).int8_gops;
+        // The bare instruction stream: tile loads and products over 8 steps of operands in L1,
+        // the results never leaving the tiles.
+        let t0 = std::time::Instant::now();
+        let ops: f64 = pool.install(|| {
+            (0..threads)
+                .into_par_iter()
+                .map(|_| {
+                    let (a, b) = (AlignedVec::filled(1u8, 8 * 2048), AlignedVec::filled(1u8, 8 * 2048));
+                    // SAFETY: AMX is available (checked above); both hold 8 steps of 2 KiB.
+                    unsafe { amx::loaded_step(a.as_ptr(), b.as_ptr(), 8, 20_000) }
+                })
+                .sum()
+        });
+        let secs = t0.elapsed().as_secs_f64();
+        println!("| {threads} | - | tile loads and products only, in L1 (results stay in the tiles) | {:.2} | {:.0}% |", secs * 1e3, 100.0 * ops / secs / 1e9 / peak);
         for (k, n) in [(2048usize, 2048usize), (2048, 5632), (5632, 2048)] {
             let kp = amx::row_bytes(k);
             let mut acts = AlignedVec::filled(0u8, TOKENS * kp);

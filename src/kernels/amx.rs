@@ -294,3 +294,33 @@ pub unsafe fn peak_step<const BF16: bool>(n: usize) -> f64 {
     // Multiply-adds per instruction: 16 x 16 results, each over 64 bytes or 32 bf16.
     (n * 4 * 16 * 16 * if BF16 { 32 } else { 64 } * 2) as f64
 }
+
+/// `peak_step`'s four products per step with their operands loaded as a GEMM loads them: `n`
+/// rounds over `steps` k steps, each loading two 16-row tiles of `a` (row stride 64) and two of
+/// `b` (row stride 128) from the step's 2 KiB of each, into results that stay in the tiles. For
+/// `amx_tile_probe`: what the instruction stream reaches before any blocking. Returns the
+/// operations done.
+///
+/// # Safety
+/// `available()` must be true; `a` and `b` must hold `steps` * 2,048 bytes.
+#[cfg(target_arch = "x86_64")]
+pub unsafe fn loaded_step(a: *const u8, b: *const u8, steps: usize, n: usize) -> f64 {
+    use std::arch::asm;
+    configure_thread();
+    asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack, nomem));
+    for _ in 0..n {
+        for s in 0..steps {
+            let (a0, b0) = (a.add(s * 2048), b.add(s * 2048));
+            asm!(
+                "tileloadd tmm4, [{a0} + {lda}*1]", "tileloadd tmm5, [{a1} + {lda}*1]",
+                "tileloadd tmm6, [{b0} + {ldb}*1]", "tileloadd tmm7, [{b1} + {ldb}*1]",
+                "tdpbusd tmm0, tmm4, tmm6", "tdpbusd tmm1, tmm4, tmm7",
+                "tdpbusd tmm2, tmm5, tmm6", "tdpbusd tmm3, tmm5, tmm7",
+                a0 = in(reg) a0, a1 = in(reg) a0.add(1024), lda = in(reg) 64usize,
+                b0 = in(reg) b0, b1 = in(reg) b0.add(64), ldb = in(reg) 128usize,
+                options(nostack, readonly),
+            );
+        }
+    }
+    (n * steps * 4 * 16 * 16 * 64 * 2) as f64
+}
