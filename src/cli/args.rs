@@ -140,7 +140,7 @@ pub struct NpuArgs {
     #[arg(long, conflicts_with = "int8_attention")]
     pub bf16_attention: bool,
     /// npu: quantize the weights at every run, keeping nothing [default: a run that quantizes
-    /// keeps its int8 weights, when it ends, in int8-weights/ of llm-npu's cache folder
+    /// keeps its int8 weights, when it ends (serve and chat: once idle), in int8-weights/ of llm-npu's cache folder
     /// ($LLM_NPU_CACHE, else $XDG_CACHE_HOME/llm-npu, else ~/.cache/llm-npu; at most 20 GiB, the
     /// least recently used removed first), and later runs map them instead: TinyLlama's first
     /// token 1-3 s sooner]
