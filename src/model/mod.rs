@@ -64,7 +64,8 @@ pub struct Derived(std::sync::Mutex<Vec<(String, std::sync::Arc<dyn std::any::An
 
 impl Derived {
     /// The thing kept under `key`, made by `make` when there is none yet (a caller asking
-    /// meanwhile waits for it); true when this call made it.
+    /// meanwhile waits for it; `make` must not ask this store itself); true when this call
+    /// made it.
     pub fn get_or_make<T: std::any::Any + Send + Sync>(&self, key: &str, make: impl FnOnce() -> T) -> (std::sync::Arc<T>, bool) {
         let mut slots = self.0.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(found) = slots.iter().filter(|(k, _)| k == key).find_map(|(_, v)| v.clone().downcast::<T>().ok()) {

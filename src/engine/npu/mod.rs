@@ -215,7 +215,7 @@ impl NpuEngine {
     /// Every decoder linear (layer by layer, `LinearGroup::ALL` order) then the LM head in int8,
     /// shared by the npu engines of `loaded` with the same granularity (the first makes them:
     /// `Int8Set::make`). With `keep_weights`, quantized ones are to be kept for later runs when
-    /// the engine is dropped (the job returned). Says where they came from.
+    /// the engine is idle or dropped (the job returned). Says where they came from.
     fn int8_weights(loaded: &LoadedModel, opts: &NpuOptions, progress: &dyn Progress) -> (Arc<Int8Set>, String, Option<KeepJob>) {
         let kept = opts.keep_weights.then(|| weight_cache::path(&loaded.path, opts.weights)).flatten();
         let (set, made_here) = loaded.derived.get_or_make(&format!("npu int8 weights {:?}", opts.weights), || Int8Set::make(loaded, opts.weights, kept.as_deref(), progress));
