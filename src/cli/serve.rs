@@ -11,7 +11,7 @@ use llm_npu::kernels::attention::{self, Precision};
 use llm_npu::server::{self, ServerOptions};
 
 use super::args::ModelArgs;
-use super::report::{self, Bar};
+use super::report;
 
 #[derive(Args)]
 pub struct ServeArgs {
@@ -52,6 +52,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
     }
     llm_npu::engine::init_threads(a.model.threads)?;
     let loaded = report::load_model(&a.model)?;
+    server::check_model(&loaded)?;
     let model_id = a.model.model.file_stem().or(a.model.model.file_name()).map_or("model".into(), |s| s.to_string_lossy().into_owned());
     let opts = ServerOptions {
         addr: SocketAddr::new(a.host, a.port),
@@ -82,9 +83,12 @@ pub fn run(a: ServeArgs) -> Result<()> {
     };
     let copy = if copy_share > 0.0 { format!(" (+ about {:.1} MiB each for {copy_name})", slot_mib * copy_share) } else { String::new() };
     let cache = format!("prompt cache: up to {} KV caches of {slot_mib:.1} MiB{copy}", a.cache_slots);
-    server::serve(loaded, engine_opts, opts, &Bar::default(), |addr| {
+    let engine = report::build_engine(&loaded, &a.model, a.model.backend)?;
+    server::serve(engine.as_ref(), opts, |addr| {
         eprintln!("serving '{model_id}' on http://{addr} (OpenAI API: /v1/chat/completions, /v1/completions, /v1/models; /health); {cache}; Ctrl-C stops");
     })?;
+    // Writes what the engine still keeps (its int8 weights, if it was never idle) before saying so.
+    drop(engine);
     eprintln!("stopped");
     Ok(())
 }

@@ -30,12 +30,11 @@ use tokio::sync::mpsc;
 use self::api::{ApiError, Reply};
 use self::worker::{Event, Job};
 use crate::chat::{ChatInput, ChatTemplate};
-use crate::engine::{self, EngineOptions};
+use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::generate::GenerateOptions;
 use crate::model::LoadedModel;
 use crate::sampling::SamplingParams;
-use crate::util::Progress;
 
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
@@ -69,13 +68,19 @@ struct AppState {
     bitstack: Option<Arc<crate::bitstack::BitStack>>,
 }
 
-/// Builds the engine, listens on `opts.addr` and serves until SIGINT or SIGTERM. `ready` is
-/// called with the bound address once requests are accepted.
-pub fn serve(loaded: Arc<LoadedModel>, engine_opts: EngineOptions, opts: ServerOptions, progress: &dyn Progress, ready: impl FnOnce(SocketAddr)) -> Result<()> {
+/// Refuses a model the server cannot serve (before an engine is built for it).
+pub fn check_model(loaded: &LoadedModel) -> Result<()> {
     if loaded.tokenizer.is_none() {
         return Err(Error::Input("serving needs the model's tokenizer; pass --tokenizer".into()));
     }
-    let engine = engine::build(&loaded, &engine_opts, progress)?;
+    Ok(())
+}
+
+/// Listens on `opts.addr` and serves `engine` until SIGINT or SIGTERM. `ready` is called with
+/// the bound address once requests are accepted.
+pub fn serve(engine: &dyn Engine, opts: ServerOptions, ready: impl FnOnce(SocketAddr)) -> Result<()> {
+    let loaded = engine.loaded().clone();
+    check_model(&loaded)?;
     let (template, template_error) = match loaded.chat_template(opts.chat_template.as_deref()) {
         Ok(t) => (Some(t), None),
         Err(e) => (None, Some(e.to_string())),
@@ -87,7 +92,6 @@ pub fn serve(loaded: Arc<LoadedModel>, engine_opts: EngineOptions, opts: ServerO
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_io().enable_time().build().map_err(|e| Error::Runtime(format!("starting the server runtime: {e}")))?;
     std::thread::scope(|s| {
         let (flag, tok) = (shutdown.clone(), loaded.tokenizer.as_ref().expect("checked above"));
-        let engine = engine.as_ref();
         let slots = opts.cache_slots.max(1);
         s.spawn(move || worker::run(engine, tok, jobs_rx, flag, slots, &counters));
         let result = runtime.block_on(accept_loop(state, shutdown.clone(), ready));
