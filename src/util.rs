@@ -153,9 +153,10 @@ pub fn sweep_kept(dir: &Path, keep: &Path, ext: &str, budget: u64, model_of: imp
     }
 }
 
-/// Marks a kept file used now, for `sweep_kept`'s least recently used.
+/// Marks a kept file used now, for `sweep_kept`'s least recently used (opened for reading: an
+/// owner may set a file's times without writing it).
 pub fn mark_used(path: &Path) {
-    let _ = std::fs::File::options().write(true).open(path).and_then(|f| f.set_modified(std::time::SystemTime::now()));
+    let _ = std::fs::File::open(path).and_then(|f| f.set_modified(std::time::SystemTime::now()));
 }
 
 /// FNV-1a over 8-byte words (BitStack files; not cryptographic): catches zeroed or flipped

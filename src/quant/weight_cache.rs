@@ -117,8 +117,7 @@ pub fn load(path: &Path, shapes: &[Shape]) -> Result<Option<Vec<Int8Linear>>> {
     if check(refs.iter().flat_map(parts_of)) != header.check {
         return Err(bad("damaged (its contents do not match their check)"));
     }
-    // Used now: the sweep removes the least recently used first.
-    let _ = file.set_modified(std::time::SystemTime::now());
+    crate::util::mark_used(path);
     Ok(Some(linears))
 }
 
